@@ -317,7 +317,7 @@ fn single_replica_works_with_a_warning() {
         log.to_lowercase().contains("warn"),
         "expected a warning about running with one replica on stderr, got:\n{log}"
     );
-    let status = mount.unmount();
+    let (status, _root) = mount.unmount();
     assert!(status.success(), "daemon exit status {status}");
 }
 

@@ -560,9 +560,11 @@ impl Mount {
     }
 
     /// Unmounts with `umount` and waits (up to 30 s) for the daemon to exit on
-    /// its own; returns its exit status. Panics if the daemon has to be killed
-    /// or if the watchdog fired.
-    pub fn unmount(mut self) -> ExitStatus {
+    /// its own; returns its exit status and the mount's test root (still
+    /// holding fresh replicas and the log: drop it to remove them, or keep it
+    /// to mount the same replicas again). Panics if the daemon has to be
+    /// killed or if the watchdog fired.
+    pub fn unmount(mut self) -> (ExitStatus, TestRoot) {
         let fired = self.watchdog.take().map(Watchdog::stop).unwrap_or(false);
         assert!(!fired, "watchdog fired for {}", self.mountpoint.display());
         ensure_unmounted(&self.mountpoint);
@@ -570,7 +572,7 @@ impl Mount {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
+                return (status, self.root.take().unwrap());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -1054,5 +1056,103 @@ pub fn assert_replicas_identical<P: AsRef<Path>>(replicas: &[P]) {
             if n > 100 { ", first 100 shown" } else { "" },
             diffs.join("\n  ")
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Thin syscall wrappers the tests use (paths, not fds; errors as io::Error)
+// ---------------------------------------------------------------------------
+
+/// Thin wrappers over syscalls std does not offer.
+pub mod sys {
+    use super::cpath;
+    use std::io;
+    use std::path::Path;
+
+    fn check(r: libc::c_int) -> io::Result<()> {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The errno of a failed result (None on success).
+    pub fn errno<T>(r: &io::Result<T>) -> Option<i32> {
+        r.as_ref().err().map(|e| e.raw_os_error().unwrap_or(-1))
+    }
+
+    /// lsetxattr(path, name, value, flags).
+    pub fn setxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
+        let (c, n) = (cpath(p), std::ffi::CString::new(name).unwrap());
+        // Safe because all pointers are valid for the given lengths.
+        check(unsafe {
+            libc::lsetxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr() as *const libc::c_void,
+                value.len(),
+                flags,
+            )
+        })
+    }
+
+    /// lgetxattr(path, name).
+    pub fn getxattr(p: &Path, name: &str) -> io::Result<Vec<u8>> {
+        super::get_xattr(p, &std::ffi::CString::new(name).unwrap())
+    }
+
+    /// lremovexattr(path, name).
+    pub fn removexattr(p: &Path, name: &str) -> io::Result<()> {
+        let (c, n) = (cpath(p), std::ffi::CString::new(name).unwrap());
+        // Safe because both strings are NUL-terminated.
+        check(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) })
+    }
+
+    /// renameat2(AT_FDCWD, from, AT_FDCWD, to, flags).
+    pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+        let (a, b) = (cpath(from), cpath(to));
+        // Safe because both strings are NUL-terminated.
+        check(unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                flags,
+            )
+        })
+    }
+
+    /// utimensat(AT_FDCWD, path, [atime, mtime], flags); use libc::UTIME_NOW /
+    /// libc::UTIME_OMIT in tv_nsec.
+    pub fn utimensat(p: &Path, atime: (i64, i64), mtime: (i64, i64), flags: i32) -> io::Result<()> {
+        let c = cpath(p);
+        let ts = [
+            libc::timespec {
+                tv_sec: atime.0 as libc::time_t,
+                tv_nsec: atime.1 as libc::c_long,
+            },
+            libc::timespec {
+                tv_sec: mtime.0 as libc::time_t,
+                tv_nsec: mtime.1 as libc::c_long,
+            },
+        ];
+        // Safe because ts holds two timespecs as utimensat requires.
+        check(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), flags) })
+    }
+
+    /// mknod(path, mode (type | permissions), makedev(major, minor)).
+    pub fn mknod(p: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+        let c = cpath(p);
+        // Safe because the path is NUL-terminated.
+        check(unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(major, minor)) })
+    }
+
+    /// fallocate(fd, mode, offset, len).
+    pub fn fallocate(f: &std::fs::File, mode: i32, offset: i64, len: i64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // Safe because the fd is valid for the lifetime of `f`.
+        check(unsafe { libc::fallocate(f.as_raw_fd(), mode, offset, len) })
     }
 }
