@@ -997,14 +997,15 @@ pub fn assert_replicas_identical<P: AsRef<Path>>(replicas: &[P]) {
             attr("size", &|n| n.size.to_string());
             attr("nlink", &|n| n.nlink.to_string());
         }
-        attr("xattrs", &|n| {
-            let parts: Vec<String> = n
-                .xattrs
-                .iter()
-                .map(|(k, v)| format!("{}={}", k.to_string_lossy(), show_bytes(v)))
-                .collect();
-            format!("{{{}}}", parts.join(", "))
-        });
+        let names: BTreeSet<&OsString> = nodes.iter().flat_map(|n| n.xattrs.keys()).collect();
+        for name in names {
+            attr(&format!("xattr {}", name.to_string_lossy()), &|n| {
+                n.xattrs
+                    .get(name)
+                    .map(|v| show_bytes(v))
+                    .unwrap_or_else(|| "(absent)".to_string())
+            });
+        }
         if kind == "symlink" {
             attr("symlink target", &|n| {
                 format!("{:?}", n.symlink.as_ref().unwrap())
