@@ -780,30 +780,66 @@ fn setgid_directory_passes_its_group_on() {
     m.assert_replicas_identical();
 }
 
-/// Sorted listing (name, type, size, mode, mtime) of a tree, for
-/// "nothing changed" checks.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, u64, i64, i64, Vec<u8>)> {
-    let mut out = Vec::new();
+/// One entry of a [`snapshot`]: mode, owner, size, mtime and content.
+type Snap = BTreeMap<PathBuf, (u32, u32, u32, u64, i64, i64, Vec<u8>)>;
+
+/// Everything below `dir` (not following symlinks), for "nothing changed"
+/// checks.
+fn snapshot(dir: &Path) -> Snap {
+    let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let md = fs::symlink_metadata(&d).unwrap();
         let content = if md.is_file() { read(&d) } else { Vec::new() };
-        out.push((
-            d.clone(),
+        let entry = (
             md.mode(),
+            md.uid(),
+            md.gid(),
             md.size(),
             md.mtime(),
             md.mtime_nsec(),
             content,
-        ));
+        );
+        out.insert(d.clone(), entry);
         if md.is_dir() {
             for e in fs::read_dir(&d).unwrap() {
                 stack.push(e.unwrap().path());
             }
         }
     }
-    out.sort();
     out
+}
+
+/// Panics listing every entry that appeared, vanished or changed.
+fn assert_unchanged(before: &Snap, after: &Snap, what: &str) {
+    let mut diffs = Vec::new();
+    for (p, b) in before {
+        match after.get(p) {
+            None => diffs.push(format!("{} vanished", p.display())),
+            Some(a) if a != b => diffs.push(format!(
+                "{} changed: mode {:o} -> {:o}, owner {}:{} -> {}:{}, size {} -> {}, mtime {}.{} -> {}.{}, content {}",
+                p.display(),
+                b.0,
+                a.0,
+                b.1,
+                b.2,
+                a.1,
+                a.2,
+                b.3,
+                a.3,
+                b.4,
+                b.5,
+                a.4,
+                a.5,
+                if a.6 == b.6 { "same" } else { "changed" }
+            )),
+            _ => {}
+        }
+    }
+    for p in after.keys().filter(|p| !before.contains_key(*p)) {
+        diffs.push(format!("{} appeared", p.display()));
+    }
+    assert!(diffs.is_empty(), "{what}:\n  {}", diffs.join("\n  "));
 }
 
 #[test]
@@ -815,10 +851,17 @@ fn internal_directory_is_invisible_and_untouchable() {
             "replica {i} has no {INTERNAL_DIR} directory"
         );
     }
+    // The daemon may update its own files in there; what it held before must
+    // survive, with the directory's mode and owner.
     let before: Vec<_> = m
         .replicas
         .iter()
-        .map(|r| snapshot(&r.join(INTERNAL_DIR)))
+        .map(|r| {
+            (
+                lstat(&r.join(INTERNAL_DIR)),
+                snapshot(&r.join(INTERNAL_DIR)),
+            )
+        })
         .collect();
     let names: Vec<_> = fs::read_dir(&m.mountpoint)
         .unwrap()
@@ -893,12 +936,36 @@ fn internal_directory_is_invisible_and_untouchable() {
         .arg(&internal)
         .output()
         .unwrap();
-    let after: Vec<_> = m
-        .replicas
-        .iter()
-        .map(|r| snapshot(&r.join(INTERNAL_DIR)))
-        .collect();
-    assert_eq!(before, after, "{INTERNAL_DIR} changed through the mount");
+    for (r, (md, snap)) in m.replicas.iter().zip(&before) {
+        let internal = r.join(INTERNAL_DIR);
+        let now = lstat(&internal);
+        assert!(
+            now.is_dir(),
+            "{} is no longer a directory",
+            internal.display()
+        );
+        assert_eq!(
+            (now.mode(), now.uid(), now.gid(), now.ino()),
+            (md.mode(), md.uid(), md.gid(), md.ino()),
+            "{} was replaced or changed",
+            internal.display()
+        );
+        let after = snapshot(&internal);
+        for p in snap.keys() {
+            assert!(
+                after.contains_key(p),
+                "{} was removed through the mount",
+                p.display()
+            );
+        }
+        assert!(
+            !list_xattrs(&internal)
+                .unwrap()
+                .contains_key(std::ffi::OsStr::new("user.x")),
+            "xattr set on {}",
+            internal.display()
+        );
+    }
     assert_content(&m.path("plain"), b"x");
     assert!(lstat(&m.path("adir")).is_dir());
     assert!(fs::symlink_metadata(m.path("stolen")).is_err());
@@ -979,11 +1046,13 @@ fn symlinks_planted_in_a_replica_are_never_followed_out_of_it() {
     let _ = fs::remove_dir_all(&sub);
 
     let after = snapshot(&outside);
-    assert_eq!(
-        before,
-        after,
-        "the daemon modified {} outside the replicas",
-        outside.display()
+    assert_unchanged(
+        &before,
+        &after,
+        &format!(
+            "the daemon modified {} outside the replicas",
+            outside.display()
+        ),
     );
     for p in [outside.join("victim"), outside.join("file-target")] {
         assert!(
