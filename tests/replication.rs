@@ -980,7 +980,14 @@ fn internal_directory_is_invisible_and_untouchable() {
 /// must never be followed out of the replica by the daemon.
 #[test]
 fn symlinks_planted_in_a_replica_are_never_followed_out_of_it() {
-    let m = Mount::new(2);
+    // Long entry/attr timeouts and pinned fds keep the kernel's view of `a/sub`
+    // (a directory) and `a/f` (a file) as they were before the swap, so the
+    // kernel itself never follows the planted symlinks: any escape is the
+    // daemon resolving a path on replica 0.
+    let m = Mount::builder()
+        .fresh(2)
+        .option("entry_timeout=3600,attr_timeout=3600")
+        .mount();
     let outside = m.root().join("outside");
     fs::create_dir(&outside).unwrap();
     fs::write(outside.join("victim"), b"outside victim").unwrap();
@@ -998,7 +1005,12 @@ fn symlinks_planted_in_a_replica_are_never_followed_out_of_it() {
     fs::write(m.path("a/sub/victim"), b"inside victim").unwrap();
     fs::write(m.path("a/f"), b"inside f").unwrap();
     assert!(lstat(&m.path("a/sub")).is_dir());
+    assert!(lstat(&m.path("a/sub/victim")).is_file());
     assert!(lstat(&m.path("a/f")).is_file());
+    let pin_sub = File::open(m.path("a/sub")).unwrap();
+    let pin_f = File::open(m.path("a/f")).unwrap();
+    use std::os::fd::AsRawFd;
+    let by_fd = |f: &File| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
 
     // On replica 0 only: swap the directory component and the final
     // component for symlinks that point outside.
@@ -1011,7 +1023,8 @@ fn symlinks_planted_in_a_replica_are_never_followed_out_of_it() {
     // Operations through the mount on both swapped paths. Their results do
     // not matter (replica 0 may be failed, the other may serve them); the
     // outside tree must not change.
-    let sub = m.path("a/sub");
+    let sub = by_fd(&pin_sub);
+    let f = by_fd(&pin_f);
     let _ = fs::write(sub.join("file"), b"escaped!");
     let _ = fs::create_dir(sub.join("newdir"));
     let _ = symlink("x", sub.join("newlink"));
@@ -1028,22 +1041,27 @@ fn symlinks_planted_in_a_replica_are_never_followed_out_of_it() {
     let _ = fs::hard_link(sub.join("victim"), m.path("a/stolen-link"));
     let _ = fs::rename(sub.join("victim"), m.path("a/stolen"));
     let _ = fs::remove_file(sub.join("victim"));
-    let _ = fs::write(m.path("a/f"), b"escaped through f");
-    let _ = OpenOptions::new()
-        .write(true)
-        .open(m.path("a/f"))
-        .map(|f| f.set_len(0));
-    let _ = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_TRUNC)
-        .open(m.path("a/f"))
-        .map(|mut f| f.write_all(b"escaped again"));
-    let _ = fs::set_permissions(m.path("a/f"), fs::Permissions::from_mode(0o666));
-    let _ = std::os::unix::fs::chown(m.path("a/f"), Some(NOBODY), Some(NOBODY));
-    let _ = sys::setxattr(&m.path("a/f"), "user.escaped", b"1", 0);
-    let _ = sys::utimensat(&m.path("a/f"), (1, 0), (1, 0), 0);
+    // The final component, by its (cached) path and by the pinned inode.
+    for target in [m.path("a/f"), f.clone()] {
+        let _ = fs::write(&target, b"escaped through f");
+        let _ = OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .map(|f| f.set_len(0));
+        let _ = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(&target)
+            .map(|mut f| f.write_all(b"escaped again"));
+        let _ = fs::set_permissions(&target, fs::Permissions::from_mode(0o666));
+        let _ = std::os::unix::fs::chown(&target, Some(NOBODY), Some(NOBODY));
+        let _ = sys::setxattr(&target, "user.escaped", b"1", 0);
+        let _ = sys::utimensat(&target, (1, 0), (1, 0), 0);
+        let _ = pin_f.set_len(1);
+    }
     let _ = fs::remove_file(m.path("a/f"));
-    let _ = fs::remove_dir_all(&sub);
+    let _ = fs::remove_dir_all(m.path("a/sub"));
+    drop((pin_sub, pin_f));
 
     let after = snapshot(&outside);
     assert_unchanged(
