@@ -425,10 +425,11 @@ fn assert_config_rejected(contents: &str, needles: &[&str]) {
 
 #[test]
 fn bad_config_files_are_rejected_naming_the_problem() {
-    assert_config_rejected("bogus_key = 1\n", &["unknown option 'bogus_key'"]);
+    // The message names the offending key (and value).
+    assert_config_rejected("bogus_key = 1\n", &["bogus_key"]);
     assert_config_rejected(
         "read_policy = \"sometimes\"\n",
-        &["bad value 'sometimes' for option 'read_policy'"],
+        &["sometimes", "read_policy"],
     );
     // Broken TOML syntax: the message names the file.
     assert_config_rejected("allow_other = = true\n[\n", &["{cfg}"]);
