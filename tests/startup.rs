@@ -288,6 +288,11 @@ fn background_mount_is_live_on_return_and_exits_on_umount() {
         assert_eq!(fs::read(a.join("hello")).unwrap(), b"world");
         assert_eq!(fs::read(b.join("hello")).unwrap(), b"world");
         assert!(!daemons.is_empty(), "no background daemon process found");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains(PIPES_HELD_OPEN),
+            "the background daemon keeps the caller's stdout/stderr open \
+             (a mount helper or `$(chironfs ...)` would hang)"
+        );
     });
     ensure_unmounted(&m);
     let deadline = Instant::now() + Duration::from_secs(30);

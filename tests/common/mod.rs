@@ -244,28 +244,73 @@ where
     run_with_timeout(cmd, timeout)
 }
 
+/// Marker appended to the captured stderr by [`run_with_timeout`] when a
+/// descendant (e.g. a daemon that did not detach its stdio) keeps the output
+/// pipes open after the command exited.
+pub const PIPES_HELD_OPEN: &str = "[run_with_timeout: output pipes still held open]";
+
 /// Runs `cmd` to completion with stdout/stderr captured, killing it after
 /// `timeout` (the output then holds what it printed so far and a failed
-/// status).
+/// status). Never waits more than 5 s past the command's exit for its output
+/// pipes to close (see [`PIPES_HELD_OPEN`]).
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = mpsc::channel::<()>();
-    let killer = thread::spawn(move || {
-        if rx.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
-            eprintln!("run_with_timeout: killing pid {pid} after {timeout:?}");
-            // Safe because the child is not reaped until wait_with_output
-            // returns, so the pid cannot have been reused.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    let out_rx = drain(Box::new(child.stdout.take().unwrap()));
+    let err_rx = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
         }
-    });
-    let out = child.wait_with_output().expect("wait for command");
-    let _ = tx.send(());
-    killer.join().unwrap();
-    out
+        if Instant::now() > deadline {
+            eprintln!("run_with_timeout: killing {cmd:?} after {timeout:?}");
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let pipes_deadline = Instant::now() + Duration::from_secs(5);
+    let mut held = false;
+    let mut collect = |rx: mpsc::Receiver<Vec<u8>>| {
+        let mut v = Vec::new();
+        loop {
+            let left = pipes_deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => v.extend_from_slice(&chunk),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    held = true;
+                    break;
+                }
+            }
+        }
+        v
+    };
+    let stdout = collect(out_rx);
+    let mut stderr = collect(err_rx);
+    if held {
+        stderr.extend_from_slice(PIPES_HELD_OPEN.as_bytes());
+    }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// Runs `program args...` as `uid`/`gid` (no supplementary groups) via
