@@ -251,7 +251,8 @@ fn write_quorum_all_reports_the_lost_write_to_the_application() {
     );
     assert!(
         !written.is_empty(),
-        "even the first 4 MiB failed on an 8 MiB tmpfs"
+        "even the first 4 MiB failed on an 8 MiB tmpfs ({name}: {e})\n--- log ---\n{}",
+        m.log()
     );
     // What was acknowledged is intact.
     for (name, bytes) in written {
