@@ -1,0 +1,89 @@
+//! The `chironfs` command line (ChironFS syntax).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::Config;
+use crate::daemon::Invocation;
+use crate::replica::ReplicaSpec;
+
+/// A replicated filesystem: every change goes to every replica.
+#[derive(Parser, Debug)]
+#[command(
+    name = "chironfs",
+    version,
+    about,
+    override_usage = "chironfs [OPTIONS] [:]PATH=[:]PATH[=...] MOUNTPOINT\n       chironfs [OPTIONS] --config FILE MOUNTPOINT"
+)]
+struct Args {
+    /// Stay in the foreground and log to stderr.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Debug logging (implies nothing else).
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Mount and chironfs options, comma separated (same names as the config keys).
+    #[arg(short = 'o', value_name = "OPT[,OPT=VAL...]")]
+    options: Vec<String>,
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// `[:]PATH=[:]PATH[=...] MOUNTPOINT`, or just `MOUNTPOINT` with --config.
+    #[arg(value_name = "REPLICAS MOUNTPOINT", num_args = 1..=2, required = true)]
+    positional: Vec<String>,
+}
+
+/// Parses argv; on error prints a one-line reason and returns the exit code.
+pub fn parse(argv: Vec<String>) -> Result<Invocation, i32> {
+    let args = match Args::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return Err(code);
+        }
+    };
+    let text = match &args.config {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Some((p.display().to_string(), t)),
+            Err(e) => {
+                eprintln!("chironfs: cannot read config file '{}': {e}", p.display());
+                return Err(1);
+            }
+        },
+        None => None,
+    };
+    let config = match Config::build(
+        text.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
+        &args.options,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chironfs: {e}");
+            return Err(1);
+        }
+    };
+    let (source, mountpoint) = match args.positional.as_slice() {
+        [src, mnt] => (src.clone(), mnt.clone()),
+        [mnt] => (config.replicas.join("="), mnt.clone()),
+        _ => return Err(1),
+    };
+    if args.positional.len() == 2 && !config.replicas.is_empty() {
+        eprintln!("chironfs: replicas given both on the command line and in the config");
+        return Err(1);
+    }
+    let replicas: Vec<ReplicaSpec> = source
+        .split('=')
+        .filter(|s| !s.is_empty())
+        .map(ReplicaSpec::parse)
+        .collect();
+    Ok(Invocation {
+        foreground: args.foreground,
+        debug: args.debug,
+        config,
+        replicas,
+        source,
+        mountpoint: PathBuf::from(mountpoint),
+    })
+}

@@ -1,0 +1,72 @@
+//! Where log lines go: stderr in the foreground, `log=FILE`, or syslog when
+//! in the background.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::config::LogLevel;
+
+/// Log target chosen at startup.
+pub enum Target<'a> {
+    Stderr,
+    File(&'a Path),
+    Syslog,
+}
+
+/// A writer that sends each formatted line to syslog(3).
+struct Syslog;
+
+impl Write for Syslog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let msg = CString::new(line.replace('\0', " ")).unwrap_or_default();
+            // Safe because both strings are valid C strings and "%s" takes one.
+            unsafe { libc::syslog(libc::LOG_INFO, c"%s".as_ptr(), msg.as_ptr()) };
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for SyslogMaker {
+    type Writer = Syslog;
+    fn make_writer(&'a self) -> Syslog {
+        Syslog
+    }
+}
+
+struct SyslogMaker;
+
+pub fn init(target: Target, level: LogLevel) -> io::Result<()> {
+    let filter = EnvFilter::new(format!("chironfs={},fuser=warn", level.as_str()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let res = match target {
+        Target::Stderr => builder.with_writer(io::stderr).try_init(),
+        Target::File(p) => {
+            let f = OpenOptions::new().create(true).append(true).open(p)?;
+            builder
+                .with_ansi(false)
+                .with_writer(Mutex::new(f))
+                .try_init()
+        }
+        Target::Syslog => {
+            // Safe because the ident is a 'static C string.
+            unsafe { libc::openlog(c"chironfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            builder
+                .with_ansi(false)
+                .without_time()
+                .with_writer(SyslogMaker)
+                .try_init()
+        }
+    };
+    res.map_err(|e| io::Error::other(e.to_string()))
+}

@@ -1,0 +1,300 @@
+//! Startup: check, fork to the background (the parent returns only once the
+//! mount is live), open the replicas, mount, serve, and unmount on a signal.
+
+pub mod checks;
+mod log;
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::{ForkResult, fork, pipe, setsid};
+
+use crate::config::Config;
+use crate::fs::{ChironFs, FsOptions};
+use crate::fuse::Adapter;
+use crate::replica::{INTERNAL_NAME, Replica, ReplicaSpec};
+use checks::{CheckedReplica, StartupError};
+
+/// What the command line asked for.
+pub struct Invocation {
+    pub foreground: bool,
+    pub debug: bool,
+    pub config: Config,
+    pub replicas: Vec<ReplicaSpec>,
+    /// The replica list as written, for the default fsname.
+    pub source: String,
+    pub mountpoint: PathBuf,
+}
+
+/// Runs the daemon; returns the process exit code.
+pub fn start(inv: Invocation) -> i32 {
+    let checked = match checks::check(&inv.replicas, &inv.mountpoint, &inv.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chironfs: {e}");
+            return 1;
+        }
+    };
+    if checked.len() == 1 {
+        eprintln!(
+            "chironfs: warning: only one replica ('{}'): nothing is replicated",
+            checked[0].shown
+        );
+    }
+    // Block the signals we handle before any thread exists, so every
+    // thread inherits the mask and only the signal thread receives them.
+    let signals = handled_signals();
+    if let Err(e) = signals.thread_block() {
+        eprintln!("chironfs: cannot block signals: {e}");
+        return 1;
+    }
+    if inv.foreground {
+        return match serve(&inv, checked, &mut None) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("chironfs: {e}");
+                1
+            }
+        };
+    }
+    let (rx, tx) = match pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("chironfs: cannot create a pipe: {e}");
+            return 1;
+        }
+    };
+    // Safe because no other thread exists yet (nothing has spawned one).
+    match unsafe { fork() } {
+        Err(e) => {
+            eprintln!("chironfs: cannot fork: {e}");
+            1
+        }
+        Ok(ForkResult::Parent { .. }) => {
+            drop(tx);
+            wait_for_child(rx)
+        }
+        Ok(ForkResult::Child) => {
+            drop(rx);
+            let _ = setsid();
+            let mut tx = Some(std::fs::File::from(tx));
+            match serve(&inv, checked, &mut tx) {
+                Ok(()) => 0,
+                Err(e) => {
+                    if let Some(tx) = tx.as_mut() {
+                        let _ = write!(tx, "E{e}");
+                    }
+                    1
+                }
+            }
+        }
+    }
+}
+
+fn handled_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    s.add(Signal::SIGTERM);
+    s.add(Signal::SIGINT);
+    s.add(Signal::SIGHUP);
+    s
+}
+
+/// The parent's side of startup: 'O' means mounted, 'E' and a message
+/// means it failed, end of file means the daemon died.
+fn wait_for_child(rx: OwnedFd) -> i32 {
+    let mut rx = std::fs::File::from(rx);
+    let mut first = [0u8; 1];
+    let mut buf = String::new();
+    if rx.read_exact(&mut first).is_ok() {
+        buf.push(first[0] as char);
+        if first[0] == b'E' {
+            let _ = rx.read_to_string(&mut buf);
+        }
+    }
+    match buf.chars().next() {
+        Some('O') => 0,
+        Some('E') => {
+            eprintln!("chironfs: {}", &buf[1..]);
+            1
+        }
+        _ => {
+            eprintln!("chironfs: the daemon exited during startup (see the system log)");
+            1
+        }
+    }
+}
+
+fn serve(
+    inv: &Invocation,
+    checked: Vec<CheckedReplica>,
+    notify: &mut Option<std::fs::File>,
+) -> Result<(), StartupError> {
+    let cfg = &inv.config;
+    let level = if inv.debug {
+        crate::config::LogLevel::Debug
+    } else {
+        cfg.log_level
+    };
+    let target = match (&cfg.log, inv.foreground) {
+        (Some(p), _) => log::Target::File(p),
+        (None, true) => log::Target::Stderr,
+        (None, false) => log::Target::Syslog,
+    };
+    log::init(target, level)
+        .map_err(|e| StartupError::Other(format!("cannot open the log: {e}")))?;
+    // Modes are given exactly by the kernel (which applied the caller's umask).
+    // Safe: umask has no failure mode.
+    unsafe { libc::umask(0) };
+    raise_fd_limit();
+
+    let mut replicas = Vec::with_capacity(checked.len());
+    for (i, c) in checked.into_iter().enumerate() {
+        let root = open_root(&c)?;
+        let rep = Replica::new(i, c.spec, root, cfg.replica_threads)
+            .map_err(|e| StartupError::ReplicaSetup(c.shown.clone(), e.to_string()))?;
+        replicas.push(rep);
+    }
+    let n = replicas.len();
+    let opts = FsOptions {
+        read_policy: cfg.read_policy,
+        needed: cfg.write_quorum.needed(n),
+        replica_timeout: Duration::from_secs_f64(cfg.replica_timeout),
+        passthrough: cfg.passthrough,
+    };
+    let fs = Arc::new(ChironFs::new(replicas, opts));
+    let adapter = Adapter::new(
+        fs.clone(),
+        Duration::from_secs_f64(cfg.attr_timeout),
+        Duration::from_secs_f64(cfg.entry_timeout),
+    );
+    let fsname = cfg.fsname.clone().unwrap_or_else(|| inv.source.clone());
+    let session_cfg = session_config(cfg, fsname);
+    let mut session = fuser::Session::new(adapter, &inv.mountpoint, &session_cfg)
+        .map_err(|e| StartupError::Mount(inv.mountpoint.display().to_string(), e.to_string()))?;
+    tracing::info!(
+        "mounted {} on {} ({} replicas)",
+        inv.source,
+        inv.mountpoint.display(),
+        n
+    );
+    if let Some(mut tx) = notify.take() {
+        let _ = tx.write_all(b"O");
+        drop(tx);
+        detach_stdio();
+    }
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = inv.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let set = handled_signals();
+            loop {
+                match set.wait() {
+                    Ok(Signal::SIGHUP) => continue,
+                    Ok(sig) => {
+                        tracing::info!("{sig:?}: unmounting {}", mountpoint.display());
+                        if let Err(e) = unmounter.unmount() {
+                            tracing::error!("unmount failed: {e}");
+                            continue;
+                        }
+                        return;
+                    }
+                    Err(_) => continue,
+                }
+            }
+        })
+        .map_err(|e| StartupError::Other(e.to_string()))?;
+    session
+        .run()
+        .map_err(|e| StartupError::Other(format!("FUSE session ended: {e}")))?;
+    tracing::info!("unmounted {}", inv.mountpoint.display());
+    Ok(())
+}
+
+fn session_config(cfg: &Config, fsname: String) -> fuser::Config {
+    use fuser::MountOption as M;
+    let mut c = fuser::Config::default();
+    c.mount_options = vec![
+        M::FSName(fsname),
+        // fuser passes Subtype only to fusermount; the kernel takes it as a
+        // plain option, which makes the type `fuse.chironfs` in /proc/mounts.
+        M::CUSTOM("subtype=chironfs".into()),
+        M::DefaultPermissions,
+        if cfg.ro { M::RO } else { M::RW },
+        if cfg.noexec { M::NoExec } else { M::Exec },
+        if cfg.nosuid { M::NoSuid } else { M::Suid },
+        if cfg.nodev { M::NoDev } else { M::Dev },
+    ];
+    c.acl = if cfg.allow_other {
+        fuser::SessionACL::All
+    } else if cfg.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    c.n_threads = Some(cfg.threads);
+    c.clone_fd = true;
+    c
+}
+
+/// Opens a replica root and makes sure its internal directory exists.
+fn open_root(c: &CheckedReplica) -> Result<OwnedFd, StartupError> {
+    let setup = |e: String| StartupError::ReplicaSetup(c.shown.clone(), e);
+    let path =
+        CString::new(c.spec.path.as_os_str().as_bytes()).map_err(|e| setup(e.to_string()))?;
+    // Safe because `path` is a valid C string; the fd is owned right below.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(setup(std::io::Error::last_os_error().to_string()));
+    }
+    // Safe because the fd was just returned to us.
+    let root = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = CString::new(INTERNAL_NAME).map_err(|e| setup(e.to_string()))?;
+    match crate::replica::ops::mkdirat(crate::replica::ops::fd_of(&root), &name, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.0 == libc::EEXIST => {}
+        Err(e) => return Err(setup(format!("cannot create {INTERNAL_NAME}: {e}"))),
+    }
+    Ok(root)
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // Safe because `lim` is a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Points stdin/stdout/stderr at /dev/null once the daemon is in the background.
+fn detach_stdio() {
+    // Safe because the path is a valid C string and dup2 targets are the std fds.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+}

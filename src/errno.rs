@@ -1,0 +1,112 @@
+//! One errno type for the whole filesystem core.
+//!
+//! The core returns `Result<T, Errno>`; only the FUSE adapter turns it into a
+//! reply. Keeping it a plain newtype over the raw code keeps `fuser` out of
+//! every layer below the adapter.
+
+use std::fmt;
+use std::io;
+
+/// A positive errno value.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+impl Errno {
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EISDIR: Errno = Errno(libc::EISDIR);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const ENOSPC: Errno = Errno(libc::ENOSPC);
+    pub const EROFS: Errno = Errno(libc::EROFS);
+    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
+    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const ENOTSUP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
+    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
+
+    /// The errno of the last failed libc call on this thread.
+    pub fn last() -> Errno {
+        Errno(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    }
+
+    /// Errors that mean the replica itself is unhealthy, as opposed to a
+    /// result about the path (ENOENT, EEXIST, EACCES...) that every healthy
+    /// replica would give alike.
+    pub fn is_replica_failure(self) -> bool {
+        matches!(
+            self.0,
+            libc::EIO
+                | libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EROFS
+                | libc::ENOTCONN
+                | libc::ESTALE
+                | libc::ETIMEDOUT
+                | libc::ENODEV
+                | libc::ENXIO
+                | libc::EUCLEAN
+                | libc::ENOMEM
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ECONNRESET
+                | libc::ECONNABORTED
+                | libc::ENOLINK
+                | libc::EREMOTEIO
+        )
+    }
+}
+
+/// Converts a libc return value (-1 on error) into a Result.
+pub fn check(ret: libc::c_int) -> Result<libc::c_int> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+/// Like [`check`], for calls returning `ssize_t`.
+pub fn check_size(ret: libc::ssize_t) -> Result<usize> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+impl From<io::Error> for Errno {
+    fn from(e: io::Error) -> Self {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<nix::Error> for Errno {
+    fn from(e: nix::Error) -> Self {
+        Errno(e as i32)
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = nix::errno::Errno::from_raw(self.0);
+        write!(f, "{name:?} ({})", name.desc())
+    }
+}
+
+impl fmt::Debug for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", nix::errno::Errno::from_raw(self.0))
+    }
+}

@@ -1,0 +1,217 @@
+//! Attributes, extended attributes, statfs.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use super::{ChironFs, ROOT};
+use crate::errno::{Errno, Result};
+use crate::replica::ops::{self, At, OMIT, Stat, fd_of};
+use crate::replica::{Name, RelPath, Replica};
+
+/// A time given to setattr.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(libc::timespec),
+}
+
+/// The changes one setattr asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// Filesystem usage as statfs reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct FsStats {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Where an inode is on a replica, for calls that take an [`At`].
+pub(super) fn on_inode<T>(
+    rep: &Replica,
+    loc: &Option<(RelPath, Name)>,
+    fd: Option<&OwnedFd>,
+    f: impl FnOnce(At) -> Result<T>,
+) -> Result<T> {
+    if let Some(fd) = fd {
+        return f(At::Fd(fd.as_fd()));
+    }
+    match loc {
+        None => f(At::Fd(rep.root())),
+        Some((parent, name)) => {
+            let dir = rep.dir(parent)?;
+            f(At::Entry(fd_of(&dir), name.as_c()))
+        }
+    }
+}
+
+fn xattr_name(name: &OsStr) -> Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+impl ChironFs {
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Stat> {
+        if let Some(h) = fh.and_then(|fh| self.files.get(fh)) {
+            let r = h.reader();
+            if let Some(fd) = h.fd(r) {
+                let rep = &self.replicas[r];
+                match rep.track(|| ops::fstat(fd.as_fd())) {
+                    Ok(st) => return Ok(st),
+                    Err(e) if e.is_replica_failure() => {
+                        rep.mark_failed("getattr", &self.describe(ino), e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let loc = self.locate(ino)?;
+        let path = self.describe(ino);
+        let (_, st) = self.read_meta("getattr", &path, |rep| {
+            on_inode(rep, &loc, None, |at| at.stat())
+        })?;
+        Ok(st)
+    }
+
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> Result<Stat> {
+        let now = ops::now();
+        let time = |t: Option<SetTime>| match t {
+            None => OMIT,
+            Some(SetTime::Now) => now,
+            Some(SetTime::At(ts)) => ts,
+        };
+        let mut times = [time(set.atime), time(set.mtime)];
+        if set.size.is_some() && set.mtime.is_none() {
+            // truncate updates mtime; give every replica the same one.
+            times[1] = now;
+        }
+        let handle = fh.and_then(|fh| self.files.get(fh));
+        let fds: Vec<Option<Arc<OwnedFd>>> = (0..self.replicas.len())
+            .map(|i| handle.as_ref().and_then(|h| h.fd(i)))
+            .collect();
+        let loc = if ino == ROOT {
+            None
+        } else {
+            match self.locate(ino) {
+                Ok(l) => l,
+                // Unlinked but open: only the handle's fds can reach it.
+                Err(e) if handle.is_none() => return Err(e),
+                Err(_) => None,
+            }
+        };
+        let unlinked = ino != ROOT && loc.is_none();
+        let targets: Vec<usize> = self
+            .writers()
+            .into_iter()
+            .filter(|&i| !unlinked || fds[i].is_some())
+            .collect();
+        let path = self.describe(ino);
+        let done = self.mutate_on("setattr", &path, &targets, move |rep| {
+            on_inode(rep, &loc, fds[rep.index].as_deref(), |at| {
+                if set.uid.is_some() || set.gid.is_some() {
+                    at.chown(set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+                }
+                if let Some(mode) = set.mode {
+                    at.chmod(mode & 0o7777)?;
+                }
+                if let Some(size) = set.size {
+                    at.truncate(size)?;
+                }
+                if times[0].tv_nsec != libc::UTIME_OMIT || times[1].tv_nsec != libc::UTIME_OMIT {
+                    at.utimens(&times)?;
+                }
+                at.stat()
+            })
+        })?;
+        if set.size.is_some()
+            && let Some(h) = &handle
+        {
+            h.mark_clean();
+        }
+        Ok(done[0].1)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        let attr = xattr_name(name)?;
+        let loc = self.locate(ino)?;
+        let (_, v) = self.read_meta("getxattr", &self.describe(ino), |rep| {
+            on_inode(rep, &loc, None, |at| at.getxattr(&attr))
+        })?;
+        Ok(v)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let loc = self.locate(ino)?;
+        let (_, v) = self.read_meta("listxattr", &self.describe(ino), |rep| {
+            on_inode(rep, &loc, None, |at| at.listxattr())
+        })?;
+        Ok(v)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let attr = xattr_name(name)?;
+        let loc = self.locate(ino)?;
+        let value: Arc<[u8]> = value.into();
+        self.mutate("setxattr", &self.describe(ino), move |rep| {
+            on_inode(rep, &loc, None, |at| at.setxattr(&attr, &value, flags))
+        })?;
+        Ok(())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        let attr = xattr_name(name)?;
+        let loc = self.locate(ino)?;
+        self.mutate("removexattr", &self.describe(ino), move |rep| {
+            on_inode(rep, &loc, None, |at| at.removexattr(&attr))
+        })?;
+        Ok(())
+    }
+
+    /// Usage of the in-sync replica with the least space available: a write
+    /// needs room on all of them.
+    pub fn statfs(&self) -> Result<FsStats> {
+        let mut best: Option<FsStats> = None;
+        for i in self.readers() {
+            let rep = &self.replicas[i];
+            let st = match rep.track(|| ops::fstatvfs(rep.root())) {
+                Ok(st) => st,
+                Err(e) => {
+                    if e.is_replica_failure() {
+                        rep.mark_failed("statfs", &RelPath::root(), e);
+                    }
+                    continue;
+                }
+            };
+            let frsize = st.f_frsize.max(1);
+            let s = FsStats {
+                blocks: st.f_blocks,
+                bfree: st.f_bfree,
+                bavail: st.f_bavail,
+                files: st.f_files,
+                ffree: st.f_ffree,
+                bsize: st.f_bsize as u32,
+                namelen: st.f_namemax as u32,
+                frsize: frsize as u32,
+            };
+            let avail = |s: &FsStats| s.bavail.saturating_mul(s.frsize as u64);
+            if best.as_ref().is_none_or(|b| avail(&s) < avail(b)) {
+                best = Some(s);
+            }
+        }
+        best.ok_or(Errno::EIO)
+    }
+}

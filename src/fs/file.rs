@@ -1,0 +1,372 @@
+//! Open files: open/create, read with fail-over, fanned-out writes, flush,
+//! fsync, fallocate, lseek, release.
+//!
+//! A read-only open reads from one replica chosen by the read policy,
+//! through FUSE passthrough when the kernel allows it. A writable open holds
+//! an fd on every serving replica; each write goes to all of them in
+//! parallel. Writes make mtimes differ by microseconds between replicas;
+//! the first replica's mtime is copied to the others when the handle is
+//! flushed, synced or released, so replicas end identical.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use super::handles::Mode;
+use super::namespace::{Owner, settle_new_entry};
+use super::{ChironFs, Entry};
+use crate::errno::{Errno, Result};
+use crate::replica::ops::{self, At, OMIT, fd_of};
+
+pub struct FileHandle {
+    pub ino: u64,
+    /// One fd per replica index; read-only handles hold just one.
+    fds: Mutex<Vec<Option<Arc<OwnedFd>>>>,
+    reader: AtomicUsize,
+    dirty: AtomicBool,
+    mode: Mutex<Mode>,
+}
+
+impl FileHandle {
+    pub fn fd(&self, replica: usize) -> Option<Arc<OwnedFd>> {
+        self.fds.lock().get(replica).cloned().flatten()
+    }
+
+    pub fn reader(&self) -> usize {
+        self.reader.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_clean(&self) {
+        self.dirty.store(false, Ordering::Relaxed);
+    }
+}
+
+/// How the kernel should do I/O on a new handle.
+pub enum IoMode {
+    Cached,
+    /// FOPEN_PASSTHROUGH to this backing fd (the inode's backing file).
+    Passthrough(Arc<OwnedFd>),
+    /// FOPEN_PASSTHROUGH naming the inode's existing backing file, with
+    /// FOPEN_DIRECT_IO so that reads and writes still come to the daemon.
+    ShareBacking,
+}
+
+pub struct Opened {
+    pub fh: u64,
+    pub io: IoMode,
+    /// Let the kernel keep cached pages from an earlier open.
+    pub keep_cache: bool,
+}
+
+/// The flags a backing open keeps from the application's: access mode,
+/// truncation and sync semantics. O_APPEND is dropped on purpose: the
+/// kernel sends explicit offsets, which must be the same on every replica.
+fn backing_flags(flags: i32) -> i32 {
+    flags & (libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC)
+}
+
+impl ChironFs {
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        let Some((ppath, name)) = self.locate(ino)? else {
+            return Err(Errno::EISDIR);
+        };
+        let path = ppath.join(&name);
+        let oflags = backing_flags(flags);
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let n = self.replicas.len();
+        let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; n];
+        let (reader, mode) = if writable {
+            let (p, nm) = (ppath.clone(), name.clone());
+            let done = self.mutate("open", &path, move |rep| {
+                ops::openat(fd_of(&rep.dir(&p)?), nm.as_c(), oflags, 0).map(Arc::new)
+            })?;
+            for (i, fd) in done {
+                fds[i] = Some(fd);
+            }
+            let reader = self
+                .readers()
+                .into_iter()
+                .find(|&i| fds[i].is_some())
+                .ok_or(Errno::EIO)?;
+            (reader, self.iomodes.open(ino, None, |_| true))
+        } else {
+            let mut tried = Vec::new();
+            let (r, fd) = loop {
+                let r = self.choose_reader(&tried).ok_or(Errno::EIO)?;
+                let rep = &self.replicas[r];
+                match rep.track(|| ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), oflags, 0)) {
+                    Ok(fd) => break (r, fd),
+                    Err(e) if e.is_replica_failure() => {
+                        rep.mark_failed("open", &path, e);
+                        tried.push(r);
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            fds[r] = Some(Arc::new(fd));
+            let want = self.passthrough().then_some(r);
+            let mode = self
+                .iomodes
+                .open(ino, want, |i| self.replicas[i].is_serving());
+            let mut reader = r;
+            if let Mode::Passthrough(p) = mode
+                && p != r
+            {
+                // All passthrough opens of an inode share one backing replica.
+                let rep = &self.replicas[p];
+                match ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), oflags, 0) {
+                    Ok(fd) => {
+                        fds[p] = Some(Arc::new(fd));
+                        fds[r] = None;
+                        reader = p;
+                    }
+                    Err(e) => {
+                        self.iomodes.release(ino, mode);
+                        return Err(e);
+                    }
+                }
+            }
+            (reader, mode)
+        };
+        let io = match mode {
+            Mode::Cached => IoMode::Cached,
+            Mode::ShareBacking => IoMode::ShareBacking,
+            Mode::Passthrough(p) => IoMode::Passthrough(fds[p].clone().ok_or(Errno::EIO)?),
+        };
+        let fh = self.new_handle(ino, fds, reader, mode, flags & libc::O_TRUNC != 0);
+        Ok(Opened {
+            fh,
+            io,
+            keep_cache: !writable,
+        })
+    }
+
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        owner: Owner,
+    ) -> Result<(Entry, Opened)> {
+        let name = self.new_name(parent, name)?;
+        let ppath = self.path(parent)?;
+        let path = ppath.join(&name);
+        let now = ops::now();
+        // O_EXCL always: the kernel only creates after a negative lookup, and
+        // an entry that exists after all must never be handed to the caller.
+        let oflags = backing_flags(flags) | libc::O_CREAT | libc::O_EXCL;
+        let n2 = name.clone();
+        let done = self.mutate("create", &path, move |rep| {
+            let dir = rep.dir(&ppath)?;
+            let fd = ops::openat(fd_of(&dir), n2.as_c(), oflags, mode & 0o7777)?;
+            let st = settle_new_entry(fd_of(&dir), &n2, owner, Some(mode), now)?;
+            Ok((Arc::new(fd), st))
+        })?;
+        let (r0, (_, st0)) = &done[0];
+        let entry = self.remember(parent, &name, *r0, st0);
+        let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; self.replicas.len()];
+        for (i, (fd, _)) in done {
+            fds[i] = Some(fd);
+        }
+        let reader = self
+            .readers()
+            .into_iter()
+            .find(|&i| fds[i].is_some())
+            .ok_or(Errno::EIO)?;
+        let mode = self.iomodes.open(entry.ino, None, |_| true);
+        let io = if mode == Mode::ShareBacking {
+            IoMode::ShareBacking
+        } else {
+            IoMode::Cached
+        };
+        let fh = self.new_handle(entry.ino, fds, reader, mode, false);
+        Ok((
+            entry,
+            Opened {
+                fh,
+                io,
+                keep_cache: false,
+            },
+        ))
+    }
+
+    fn new_handle(
+        &self,
+        ino: u64,
+        fds: Vec<Option<Arc<OwnedFd>>>,
+        reader: usize,
+        mode: Mode,
+        dirty: bool,
+    ) -> u64 {
+        self.inodes.write().opened(ino);
+        self.replicas[reader]
+            .bound_handles
+            .fetch_add(1, Ordering::Relaxed);
+        self.files.insert(FileHandle {
+            ino,
+            fds: Mutex::new(fds),
+            reader: AtomicUsize::new(reader),
+            dirty: AtomicBool::new(dirty),
+            mode: Mutex::new(mode),
+        })
+    }
+
+    /// The adapter could not register the passthrough backing file; returns
+    /// how the open should be answered instead.
+    pub fn passthrough_refused(&self, fh: u64) {
+        if let Some(h) = self.files.get(fh) {
+            *h.mode.lock() = self.iomodes.passthrough_refused(h.ino);
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        let mut tried = Vec::new();
+        loop {
+            let r = h.reader();
+            let rep = &self.replicas[r];
+            let res = match h.fd(r) {
+                Some(fd) => rep.track(|| ops::pread_full(fd.as_fd(), size as usize, offset)),
+                None => Err(Errno::EIO),
+            };
+            match res {
+                Ok(data) => return Ok(data),
+                Err(e) if e.is_replica_failure() => {
+                    rep.mark_failed("read", &self.describe(h.ino), e);
+                    tried.push(r);
+                    self.fail_over_reader(&h, &tried)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Moves a handle's reads to another serving replica.
+    fn fail_over_reader(&self, h: &FileHandle, tried: &[usize]) -> Result<()> {
+        let next = self.choose_reader(tried).ok_or(Errno::EIO)?;
+        if h.fd(next).is_none() {
+            let (ppath, name) = self.locate(h.ino)?.ok_or(Errno::EIO)?;
+            let rep = &self.replicas[next];
+            let fd = ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), libc::O_RDONLY, 0)?;
+            h.fds.lock()[next] = Some(Arc::new(fd));
+        }
+        let old = h.reader.swap(next, Ordering::Relaxed);
+        self.replicas[old]
+            .bound_handles
+            .fetch_sub(1, Ordering::Relaxed);
+        self.replicas[next]
+            .bound_handles
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The serving replicas this handle can write to, with their fds.
+    fn write_fds(&self, h: &FileHandle) -> (Vec<usize>, Vec<Option<Arc<OwnedFd>>>) {
+        let fds = h.fds.lock().clone();
+        let targets = self
+            .writers()
+            .into_iter()
+            .filter(|&i| fds[i].is_some())
+            .collect();
+        (targets, fds)
+    }
+
+    /// Runs `f` with the handle's fd on every serving replica, as one mutation.
+    fn on_handle<T, F>(&self, op: &'static str, h: &FileHandle, f: F) -> Result<Vec<(usize, T)>>
+    where
+        T: Send + 'static,
+        F: Fn(&OwnedFd) -> Result<T> + Send + Sync + 'static,
+    {
+        let (targets, fds) = self.write_fds(h);
+        if targets.is_empty() {
+            return Err(Errno::EIO);
+        }
+        self.mutate_on(op, &self.describe(h.ino), &targets, move |rep| {
+            fds[rep.index].as_deref().map_or(Err(Errno::EBADF), &f)
+        })
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        let data: Arc<[u8]> = data.into();
+        let len = data.len();
+        h.dirty.store(true, Ordering::Relaxed);
+        self.on_handle("write", &h, move |fd| {
+            ops::pwrite_all(fd.as_fd(), &data, offset)
+        })?;
+        Ok(len as u32)
+    }
+
+    /// Gives every replica the first replica's mtime after writes.
+    fn settle_mtime(&self, h: &FileHandle) -> Result<()> {
+        if !h.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (targets, fds) = self.write_fds(h);
+        let Some((&first, rest)) = targets.split_first() else {
+            return Ok(());
+        };
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let Some(fd) = &fds[first] else {
+            return Ok(());
+        };
+        let st = ops::fstat(fd.as_fd())?;
+        let mtime = libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        };
+        let path = self.describe(h.ino);
+        self.mutate_on("settle-mtime", &path, rest, move |rep| {
+            let fd = fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
+            At::Fd(fd.as_fd()).utimens(&[OMIT, mtime])
+        })?;
+        Ok(())
+    }
+
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        self.settle_mtime(&h)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        self.settle_mtime(&h)?;
+        self.on_handle("fsync", &h, move |fd| ops::fsync(fd.as_fd(), datasync))?;
+        Ok(())
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        h.dirty.store(true, Ordering::Relaxed);
+        self.on_handle("fallocate", &h, move |fd| {
+            ops::fallocate(fd.as_fd(), mode, offset, len)
+        })?;
+        Ok(())
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        let r = h.reader();
+        let fd = h.fd(r).ok_or(Errno::EBADF)?;
+        self.replicas[r].track(|| ops::lseek(fd.as_fd(), offset, whence))
+    }
+
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let h = self.files.remove(fh).ok_or(Errno::EBADF)?;
+        let settled = self.settle_mtime(&h);
+        let mode = *h.mode.lock();
+        self.iomodes.release(h.ino, mode);
+        self.replicas[h.reader()]
+            .bound_handles
+            .fetch_sub(1, Ordering::Relaxed);
+        self.inodes.write().closed(h.ino);
+        settled?;
+        Ok(())
+    }
+}

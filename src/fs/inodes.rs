@@ -1,0 +1,326 @@
+//! The inode table: the mount's inode numbers and the names they are known by.
+//!
+//! Inode numbers are allocated from a counter and never reused while the
+//! mount lives, so they are stable. A node remembers every (parent, name)
+//! link it is known by (hard links share one node, hence one st_ino) and the
+//! backing identity (replica, st_dev, st_ino) it was seen with, which is how
+//! a second name of an existing hard link is recognised on lookup.
+
+use std::collections::HashMap;
+
+use crate::replica::{Name, RelPath};
+
+pub const ROOT: u64 = 1;
+
+/// (replica index, st_dev, st_ino) of an inode as seen on one replica.
+pub type BackingKey = (usize, u64, u64);
+
+struct Node {
+    /// Every name this node is known by; the first is used to reach it.
+    links: Vec<(u64, Name)>,
+    /// S_IFMT bits.
+    kind: u32,
+    key: Option<BackingKey>,
+    /// Kernel references (lookup count); the node lives while > 0 or open.
+    lookups: u64,
+    opens: u64,
+}
+
+pub struct InodeTable {
+    nodes: HashMap<u64, Node>,
+    children: HashMap<(u64, Name), u64>,
+    keys: HashMap<BackingKey, u64>,
+    next: u64,
+}
+
+/// Nesting deeper than this is treated as a corrupt table, not walked.
+const MAX_DEPTH: usize = 4096;
+
+impl InodeTable {
+    pub fn new() -> InodeTable {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                links: Vec::new(),
+                kind: libc::S_IFDIR,
+                key: None,
+                lookups: 1,
+                opens: 0,
+            },
+        );
+        InodeTable {
+            nodes,
+            children: HashMap::new(),
+            keys: HashMap::new(),
+            next: ROOT + 1,
+        }
+    }
+
+    /// The path of `ino` relative to the replica roots, if it still has a name.
+    pub fn path(&self, ino: u64) -> Option<RelPath> {
+        if ino == ROOT {
+            return Some(RelPath::root());
+        }
+        let mut names: Vec<&Name> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let (parent, name) = self.nodes.get(&cur)?.links.first()?;
+            names.push(name);
+            cur = *parent;
+            if names.len() > MAX_DEPTH {
+                return None;
+            }
+        }
+        let mut p = RelPath::root();
+        for n in names.iter().rev() {
+            p = p.join(n);
+        }
+        Some(p)
+    }
+
+    pub fn kind(&self, ino: u64) -> Option<u32> {
+        self.nodes.get(&ino).map(|n| n.kind)
+    }
+
+    /// The node a (parent, name) is currently known to name.
+    pub fn child(&self, parent: u64, name: &Name) -> Option<u64> {
+        self.children.get(&(parent, name.clone())).copied()
+    }
+
+    /// Records that the kernel looked up `name` in `parent` and found an
+    /// inode of type `kind` with backing identity `key`; returns its number.
+    pub fn lookup(&mut self, parent: u64, name: &Name, kind: u32, key: BackingKey) -> u64 {
+        let link = (parent, name.clone());
+        if let Some(&ino) = self.children.get(&link) {
+            let node = self.nodes.get_mut(&ino);
+            if let Some(node) = node {
+                let same_replica_other_inode = node.key.is_some_and(|k| k.0 == key.0 && k != key);
+                if node.kind == kind && !same_replica_other_inode {
+                    node.lookups += 1;
+                    if node.key != Some(key) {
+                        node.key = Some(key);
+                        self.keys.insert(key, ino);
+                    }
+                    return ino;
+                }
+            }
+            // The name now refers to something else (changed behind our back).
+            self.unlink(parent, name);
+        }
+        if let Some(&ino) = self.keys.get(&key)
+            && let Some(node) = self.nodes.get_mut(&ino)
+            && node.kind == kind
+            && !node.links.is_empty()
+        {
+            // Another name of an inode we know: a hard link.
+            node.links.push(link.clone());
+            node.lookups += 1;
+            self.children.insert(link, ino);
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                links: vec![link.clone()],
+                kind,
+                key: Some(key),
+                lookups: 1,
+                opens: 0,
+            },
+        );
+        self.children.insert(link, ino);
+        self.keys.insert(key, ino);
+        ino
+    }
+
+    /// A new name for an existing node (link(2)); counts as a lookup.
+    pub fn add_link(&mut self, ino: u64, parent: u64, name: &Name) -> bool {
+        let link = (parent, name.clone());
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
+        node.links.push(link.clone());
+        node.lookups += 1;
+        if let Some(old) = self.children.insert(link, ino)
+            && old != ino
+            && let Some(o) = self.nodes.get_mut(&old)
+        {
+            o.links.retain(|(p, n)| !(*p == parent && n == name));
+        }
+        true
+    }
+
+    /// `name` in `parent` is gone.
+    pub fn unlink(&mut self, parent: u64, name: &Name) {
+        let Some(ino) = self.children.remove(&(parent, name.clone())) else {
+            return;
+        };
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.links.retain(|(p, n)| !(*p == parent && n == name));
+            if node.links.is_empty() {
+                // The backing inode number may be reused by a new file.
+                if let Some(k) = node.key.take() {
+                    self.keys.remove(&k);
+                }
+            }
+        }
+        self.maybe_drop(ino);
+    }
+
+    /// `(p1, n1)` was renamed to `(p2, n2)`; with `exchange` the two swapped.
+    pub fn rename(&mut self, p1: u64, n1: &Name, p2: u64, n2: &Name, exchange: bool) {
+        let a = self.children.remove(&(p1, n1.clone()));
+        let b = self.children.remove(&(p2, n2.clone()));
+        let relink = |t: &mut Self, ino: u64, from: (u64, &Name), to: (u64, &Name)| {
+            if let Some(node) = t.nodes.get_mut(&ino) {
+                for l in node.links.iter_mut() {
+                    if l.0 == from.0 && &l.1 == from.1 {
+                        *l = (to.0, to.1.clone());
+                    }
+                }
+            }
+            t.children.insert((to.0, to.1.clone()), ino);
+        };
+        if let Some(b) = b {
+            if exchange {
+                relink(self, b, (p2, n2), (p1, n1));
+            } else {
+                // Put it back so unlink() can do its bookkeeping.
+                self.children.insert((p2, n2.clone()), b);
+                self.unlink(p2, n2);
+            }
+        }
+        if let Some(a) = a {
+            relink(self, a, (p1, n1), (p2, n2));
+        }
+    }
+
+    /// The kernel dropped `n` references.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+        }
+        self.maybe_drop(ino);
+    }
+
+    pub fn opened(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.opens += 1;
+        }
+    }
+
+    pub fn closed(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.opens = node.opens.saturating_sub(1);
+        }
+        self.maybe_drop(ino);
+    }
+
+    fn maybe_drop(&mut self, ino: u64) {
+        let Some(node) = self.nodes.get(&ino) else {
+            return;
+        };
+        if ino == ROOT || node.lookups > 0 || node.opens > 0 {
+            return;
+        }
+        if let Some(node) = self.nodes.remove(&ino) {
+            for l in node.links {
+                if self.children.get(&l) == Some(&ino) {
+                    self.children.remove(&l);
+                }
+            }
+            if let Some(k) = node.key
+                && self.keys.get(&k) == Some(&ino)
+            {
+                self.keys.remove(&k);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    fn n(s: &str) -> Name {
+        Name::new(OsStr::new(s)).unwrap()
+    }
+    const REG: u32 = libc::S_IFREG;
+    const DIR: u32 = libc::S_IFDIR;
+
+    #[test]
+    fn lookups_are_stable_and_paths_follow_renames() {
+        let mut t = InodeTable::new();
+        let d = t.lookup(ROOT, &n("d"), DIR, (0, 1, 10));
+        let f = t.lookup(d, &n("f"), REG, (0, 1, 11));
+        assert_eq!(t.lookup(d, &n("f"), REG, (0, 1, 11)), f);
+        assert_eq!(t.path(f).unwrap().as_bytes(), b"d/f");
+        t.rename(ROOT, &n("d"), ROOT, &n("e"), false);
+        assert_eq!(t.path(f).unwrap().as_bytes(), b"e/f");
+        assert_eq!(t.child(ROOT, &n("e")), Some(d));
+        assert_eq!(t.child(ROOT, &n("d")), None);
+    }
+
+    #[test]
+    fn hard_links_share_a_node() {
+        let mut t = InodeTable::new();
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 20));
+        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 20));
+        assert_eq!(a, b);
+        t.unlink(ROOT, &n("a"));
+        assert_eq!(t.path(a).unwrap().as_bytes(), b"b");
+    }
+
+    #[test]
+    fn reused_backing_inode_is_a_new_node() {
+        let mut t = InodeTable::new();
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 30));
+        t.unlink(ROOT, &n("a"));
+        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 30));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn rename_over_and_exchange() {
+        let mut t = InodeTable::new();
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 40));
+        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 41));
+        t.rename(ROOT, &n("a"), ROOT, &n("b"), true);
+        assert_eq!(t.child(ROOT, &n("a")), Some(b));
+        assert_eq!(t.child(ROOT, &n("b")), Some(a));
+        t.rename(ROOT, &n("a"), ROOT, &n("b"), false);
+        assert_eq!(t.child(ROOT, &n("b")), Some(b));
+        assert_eq!(t.path(a), None);
+    }
+
+    #[test]
+    fn forget_drops_unreferenced_nodes_only() {
+        let mut t = InodeTable::new();
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 50));
+        t.opened(a);
+        t.forget(a, 1);
+        assert_eq!(t.len(), 2);
+        t.closed(a);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.child(ROOT, &n("a")), None);
+    }
+}
+
+impl InodeTable {
+    /// The directory `ino` is (first) linked in.
+    pub fn parent(&self, ino: u64) -> Option<u64> {
+        self.nodes.get(&ino)?.links.first().map(|l| l.0)
+    }
+}

@@ -1,0 +1,218 @@
+//! The replicated filesystem: inode table, handles, fan-out, aggregation and
+//! read policy. Every operation returns a value (`Result<T, Errno>`); the
+//! FUSE adapter in `crate::fuse` only decodes requests and encodes replies.
+
+mod attr;
+mod fanout;
+mod file;
+mod handles;
+mod inodes;
+mod namespace;
+mod policy;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use crate::config::ReadPolicy;
+use crate::errno::{Errno, Result};
+use crate::replica::ops::Stat;
+use crate::replica::{INTERNAL_NAME, Name, RelPath, Replica};
+pub use attr::{SetAttr, SetTime};
+pub use file::{IoMode, Opened};
+use inodes::InodeTable;
+pub use inodes::ROOT;
+pub use namespace::Owner;
+
+/// How the filesystem behaves; derived from the config at mount time.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    pub read_policy: ReadPolicy,
+    /// Successes a mutation needs (write_quorum resolved against the replica count).
+    pub needed: usize,
+    /// How long a replica may take to answer before it is failed.
+    pub replica_timeout: Duration,
+    /// Use FUSE passthrough for read-only opens.
+    pub passthrough: bool,
+}
+
+/// A looked-up or created inode: our inode number and the backing attributes.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    pub ino: u64,
+    pub attr: Stat,
+}
+
+pub struct ChironFs {
+    replicas: Arc<[Replica]>,
+    inodes: RwLock<InodeTable>,
+    files: handles::Table<file::FileHandle>,
+    dirs: handles::Table<handles::DirHandle>,
+    iomodes: handles::IoModes,
+    opts: FsOptions,
+    round_robin: AtomicUsize,
+    passthrough_enabled: AtomicBool,
+}
+
+impl ChironFs {
+    pub fn new(replicas: Vec<Replica>, opts: FsOptions) -> ChironFs {
+        ChironFs {
+            replicas: replicas.into(),
+            inodes: RwLock::new(InodeTable::new()),
+            files: handles::Table::new(),
+            dirs: handles::Table::new(),
+            iomodes: handles::IoModes::default(),
+            passthrough_enabled: AtomicBool::new(opts.passthrough),
+            opts,
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    /// Called by the adapter once the kernel said whether it can do passthrough.
+    pub fn set_passthrough_available(&self, available: bool) {
+        if !available && self.opts.passthrough {
+            tracing::info!("kernel has no FUSE passthrough; reads go through the daemon");
+        }
+        self.passthrough_enabled
+            .store(available && self.opts.passthrough, Ordering::Relaxed);
+    }
+
+    fn passthrough(&self) -> bool {
+        self.passthrough_enabled.load(Ordering::Relaxed)
+    }
+
+    /// Replicas that receive mutations, in index order.
+    fn writers(&self) -> Vec<usize> {
+        self.replicas
+            .iter()
+            .filter(|r| r.is_serving())
+            .map(|r| r.index)
+            .collect()
+    }
+
+    /// Replicas that may serve reads, best first: high priority in the
+    /// order given, then low priority ones.
+    fn readers(&self) -> Vec<usize> {
+        let serving = self.replicas.iter().filter(|r| r.is_serving());
+        let (mut high, low): (Vec<_>, Vec<_>) = serving.partition(|r| !r.spec.low_priority);
+        high.extend(low);
+        high.into_iter().map(|r| r.index).collect()
+    }
+
+    /// Validates a name the kernel gave us. The internal entry at the root
+    /// does not exist as far as the mount is concerned.
+    fn name(&self, parent: u64, name: &OsStr) -> Result<Name> {
+        if parent == ROOT && name.as_bytes() == INTERNAL_NAME.as_bytes() {
+            return Err(Errno::ENOENT);
+        }
+        Name::new(name)
+    }
+
+    /// Like [`name`](Self::name), for a name about to be created or changed:
+    /// the internal entry is refused with EPERM.
+    fn new_name(&self, parent: u64, name: &OsStr) -> Result<Name> {
+        if parent == ROOT && name.as_bytes() == INTERNAL_NAME.as_bytes() {
+            return Err(Errno::EPERM);
+        }
+        Name::new(name)
+    }
+
+    fn path(&self, ino: u64) -> Result<RelPath> {
+        self.inodes.read().path(ino).ok_or(Errno::ENOENT)
+    }
+
+    /// Where `ino` is: `None` for the root, else (parent path, name).
+    fn locate(&self, ino: u64) -> Result<Option<(RelPath, Name)>> {
+        Ok(self.path(ino)?.split())
+    }
+
+    /// Runs a read-only `f` on the best reader, failing over to the next one
+    /// when a replica fails (and marking it).
+    fn read_meta<T>(
+        &self,
+        op: &str,
+        path: &RelPath,
+        f: impl Fn(&Replica) -> Result<T>,
+    ) -> Result<(usize, T)> {
+        for i in self.readers() {
+            let r = &self.replicas[i];
+            match r.track(|| f(r)) {
+                Ok(v) => return Ok((i, v)),
+                Err(e) if e.is_replica_failure() => {
+                    r.mark_failed(op, path, e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::EIO)
+    }
+
+    /// Applies a mutation to every serving replica in parallel, aggregates
+    /// (see `fanout`), fails the replicas that disagreed, and returns the
+    /// successful replicas' values in index order.
+    fn mutate<T, F>(&self, op: &'static str, path: &RelPath, f: F) -> Result<Vec<(usize, T)>>
+    where
+        T: Send + 'static,
+        F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
+    {
+        self.mutate_on(op, path, &self.writers(), f)
+    }
+
+    fn mutate_on<T, F>(
+        &self,
+        op: &'static str,
+        path: &RelPath,
+        targets: &[usize],
+        f: F,
+    ) -> Result<Vec<(usize, T)>>
+    where
+        T: Send + 'static,
+        F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
+    {
+        if targets.is_empty() {
+            return Err(Errno::EIO);
+        }
+        let results = fanout::run(&self.replicas, targets, self.opts.replica_timeout, f);
+        let summary: Vec<(usize, Option<Errno>)> = results
+            .iter()
+            .map(|(i, r)| (*i, r.as_ref().err().copied()))
+            .collect();
+        let decision = fanout::decide(&summary, self.opts.needed);
+        for &(i, e) in &decision.failed {
+            self.replicas[i].mark_failed(op, path, e);
+        }
+        decision.answer?;
+        Ok(results
+            .into_iter()
+            .filter(|(i, _)| !decision.failed.iter().any(|(f, _)| f == i))
+            .filter_map(|(i, r)| r.ok().map(|v| (i, v)))
+            .collect())
+    }
+
+    fn key(replica: usize, st: &Stat) -> inodes::BackingKey {
+        (replica, st.st_dev, st.st_ino)
+    }
+
+    /// Registers a name the kernel will now hold a reference to.
+    fn remember(&self, parent: u64, name: &Name, replica: usize, st: &Stat) -> Entry {
+        let ino = self.inodes.write().lookup(
+            parent,
+            name,
+            st.st_mode & libc::S_IFMT,
+            Self::key(replica, st),
+        );
+        Entry { ino, attr: *st }
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.write().forget(ino, n);
+    }
+}

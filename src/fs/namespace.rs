@@ -1,0 +1,292 @@
+//! Names: lookup, create-like operations, unlink, rename, links, listings.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::handles::{DirEntry, DirHandle};
+use super::{ChironFs, Entry, ROOT};
+use crate::errno::{Errno, Result};
+use crate::replica::ops::{self, At, OMIT, Stat, fd_of};
+use crate::replica::{INTERNAL_NAME, Name, RelPath};
+
+/// Who a new entry belongs to: the caller of the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What kind of entry to make.
+enum Make {
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: CString },
+}
+
+/// After an entry was made by root in `dir`: give it to its owner (the
+/// group comes from a setgid parent, as the backing filesystem already
+/// chose), restore set-id bits that chown cleared, and give the entry and
+/// its parent the same timestamps on every replica.
+pub(super) fn settle_new_entry(
+    dir: BorrowedFd,
+    name: &Name,
+    owner: Owner,
+    mode: Option<u32>,
+    now: libc::timespec,
+) -> Result<Stat> {
+    let entry = At::Entry(dir, name.as_c());
+    if owner.uid != 0 || owner.gid != 0 {
+        let parent = ops::fstat(dir)?;
+        let gid = if parent.st_mode & libc::S_ISGID != 0 {
+            u32::MAX
+        } else {
+            owner.gid
+        };
+        entry.chown(owner.uid, gid)?;
+        if let Some(m) = mode.filter(|m| m & (libc::S_ISUID | libc::S_ISGID) != 0) {
+            entry.chmod(m & 0o7777)?;
+        }
+    }
+    entry.utimens(&[now, now])?;
+    At::Fd(dir).utimens(&[OMIT, now])?;
+    entry.stat()
+}
+
+impl ChironFs {
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+        let name = self.name(parent, name)?;
+        let ppath = self.path(parent)?;
+        let path = ppath.join(&name);
+        let (r, st) = self.read_meta("lookup", &path, |rep| {
+            ops::stat_at(fd_of(&rep.dir(&ppath)?), name.as_c())
+        })?;
+        Ok(self.remember(parent, &name, r, &st))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, owner: Owner) -> Result<Entry> {
+        self.make(parent, name, owner, Make::Dir { mode })
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        owner: Owner,
+    ) -> Result<Entry> {
+        self.make(parent, name, owner, Make::Node { mode, rdev })
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        owner: Owner,
+    ) -> Result<Entry> {
+        let target = CString::new(target.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        self.make(parent, name, owner, Make::Symlink { target })
+    }
+
+    fn make(&self, parent: u64, name: &OsStr, owner: Owner, what: Make) -> Result<Entry> {
+        let name = self.new_name(parent, name)?;
+        let ppath = self.path(parent)?;
+        let path = ppath.join(&name);
+        let now = ops::now();
+        let (op, n2) = (
+            match what {
+                Make::Dir { .. } => "mkdir",
+                Make::Node { .. } => "mknod",
+                Make::Symlink { .. } => "symlink",
+            },
+            name.clone(),
+        );
+        let done = self.mutate(op, &path, move |rep| {
+            let dir = rep.dir(&ppath)?;
+            let d = fd_of(&dir);
+            let restore = match &what {
+                Make::Dir { mode } => {
+                    ops::mkdirat(d, n2.as_c(), mode & 0o7777)?;
+                    None
+                }
+                Make::Node { mode, rdev } => {
+                    ops::mknodat(d, n2.as_c(), *mode, *rdev)?;
+                    Some(*mode)
+                }
+                Make::Symlink { target } => {
+                    ops::symlinkat(target, d, n2.as_c())?;
+                    None
+                }
+            };
+            settle_new_entry(d, &n2, owner, restore, now)
+        })?;
+        let (r, st) = &done[0];
+        Ok(self.remember(parent, &name, *r, st))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let Some((ppath, name)) = self.locate(ino)? else {
+            return Err(Errno::EINVAL);
+        };
+        let path = ppath.join(&name);
+        let (_, target) = self.read_meta("readlink", &path, |rep| {
+            ops::readlinkat(fd_of(&rep.dir(&ppath)?), name.as_c())
+        })?;
+        Ok(target)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, 0, "unlink")
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, libc::AT_REMOVEDIR, "rmdir")
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, flags: i32, op: &'static str) -> Result<()> {
+        let name = self.new_name(parent, name)?;
+        let ppath = self.path(parent)?;
+        let path = ppath.join(&name);
+        let now = ops::now();
+        let n2 = name.clone();
+        self.mutate(op, &path, move |rep| {
+            let dir = rep.dir(&ppath)?;
+            ops::unlinkat(fd_of(&dir), n2.as_c(), flags)?;
+            At::Fd(fd_of(&dir)).utimens(&[OMIT, now])
+        })?;
+        self.inodes.write().unlink(parent, &name);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let name = self.new_name(parent, name)?;
+        let newname = self.new_name(newparent, newname)?;
+        let (p1, p2) = (self.path(parent)?, self.path(newparent)?);
+        let path = p1.join(&name);
+        let now = ops::now();
+        let (n1, n2) = (name.clone(), newname.clone());
+        self.mutate("rename", &path, move |rep| {
+            let d1 = rep.dir(&p1)?;
+            let d2 = rep.dir(&p2)?;
+            ops::renameat2(fd_of(&d1), n1.as_c(), fd_of(&d2), n2.as_c(), flags)?;
+            At::Fd(fd_of(&d1)).utimens(&[OMIT, now])?;
+            At::Fd(fd_of(&d2)).utimens(&[OMIT, now])
+        })?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        self.inodes
+            .write()
+            .rename(parent, &name, newparent, &newname, exchange);
+        Ok(())
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
+        let newname = self.new_name(newparent, newname)?;
+        let Some((sp, sn)) = self.locate(ino)? else {
+            return Err(Errno::EPERM);
+        };
+        let dp = self.path(newparent)?;
+        let path = dp.join(&newname);
+        let now = ops::now();
+        let n2 = newname.clone();
+        let done = self.mutate("link", &path, move |rep| {
+            let sd = rep.dir(&sp)?;
+            let dd = rep.dir(&dp)?;
+            ops::linkat(fd_of(&sd), sn.as_c(), fd_of(&dd), n2.as_c())?;
+            At::Fd(fd_of(&dd)).utimens(&[OMIT, now])?;
+            ops::stat_at(fd_of(&dd), n2.as_c())
+        })?;
+        let attr = done[0].1;
+        if !self.inodes.write().add_link(ino, newparent, &newname) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(Entry { ino, attr })
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let entries = self.list(ino)?;
+        Ok(self.dirs.insert(DirHandle {
+            ino,
+            entries: Mutex::new(Arc::new(entries)),
+        }))
+    }
+
+    /// Entries from `offset` on. Offset 0 (a rewind) takes a fresh snapshot.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let h = self.dirs.get(fh).ok_or(Errno::EBADF)?;
+        if offset == 0 {
+            let fresh = Arc::new(self.list(h.ino)?);
+            *h.entries.lock() = fresh.clone();
+            return Ok(fresh);
+        }
+        Ok(h.entries.lock().clone())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(fh);
+    }
+
+    /// A full listing of directory `ino`, with `.` and `..` first.
+    fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        let path = self.path(ino)?;
+        let (_, raw) = self.read_meta("readdir", &path, |rep| ops::read_dir(rep.dir(&path)?))?;
+        let parent_ino = if ino == ROOT {
+            ROOT
+        } else {
+            self.inodes.read().parent(ino).unwrap_or(ROOT)
+        };
+        let mut out = Vec::with_capacity(raw.len() + 2);
+        out.push(DirEntry {
+            ino,
+            kind: libc::DT_DIR,
+            name: ".".into(),
+        });
+        out.push(DirEntry {
+            ino: parent_ino,
+            kind: libc::DT_DIR,
+            name: "..".into(),
+        });
+        let inodes = self.inodes.read();
+        for e in raw {
+            let bytes = e.name.as_bytes();
+            if ino == ROOT && bytes == INTERNAL_NAME.as_bytes() {
+                continue;
+            }
+            let name = OsStr::from_bytes(bytes);
+            let known = Name::new(name).ok().and_then(|n| inodes.child(ino, &n));
+            out.push(DirEntry {
+                ino: known.unwrap_or(e.ino),
+                kind: e.kind,
+                name: name.to_os_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The path of `ino`, for logs.
+    pub fn describe(&self, ino: u64) -> RelPath {
+        self.inodes.read().path(ino).unwrap_or_default()
+    }
+}
+
+impl ChironFs {
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {
+        let path = self.path(ino)?;
+        let p = path.clone();
+        self.mutate("fsyncdir", &path, move |rep| {
+            ops::fsync(fd_of(&rep.dir(&p)?), datasync)
+        })?;
+        Ok(())
+    }
+}

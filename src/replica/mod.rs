@@ -1,0 +1,155 @@
+//! One backing directory: where it is, whether it is healthy, and the only
+//! door to its files (safe path resolution, syscalls, a worker pool).
+
+pub mod ops;
+pub mod path;
+mod pool;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crate::errno::Result;
+pub use path::{Name, RelPath};
+use pool::Pool;
+
+/// The name of the internal entry at the root of every replica. It is never
+/// shown through the mount and cannot be created, removed or renamed there.
+pub const INTERNAL_NAME: &str = ".chironfs";
+
+/// How a replica is named on the command line or in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSpec {
+    pub path: PathBuf,
+    /// Read from only when no high-priority in-sync replica can serve.
+    pub low_priority: bool,
+}
+
+impl ReplicaSpec {
+    /// Parses one `[:]PATH` element of the ChironFS replica syntax.
+    pub fn parse(s: &str) -> ReplicaSpec {
+        match s.strip_prefix(':') {
+            Some(rest) => ReplicaSpec {
+                path: PathBuf::from(rest),
+                low_priority: true,
+            },
+            None => ReplicaSpec {
+                path: PathBuf::from(s),
+                low_priority: false,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    InSync = 0,
+    Failed = 1,
+}
+
+/// Why and when a replica left service.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub at: SystemTime,
+    pub cause: String,
+}
+
+pub struct Replica {
+    pub index: usize,
+    pub spec: ReplicaSpec,
+    root: OwnedFd,
+    state: AtomicU8,
+    failure: Mutex<Option<Failure>>,
+    /// Requests issued to this replica and not yet answered.
+    pub in_flight: AtomicU64,
+    /// Open file handles whose reads this replica serves.
+    pub bound_handles: AtomicU64,
+    pool: Pool,
+}
+
+impl Replica {
+    /// `root` must be an fd of the replica directory opened O_RDONLY|O_DIRECTORY.
+    pub fn new(
+        index: usize,
+        spec: ReplicaSpec,
+        root: OwnedFd,
+        threads: usize,
+    ) -> std::io::Result<Replica> {
+        Ok(Replica {
+            index,
+            pool: Pool::new(&format!("replica{index}"), threads)?,
+            spec,
+            root,
+            state: AtomicU8::new(State::InSync as u8),
+            failure: Mutex::new(None),
+            in_flight: AtomicU64::new(0),
+            bound_handles: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Opens directory `rel` of this replica (see [`path::open_dir_beneath`]).
+    pub fn dir(&self, rel: &RelPath) -> Result<OwnedFd> {
+        path::open_dir_beneath(&self.root, rel)
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::InSync,
+            _ => State::Failed,
+        }
+    }
+
+    /// Whether this replica takes part in reads and writes.
+    pub fn is_serving(&self) -> bool {
+        self.state() == State::InSync
+    }
+
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure.lock().map(|f| f.clone()).unwrap_or(None)
+    }
+
+    /// Takes the replica out of service. Returns true (and logs) only for
+    /// the call that made the transition, so each failure is logged once.
+    pub fn mark_failed(&self, op: &str, path: &RelPath, err: crate::errno::Errno) -> bool {
+        let was = self.state.swap(State::Failed as u8, Ordering::AcqRel);
+        if was == State::Failed as u8 {
+            return false;
+        }
+        let cause = format!("{op} {path}: {err}");
+        tracing::error!(
+            replica = %self.spec.path.display(),
+            op,
+            path = %path,
+            errno = err.0,
+            "replica {} failed: {cause}",
+            self.spec.path.display()
+        );
+        if let Ok(mut f) = self.failure.lock() {
+            *f = Some(Failure {
+                at: SystemTime::now(),
+                cause,
+            });
+        }
+        true
+    }
+
+    /// Runs `job` on this replica's worker pool.
+    pub fn submit(&self, job: impl FnOnce() + Send + 'static) {
+        self.pool.submit(job);
+    }
+
+    /// Counts a request as in flight for the duration of `f`.
+    pub fn track<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let r = f();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
+}
