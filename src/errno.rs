@@ -18,21 +18,13 @@ impl Errno {
     pub const ENOENT: Errno = Errno(libc::ENOENT);
     pub const EIO: Errno = Errno(libc::EIO);
     pub const EBADF: Errno = Errno(libc::EBADF);
-    pub const EACCES: Errno = Errno(libc::EACCES);
-    pub const EEXIST: Errno = Errno(libc::EEXIST);
-    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
     pub const EISDIR: Errno = Errno(libc::EISDIR);
     pub const EINVAL: Errno = Errno(libc::EINVAL);
     pub const ENOSPC: Errno = Errno(libc::ENOSPC);
-    pub const EROFS: Errno = Errno(libc::EROFS);
-    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
-    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
-    pub const ENODATA: Errno = Errno(libc::ENODATA);
     pub const ENOTSUP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
     pub const ERANGE: Errno = Errno(libc::ERANGE);
-    pub const ESTALE: Errno = Errno(libc::ESTALE);
 
     /// The errno of the last failed libc call on this thread.
     pub fn last() -> Errno {

@@ -48,7 +48,11 @@ pub fn parse(argv: Vec<String>) -> Result<Invocation, i32> {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) => Some((p.display().to_string(), t)),
             Err(e) => {
-                eprintln!("chironfs: cannot read config file '{}': {e}", p.display());
+                let e = crate::config::ConfigError::Read {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                };
+                eprintln!("chironfs: {e}");
                 return Err(1);
             }
         },

@@ -177,10 +177,10 @@ mod tests {
         // A tie between success and a path error: success wins.
         let d = decide(&[(0, e(libc::EEXIST)), (1, OK)], 1);
         assert_eq!(d.answer, Ok(()));
-        assert_eq!(d.failed, vec![(0, Errno::EEXIST)]);
+        assert_eq!(d.failed, vec![(0, Errno(libc::EEXIST))]);
         // A path error beats a replica failure.
         let d = decide(&[(0, e(libc::EIO)), (1, e(libc::ENOTEMPTY))], 1);
-        assert_eq!(d.answer, Err(Errno::ENOTEMPTY));
+        assert_eq!(d.answer, Err(Errno(libc::ENOTEMPTY)));
         assert_eq!(d.failed, vec![(0, Errno::EIO)]);
     }
 

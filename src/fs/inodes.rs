@@ -79,10 +79,6 @@ impl InodeTable {
         Some(p)
     }
 
-    pub fn kind(&self, ino: u64) -> Option<u32> {
-        self.nodes.get(&ino).map(|n| n.kind)
-    }
-
     /// The node a (parent, name) is currently known to name.
     pub fn child(&self, parent: u64, name: &Name) -> Option<u64> {
         self.children.get(&(parent, name.clone())).copied()
@@ -243,6 +239,11 @@ impl InodeTable {
         }
     }
 
+    /// The directory `ino` is (first) linked in.
+    pub fn parent(&self, ino: u64) -> Option<u64> {
+        self.nodes.get(&ino)?.links.first().map(|l| l.0)
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -315,12 +316,5 @@ mod tests {
         t.closed(a);
         assert_eq!(t.len(), 1);
         assert_eq!(t.child(ROOT, &n("a")), None);
-    }
-}
-
-impl InodeTable {
-    /// The directory `ino` is (first) linked in.
-    pub fn parent(&self, ino: u64) -> Option<u64> {
-        self.nodes.get(&ino)?.links.first().map(|l| l.0)
     }
 }

@@ -72,10 +72,6 @@ impl ChironFs {
         }
     }
 
-    pub fn replicas(&self) -> &[Replica] {
-        &self.replicas
-    }
-
     /// Called by the adapter once the kernel said whether it can do passthrough.
     pub fn set_passthrough_available(&self, available: bool) {
         if !available && self.opts.passthrough {

@@ -7,9 +7,7 @@ mod pool;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use crate::errno::Result;
 pub use path::{Name, RelPath};
@@ -50,19 +48,11 @@ pub enum State {
     Failed = 1,
 }
 
-/// Why and when a replica left service.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub at: SystemTime,
-    pub cause: String,
-}
-
 pub struct Replica {
     pub index: usize,
     pub spec: ReplicaSpec,
     root: OwnedFd,
     state: AtomicU8,
-    failure: Mutex<Option<Failure>>,
     /// Requests issued to this replica and not yet answered.
     pub in_flight: AtomicU64,
     /// Open file handles whose reads this replica serves.
@@ -84,7 +74,6 @@ impl Replica {
             spec,
             root,
             state: AtomicU8::new(State::InSync as u8),
-            failure: Mutex::new(None),
             in_flight: AtomicU64::new(0),
             bound_handles: AtomicU64::new(0),
         })
@@ -111,10 +100,6 @@ impl Replica {
         self.state() == State::InSync
     }
 
-    pub fn failure(&self) -> Option<Failure> {
-        self.failure.lock().map(|f| f.clone()).unwrap_or(None)
-    }
-
     /// Takes the replica out of service. Returns true (and logs) only for
     /// the call that made the transition, so each failure is logged once.
     pub fn mark_failed(&self, op: &str, path: &RelPath, err: crate::errno::Errno) -> bool {
@@ -131,12 +116,6 @@ impl Replica {
             "replica {} failed: {cause}",
             self.spec.path.display()
         );
-        if let Ok(mut f) = self.failure.lock() {
-            *f = Some(Failure {
-                at: SystemTime::now(),
-                cause,
-            });
-        }
         true
     }
 

@@ -24,6 +24,7 @@ impl RelPath {
         RelPath(Vec::new())
     }
 
+    #[cfg(test)]
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
@@ -53,6 +54,7 @@ impl RelPath {
         Some((RelPath(parent), Name(name)))
     }
 
+    #[cfg(test)]
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
