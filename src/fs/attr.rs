@@ -72,7 +72,7 @@ impl ChironFs {
                 let rep = &self.replicas[r];
                 match rep.track(|| ops::fstat(fd.as_fd())) {
                     Ok(st) => return Ok(st),
-                    Err(e) if e.is_replica_failure() => {
+                    Err(e) if rep.is_failure(e) => {
                         rep.mark_failed("getattr", &self.describe(ino), e);
                     }
                     Err(e) => return Err(e),
@@ -120,7 +120,7 @@ impl ChironFs {
             .filter(|&i| !unlinked || fds[i].is_some())
             .collect();
         let path = self.describe(ino);
-        let done = self.mutate_on("setattr", &path, &targets, move |rep| {
+        let done = self.mutate_on("setattr", &path, &targets, self.opts.needed, move |rep| {
             on_inode(rep, &loc, fds[rep.index].as_deref(), |at| {
                 if set.uid.is_some() || set.gid.is_some() {
                     at.chown(set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;

@@ -99,7 +99,7 @@ impl ChironFs {
                 let rep = &self.replicas[r];
                 match rep.track(|| ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), oflags, 0)) {
                     Ok(fd) => break (r, fd),
-                    Err(e) if e.is_replica_failure() => {
+                    Err(e) if rep.is_failure(e) => {
                         rep.mark_failed("open", &path, e);
                         tried.push(r);
                     }
@@ -235,7 +235,7 @@ impl ChironFs {
             };
             match res {
                 Ok(data) => return Ok(data),
-                Err(e) if e.is_replica_failure() => {
+                Err(e) if rep.is_failure(e) => {
                     rep.mark_failed("read", &self.describe(h.ino), e);
                     tried.push(r);
                     self.fail_over_reader(&h, &tried)?;
@@ -285,7 +285,7 @@ impl ChironFs {
         if targets.is_empty() {
             return Err(Errno::EIO);
         }
-        self.mutate_on(op, &self.describe(h.ino), &targets, move |rep| {
+        self.mutate_on(op, &self.describe(h.ino), &targets, self.opts.needed, move |rep| {
             fds[rep.index].as_deref().map_or(Err(Errno::EBADF), &f)
         })
     }
@@ -322,7 +322,8 @@ impl ChironFs {
             tv_nsec: st.st_mtime_nsec,
         };
         let path = self.describe(h.ino);
-        self.mutate_on("settle-mtime", &path, rest, move |rep| {
+        // Copying a timestamp is housekeeping: one success is enough.
+        self.mutate_on("settle-mtime", &path, rest, 1, move |rep| {
             let fd = fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
             At::Fd(fd.as_fd()).utimens(&[OMIT, mtime])
         })?;

@@ -142,7 +142,7 @@ impl ChironFs {
             let r = &self.replicas[i];
             match r.track(|| f(r)) {
                 Ok(v) => return Ok((i, v)),
-                Err(e) if e.is_replica_failure() => {
+                Err(e) if r.is_failure(e) => {
                     r.mark_failed(op, path, e);
                 }
                 Err(e) => return Err(e),
@@ -159,7 +159,7 @@ impl ChironFs {
         T: Send + 'static,
         F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
     {
-        self.mutate_on(op, path, &self.writers(), f)
+        self.mutate_on(op, path, &self.writers(), self.opts.needed, f)
     }
 
     fn mutate_on<T, F>(
@@ -167,6 +167,7 @@ impl ChironFs {
         op: &'static str,
         path: &RelPath,
         targets: &[usize],
+        needed: usize,
         f: F,
     ) -> Result<Vec<(usize, T)>>
     where
@@ -181,7 +182,7 @@ impl ChironFs {
             .iter()
             .map(|(i, r)| (*i, r.as_ref().err().copied()))
             .collect();
-        let decision = fanout::decide(&summary, self.opts.needed);
+        let decision = fanout::decide(&summary, needed);
         for &(i, e) in &decision.failed {
             self.replicas[i].mark_failed(op, path, e);
         }

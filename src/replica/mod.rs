@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use crate::errno::Result;
+use crate::errno::{Errno, Result};
 pub use path::{Name, RelPath};
 use pool::Pool;
 
@@ -117,6 +117,32 @@ impl Replica {
             self.spec.path.display()
         );
         true
+    }
+
+    /// Whether this replica is still the directory it was at mount time:
+    /// its root not deleted, its path still leading to it (not to what an
+    /// unmount left underneath), its internal entry present.
+    pub fn check_health(&self) -> Result<()> {
+        let root = ops::fstat(self.root())?;
+        if root.st_nlink == 0 {
+            return Err(Errno(libc::ENODEV));
+        }
+        let now = std::fs::metadata(&self.spec.path).map_err(Errno::from)?;
+        use std::os::unix::fs::MetadataExt;
+        if now.dev() != root.st_dev || now.ino() != root.st_ino {
+            return Err(Errno(libc::ENODEV));
+        }
+        let internal = std::ffi::CString::new(INTERNAL_NAME).map_err(|_| Errno::EIO)?;
+        ops::stat_at(self.root(), &internal)?;
+        Ok(())
+    }
+
+    /// Whether `err`, returned by this replica, means the replica is
+    /// unhealthy. ENOENT and ENOTDIR are normal answers, unless the replica
+    /// itself has gone (a deleted or unmounted backing directory).
+    pub fn is_failure(&self, err: Errno) -> bool {
+        err.is_replica_failure()
+            || (matches!(err.0, libc::ENOENT | libc::ENOTDIR) && self.check_health().is_err())
     }
 
     /// Runs `job` on this replica's worker pool.
