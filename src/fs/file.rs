@@ -285,9 +285,13 @@ impl ChironFs {
         if targets.is_empty() {
             return Err(Errno::EIO);
         }
-        self.mutate_on(op, &self.describe(h.ino), &targets, self.opts.needed, move |rep| {
-            fds[rep.index].as_deref().map_or(Err(Errno::EBADF), &f)
-        })
+        self.mutate_on(
+            op,
+            &self.describe(h.ino),
+            &targets,
+            self.opts.needed,
+            move |rep| fds[rep.index].as_deref().map_or(Err(Errno::EBADF), &f),
+        )
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {

@@ -30,6 +30,10 @@ pub struct InodeTable {
     nodes: HashMap<u64, Node>,
     children: HashMap<(u64, Name), u64>,
     keys: HashMap<BackingKey, u64>,
+    /// Numbers of nodes the kernel forgot, by backing identity, so a file
+    /// looked up again gets the number it had: inode numbers are stable for
+    /// the life of the mount, not just while the kernel caches them.
+    retired: HashMap<BackingKey, u64>,
     next: u64,
 }
 
@@ -53,6 +57,7 @@ impl InodeTable {
             nodes,
             children: HashMap::new(),
             keys: HashMap::new(),
+            retired: HashMap::new(),
             next: ROOT + 1,
         }
     }
@@ -115,8 +120,10 @@ impl InodeTable {
             self.children.insert(link, ino);
             return ino;
         }
-        let ino = self.next;
-        self.next += 1;
+        let ino = self.retired.remove(&key).unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
         self.nodes.insert(
             ino,
             Node {
@@ -130,6 +137,18 @@ impl InodeTable {
         self.children.insert(link, ino);
         self.keys.insert(key, ino);
         ino
+    }
+
+    /// The number an entry seen in a directory listing has or will have,
+    /// so that readdir's d_ino matches the st_ino a later stat returns.
+    pub fn number_for(&mut self, key: BackingKey) -> u64 {
+        if let Some(&ino) = self.keys.get(&key) {
+            return ino;
+        }
+        *self.retired.entry(key).or_insert_with(|| {
+            self.next += 1;
+            self.next - 1
+        })
     }
 
     /// A new name for an existing node (link(2)); counts as a lookup.
@@ -235,6 +254,7 @@ impl InodeTable {
                 && self.keys.get(&k) == Some(&ino)
             {
                 self.keys.remove(&k);
+                self.retired.insert(k, ino);
             }
         }
     }
@@ -282,6 +302,16 @@ mod tests {
         assert_eq!(a, b);
         t.unlink(ROOT, &n("a"));
         assert_eq!(t.path(a).unwrap().as_bytes(), b"b");
+    }
+
+    #[test]
+    fn forgotten_inodes_keep_their_number() {
+        let mut t = InodeTable::new();
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 60));
+        t.lookup(ROOT, &n("b"), REG, (0, 1, 61));
+        t.forget(a, 1);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.lookup(ROOT, &n("a"), REG, (0, 1, 60)), a);
     }
 
     #[test]

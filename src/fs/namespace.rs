@@ -240,7 +240,11 @@ impl ChironFs {
     /// A full listing of directory `ino`, with `.` and `..` first.
     fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let path = self.path(ino)?;
-        let (_, raw) = self.read_meta("readdir", &path, |rep| ops::read_dir(rep.dir(&path)?))?;
+        let (r, (dev, raw)) = self.read_meta("readdir", &path, |rep| {
+            let dir = rep.dir(&path)?;
+            let dev = ops::fstat(fd_of(&dir))?.st_dev;
+            Ok((dev, ops::read_dir(dir)?))
+        })?;
         let parent_ino = if ino == ROOT {
             ROOT
         } else {
@@ -257,7 +261,7 @@ impl ChironFs {
             kind: libc::DT_DIR,
             name: "..".into(),
         });
-        let inodes = self.inodes.read();
+        let mut inodes = self.inodes.write();
         for e in raw {
             let bytes = e.name.as_bytes();
             if ino == ROOT && bytes == INTERNAL_NAME.as_bytes() {
@@ -266,7 +270,7 @@ impl ChironFs {
             let name = OsStr::from_bytes(bytes);
             let known = Name::new(name).ok().and_then(|n| inodes.child(ino, &n));
             out.push(DirEntry {
-                ino: known.unwrap_or(e.ino),
+                ino: known.unwrap_or_else(|| inodes.number_for((r, dev, e.ino))),
                 kind: e.kind,
                 name: name.to_os_string(),
             });
