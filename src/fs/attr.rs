@@ -65,8 +65,21 @@ fn xattr_name(name: &OsStr) -> Result<CString> {
 }
 
 impl ChironFs {
+    /// The handle to use for an inode: the one given, or, for an inode
+    /// whose every name is gone (unlinked while open), any open handle of
+    /// it: fstat, fchmod and friends arrive without one.
+    fn handle_for(&self, ino: u64, fh: Option<u64>) -> Option<Arc<super::file::FileHandle>> {
+        match fh.and_then(|fh| self.files.get(fh)) {
+            Some(h) => Some(h),
+            None if ino != ROOT && self.inodes.read().path(ino).is_none() => {
+                self.files.find(|h| h.ino == ino)
+            }
+            None => None,
+        }
+    }
+
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Stat> {
-        if let Some(h) = fh.and_then(|fh| self.files.get(fh)) {
+        if let Some(h) = self.handle_for(ino, fh) {
             let r = h.reader();
             if let Some(fd) = h.fd(r) {
                 let rep = &self.replicas[r];
@@ -99,7 +112,7 @@ impl ChironFs {
             // truncate updates mtime; give every replica the same one.
             times[1] = now;
         }
-        let handle = fh.and_then(|fh| self.files.get(fh));
+        let handle = self.handle_for(ino, fh);
         let fds: Vec<Option<Arc<OwnedFd>>> = (0..self.replicas.len())
             .map(|i| handle.as_ref().and_then(|h| h.fd(i)))
             .collect();

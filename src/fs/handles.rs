@@ -31,6 +31,11 @@ impl<T> Table<T> {
         self.map.read().get(&fh).cloned()
     }
 
+    /// Any open handle satisfying `pred` (a scan; for rare paths only).
+    pub fn find(&self, pred: impl Fn(&T) -> bool) -> Option<Arc<T>> {
+        self.map.read().values().find(|h| pred(h)).cloned()
+    }
+
     pub fn remove(&self, fh: u64) -> Option<Arc<T>> {
         self.map.write().remove(&fh)
     }
