@@ -277,7 +277,7 @@ fn exercise_mount(m: &Mount, tag: &str) {
     fs::create_dir(p("dir")).unwrap_or_else(|e| panic!("{tag}: mkdir: {e}"));
     fs::write(p("dir").join("inner"), b"inner").unwrap_or_else(|e| panic!("{tag}: create: {e}"));
     fs::rename(p("file"), p("renamed")).unwrap_or_else(|e| panic!("{tag}: rename: {e}"));
-    std::os::unix::fs::symlink("renamed", p("link"))
+    std::os::unix::fs::symlink(format!("{tag}-renamed"), p("link"))
         .unwrap_or_else(|e| panic!("{tag}: symlink: {e}"));
     fs::set_permissions(
         p("renamed"),
