@@ -83,7 +83,7 @@ impl ChironFs {
             let r = h.reader();
             if let Some(fd) = h.fd(r) {
                 let rep = &self.replicas[r];
-                match rep.track(|| ops::fstat(fd.as_fd())) {
+                match self.on_replica(r, move |_| ops::fstat(fd.as_fd())) {
                     Ok(st) => return Ok(st),
                     Err(e) if rep.is_failure(e) => {
                         rep.mark_failed("getattr", &self.describe(ino), e);
@@ -94,7 +94,7 @@ impl ChironFs {
         }
         let loc = self.locate(ino)?;
         let path = self.describe(ino);
-        let (_, st) = self.read_meta("getattr", &path, |rep| {
+        let (_, st) = self.read_meta("getattr", &path, move |rep| {
             on_inode(rep, &loc, None, |at| at.stat())
         })?;
         Ok(st)
@@ -161,7 +161,7 @@ impl ChironFs {
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         let attr = xattr_name(name)?;
         let loc = self.locate(ino)?;
-        let (_, v) = self.read_meta("getxattr", &self.describe(ino), |rep| {
+        let (_, v) = self.read_meta("getxattr", &self.describe(ino), move |rep| {
             on_inode(rep, &loc, None, |at| at.getxattr(&attr))
         })?;
         Ok(v)
@@ -169,7 +169,7 @@ impl ChironFs {
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let loc = self.locate(ino)?;
-        let (_, v) = self.read_meta("listxattr", &self.describe(ino), |rep| {
+        let (_, v) = self.read_meta("listxattr", &self.describe(ino), move |rep| {
             on_inode(rep, &loc, None, |at| at.listxattr())
         })?;
         Ok(v)
@@ -200,7 +200,7 @@ impl ChironFs {
         let mut best: Option<FsStats> = None;
         for i in self.readers() {
             let rep = &self.replicas[i];
-            let st = match rep.track(|| ops::fstatvfs(rep.root())) {
+            let st = match self.on_replica(i, |rep| ops::fstatvfs(rep.root())) {
                 Ok(st) => st,
                 Err(e) => {
                     if e.is_replica_failure() {

@@ -97,7 +97,11 @@ impl ChironFs {
             let (r, fd) = loop {
                 let r = self.choose_reader(&tried).ok_or(Errno::EIO)?;
                 let rep = &self.replicas[r];
-                match rep.track(|| ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), oflags, 0)) {
+                let (p, n) = (ppath.clone(), name.clone());
+                let opened = self.on_replica(r, move |rep| {
+                    ops::openat(fd_of(&rep.dir(&p)?), n.as_c(), oflags, 0)
+                });
+                match opened {
                     Ok(fd) => break (r, fd),
                     Err(e) if rep.is_failure(e) => {
                         rep.mark_failed("open", &path, e);
@@ -230,7 +234,9 @@ impl ChironFs {
             let r = h.reader();
             let rep = &self.replicas[r];
             let res = match h.fd(r) {
-                Some(fd) => rep.track(|| ops::pread_full(fd.as_fd(), size as usize, offset)),
+                Some(fd) => self.on_replica(r, move |_| {
+                    ops::pread_full(fd.as_fd(), size as usize, offset)
+                }),
                 None => Err(Errno::EIO),
             };
             match res {
@@ -359,7 +365,7 @@ impl ChironFs {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         let r = h.reader();
         let fd = h.fd(r).ok_or(Errno::EBADF)?;
-        self.replicas[r].track(|| ops::lseek(fd.as_fd(), offset, whence))
+        self.on_replica(r, move |_| ops::lseek(fd.as_fd(), offset, whence))
     }
 
     pub fn release(&self, fh: u64) -> Result<()> {

@@ -130,17 +130,31 @@ impl ChironFs {
         Ok(self.path(ino)?.split())
     }
 
+    /// Runs `f` on replica `i`'s own workers and waits at most the replica
+    /// deadline: a hung replica never blocks the calling FUSE thread for
+    /// longer than that (it gets ETIMEDOUT).
+    fn on_replica<T, F>(&self, i: usize, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
+    {
+        fanout::run(&self.replicas, &[i], self.opts.replica_timeout, f)
+            .pop()
+            .map_or(Err(Errno::EIO), |(_, r)| r)
+    }
+
     /// Runs a read-only `f` on the best reader, failing over to the next one
     /// when a replica fails (and marking it).
-    fn read_meta<T>(
-        &self,
-        op: &str,
-        path: &RelPath,
-        f: impl Fn(&Replica) -> Result<T>,
-    ) -> Result<(usize, T)> {
+    fn read_meta<T, F>(&self, op: &str, path: &RelPath, f: F) -> Result<(usize, T)>
+    where
+        T: Send + 'static,
+        F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
         for i in self.readers() {
             let r = &self.replicas[i];
-            match r.track(|| f(r)) {
+            let g = f.clone();
+            match self.on_replica(i, move |rep| g(rep)) {
                 Ok(v) => return Ok((i, v)),
                 Err(e) if r.is_failure(e) => {
                     r.mark_failed(op, path, e);

@@ -61,7 +61,9 @@ impl ChironFs {
         let name = self.name(parent, name)?;
         let ppath = self.path(parent)?;
         let path = ppath.join(&name);
-        let (r, st) = self.read_meta("lookup", &path, |rep| {
+        let n2 = name.clone();
+        let (r, st) = self.read_meta("lookup", &path, move |rep| {
+            let name = &n2;
             ops::stat_at(fd_of(&rep.dir(&ppath)?), name.as_c())
         })?;
         Ok(self.remember(parent, &name, r, &st))
@@ -134,7 +136,7 @@ impl ChironFs {
             return Err(Errno::EINVAL);
         };
         let path = ppath.join(&name);
-        let (_, target) = self.read_meta("readlink", &path, |rep| {
+        let (_, target) = self.read_meta("readlink", &path.clone(), move |rep| {
             ops::readlinkat(fd_of(&rep.dir(&ppath)?), name.as_c())
         })?;
         Ok(target)
@@ -240,7 +242,9 @@ impl ChironFs {
     /// A full listing of directory `ino`, with `.` and `..` first.
     fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let path = self.path(ino)?;
-        let (r, (dev, raw)) = self.read_meta("readdir", &path, |rep| {
+        let p2 = path.clone();
+        let (r, (dev, raw)) = self.read_meta("readdir", &path, move |rep| {
+            let path = &p2;
             let dir = rep.dir(&path)?;
             let dev = ops::fstat(fd_of(&dir))?.st_dev;
             Ok((dev, ops::read_dir(dir)?))
