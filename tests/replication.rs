@@ -1110,3 +1110,25 @@ fn mount_survives_a_busy_reader_while_writing() {
     assert_content(&m.path("rw"), &expect);
     m.assert_replicas_identical();
 }
+
+/// Write-then-rename right away (the close's RELEASE may reach the daemon
+/// after the RENAME): the renamed files' mtimes must still agree everywhere.
+#[test]
+fn files_renamed_right_after_writing_keep_identical_mtimes() {
+    let m = Mount::new(2);
+    fs::create_dir(m.path("src")).unwrap();
+    fs::create_dir(m.path("dst")).unwrap();
+    for i in 0..1000 {
+        let from = m.path(format!("src/f{i}"));
+        fs::write(&from, pattern(i, 100 + i as usize)).unwrap();
+        fs::rename(&from, m.path(format!("dst/f{i}"))).unwrap();
+    }
+    // Same for a file held open (written) across the rename.
+    let mut f = File::create(m.path("src/held")).unwrap();
+    f.write_all(b"before rename").unwrap();
+    fs::rename(m.path("src/held"), m.path("dst/held")).unwrap();
+    f.write_all(b", after rename").unwrap();
+    drop(f);
+    assert_content(&m.path("dst/held"), b"before rename, after rename");
+    m.assert_replicas_identical();
+}
