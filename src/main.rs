@@ -6,6 +6,7 @@ mod daemon;
 mod errno;
 mod fs;
 mod fuse;
+mod meta;
 mod replica;
 
 fn main() {
