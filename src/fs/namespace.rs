@@ -244,8 +244,7 @@ impl ChironFs {
         let path = self.path(ino)?;
         let p2 = path.clone();
         let (r, (dev, raw)) = self.read_meta("readdir", &path, move |rep| {
-            let path = &p2;
-            let dir = rep.dir(&path)?;
+            let dir = rep.dir(&p2)?;
             let dev = ops::fstat(fd_of(&dir))?.st_dev;
             Ok((dev, ops::read_dir(dir)?))
         })?;
