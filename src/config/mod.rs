@@ -46,6 +46,12 @@ pub struct Config {
     pub replica_threads: usize,
     /// Seconds a replica may take to answer before it is marked failed. Default: 10.
     pub replica_timeout: f64,
+    /// Where the metadata store lives. Default: /var/lib/chironfs/<fsname,
+    /// or the mountpoint with '/' turned into '-'>.
+    pub state_dir: Option<PathBuf>,
+    /// A new, empty directory to add to an existing replica set; it gets
+    /// an identity and is filled by a full resync while the mount serves.
+    pub add_replica: Option<PathBuf>,
     /// Use FUSE passthrough for read-only opens where the kernel supports it. Default: true.
     pub passthrough: bool,
     /// Kernel-side permission checks; always on (accepted for compatibility).
@@ -74,6 +80,8 @@ impl Default for Config {
             replica_threads: 8,
             replica_timeout: 10.0,
             passthrough: true,
+            state_dir: None,
+            add_replica: None,
             default_permissions: true,
             noexec: false,
             nosuid: false,

@@ -1,6 +1,7 @@
 //! Startup: check, fork to the background (the parent returns only once the
 //! mount is live), open the replicas, mount, serve, and unmount on a signal.
 
+mod bind;
 pub mod checks;
 mod log;
 
@@ -18,6 +19,7 @@ use nix::unistd::{ForkResult, fork, pipe, setsid};
 use crate::config::Config;
 use crate::fs::{ChironFs, FsOptions};
 use crate::fuse::Adapter;
+use crate::meta::{EmbeddedStore, MetaStore};
 use crate::replica::{INTERNAL_NAME, Replica, ReplicaSpec};
 use checks::{CheckedReplica, StartupError};
 
@@ -153,11 +155,36 @@ fn serve(
     unsafe { libc::umask(0) };
     raise_fd_limit();
 
+    let state_dir = cfg
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_state_dir(cfg.fsname.as_deref(), &inv.mountpoint));
+    let store =
+        Arc::new(EmbeddedStore::open(&state_dir).map_err(|e| StartupError::Other(e.to_string()))?);
+    let previous = store
+        .open_session()
+        .map_err(|e| StartupError::Other(format!("metadata store: {e}")))?;
+    let roots = checked
+        .iter()
+        .map(open_root)
+        .collect::<Result<Vec<_>, _>>()?;
+    let pairs: Vec<_> = checked
+        .iter()
+        .zip(roots.iter())
+        .map(|(c, r)| (c.spec.path.clone(), r))
+        .collect();
+    let add: Vec<PathBuf> = cfg
+        .add_replica
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let bound = bind::bind(store.as_ref(), &pairs, &add, previous).map_err(StartupError::Other)?;
     let mut replicas = Vec::with_capacity(checked.len());
-    for (i, c) in checked.into_iter().enumerate() {
-        let root = open_root(&c)?;
-        let rep = Replica::new(i, c.spec, root, cfg.replica_threads)
+    for (i, ((c, root), b)) in checked.into_iter().zip(roots).zip(bound).enumerate() {
+        let rep = Replica::new(i, c.spec, root, cfg.replica_threads, b.id, b.state)
             .map_err(|e| StartupError::ReplicaSetup(c.shown.clone(), e.to_string()))?;
+        rep.needs_full
+            .store(b.needs_full, std::sync::atomic::Ordering::Relaxed);
         replicas.push(rep);
     }
     let n = replicas.len();
@@ -167,7 +194,7 @@ fn serve(
         replica_timeout: Duration::from_secs_f64(cfg.replica_timeout),
         passthrough: cfg.passthrough,
     };
-    let fs = Arc::new(ChironFs::new(replicas, opts));
+    let fs = Arc::new(ChironFs::new(replicas, store.clone(), opts));
     let adapter = Adapter::new(
         fs.clone(),
         Duration::from_secs_f64(cfg.attr_timeout),
@@ -213,8 +240,24 @@ fn serve(
     session
         .run()
         .map_err(|e| StartupError::Other(format!("FUSE session ended: {e}")))?;
+    if let Err(e) = store.close_session() {
+        tracing::error!("metadata store: cannot record the clean unmount: {e}");
+    }
     tracing::info!("unmounted {}", inv.mountpoint.display());
     Ok(())
+}
+
+/// /var/lib/chironfs/<fsname>, or the mountpoint with '/' as '-'.
+fn default_state_dir(fsname: Option<&str>, mountpoint: &std::path::Path) -> PathBuf {
+    let name = match fsname {
+        Some(n) => n.replace('/', "-"),
+        None => {
+            let canon = std::fs::canonicalize(mountpoint).unwrap_or(mountpoint.to_path_buf());
+            let s = canon.to_string_lossy().trim_matches('/').replace('/', "-");
+            if s.is_empty() { "root".into() } else { s }
+        }
+    };
+    PathBuf::from("/var/lib/chironfs").join(name)
 }
 
 fn session_config(cfg: &Config, fsname: String) -> fuser::Config {

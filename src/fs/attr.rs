@@ -86,7 +86,7 @@ impl ChironFs {
                 match self.on_replica(r, move |_| ops::fstat(fd.as_fd())) {
                     Ok(st) => return Ok(st),
                     Err(e) if rep.is_failure(e) => {
-                        rep.mark_failed("getattr", &self.describe(ino), e);
+                        self.fail(r, "getattr", &self.describe(ino), e);
                     }
                     Err(e) => return Err(e),
                 }
@@ -133,23 +133,31 @@ impl ChironFs {
             .filter(|&i| !unlinked || fds[i].is_some())
             .collect();
         let path = self.describe(ino);
-        let done = self.mutate_on("setattr", &path, &targets, self.opts.needed, move |rep| {
-            on_inode(rep, &loc, fds[rep.index].as_deref(), |at| {
-                if set.uid.is_some() || set.gid.is_some() {
-                    at.chown(set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
-                }
-                if let Some(mode) = set.mode {
-                    at.chmod(mode & 0o7777)?;
-                }
-                if let Some(size) = set.size {
-                    at.truncate(size)?;
-                }
-                if times[0].tv_nsec != libc::UTIME_OMIT || times[1].tv_nsec != libc::UTIME_OMIT {
-                    at.utimens(&times)?;
-                }
-                at.stat()
-            })
-        })?;
+        let done = self.mutate_on(
+            "setattr",
+            &path,
+            None,
+            &targets,
+            self.opts.needed,
+            move |rep| {
+                on_inode(rep, &loc, fds[rep.index].as_deref(), |at| {
+                    if set.uid.is_some() || set.gid.is_some() {
+                        at.chown(set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+                    }
+                    if let Some(mode) = set.mode {
+                        at.chmod(mode & 0o7777)?;
+                    }
+                    if let Some(size) = set.size {
+                        at.truncate(size)?;
+                    }
+                    if times[0].tv_nsec != libc::UTIME_OMIT || times[1].tv_nsec != libc::UTIME_OMIT
+                    {
+                        at.utimens(&times)?;
+                    }
+                    at.stat()
+                })
+            },
+        )?;
         if set.size.is_some()
             && let Some(h) = &handle
         {
@@ -204,7 +212,7 @@ impl ChironFs {
                 Ok(st) => st,
                 Err(e) => {
                     if e.is_replica_failure() {
-                        rep.mark_failed("statfs", &RelPath::root(), e);
+                        self.fail(i, "statfs", &RelPath::root(), e);
                     }
                     continue;
                 }

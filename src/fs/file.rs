@@ -28,6 +28,8 @@ pub struct FileHandle {
     reader: AtomicUsize,
     dirty: AtomicBool,
     mode: Mutex<Mode>,
+    /// The intent mark this open-for-write session holds until release.
+    session: Option<crate::replica::RelPath>,
 }
 
 impl FileHandle {
@@ -78,11 +80,22 @@ impl ChironFs {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let n = self.replicas.len();
         let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; n];
+        let session = writable.then(|| path.clone());
+        if let Some(s) = &session {
+            self.begin("open", std::slice::from_ref(s))?;
+        }
         let (reader, mode) = if writable {
             let (p, nm) = (ppath.clone(), name.clone());
             let done = self.mutate("open", &path, move |rep| {
                 ops::openat(fd_of(&rep.dir(&p)?), nm.as_c(), oflags, 0).map(Arc::new)
-            })?;
+            });
+            let done = match done {
+                Ok(d) => d,
+                Err(e) => {
+                    self.end(std::slice::from_ref(&path), &[]);
+                    return Err(e);
+                }
+            };
             for (i, fd) in done {
                 fds[i] = Some(fd);
             }
@@ -104,7 +117,7 @@ impl ChironFs {
                 match opened {
                     Ok(fd) => break (r, fd),
                     Err(e) if rep.is_failure(e) => {
-                        rep.mark_failed("open", &path, e);
+                        self.fail(r, "open", &path, e);
                         tried.push(r);
                     }
                     Err(e) => return Err(e),
@@ -140,7 +153,7 @@ impl ChironFs {
             Mode::ShareBacking => IoMode::ShareBacking,
             Mode::Passthrough(p) => IoMode::Passthrough(fds[p].clone().ok_or(Errno::EIO)?),
         };
-        let fh = self.new_handle(ino, fds, reader, mode, flags & libc::O_TRUNC != 0);
+        let fh = self.new_handle(ino, fds, reader, mode, flags & libc::O_TRUNC != 0, session);
         Ok(Opened {
             fh,
             io,
@@ -164,12 +177,20 @@ impl ChironFs {
         // an entry that exists after all must never be handed to the caller.
         let oflags = backing_flags(flags) | libc::O_CREAT | libc::O_EXCL;
         let n2 = name.clone();
+        self.begin("open", std::slice::from_ref(&path))?;
         let done = self.mutate("create", &path, move |rep| {
             let dir = rep.dir(&ppath)?;
             let fd = ops::openat(fd_of(&dir), n2.as_c(), oflags, mode & 0o7777)?;
             let st = settle_new_entry(fd_of(&dir), &n2, owner, Some(mode), now)?;
             Ok((Arc::new(fd), st))
-        })?;
+        });
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                self.end(std::slice::from_ref(&path), &[]);
+                return Err(e);
+            }
+        };
         let (r0, (_, st0)) = &done[0];
         let entry = self.remember(parent, &name, *r0, st0);
         let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; self.replicas.len()];
@@ -187,7 +208,7 @@ impl ChironFs {
         } else {
             IoMode::Cached
         };
-        let fh = self.new_handle(entry.ino, fds, reader, mode, false);
+        let fh = self.new_handle(entry.ino, fds, reader, mode, false, Some(path));
         Ok((
             entry,
             Opened {
@@ -205,6 +226,7 @@ impl ChironFs {
         reader: usize,
         mode: Mode,
         dirty: bool,
+        session: Option<crate::replica::RelPath>,
     ) -> u64 {
         self.inodes.write().opened(ino);
         self.replicas[reader]
@@ -216,6 +238,7 @@ impl ChironFs {
             reader: AtomicUsize::new(reader),
             dirty: AtomicBool::new(dirty),
             mode: Mutex::new(mode),
+            session,
         })
     }
 
@@ -242,7 +265,7 @@ impl ChironFs {
             match res {
                 Ok(data) => return Ok(data),
                 Err(e) if rep.is_failure(e) => {
-                    rep.mark_failed("read", &self.describe(h.ino), e);
+                    self.fail(r, "read", &self.describe(h.ino), e);
                     tried.push(r);
                     self.fail_over_reader(&h, &tried)?;
                 }
@@ -294,6 +317,7 @@ impl ChironFs {
         self.mutate_on(
             op,
             &self.describe(h.ino),
+            None,
             &targets,
             self.opts.needed,
             move |rep| fds[rep.index].as_deref().map_or(Err(Errno::EBADF), &f),
@@ -333,7 +357,7 @@ impl ChironFs {
         };
         let path = self.describe(h.ino);
         // Copying a timestamp is housekeeping: one success is enough.
-        self.mutate_on("settle-mtime", &path, rest, 1, move |rep| {
+        self.mutate_on("settle-mtime", &path, None, rest, 1, move |rep| {
             let fd = fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
             At::Fd(fd.as_fd()).utimens(&[OMIT, mtime])
         })?;
@@ -348,6 +372,8 @@ impl ChironFs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         self.settle_mtime(&h)?;
+        // The marks describing this file reach the disk before its data does.
+        self.sync_marks()?;
         self.on_handle("fsync", &h, move |fd| ops::fsync(fd.as_fd(), datasync))?;
         Ok(())
     }
@@ -377,6 +403,9 @@ impl ChironFs {
             .bound_handles
             .fetch_sub(1, Ordering::Relaxed);
         self.inodes.write().closed(h.ino);
+        if let Some(s) = &h.session {
+            self.end(std::slice::from_ref(s), &[]);
+        }
         settled?;
         Ok(())
     }

@@ -7,6 +7,7 @@ mod fanout;
 mod file;
 mod handles;
 mod inodes;
+mod marks;
 mod namespace;
 mod policy;
 
@@ -20,6 +21,7 @@ use parking_lot::RwLock;
 
 use crate::config::ReadPolicy;
 use crate::errno::{Errno, Result};
+use crate::meta::MetaStore;
 use crate::replica::ops::Stat;
 use crate::replica::{INTERNAL_NAME, Name, RelPath, Replica};
 pub use attr::{SetAttr, SetTime};
@@ -53,14 +55,16 @@ pub struct ChironFs {
     files: handles::Table<file::FileHandle>,
     dirs: handles::Table<handles::DirHandle>,
     iomodes: handles::IoModes,
+    marks: marks::Marks,
     opts: FsOptions,
     round_robin: AtomicUsize,
     passthrough_enabled: AtomicBool,
 }
 
 impl ChironFs {
-    pub fn new(replicas: Vec<Replica>, opts: FsOptions) -> ChironFs {
+    pub fn new(replicas: Vec<Replica>, store: Arc<dyn MetaStore>, opts: FsOptions) -> ChironFs {
         ChironFs {
+            marks: marks::Marks::new(store),
             replicas: replicas.into(),
             inodes: RwLock::new(InodeTable::new()),
             files: handles::Table::new(),
@@ -85,11 +89,15 @@ impl ChironFs {
         self.passthrough_enabled.load(Ordering::Relaxed)
     }
 
-    /// Replicas that receive mutations, in index order.
+    pub fn replicas(&self) -> &Arc<[Replica]> {
+        &self.replicas
+    }
+
+    /// Replicas that receive mutations (in sync or resyncing), in index order.
     fn writers(&self) -> Vec<usize> {
         self.replicas
             .iter()
-            .filter(|r| r.is_serving())
+            .filter(|r| r.is_writable())
             .map(|r| r.index)
             .collect()
     }
@@ -156,9 +164,7 @@ impl ChironFs {
             let g = f.clone();
             match self.on_replica(i, move |rep| g(rep)) {
                 Ok(v) => return Ok((i, v)),
-                Err(e) if r.is_failure(e) => {
-                    r.mark_failed(op, path, e);
-                }
+                Err(e) if r.is_failure(e) => self.fail(i, op, path, e),
                 Err(e) => return Err(e),
             }
         }
@@ -173,13 +179,14 @@ impl ChironFs {
         T: Send + 'static,
         F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
     {
-        self.mutate_on(op, path, &self.writers(), self.opts.needed, f)
+        self.mutate_on(op, path, None, &self.writers(), self.opts.needed, f)
     }
 
     fn mutate_on<T, F>(
         &self,
         op: &'static str,
         path: &RelPath,
+        also: Option<&RelPath>,
         targets: &[usize],
         needed: usize,
         f: F,
@@ -191,6 +198,11 @@ impl ChironFs {
         if targets.is_empty() {
             return Err(Errno::EIO);
         }
+        let mut marked = marks::marked_paths(op, path);
+        if let Some(a) = also {
+            marked.extend(marks::marked_paths(op, a));
+        }
+        self.begin(op, &marked)?;
         let results = fanout::run(&self.replicas, targets, self.opts.replica_timeout, f);
         let summary: Vec<(usize, Option<Errno>)> = results
             .iter()
@@ -198,8 +210,10 @@ impl ChironFs {
             .collect();
         let decision = fanout::decide(&summary, needed);
         for &(i, e) in &decision.failed {
-            self.replicas[i].mark_failed(op, path, e);
+            self.fail(i, op, path, e);
         }
+        let failed: Vec<usize> = decision.failed.iter().map(|f| f.0).collect();
+        self.end(&marked, &failed);
         decision.answer?;
         Ok(results
             .into_iter()

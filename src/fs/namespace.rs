@@ -177,15 +177,24 @@ impl ChironFs {
         let newname = self.new_name(newparent, newname)?;
         let (p1, p2) = (self.path(parent)?, self.path(newparent)?);
         let path = p1.join(&name);
+        let dest = p2.join(&newname);
         let now = ops::now();
         let (n1, n2) = (name.clone(), newname.clone());
-        self.mutate("rename", &path, move |rep| {
-            let d1 = rep.dir(&p1)?;
-            let d2 = rep.dir(&p2)?;
-            ops::renameat2(fd_of(&d1), n1.as_c(), fd_of(&d2), n2.as_c(), flags)?;
-            At::Fd(fd_of(&d1)).utimens(&[OMIT, now])?;
-            At::Fd(fd_of(&d2)).utimens(&[OMIT, now])
-        })?;
+        let targets = self.writers();
+        self.mutate_on(
+            "rename",
+            &path,
+            Some(&dest),
+            &targets,
+            self.opts.needed,
+            move |rep| {
+                let d1 = rep.dir(&p1)?;
+                let d2 = rep.dir(&p2)?;
+                ops::renameat2(fd_of(&d1), n1.as_c(), fd_of(&d2), n2.as_c(), flags)?;
+                At::Fd(fd_of(&d1)).utimens(&[OMIT, now])?;
+                At::Fd(fd_of(&d2)).utimens(&[OMIT, now])
+            },
+        )?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         self.inodes
             .write()

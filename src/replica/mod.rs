@@ -1,15 +1,17 @@
 //! One backing directory: where it is, whether it is healthy, and the only
 //! door to its files (safe path resolution, syscalls, a worker pool).
 
+pub mod identity;
 pub mod ops;
 pub mod path;
 mod pool;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use crate::errno::{Errno, Result};
+pub use crate::meta::{ReplicaId, ReplicaState as State};
 pub use path::{Name, RelPath};
 use pool::Pool;
 
@@ -41,16 +43,31 @@ impl ReplicaSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    InSync = 0,
-    Failed = 1,
+fn state_code(s: State) -> u8 {
+    match s {
+        State::InSync => 0,
+        State::Failed => 1,
+        State::Resyncing => 2,
+        State::Disabled => 3,
+    }
+}
+
+fn state_of(code: u8) -> State {
+    match code {
+        0 => State::InSync,
+        2 => State::Resyncing,
+        3 => State::Disabled,
+        _ => State::Failed,
+    }
 }
 
 pub struct Replica {
     pub index: usize,
     pub spec: ReplicaSpec,
+    /// The identity this replica must carry in its marker.
+    pub id: ReplicaId,
+    /// Its marks cannot be trusted: a full compare must precede resync.
+    pub needs_full: AtomicBool,
     root: OwnedFd,
     state: AtomicU8,
     /// Requests issued to this replica and not yet answered.
@@ -67,13 +84,17 @@ impl Replica {
         spec: ReplicaSpec,
         root: OwnedFd,
         threads: usize,
+        id: ReplicaId,
+        state: State,
     ) -> std::io::Result<Replica> {
         Ok(Replica {
             index,
+            id,
+            needs_full: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
             spec,
             root,
-            state: AtomicU8::new(State::InSync as u8),
+            state: AtomicU8::new(state_code(state)),
             in_flight: AtomicU64::new(0),
             bound_handles: AtomicU64::new(0),
         })
@@ -89,22 +110,36 @@ impl Replica {
     }
 
     pub fn state(&self) -> State {
-        match self.state.load(Ordering::Acquire) {
-            0 => State::InSync,
-            _ => State::Failed,
-        }
+        state_of(self.state.load(Ordering::Acquire))
     }
 
-    /// Whether this replica takes part in reads and writes.
+    pub fn set_state(&self, s: State) {
+        self.state.store(state_code(s), Ordering::Release);
+    }
+
+    /// Whether this replica serves reads (only when in sync).
     pub fn is_serving(&self) -> bool {
         self.state() == State::InSync
+    }
+
+    /// Whether this replica receives mutations (in sync, or catching up).
+    pub fn is_writable(&self) -> bool {
+        matches!(self.state(), State::InSync | State::Resyncing)
     }
 
     /// Takes the replica out of service. Returns true (and logs) only for
     /// the call that made the transition, so each failure is logged once.
     pub fn mark_failed(&self, op: &str, path: &RelPath, err: crate::errno::Errno) -> bool {
-        let was = self.state.swap(State::Failed as u8, Ordering::AcqRel);
-        if was == State::Failed as u8 {
+        let (ins, res) = (state_code(State::InSync), state_code(State::Resyncing));
+        let failed = state_code(State::Failed);
+        let moved = self
+            .state
+            .compare_exchange(ins, failed, Ordering::AcqRel, Ordering::Acquire)
+            .or_else(|_| {
+                self.state
+                    .compare_exchange(res, failed, Ordering::AcqRel, Ordering::Acquire)
+            });
+        if moved.is_err() {
             return false;
         }
         let cause = format!("{op} {path}: {err}");
@@ -132,9 +167,10 @@ impl Replica {
         if now.dev() != root.st_dev || now.ino() != root.st_ino {
             return Err(Errno(libc::ENODEV));
         }
-        let internal = std::ffi::CString::new(INTERNAL_NAME).map_err(|_| Errno::EIO)?;
-        ops::stat_at(self.root(), &internal)?;
-        Ok(())
+        match identity::read(self.root())? {
+            Some(id) if id == self.id => Ok(()),
+            _ => Err(Errno(libc::ENODEV)),
+        }
     }
 
     /// Whether `err`, returned by this replica, means the replica is

@@ -40,6 +40,20 @@ impl RelPath {
         RelPath(v)
     }
 
+    /// A path from its bytes as stored (validated component by component).
+    pub fn from_bytes(b: &[u8]) -> Option<RelPath> {
+        let mut p = RelPath::root();
+        for comp in b.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
+            p = p.join(&Name::new(std::ffi::OsStr::from_bytes(comp)).ok()?);
+        }
+        Some(p)
+    }
+
+    /// The directory this path is in (the root for a top-level name and for the root).
+    pub fn parent(&self) -> RelPath {
+        self.split().map_or_else(RelPath::root, |(p, _)| p)
+    }
+
     /// Splits into (parent, final name); `None` for the root.
     pub fn split(&self) -> Option<(RelPath, Name)> {
         if self.0.is_empty() {
@@ -54,7 +68,6 @@ impl RelPath {
         Some((RelPath(parent), Name(name)))
     }
 
-    #[cfg(test)]
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }

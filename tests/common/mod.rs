@@ -425,6 +425,12 @@ impl MountBuilder {
 
         let mut cmd = Command::new(CHIRONFS);
         cmd.arg("-f");
+        // Each mount keeps its metadata store inside its own test root,
+        // unless the test names one.
+        if !self.options.iter().any(|o| o.contains("state_dir=")) {
+            cmd.arg("-o")
+                .arg(format!("state_dir={}", root.path().join("state").display()));
+        }
         for o in &self.options {
             cmd.arg("-o").arg(o);
         }
