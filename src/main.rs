@@ -8,6 +8,7 @@ mod fs;
 mod fuse;
 mod meta;
 mod replica;
+mod resync;
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();

@@ -1,0 +1,251 @@
+//! The resync copy engine: makes a path on one replica identical to the same
+//! path on another (the source is authoritative), and finds the paths whose
+//! copies differ. Background workers (incremental from the missed marks,
+//! full and verifying passes) are built on these two calls.
+//!
+//! Safety: every directory is resolved with [`Replica::dir`] (openat2,
+//! beneath the root, no symlinks) and every entry in it is used with `*at`
+//! calls that never follow a symlink, so nothing outside either replica
+//! root is ever read or written, whatever is planted on the replicas. The
+//! replica's internal entry ([`INTERNAL_NAME`]) at the root is never read,
+//! compared, written or removed.
+//!
+//! Live writes: content is copied in place, chunk by chunk, each chunk under
+//! the guard that [`CopyControl::chunk_guard`] returns for the path (the
+//! filesystem's per-file lock), so a writer that updates every replica under
+//! that lock waits for at most one chunk and its update is never lost: it
+//! lands on the destination either before the chunk is copied (and is
+//! copied) or after (and is written there directly).
+
+// The filesystem does not call the engine yet: the lead wires it into the
+// background workers; until then parts of the API are unused.
+#![allow(dead_code)]
+
+mod attrs;
+mod copy;
+mod diff;
+mod sys;
+pub mod throttle;
+
+#[cfg(test)]
+mod tests;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::ffi::{CStr, OsStr};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+#[allow(unused_imports)] // used once the workers are wired in
+pub use copy::sync_path;
+#[allow(unused_imports)]
+pub use diff::diff_tree;
+pub use throttle::Throttle;
+
+use crate::errno::{Errno, Result};
+#[cfg(doc)]
+use crate::replica::Replica;
+use crate::replica::ops::{self, RawDirEntry, Stat};
+use crate::replica::{INTERNAL_NAME, Name, RelPath};
+
+/// Size of one copied (and locked) chunk of file content.
+pub const CHUNK: usize = 1 << 20;
+
+/// How far [`sync_path`] goes below the path it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// The path itself (content and attributes); for a directory, its own
+    /// attributes and its entry set: entries only on the destination are
+    /// removed (recursively), entries missing there are created with their
+    /// whole content. Entries present on both are left alone (beyond a type
+    /// change, which replaces the entry). The mode for paths reported by
+    /// [`diff_tree`] and for the missed marks of directories.
+    Entries,
+    /// The path and everything beneath it, every file's content copied.
+    Tree,
+}
+
+/// What one [`sync_path`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Entries brought up to date (created, replaced or re-synced), the
+    /// path itself included.
+    pub files: u64,
+    /// File content processed: bytes of data read from the source (holes
+    /// are not counted). Drives the throttle and the progress figures.
+    pub bytes: u64,
+    /// Of `bytes`, what was actually written to the destination (less than
+    /// `bytes` when `verify_content` found identical chunks).
+    pub written: u64,
+    /// Entries removed from the destination (each entry of a removed
+    /// subtree counts).
+    pub removed: u64,
+}
+
+/// What one [`diff_tree`] call saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiffStats {
+    /// Entries compared (each path present on either side that was looked at).
+    pub entries: u64,
+    /// Paths reported.
+    pub differing: u64,
+    /// Content bytes compared (with `verify_content`).
+    pub bytes: u64,
+}
+
+/// What the filesystem's lock callback returns: dropping it releases the lock.
+pub type ChunkGuard = Box<dyn Any>;
+
+type GuardFn = dyn Fn(&RelPath) -> ChunkGuard + Send + Sync;
+
+/// Shared state of one resync pass: throttle, live progress, cancellation,
+/// the filesystem's per-file lock, and the hard links seen so far.
+///
+/// Use one `CopyControl` for all the [`sync_path`] calls of one pass (it may
+/// be shared by several worker threads): hard links are re-created across
+/// calls only through it.
+pub struct CopyControl {
+    /// Bandwidth limit for content; may be shared with other passes.
+    pub throttle: Arc<Throttle>,
+    /// Compare each chunk of content with the destination's and write only
+    /// the chunks that differ (a verifying pass). Otherwise every chunk is
+    /// written.
+    pub verify_content: bool,
+    /// Live progress: entries brought up to date so far.
+    pub files_done: AtomicU64,
+    /// Live progress: content bytes processed so far.
+    pub bytes_done: AtomicU64,
+    cancelled: AtomicBool,
+    guard: Box<GuardFn>,
+    links: Mutex<LinkMap>,
+}
+
+/// Hard-link bookkeeping across the calls of one pass.
+#[derive(Default)]
+pub(crate) struct LinkMap {
+    /// Source inode (dev, ino) with more than one link -> the path it was
+    /// first synced at (on both replicas).
+    pub(crate) first: HashMap<(u64, u64), RelPath>,
+    /// Destination inode (dev, ino) -> the source inode it now holds a copy
+    /// of, so that a destination inode shared by unrelated paths is never
+    /// written in place for two different sources.
+    pub(crate) claimed: HashMap<(u64, u64), (u64, u64)>,
+}
+
+impl CopyControl {
+    /// A pass limited to `bytes_per_sec` (0 = unlimited), without a lock.
+    pub fn new(bytes_per_sec: u64) -> CopyControl {
+        CopyControl::with_throttle(Arc::new(Throttle::new(bytes_per_sec)))
+    }
+
+    /// A pass sharing an existing throttle (one bandwidth for all workers).
+    pub fn with_throttle(throttle: Arc<Throttle>) -> CopyControl {
+        CopyControl {
+            throttle,
+            verify_content: false,
+            files_done: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+            cancelled: AtomicBool::new(false),
+            guard: Box::new(|_| Box::new(())),
+            links: Mutex::new(LinkMap::default()),
+        }
+    }
+
+    /// Sets the filesystem's lock: `f(path)` must return once the file (or
+    /// directory) at `path` may be changed on the destination without
+    /// racing a mutation through the mount, and keep it so until its result
+    /// is dropped. It is called around each chunk of content, around the
+    /// copy of an entry's attributes, around the creation or replacement of
+    /// an entry, and around the listing of a directory on both sides plus
+    /// the removal of its extra entries. Never nested: the engine holds at
+    /// most one guard at a time, and sleeps for the throttle without one.
+    pub fn with_chunk_guard(
+        mut self,
+        f: impl Fn(&RelPath) -> ChunkGuard + Send + Sync + 'static,
+    ) -> CopyControl {
+        self.guard = Box::new(f);
+        self
+    }
+
+    /// Makes this a verifying pass (see [`CopyControl::verify_content`]).
+    pub fn verifying(mut self, verify: bool) -> CopyControl {
+        self.verify_content = verify;
+        self
+    }
+
+    /// Takes the filesystem's lock for `path`.
+    pub fn chunk_guard(&self, path: &RelPath) -> ChunkGuard {
+        (self.guard)(path)
+    }
+
+    /// Asks every running call of this pass to stop soon (they return ECANCELED).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Forgets the hard links seen so far (start of a new pass).
+    pub fn forget_links(&self) {
+        *self.links.lock() = LinkMap::default();
+    }
+
+    fn add_progress(&self, files: u64, bytes: u64) {
+        if files != 0 {
+            self.files_done.fetch_add(files, Ordering::Relaxed);
+        }
+        if bytes != 0 {
+            self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether `path` is the replica's internal entry or lies beneath it.
+fn is_internal(path: &RelPath) -> bool {
+    let mut cur = path.clone();
+    while let Some((parent, name)) = cur.split() {
+        if parent == RelPath::root() {
+            return name.as_os() == INTERNAL_NAME;
+        }
+        cur = parent;
+    }
+    false
+}
+
+/// Errors that mean a path is not there as a directory on a replica: gone,
+/// or one of its components is a file or a symlink.
+fn is_absent(e: Errno) -> bool {
+    matches!(e.0, libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+}
+
+/// The stat of entry `name` of `dir` (not following a symlink), or None if
+/// there is no such entry.
+fn stat_opt(dir: BorrowedFd, name: &CStr) -> Result<Option<Stat>> {
+    match ops::stat_at(dir, name) {
+        Ok(st) => Ok(Some(st)),
+        Err(e) if e == Errno::ENOENT => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The entries of directory `dir`, sorted by name, without the internal
+/// entry when `dir` is a replica root.
+fn list_dir(dir: BorrowedFd, at_root: bool) -> Result<Vec<RawDirEntry>> {
+    let mut v = ops::read_dir(sys::reopen_dir(dir)?)?;
+    if at_root {
+        v.retain(|e| e.name.as_bytes() != INTERNAL_NAME.as_bytes());
+    }
+    v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok(v)
+}
+
+/// A directory entry's name as a validated [`Name`].
+fn entry_name(e: &RawDirEntry) -> Result<Name> {
+    Name::new(OsStr::from_bytes(e.name.as_bytes()))
+}
