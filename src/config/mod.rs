@@ -46,12 +46,21 @@ pub struct Config {
     pub replica_threads: usize,
     /// Seconds a replica may take to answer before it is marked failed. Default: 10.
     pub replica_timeout: f64,
+    /// Seconds between probes of failed replicas (and resync rounds). Default: 2.
+    pub probe_interval: f64,
+    /// Resync bandwidth limit in MiB/s; 0 means unlimited. Default: 0.
+    pub resync_bandwidth: u64,
     /// Where the metadata store lives. Default: /var/lib/chironfs/<fsname,
     /// or the mountpoint with '/' turned into '-'>.
     pub state_dir: Option<PathBuf>,
     /// A new, empty directory to add to an existing replica set; it gets
     /// an identity and is filled by a full resync while the mount serves.
     pub add_replica: Option<PathBuf>,
+    /// Where replica syscalls run: `auto` (on the calling thread for local
+    /// filesystems, whose calls end with an error if the disk fails; on the
+    /// replica's own threads with `replica_timeout` for network and FUSE
+    /// filesystems, which can hang), `pooled` (always the latter). Default: auto.
+    pub replica_io: ReplicaIo,
     /// Use FUSE passthrough for read-only opens where the kernel supports it. Default: true.
     pub passthrough: bool,
     /// Kernel-side permission checks; always on (accepted for compatibility).
@@ -80,6 +89,9 @@ impl Default for Config {
             replica_threads: 8,
             replica_timeout: 10.0,
             passthrough: true,
+            replica_io: ReplicaIo::Auto,
+            probe_interval: 2.0,
+            resync_bandwidth: 0,
             state_dir: None,
             add_replica: None,
             default_permissions: true,
@@ -88,6 +100,13 @@ impl Default for Config {
             nodev: false,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaIo {
+    Auto,
+    Pooled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -276,6 +295,13 @@ impl Config {
                 "replica_timeout",
                 self.replica_timeout.to_string(),
                 "expected more than 0 and at most 86400 seconds",
+            ));
+        }
+        if !(self.probe_interval >= 0.05 && self.probe_interval <= 3600.0) {
+            return Err(bad(
+                "probe_interval",
+                self.probe_interval.to_string(),
+                "expected 0.05 to 3600 seconds",
             ));
         }
         if !(1..=256).contains(&self.threads) {

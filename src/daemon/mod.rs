@@ -181,8 +181,9 @@ fn serve(
     let bound = bind::bind(store.as_ref(), &pairs, &add, previous).map_err(StartupError::Other)?;
     let mut replicas = Vec::with_capacity(checked.len());
     for (i, ((c, root), b)) in checked.into_iter().zip(roots).zip(bound).enumerate() {
-        let rep = Replica::new(i, c.spec, root, cfg.replica_threads, b.id, b.state)
+        let mut rep = Replica::new(i, c.spec, root, cfg.replica_threads, b.id, b.state, false)
             .map_err(|e| StartupError::ReplicaSetup(c.shown.clone(), e.to_string()))?;
+        rep.inline = cfg.replica_io == crate::config::ReplicaIo::Auto && rep.is_local_fs();
         rep.needs_full
             .store(b.needs_full, std::sync::atomic::Ordering::Relaxed);
         replicas.push(rep);
@@ -215,6 +216,15 @@ fn serve(
         drop(tx);
         detach_stdio();
     }
+    let (worker_fs, probe, bw) = (
+        fs.clone(),
+        Duration::from_secs_f64(cfg.probe_interval),
+        cfg.resync_bandwidth.saturating_mul(1 << 20),
+    );
+    std::thread::Builder::new()
+        .name("resync".into())
+        .spawn(move || worker_fs.resync_loop(probe, bw))
+        .map_err(|e| StartupError::Other(e.to_string()))?;
     let mut unmounter = session.unmount_callable();
     let mountpoint = inv.mountpoint.clone();
     std::thread::Builder::new()

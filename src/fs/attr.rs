@@ -207,7 +207,6 @@ impl ChironFs {
     pub fn statfs(&self) -> Result<FsStats> {
         let mut best: Option<FsStats> = None;
         for i in self.readers() {
-            let rep = &self.replicas[i];
             let st = match self.on_replica(i, |rep| ops::fstatvfs(rep.root())) {
                 Ok(st) => st,
                 Err(e) => {

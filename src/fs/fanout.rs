@@ -11,7 +11,7 @@
 //! - if every replica failed, differently, nothing is marked (there is no
 //!   healthy outcome to compare with) and the first error is returned.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::errno::{Errno, Result};
@@ -85,10 +85,21 @@ pub fn decide(results: &[(usize, Option<Errno>)], needed: usize) -> Decision {
     Decision { answer, failed }
 }
 
-/// Runs `f` on every replica in `targets` in parallel, each on its own
-/// replica's pool, and waits at most `deadline` for all of them. A replica
-/// that did not answer in time gets ETIMEDOUT; its job keeps running on its
-/// own pool and its late result is dropped.
+/// Results of one fan-out as they arrive: a mutex and a condvar, no
+/// spinning (see `replica::pool`).
+struct Gather<T> {
+    results: Mutex<Vec<(usize, Result<T>)>>,
+    arrived: Condvar,
+}
+
+/// Runs `f` on every replica in `targets` and waits at most `deadline` for
+/// all of them. Replicas that may hang (network and FUSE filesystems) run
+/// in parallel on their own pools: one that did not answer in time gets
+/// ETIMEDOUT, its job keeps running on its own pool and its late result is
+/// dropped. Replicas on local filesystems (`Replica::inline`) run on the
+/// calling thread after the pooled ones were queued: their errors come
+/// back from the kernel (block-layer timeouts end in EIO), and a thread
+/// handoff costs more than the syscall.
 pub fn run<T, F>(
     replicas: &Arc<[Replica]>,
     targets: &[usize],
@@ -99,25 +110,55 @@ where
     T: Send + 'static,
     F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
 {
+    let (inline, pooled): (Vec<usize>, Vec<usize>) =
+        targets.iter().partition(|&&i| replicas[i].inline);
+    let mut out: Vec<(usize, Result<T>)> = Vec::with_capacity(targets.len());
+    if pooled.is_empty() {
+        for i in inline {
+            let r = &replicas[i];
+            out.push((i, r.track(|| f(r))));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        return out;
+    }
     let f = Arc::new(f);
-    let (tx, rx) = crossbeam_channel::bounded(targets.len());
-    for &i in targets {
-        let (tx, f, reps) = (tx.clone(), f.clone(), replicas.clone());
+    let gather = Arc::new(Gather {
+        results: Mutex::new(Vec::with_capacity(pooled.len())),
+        arrived: Condvar::new(),
+    });
+    for &i in &pooled {
+        let (g, f, reps) = (gather.clone(), f.clone(), replicas.clone());
         replicas[i].submit(move || {
             let r = &reps[i];
             let res = r.track(|| f(r));
-            let _ = tx.send((i, res));
+            if let Ok(mut v) = g.results.lock() {
+                v.push((i, res));
+            }
+            g.arrived.notify_all();
         });
     }
-    drop(tx);
     let end = Instant::now() + deadline;
-    let mut out: Vec<(usize, Result<T>)> = Vec::with_capacity(targets.len());
-    while out.len() < targets.len() {
-        match rx.recv_deadline(end) {
-            Ok(x) => out.push(x),
-            Err(_) => break,
-        }
+    for &i in &inline {
+        let r = &replicas[i];
+        out.push((i, r.track(|| f(r))));
     }
+    let arrived = match gather.results.lock() {
+        Ok(mut guard) => loop {
+            if guard.len() >= pooled.len() {
+                break std::mem::take(&mut *guard);
+            }
+            let now = Instant::now();
+            if now >= end {
+                break std::mem::take(&mut *guard);
+            }
+            guard = match gather.arrived.wait_timeout(guard, end - now) {
+                Ok((g, _)) => g,
+                Err(_) => break Vec::new(),
+            };
+        },
+        Err(_) => Vec::new(),
+    };
+    out.extend(arrived);
     for &i in targets {
         if !out.iter().any(|(j, _)| *j == i) {
             out.push((i, Err(Errno::ETIMEDOUT)));

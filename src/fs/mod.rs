@@ -7,9 +7,11 @@ mod fanout;
 mod file;
 mod handles;
 mod inodes;
+mod locks;
 mod marks;
 mod namespace;
 mod policy;
+mod resync;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -56,6 +58,7 @@ pub struct ChironFs {
     dirs: handles::Table<handles::DirHandle>,
     iomodes: handles::IoModes,
     marks: marks::Marks,
+    locks: locks::PathLocks,
     opts: FsOptions,
     round_robin: AtomicUsize,
     passthrough_enabled: AtomicBool,
@@ -65,6 +68,7 @@ impl ChironFs {
     pub fn new(replicas: Vec<Replica>, store: Arc<dyn MetaStore>, opts: FsOptions) -> ChironFs {
         ChironFs {
             marks: marks::Marks::new(store),
+            locks: locks::PathLocks::new(),
             replicas: replicas.into(),
             inodes: RwLock::new(InodeTable::new()),
             files: handles::Table::new(),
@@ -89,8 +93,10 @@ impl ChironFs {
         self.passthrough_enabled.load(Ordering::Relaxed)
     }
 
-    pub fn replicas(&self) -> &Arc<[Replica]> {
-        &self.replicas
+    /// The lock function the resync engine takes around each chunk.
+    fn lock_fn(&self) -> impl Fn(&RelPath) -> crate::resync::ChunkGuard + Send + Sync + 'static {
+        let stripes = self.locks.shared();
+        move |p: &RelPath| -> crate::resync::ChunkGuard { Box::new(locks::lock_in(&stripes, p)) }
     }
 
     /// Replicas that receive mutations (in sync or resyncing), in index order.
@@ -203,7 +209,16 @@ impl ChironFs {
             marked.extend(marks::marked_paths(op, a));
         }
         self.begin(op, &marked)?;
+        let resyncing = targets
+            .iter()
+            .any(|&i| self.replicas[i].state() == crate::replica::State::Resyncing);
+        let guards = if resyncing {
+            self.locks.lock_all(&marked)
+        } else {
+            Vec::new()
+        };
         let results = fanout::run(&self.replicas, targets, self.opts.replica_timeout, f);
+        drop(guards);
         let summary: Vec<(usize, Option<Errno>)> = results
             .iter()
             .map(|(i, r)| (*i, r.as_ref().err().copied()))

@@ -68,6 +68,9 @@ pub struct Replica {
     pub id: ReplicaId,
     /// Its marks cannot be trusted: a full compare must precede resync.
     pub needs_full: AtomicBool,
+    /// Its syscalls run on the calling thread instead of its pool (see
+    /// `fs::fanout::run`): a local filesystem, and `replica_io` allows it.
+    pub inline: bool,
     root: OwnedFd,
     state: AtomicU8,
     /// Requests issued to this replica and not yet answered.
@@ -86,10 +89,12 @@ impl Replica {
         threads: usize,
         id: ReplicaId,
         state: State,
+        inline: bool,
     ) -> std::io::Result<Replica> {
         Ok(Replica {
             index,
             id,
+            inline,
             needs_full: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
             spec,
@@ -179,6 +184,31 @@ impl Replica {
     pub fn is_failure(&self, err: Errno) -> bool {
         err.is_replica_failure()
             || (matches!(err.0, libc::ENOENT | libc::ENOTDIR) && self.check_health().is_err())
+    }
+
+    /// Whether the filesystem under this replica is local (its syscalls
+    /// end, with an error if need be), as opposed to a network or FUSE
+    /// filesystem that can hang forever.
+    pub fn is_local_fs(&self) -> bool {
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        // Safe because `st` is large enough and only read after success.
+        if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&self.root), st.as_mut_ptr()) }
+            != 0
+        {
+            return false;
+        }
+        // Safe: fstatfs succeeded, so `st` is initialised.
+        let t = unsafe { st.assume_init() }.f_type as i64;
+        const LOCAL: &[i64] = &[
+            0xEF53,      // ext2/3/4
+            0x5846_5342, // xfs
+            0x9123_683E, // btrfs
+            0x0102_1994, // tmpfs
+            0xF2F5_2010, // f2fs
+            0x2FC1_2FC1, // zfs
+            0x5346_544E, // ntfs3
+        ];
+        LOCAL.contains(&t)
     }
 
     /// Runs `job` on this replica's worker pool.

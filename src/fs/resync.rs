@@ -1,0 +1,147 @@
+//! The background worker that brings failed replicas back: it probes them,
+//! and resyncs a replica that is back from the missed marks (after a full
+//! compare when its marks cannot be trusted) while applications keep
+//! writing. A replica serves reads again only when nothing is left for it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::ChironFs;
+use crate::errno::Errno;
+use crate::meta::ReplicaState;
+use crate::replica::{RelPath, Replica, State};
+use crate::resync::{CopyControl, SyncMode, Throttle, diff_tree, sync_path};
+
+/// Marks fetched from the store per round.
+const BATCH: usize = 256;
+
+impl ChironFs {
+    /// Runs forever on its own thread: probe, resync, sleep.
+    pub fn resync_loop(self: Arc<Self>, probe_interval: Duration, bandwidth: u64) {
+        let throttle = Arc::new(Throttle::new(bandwidth));
+        loop {
+            for i in 0..self.replicas.len() {
+                match self.replicas[i].state() {
+                    State::Failed => self.probe(i),
+                    State::Resyncing => self.resync(i, &throttle),
+                    _ => {}
+                }
+            }
+            std::thread::sleep(probe_interval);
+        }
+    }
+
+    /// A failed replica is back when it is the directory it claims to be
+    /// (marker), still where it was, and writable.
+    fn probe(&self, i: usize) {
+        let r = &self.replicas[i];
+        let ok = r.check_health().and_then(|_| writable(r));
+        if ok.is_ok() {
+            r.set_state(State::Resyncing);
+            tracing::info!("replica {} is back; resyncing it", r.spec.path.display());
+            self.persist_state(i, ReplicaState::Resyncing, "back after a failure".into());
+        }
+    }
+
+    fn resync(&self, i: usize, throttle: &Arc<Throttle>) {
+        let r = &self.replicas[i];
+        let Some(src) = self.readers().into_iter().next() else {
+            return;
+        };
+        let src = &self.replicas[src];
+        let me = self.lock_fn();
+        let ctl = CopyControl::with_throttle(throttle.clone()).with_chunk_guard(me);
+        let store = &self.marks.store;
+        if r.needs_full.load(Ordering::Relaxed) {
+            tracing::info!(
+                "replica {}: full compare with {}",
+                r.spec.path.display(),
+                src.spec.path.display()
+            );
+            let mut marks = Vec::new();
+            let res = diff_tree(src, r, &RelPath::root(), false, &mut |p| marks.push(p));
+            if let Err(e) = res {
+                return self.resync_failed(i, "compare", &RelPath::root(), e);
+            }
+            for p in &marks {
+                if let Err(e) = store.mark_missed(p.as_bytes(), &r.id) {
+                    tracing::error!("metadata store: {e}");
+                    return;
+                }
+            }
+            r.needs_full.store(false, Ordering::Relaxed);
+        }
+        loop {
+            if r.state() != State::Resyncing {
+                return;
+            }
+            let batch = match store.missed(&r.id, None, BATCH) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("metadata store: {e}");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for raw in batch {
+                let Some(p) = RelPath::from_bytes(&raw) else {
+                    let _ = store.clear_missed(&raw, &r.id);
+                    continue;
+                };
+                match sync_path(src, r, &p, SyncMode::Entries, &ctl) {
+                    Ok(_) => {}
+                    Err(e) if r.is_failure(e) => return self.resync_failed(i, "resync", &p, e),
+                    Err(e) if src.is_failure(e) => {
+                        self.fail(src.index, "resync source", &p, e);
+                        return;
+                    }
+                    // Raced with a change through the mount: that change
+                    // reached this replica directly, so the mark is done.
+                    Err(e) => tracing::debug!("resync {p}: {e}"),
+                }
+                if let Err(e) = store.clear_missed(&raw, &r.id) {
+                    tracing::error!("metadata store: {e}");
+                    return;
+                }
+            }
+        }
+        let files = ctl.files_done.load(Ordering::Relaxed);
+        let bytes = ctl.bytes_done.load(Ordering::Relaxed);
+        r.set_state(State::InSync);
+        tracing::info!(
+            "replica {} is in sync again ({files} entries, {bytes} bytes copied)",
+            r.spec.path.display()
+        );
+        self.persist_state(i, ReplicaState::InSync, String::new());
+    }
+
+    fn resync_failed(&self, i: usize, op: &str, p: &RelPath, e: Errno) {
+        self.fail(i, op, p, e);
+    }
+}
+
+/// Creates and removes a file in the replica's internal directory.
+fn writable(r: &Replica) -> crate::errno::Result<()> {
+    use crate::replica::ops;
+    let dir = r.dir(&RelPath::root())?;
+    let internal = std::ffi::CString::new(crate::replica::INTERNAL_NAME).map_err(|_| Errno::EIO)?;
+    let d = ops::openat(
+        ops::fd_of(&dir),
+        &internal,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
+    let probe = c"probe";
+    let f = ops::openat(
+        ops::fd_of(&d),
+        probe,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        0o600,
+    )?;
+    ops::pwrite_all(ops::fd_of(&f), b"chironfs probe\n", 0)?;
+    drop(f);
+    ops::unlinkat(ops::fd_of(&d), probe, 0)
+}
