@@ -64,7 +64,7 @@ impl ChironFs {
             };
             if first && let Err(e) = self.marks.store.mark_pending(p.as_bytes()) {
                 tracing::error!("metadata store: cannot record intent for {op} {p}: {e}");
-                self.end(&[p.clone()], &[]);
+                self.end(std::slice::from_ref(p), &[]);
                 return Err(Errno::EIO);
             }
         }

@@ -198,7 +198,7 @@ impl Replica {
             return false;
         }
         // Safe: fstatfs succeeded, so `st` is initialised.
-        let t = unsafe { st.assume_init() }.f_type as i64;
+        let t = unsafe { st.assume_init() }.f_type;
         const LOCAL: &[i64] = &[
             0xEF53,      // ext2/3/4
             0x5846_5342, // xfs
