@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::fs::{ChironFs, FsOptions};
 use crate::fuse::Adapter;
 use crate::meta::{EmbeddedStore, MetaStore};
-use crate::replica::{INTERNAL_NAME, Replica, ReplicaSpec};
+use crate::replica::{Replica, ReplicaSpec};
 use checks::{CheckedReplica, StartupError};
 
 /// What the command line asked for.
@@ -296,7 +296,8 @@ fn session_config(cfg: &Config, fsname: String) -> fuser::Config {
     c
 }
 
-/// Opens a replica root and makes sure its internal directory exists.
+/// Opens a replica root. Nothing is written to it here: a replica that
+/// turns out not to be what it claims must stay untouched.
 fn open_root(c: &CheckedReplica) -> Result<OwnedFd, StartupError> {
     let setup = |e: String| StartupError::ReplicaSetup(c.shown.clone(), e);
     let path =
@@ -313,12 +314,6 @@ fn open_root(c: &CheckedReplica) -> Result<OwnedFd, StartupError> {
     }
     // Safe because the fd was just returned to us.
     let root = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = CString::new(INTERNAL_NAME).map_err(|e| setup(e.to_string()))?;
-    match crate::replica::ops::mkdirat(crate::replica::ops::fd_of(&root), &name, 0o700) {
-        Ok(()) => {}
-        Err(e) if e.0 == libc::EEXIST => {}
-        Err(e) => return Err(setup(format!("cannot create {INTERNAL_NAME}: {e}"))),
-    }
     Ok(root)
 }
 

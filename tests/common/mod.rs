@@ -600,6 +600,19 @@ impl Mount {
         }
     }
 
+    /// Kills the daemon with SIGKILL (a crash), clears the dead mount and
+    /// returns the test root, to mount the same replicas and state again.
+    pub fn crash(mut self) -> TestRoot {
+        if let Some(w) = self.watchdog.take() {
+            w.stop();
+        }
+        let mut child = self.child.take().expect("daemon child");
+        let _ = child.kill();
+        let _ = child.wait();
+        ensure_unmounted(&self.mountpoint);
+        self.root.take().expect("test root")
+    }
+
     /// Is the daemon process still running?
     pub fn daemon_alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -720,6 +733,18 @@ impl Tmpfs {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Changes the size limit (a full disk that got room again).
+    pub fn resize(&self, size: &str) {
+        nix::mount::mount(
+            None::<&str>,
+            &self.path,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap_or_else(|e| panic!("remount tmpfs {}: {e}", self.path.display()));
     }
 
     /// Lazily unmounts now (simulates a replica vanishing).

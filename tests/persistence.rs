@@ -1,0 +1,276 @@
+//! Guards against forgetting what a failed replica missed: replica states
+//! and identities survive remounts, a replica that is not what it claims is
+//! never used, a replica that comes back is resynced to be byte-identical,
+//! and a daemon killed with SIGKILL loses nothing that was fsynced.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Mount, TestRoot, Tmpfs};
+
+const RESYNC_WAIT: Duration = Duration::from_secs(60);
+
+fn write_file(p: &Path, data: &[u8]) {
+    fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Mounts the replicas of `root` again, with the same state directory.
+fn remount(root: TestRoot, replicas: &[&Path], opts: &[&str]) -> Mount {
+    let mut b = Mount::builder().root(root);
+    for r in replicas {
+        b = b.replica(*r);
+    }
+    for o in opts {
+        b = b.option(o);
+    }
+    b.mount()
+}
+
+#[test]
+fn failed_replica_stays_failed_across_remount() {
+    let tmp = Tmpfs::new("4m");
+    let m = Mount::builder()
+        .fresh(1)
+        .replica(tmp.path())
+        .option("probe_interval=0.2")
+        .mount();
+    let r0 = m.replicas[0].clone();
+    for i in 0..4 {
+        write_file(&m.path(format!("f{i}")), &pattern(i, 2 << 20));
+    }
+    assert!(
+        m.wait_for_log("failed", Duration::from_secs(10)),
+        "the full replica was not failed:\n{}",
+        m.log()
+    );
+    let (status, root) = m.unmount();
+    assert!(status.success());
+    // The failed replica still holds a stale f0 (or none); corrupt what it
+    // has so a read from it would show.
+    let stale = tmp.path().join("f0");
+    if stale.exists() {
+        write_file(&stale, b"stale bytes from the failed replica");
+    }
+    let m = remount(root, &[&r0, tmp.path()], &["probe_interval=0.2"]);
+    for _ in 0..5 {
+        let got = fs::read(m.path("f0")).unwrap();
+        assert!(
+            got == pattern(0, 2 << 20),
+            "read served by the failed replica after a remount"
+        );
+    }
+    assert!(
+        !tmp.path().join("f3").exists(),
+        "the failed replica was written to after the remount"
+    );
+}
+
+#[test]
+fn replica_without_marker_is_refused_and_never_written() {
+    let m = Mount::new(2);
+    write_file(&m.path("before"), b"written while both replicas were there");
+    let replicas = m.replicas.clone();
+    let (_, root) = m.unmount();
+    // What an NFS mount that did not come up looks like: an empty directory.
+    fs::remove_dir_all(&replicas[1]).unwrap();
+    fs::create_dir(&replicas[1]).unwrap();
+    let m = remount(root, &[&replicas[0], &replicas[1]], &[]);
+    assert!(
+        m.wait_for_log("refused", Duration::from_secs(5)),
+        "a replica without its marker was not refused:\n{}",
+        m.log()
+    );
+    write_file(&m.path("after"), b"x");
+    assert_eq!(
+        fs::read(m.path("before")).unwrap(),
+        b"written while both replicas were there"
+    );
+    let names: Vec<_> = fs::read_dir(&replicas[1]).unwrap().collect();
+    assert!(
+        names.is_empty(),
+        "the refused replica was written: {names:?}"
+    );
+}
+
+#[test]
+fn foreign_replica_is_refused() {
+    let other = Mount::new(1);
+    let foreign = other.replicas[0].clone();
+    let (_, other_root) = other.unmount();
+    let m = Mount::new(2);
+    let replicas = m.replicas.clone();
+    let (_, root) = m.unmount();
+    // Swap in a directory that belongs to another chironfs.
+    fs::remove_dir_all(&replicas[1]).unwrap();
+    fs::rename(&foreign, &replicas[1]).unwrap();
+    let m = remount(root, &[&replicas[0], &replicas[1]], &[]);
+    assert!(
+        m.wait_for_log(
+            "not one of this filesystem's replicas",
+            Duration::from_secs(5)
+        ),
+        "a foreign replica was accepted:\n{}",
+        m.log()
+    );
+    write_file(&m.path("new"), b"y");
+    assert!(
+        !replicas[1].join("new").exists(),
+        "the foreign replica was written"
+    );
+    drop(other_root);
+}
+
+#[test]
+fn full_replica_is_resynced_when_it_has_room_again() {
+    let tmp = Tmpfs::new("4m");
+    let m = Mount::builder()
+        .fresh(1)
+        .replica(tmp.path())
+        .option("probe_interval=0.2")
+        .mount();
+    fs::create_dir(m.path("dir")).unwrap();
+    write_file(&m.path("dir/keep"), b"kept");
+    write_file(&m.path("dir/gone"), b"deleted while the replica was away");
+    for i in 0..4 {
+        write_file(&m.path(format!("big{i}")), &pattern(i, 2 << 20));
+    }
+    assert!(
+        m.wait_for_log("failed", Duration::from_secs(10)),
+        "{}",
+        m.log()
+    );
+    // Everything kinds of change while the replica is out.
+    fs::remove_file(m.path("dir/gone")).unwrap();
+    fs::rename(m.path("dir/keep"), m.path("dir/renamed")).unwrap();
+    fs::create_dir_all(m.path("new/deeper")).unwrap();
+    write_file(&m.path("new/deeper/file"), &pattern(9, 100_000));
+    std::os::unix::fs::symlink("../dir/renamed", m.path("new/link")).unwrap();
+    fs::hard_link(m.path("new/deeper/file"), m.path("new/hard")).unwrap();
+    fs::set_permissions(m.path("big1"), fs::Permissions::from_mode(0o600)).unwrap();
+    common::sys::setxattr(&m.path("big2"), "user.note", b"while away", 0).unwrap();
+    fs::remove_file(m.path("big3")).unwrap();
+    // Room again: the probe brings it back and the resync fills it.
+    tmp.resize("64m");
+    assert!(
+        m.wait_for_log("in sync again", RESYNC_WAIT),
+        "the replica was not resynced:\n{}",
+        m.log()
+    );
+    m.assert_replicas_identical();
+    // And it serves reads again: both replicas are used by round-robin opens.
+    assert_eq!(fs::read(m.path("big0")).unwrap(), pattern(0, 2 << 20));
+}
+
+#[test]
+fn writes_during_a_resync_are_not_lost() {
+    let tmp = Tmpfs::new("4m");
+    let m = Mount::builder()
+        .fresh(1)
+        .replica(tmp.path())
+        .option("probe_interval=0.2")
+        .option("resync_bandwidth=8")
+        .mount();
+    for i in 0..6 {
+        write_file(&m.path(format!("f{i}")), &pattern(i, 1 << 20));
+    }
+    assert!(
+        m.wait_for_log("failed", Duration::from_secs(10)),
+        "{}",
+        m.log()
+    );
+    for i in 6..30 {
+        write_file(&m.path(format!("f{i}")), &pattern(i, 1 << 20));
+    }
+    tmp.resize("128m");
+    assert!(
+        m.wait_for_log("is back", Duration::from_secs(10)),
+        "{}",
+        m.log()
+    );
+    // Keep rewriting files while the (throttled) resync runs.
+    let start = Instant::now();
+    let mut round = 100;
+    while start.elapsed() < Duration::from_secs(3) {
+        for i in (0..30).step_by(3) {
+            write_file(&m.path(format!("f{i}")), &pattern(round + i, 1 << 20));
+        }
+        round += 100;
+    }
+    let last = round - 100;
+    assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
+    m.assert_replicas_identical();
+    for i in (0..30).step_by(3) {
+        assert!(
+            fs::read(m.path(format!("f{i}"))).unwrap() == pattern(last + i, 1 << 20),
+            "f{i}: the last write was lost"
+        );
+    }
+}
+
+#[test]
+fn kill_9_then_remount_heals_and_keeps_fsynced_data() {
+    for round in 0..3u64 {
+        let m = Mount::builder().fresh(2).mount();
+        let replicas = m.replicas.clone();
+        let mnt = m.mountpoint.clone();
+        // A writer that fsyncs every other file; it runs until the daemon dies.
+        let writer = std::thread::spawn(move || {
+            let mut synced = Vec::new();
+            for i in 0..10_000u64 {
+                let p = mnt.join(format!("w{i}"));
+                let data = pattern(round * 100_000 + i, 64 * 1024 + (i as usize % 7) * 4096);
+                let Ok(mut f) = fs::File::create(&p) else {
+                    break;
+                };
+                if f.write_all(&data).is_err() {
+                    break;
+                }
+                if i % 2 == 0 {
+                    if f.sync_all().is_err() {
+                        break;
+                    }
+                    synced.push((i, data));
+                }
+            }
+            synced
+        });
+        // A pseudo-random kill point between 50 and 450 ms.
+        std::thread::sleep(Duration::from_millis(50 + (round * 137 + 91) % 400));
+        let root = m.crash();
+        let synced = writer.join().unwrap();
+        let m = remount(root, &[&replicas[0], &replicas[1]], &["probe_interval=0.2"]);
+        if m.log().contains("healing") {
+            assert!(
+                m.wait_for_log("in sync again", RESYNC_WAIT),
+                "round {round}: replicas not healed after the crash:\n{}",
+                m.log()
+            );
+        }
+        m.assert_replicas_identical();
+        for (i, data) in &synced {
+            let got = fs::read(m.path(format!("w{i}")))
+                .unwrap_or_else(|e| panic!("round {round}: fsynced w{i} lost: {e}"));
+            assert!(&got == data, "round {round}: fsynced w{i} differs");
+        }
+        let (_, _root) = m.unmount();
+    }
+}
