@@ -353,8 +353,12 @@ impl Job<'_> {
         }
     }
 
-    /// Records that destination inode `d` now holds source inode `s`.
+    /// Records that destination inode `d` now holds source inode `s`
+    /// (only where links are involved: that is all [`Self::reusable`] asks).
     fn claim(&self, path: &RelPath, s: &Stat, d: &Stat) {
+        if s.st_nlink <= 1 && d.st_nlink <= 1 {
+            return;
+        }
         let mut links = self.ctl.links.lock();
         links.claimed.insert(inode_key(d), inode_key(s));
         if s.st_nlink > 1 {
