@@ -224,6 +224,9 @@ impl Rig {
             .option(&format!("replica_timeout={}", REPLICA_TIMEOUT.as_secs()))
             .option("attr_timeout=0")
             .option("entry_timeout=0")
+            // These tests check what happens while a replica is out; the
+            // probe must not bring it back (and resync it) mid-test.
+            .option("probe_interval=3600")
             .watchdog(Duration::from_secs(300))
             .mount();
         let (fi, hi) = if fault_first { (0, 1) } else { (1, 0) };
