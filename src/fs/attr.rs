@@ -113,8 +113,13 @@ impl ChironFs {
             times[1] = now;
         }
         let handle = self.handle_for(ino, fh);
+        // A read-only handle's fd cannot truncate (open(O_RDONLY|O_TRUNC)
+        // arrives as an open and then a truncating setattr on it).
+        let usable = |h: &Arc<super::file::FileHandle>| {
+            h.is_writable() || set.size.is_none() || self.inodes.read().path(ino).is_none()
+        };
         let fds: Vec<Option<Arc<OwnedFd>>> = (0..self.replicas.len())
-            .map(|i| handle.as_ref().and_then(|h| h.fd(i)))
+            .map(|i| handle.as_ref().filter(|h| usable(h)).and_then(|h| h.fd(i)))
             .collect();
         let loc = if ino == ROOT {
             None

@@ -28,7 +28,8 @@ pub struct FileHandle {
     reader: AtomicUsize,
     dirty: AtomicBool,
     mode: Mutex<Mode>,
-    /// The intent mark this open-for-write session holds until release.
+    /// The intent mark this open-for-write session holds until release;
+    /// set exactly for writable handles.
     session: Option<crate::replica::RelPath>,
 }
 
@@ -39,6 +40,10 @@ impl FileHandle {
 
     pub fn reader(&self) -> usize {
         self.reader.load(Ordering::Relaxed)
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.session.is_some()
     }
 
     pub fn mark_clean(&self) {

@@ -118,12 +118,15 @@ impl Adapter {
 }
 
 impl Filesystem for Adapter {
+    // No FUSE_ATOMIC_O_TRUNC: with it the kernel forwards O_TRUNC before its
+    // own ETXTBSY check, and an open(O_RDONLY|O_TRUNC) of a running program
+    // would truncate it on every replica. Without it the kernel checks
+    // first and truncates with a setattr.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         for cap in [
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
