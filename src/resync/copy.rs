@@ -103,6 +103,13 @@ impl Job<'_> {
     fn absorb(&mut self, path: &RelPath, r: Result<()>) -> Result<()> {
         match r {
             Err(e) if is_fatal(e) => Err(e),
+            // ENOENT everywhere when a replica itself has gone: stop.
+            Err(e)
+                if matches!(e.0, libc::ENOENT | libc::ENOTDIR)
+                    && (self.dst.check_health().is_err() || self.src.check_health().is_err()) =>
+            {
+                Err(e)
+            }
             Err(e) => {
                 tracing::warn!(path = %path, errno = e.0, "resync of {path} failed: {e}");
                 self.first_err.get_or_insert(e);

@@ -748,6 +748,16 @@ fn a_vanished_source_never_empties_the_destination() {
     assert!(sync_path(&src.rep, &dst.rep, &rel("dir"), SyncMode::Tree, &ctl).is_err());
     assert_eq!(fs::read(dst.p("precious.txt")).unwrap(), b"keep me");
     assert!(dst.p("dir").is_dir());
+
+    // A destination that vanished: an error, not a walk of failures.
+    let (src, dst) = (TestReplica::new(0), TestReplica::new(1));
+    for i in 0..20 {
+        fs::write(src.p(&format!("f{i}")), b"f").unwrap();
+    }
+    fs::remove_dir_all(dst.root()).unwrap();
+    let e = sync_path(&src.rep, &dst.rep, &RelPath::root(), SyncMode::Tree, &ctl).unwrap_err();
+    assert_eq!(e, Errno::ENOENT);
+    assert_eq!(ctl.files_done.load(Ordering::Relaxed), 0);
 }
 
 #[test]

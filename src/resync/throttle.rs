@@ -107,7 +107,7 @@ fn debt_wait(b: &Bucket) -> Option<Duration> {
         return None;
     }
     let secs = -b.tokens / b.rate as f64;
-    Some(Duration::from_secs_f64(secs.max(0.000_1)))
+    Some(Duration::try_from_secs_f64(secs.max(0.000_1)).unwrap_or(MAX_SLEEP))
 }
 
 #[cfg(test)]
