@@ -17,8 +17,8 @@
 //! lands on the destination either before the chunk is copied (and is
 //! copied) or after (and is written there directly).
 
-// The filesystem does not call the engine yet: the lead wires it into the
-// background workers; until then parts of the API are unused.
+// Parts of the API (cancel, verifying passes, runtime rate changes) are not
+// called by the filesystem yet.
 #![allow(dead_code)]
 
 mod attrs;
@@ -40,9 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-#[allow(unused_imports)] // used once the workers are wired in
 pub use copy::sync_path;
-#[allow(unused_imports)]
 pub use diff::diff_tree;
 pub use throttle::Throttle;
 
