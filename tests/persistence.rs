@@ -274,3 +274,90 @@ fn kill_9_then_remount_heals_and_keeps_fsynced_data() {
         let (_, _root) = m.unmount();
     }
 }
+
+#[test]
+fn added_empty_replica_is_filled_by_a_full_resync() {
+    let m = Mount::builder().fresh(2).mount();
+    fs::create_dir_all(m.path("a/b")).unwrap();
+    write_file(&m.path("a/b/f"), &pattern(1, 300_000));
+    std::os::unix::fs::symlink("b/f", m.path("a/l")).unwrap();
+    fs::hard_link(m.path("a/b/f"), m.path("a/h")).unwrap();
+    let replicas = m.replicas.clone();
+    let (_, root) = m.unmount();
+    let third = root.mkdir("r-new");
+    // Without add_replica an empty directory is refused...
+    let m = remount(root, &[&replicas[0], &replicas[1], &third], &[]);
+    assert!(
+        m.wait_for_log("refused", Duration::from_secs(5)),
+        "{}",
+        m.log()
+    );
+    let (_, root) = m.unmount();
+    assert!(
+        fs::read_dir(&third).unwrap().next().is_none(),
+        "refused replica was written"
+    );
+    // ...and with it, it is given an identity and filled while mounted.
+    let add = format!("add_replica={}", third.display());
+    let m = remount(
+        root,
+        &[&replicas[0], &replicas[1], &third],
+        &[&add, "probe_interval=0.2"],
+    );
+    write_file(&m.path("written-while-filling"), b"new");
+    assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
+    m.assert_replicas_identical();
+}
+
+#[test]
+fn replica_whose_mount_vanishes_and_comes_back_is_resynced() {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let root = TestRoot::new();
+    let store = root.mkdir("store");
+    let point = root.mkdir("point");
+    mount(
+        Some(&store),
+        &point,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    struct Unbind(std::path::PathBuf);
+    impl Drop for Unbind {
+        fn drop(&mut self) {
+            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        }
+    }
+    let _unbind = Unbind(point.clone());
+    let m = Mount::builder()
+        .fresh(1)
+        .replica(&point)
+        .option("probe_interval=0.2")
+        .mount();
+    write_file(&m.path("before"), b"both");
+    // The mount under the replica path goes away (an NFS server restart).
+    umount2(&point, MntFlags::MNT_DETACH).unwrap();
+    write_file(&m.path("during"), &pattern(5, 200_000));
+    fs::remove_file(m.path("before")).unwrap();
+    assert!(
+        m.wait_for_log("failed", Duration::from_secs(10)),
+        "{}",
+        m.log()
+    );
+    assert!(
+        fs::read_dir(&point).unwrap().next().is_none(),
+        "the daemon wrote into the directory under the vanished mount"
+    );
+    // It comes back.
+    mount(
+        Some(&store),
+        &point,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
+    m.assert_replicas_identical();
+}
