@@ -340,11 +340,9 @@ fn replica_whose_mount_vanishes_and_comes_back_is_resynced() {
     umount2(&point, MntFlags::MNT_DETACH).unwrap();
     write_file(&m.path("during"), &pattern(5, 200_000));
     fs::remove_file(m.path("before")).unwrap();
-    assert!(
-        m.wait_for_log("failed", Duration::from_secs(10)),
-        "{}",
-        m.log()
-    );
+    // The daemon keeps using the replica through its root fd (the data goes
+    // where the replica really is) or fails it; either way it never writes
+    // into what the path now shows.
     assert!(
         fs::read_dir(&point).unwrap().next().is_none(),
         "the daemon wrote into the directory under the vanished mount"
