@@ -93,11 +93,13 @@ impl ChironFs {
                 };
                 match sync_path(src, r, &p, SyncMode::Entries, &ctl) {
                     Ok(_) => {}
-                    Err(e) if r.is_failure(e) => return self.resync_failed(i, "resync", &p, e),
-                    Err(e) if src.is_failure(e) => {
+                    // An errno does not say which side failed: the source is
+                    // blamed only if it is visibly unhealthy.
+                    Err(e) if src.is_failure(e) && src.check_health().is_err() => {
                         self.fail(src.index, "resync source", &p, e);
                         return;
                     }
+                    Err(e) if r.is_failure(e) => return self.resync_failed(i, "resync", &p, e),
                     // Raced with a change through the mount: that change
                     // reached this replica directly, so the mark is done.
                     Err(e) => tracing::debug!("resync {p}: {e}"),
@@ -107,6 +109,12 @@ impl ChironFs {
                     return;
                 }
             }
+        }
+        // What was copied is on disk before the replica is trusted again.
+        // Safe: plain syscall on the replica's root fd.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&r.root())) } != 0 {
+            let e = Errno::last();
+            return self.resync_failed(i, "syncfs", &RelPath::root(), e);
         }
         let files = ctl.files_done.load(Ordering::Relaxed);
         let bytes = ctl.bytes_done.load(Ordering::Relaxed);
