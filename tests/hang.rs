@@ -211,6 +211,13 @@ struct Rig {
 impl Rig {
     /// `fault_first`: faultfs is the first-listed (primary) replica.
     fn new(fault_first: bool) -> Rig {
+        // These tests check what happens while a replica is out; the probe
+        // must not bring it back (and resync it) mid-test.
+        Rig::with_probe(fault_first, "3600")
+    }
+
+    /// Like `new`, probing failed replicas every `probe` seconds.
+    fn with_probe(fault_first: bool, probe: &str) -> Rig {
         let fault = FaultFs::start();
         let mut b = Mount::builder();
         if fault_first {
@@ -224,9 +231,7 @@ impl Rig {
             .option(&format!("replica_timeout={}", REPLICA_TIMEOUT.as_secs()))
             .option("attr_timeout=0")
             .option("entry_timeout=0")
-            // These tests check what happens while a replica is out; the
-            // probe must not bring it back (and resync it) mid-test.
-            .option("probe_interval=3600")
+            .option(&format!("probe_interval={probe}"))
             .watchdog(Duration::from_secs(300))
             .mount();
         let (fi, hi) = if fault_first { (0, 1) } else { (1, 0) };
@@ -689,4 +694,56 @@ fn reads_while_primary_hangs_answer_from_other_replica() {
         );
         assert_eq!(names, ["g"], "readdir /d");
     }
+}
+
+/// A replica that hung (or returned EIO) and recovers is resynced: the
+/// replicas end byte-identical and nothing acknowledged is lost.
+fn failed_then_recovered(mode: &str) {
+    let rig = Rig::with_probe(false, "0.2");
+    fs::create_dir(rig.path("d")).unwrap();
+    for i in 0..5 {
+        ok(
+            "write",
+            write_file(&rig.path(&format!("d/f{i}")), &pattern(i, 300_000)),
+        );
+    }
+    rig.fault.set_mode(mode);
+    ok(
+        "write while failing",
+        write_file(&rig.path("d/new"), &pattern(50, 1 << 20)),
+    );
+    rig.assert_fault_failed();
+    ok(
+        "rename",
+        fs::rename(rig.path("d/f1"), rig.path("d/f1-renamed")),
+    );
+    ok("unlink", fs::remove_file(rig.path("d/f2")));
+    ok("mkdir", fs::create_dir(rig.path("d/sub")));
+    ok(
+        "write",
+        write_file(&rig.path("d/sub/g"), &pattern(60, 70_000)),
+    );
+    rig.fault.set_mode("ok");
+    assert!(
+        rig.mount
+            .wait_for_log("in sync again", Duration::from_secs(60)),
+        "the recovered replica was not resynced:\n{}",
+        rig.mount.log()
+    );
+    rig.mount.assert_replicas_identical();
+    assert_same(
+        "d/new",
+        &ok("read", read_uncached(&rig.path("d/new"))),
+        &pattern(50, 1 << 20),
+    );
+}
+
+#[test]
+fn hung_replica_that_recovers_is_resynced_identical() {
+    failed_then_recovered("hang");
+}
+
+#[test]
+fn eio_replica_that_recovers_is_resynced_identical() {
+    failed_then_recovered("eio");
 }

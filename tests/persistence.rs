@@ -9,6 +9,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Mount, TestRoot, Tmpfs};
@@ -359,5 +360,72 @@ fn replica_whose_mount_vanishes_and_comes_back_is_resynced() {
     if m.log().contains("failed") {
         assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
     }
+    m.assert_replicas_identical();
+}
+
+fn fsx_binary() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("FSX") {
+        return p.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let cargo = Path::new(&home).join(".cargo/bin/fsx");
+    if cargo.exists() {
+        return cargo;
+    }
+    "fsx".into()
+}
+
+#[test]
+fn fsx_during_a_resync_is_a_ok_and_replicas_end_identical() {
+    let tmp = Tmpfs::new("8m");
+    let m = Mount::builder()
+        .fresh(1)
+        .replica(tmp.path())
+        .option("probe_interval=0.2")
+        .option("resync_bandwidth=10")
+        .mount();
+    for i in 0..6 {
+        write_file(&m.path(format!("pre{i}")), &pattern(i, 2 << 20));
+    }
+    assert!(
+        m.wait_for_log("failed", Duration::from_secs(10)),
+        "{}",
+        m.log()
+    );
+    // Enough missed data that the throttled resync outlasts fsx's start.
+    for i in 0..20 {
+        write_file(&m.path(format!("missed{i}")), &pattern(100 + i, 2 << 20));
+    }
+    write_file(&m.path("fsxfile"), &pattern(7, 1 << 20));
+    tmp.resize("256m");
+    assert!(
+        m.wait_for_log("is back", Duration::from_secs(10)),
+        "{}",
+        m.log()
+    );
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fsx.toml");
+    let artifacts = m.root().join("fsx-artifacts");
+    fs::create_dir_all(&artifacts).unwrap();
+    let out = Command::new(fsx_binary())
+        .arg("-N")
+        .arg("20000")
+        .arg("-S")
+        .arg("4242")
+        .arg("-f")
+        .arg(&config)
+        .arg("-P")
+        .arg(&artifacts)
+        .arg(m.path("fsxfile"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run fsx ({e}); run scripts/setup"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("All operations completed A-OK!"),
+        "fsx during a resync failed: {}\n{}\n{}",
+        out.status,
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
     m.assert_replicas_identical();
 }

@@ -96,10 +96,10 @@ struct Gather<T> {
 /// all of them. Replicas that may hang (network and FUSE filesystems) run
 /// in parallel on their own pools: one that did not answer in time gets
 /// ETIMEDOUT, its job keeps running on its own pool and its late result is
-/// dropped. Replicas on local filesystems (`Replica::inline`) run on the
-/// calling thread after the pooled ones were queued: their errors come
-/// back from the kernel (block-layer timeouts end in EIO), and a thread
-/// handoff costs more than the syscall.
+/// dropped. The first replica on a local filesystem (`Replica::inline`)
+/// runs on the calling thread, in parallel with the pooled ones: its errors
+/// come back from the kernel (block-layer timeouts end in EIO), and a
+/// thread handoff costs more than the syscall.
 pub fn run<T, F>(
     replicas: &Arc<[Replica]>,
     targets: &[usize],
@@ -110,15 +110,21 @@ where
     T: Send + 'static,
     F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
 {
-    let (inline, pooled): (Vec<usize>, Vec<usize>) =
-        targets.iter().partition(|&&i| replicas[i].inline);
+    // At most one replica runs on the calling thread, so replicas are never
+    // serialised: the others run on their pools at the same time.
+    let here = targets.iter().copied().find(|&i| replicas[i].inline);
+    let inline: Vec<usize> = here.into_iter().collect();
+    let pooled: Vec<usize> = targets
+        .iter()
+        .copied()
+        .filter(|&i| Some(i) != here)
+        .collect();
     let mut out: Vec<(usize, Result<T>)> = Vec::with_capacity(targets.len());
     if pooled.is_empty() {
         for i in inline {
             let r = &replicas[i];
             out.push((i, r.track(|| f(r))));
         }
-        out.sort_by_key(|(i, _)| *i);
         return out;
     }
     let f = Arc::new(f);
