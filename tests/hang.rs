@@ -303,20 +303,6 @@ fn timed<T: Send + 'static>(
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Creates `p`, writes `data`, fsyncs and closes, reporting the first error
 /// of any step (close errors included).
 fn write_file(p: &Path, data: &[u8]) -> io::Result<()> {

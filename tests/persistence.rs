@@ -12,26 +12,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestRoot, Tmpfs};
+use common::{Mount, TestRoot, Tmpfs, pattern};
 
 const RESYNC_WAIT: Duration = Duration::from_secs(60);
 
 fn write_file(p: &Path, data: &[u8]) {
     fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Mounts the replicas of `root` again, with the same state directory.
