@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::ChironFs;
 use crate::errno::Errno;
@@ -20,11 +20,28 @@ impl ChironFs {
     /// Runs forever on its own thread: probe, resync, sleep.
     pub fn resync_loop(self: Arc<Self>, probe_interval: Duration, bandwidth: u64) {
         let throttle = Arc::new(Throttle::new(bandwidth));
+        // A replica that keeps failing right after it comes back (a disk
+        // still full) is probed less and less often, up to once a minute.
+        let mut backoff: Vec<Backoff> = (0..self.replicas.len())
+            .map(|_| Backoff::new(probe_interval))
+            .collect();
         loop {
-            for i in 0..self.replicas.len() {
+            for (i, b) in backoff.iter_mut().enumerate() {
                 match self.replicas[i].state() {
-                    State::Failed => self.probe(i),
-                    State::Resyncing => self.resync(i, &throttle),
+                    State::Failed if b.due() => {
+                        self.probe(i);
+                        if self.replicas[i].state() == State::Failed {
+                            b.reset();
+                        }
+                    }
+                    State::Resyncing => {
+                        self.resync(i, &throttle);
+                        match self.replicas[i].state() {
+                            State::Failed => b.failed_again(),
+                            State::InSync => b.reset(),
+                            _ => {}
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -128,6 +145,42 @@ impl ChironFs {
 
     fn resync_failed(&self, i: usize, op: &str, p: &RelPath, e: Errno) {
         self.fail(i, op, p, e);
+    }
+}
+
+/// When to probe a failed replica next.
+struct Backoff {
+    base: Duration,
+    delay: Duration,
+    next: Instant,
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(60);
+
+    fn new(base: Duration) -> Backoff {
+        Backoff {
+            base,
+            delay: base,
+            next: Instant::now(),
+        }
+    }
+
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// It came back and failed again: wait twice as long before the next try.
+    fn failed_again(&mut self) {
+        self.delay = (self.delay * 2).min(Self::MAX);
+        self.next = Instant::now() + self.delay;
+    }
+
+    /// Probing normally (still down, or healthy again).
+    fn reset(&mut self) {
+        if self.due() {
+            self.delay = self.base;
+        }
     }
 }
 
