@@ -333,9 +333,14 @@ impl ChironFs {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         let data: Arc<[u8]> = data.into();
         let len = data.len();
+        // Every replica gets the same mtime with the write itself, so the
+        // replicas agree even before the handle is flushed.
+        let now = ops::now();
         h.dirty.store(true, Ordering::Relaxed);
         self.on_handle("write", &h, move |fd| {
-            ops::pwrite_all(fd.as_fd(), &data, offset)
+            let n = ops::pwrite_all(fd.as_fd(), &data, offset)?;
+            At::Fd(fd.as_fd()).utimens(&[OMIT, now])?;
+            Ok(n)
         })?;
         Ok(len as u32)
     }
