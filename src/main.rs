@@ -11,7 +11,23 @@ mod replica;
 mod resync;
 
 fn main() {
-    let argv: Vec<String> = std::env::args().collect();
+    let mut argv: Vec<String> = std::env::args().collect();
+    // One binary, dispatched on the name it was called by.
+    let called = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("chironfs")
+        .to_string();
+    if called.starts_with("mount.") {
+        match cli::mount_helper::to_chironfs_args(&argv) {
+            Ok(args) => argv = args,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let code = match cli::parse(argv) {
         Ok(inv) => daemon::start(inv),
         Err(code) => code,

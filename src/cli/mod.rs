@@ -1,5 +1,7 @@
 //! The `chironfs` command line (ChironFS syntax).
 
+pub mod mount_helper;
+
 use std::path::PathBuf;
 
 use clap::Parser;
