@@ -33,7 +33,9 @@ fn lint(tool: &str, args: &[&str], page: &Path, package: &str) -> String {
     let out = match Command::new(tool).args(args).arg(page).output() {
         Ok(o) => o,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            panic!("'{tool}' is not installed: install the '{package}' package (apt-get install {package})")
+            panic!(
+                "'{tool}' is not installed: install the '{package}' package (apt-get install {package})"
+            )
         }
         Err(e) => panic!("cannot run {tool}: {e}"),
     };
