@@ -58,14 +58,11 @@ pub fn to_chironfs_args(argv: &[String]) -> Result<Vec<String>, String> {
                         rest
                     };
                     match c {
-                        'o' => {
-                            if !value.is_empty() {
-                                options.push(value.to_string());
-                            }
-                        }
+                        'o' if !value.is_empty() => options.push(value.to_string()),
                         't' => check_type(value)?,
-                        // -N NAMESPACE: newer mount(8) may pass the target
-                        // namespace; the helper already runs in it.
+                        // An empty -o, or -N NAMESPACE: newer mount(8) may
+                        // pass the target namespace; the helper already runs
+                        // in it.
                         _ => {}
                     }
                     break;
