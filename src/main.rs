@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod ctl;
 mod daemon;
 mod errno;
 mod fs;
@@ -19,6 +20,14 @@ fn main() {
         .and_then(|n| n.to_str())
         .unwrap_or("chironfs")
         .to_string();
+    if called == "chironctl" {
+        std::process::exit(ctl::client::main(&argv));
+    }
+    if argv.get(1).map(String::as_str) == Some("ctl") {
+        // `chironfs ctl ...` is chironctl without the symlink.
+        argv.remove(1);
+        std::process::exit(ctl::client::main(&argv));
+    }
     if called.starts_with("mount.") {
         match cli::mount_helper::to_chironfs_args(&argv) {
             Ok(args) => argv = args,

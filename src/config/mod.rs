@@ -50,6 +50,11 @@ pub struct Config {
     pub probe_interval: f64,
     /// Resync bandwidth limit in MiB/s; 0 means unlimited. Default: 0.
     pub resync_bandwidth: u64,
+    /// Status socket path (ChironFS's option name). Default:
+    /// /run/chironfs/<mountpoint with '/' as '-'>.sock.
+    pub ctl: Option<PathBuf>,
+    /// A group whose members may use the status socket (mode 0660). Default: root only.
+    pub ctl_group: Option<String>,
     /// Where the metadata store lives. Default: /var/lib/chironfs/<fsname,
     /// or the mountpoint with '/' turned into '-'>.
     pub state_dir: Option<PathBuf>,
@@ -91,6 +96,8 @@ impl Default for Config {
             passthrough: true,
             replica_io: ReplicaIo::Auto,
             probe_interval: 2.0,
+            ctl: None,
+            ctl_group: None,
             resync_bandwidth: 0,
             state_dir: None,
             add_replica: None,

@@ -225,6 +225,28 @@ fn serve(
         .name("resync".into())
         .spawn(move || worker_fs.resync_loop(probe, bw))
         .map_err(|e| StartupError::Other(e.to_string()))?;
+    let group = match &cfg.ctl_group {
+        None => None,
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .ok_or_else(|| StartupError::Other(format!("ctl_group '{g}': no such group")))?
+                .gid
+                .as_raw(),
+        ),
+    };
+    let sock = cfg
+        .ctl
+        .clone()
+        .unwrap_or_else(|| crate::ctl::default_socket(&inv.mountpoint));
+    let serving_ctl = match crate::ctl::server::start(fs.clone(), &sock, group) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("{e}; chironctl will not reach this mount");
+            false
+        }
+    };
     let mut unmounter = session.unmount_callable();
     let mountpoint = inv.mountpoint.clone();
     std::thread::Builder::new()
@@ -250,6 +272,9 @@ fn serve(
     session
         .run()
         .map_err(|e| StartupError::Other(format!("FUSE session ended: {e}")))?;
+    if serving_ctl {
+        let _ = std::fs::remove_file(&sock);
+    }
     if let Err(e) = store.close_session() {
         tracing::error!("metadata store: cannot record the clean unmount: {e}");
     }

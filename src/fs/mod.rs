@@ -12,6 +12,7 @@ mod marks;
 mod namespace;
 mod policy;
 mod resync;
+pub mod status;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -31,6 +32,7 @@ pub use file::{IoMode, Opened};
 use inodes::InodeTable;
 pub use inodes::ROOT;
 pub use namespace::Owner;
+pub use status::FsStatus;
 
 /// How the filesystem behaves; derived from the config at mount time.
 #[derive(Debug, Clone)]
@@ -59,6 +61,8 @@ pub struct ChironFs {
     iomodes: handles::IoModes,
     marks: marks::Marks,
     locks: locks::PathLocks,
+    /// Per replica: the resync in progress, for status.
+    running: Vec<parking_lot::Mutex<Option<status::Running>>>,
     opts: FsOptions,
     round_robin: AtomicUsize,
     passthrough_enabled: AtomicBool,
@@ -69,6 +73,9 @@ impl ChironFs {
         ChironFs {
             marks: marks::Marks::new(store),
             locks: locks::PathLocks::new(),
+            running: (0..replicas.len())
+                .map(|_| parking_lot::Mutex::new(None))
+                .collect(),
             replicas: replicas.into(),
             inodes: RwLock::new(InodeTable::new()),
             files: handles::Table::new(),

@@ -30,8 +30,16 @@ impl ChironFs {
                 match self.replicas[i].state() {
                     State::Failed if b.due() => {
                         self.probe(i);
-                        if self.replicas[i].state() == State::Failed {
-                            b.reset();
+                        match self.replicas[i].state() {
+                            State::Failed => b.reset(),
+                            // Back: start at once rather than a round later.
+                            State::Resyncing => {
+                                self.resync(i, &throttle);
+                                if self.replicas[i].state() == State::Failed {
+                                    b.failed_again();
+                                }
+                            }
+                            _ => {}
                         }
                     }
                     State::Resyncing => {
@@ -68,7 +76,9 @@ impl ChironFs {
         };
         let src = &self.replicas[src];
         let me = self.lock_fn();
-        let ctl = CopyControl::with_throttle(throttle.clone()).with_chunk_guard(me);
+        let ctl = Arc::new(CopyControl::with_throttle(throttle.clone()).with_chunk_guard(me));
+        *self.running[i].lock() = Some((Instant::now(), ctl.clone()));
+        let _done = Finished(&self.running[i]);
         let store = &self.marks.store;
         if r.needs_full.load(Ordering::Relaxed) {
             tracing::info!(
@@ -145,6 +155,15 @@ impl ChironFs {
 
     fn resync_failed(&self, i: usize, op: &str, p: &RelPath, e: Errno) {
         self.fail(i, op, p, e);
+    }
+}
+
+/// Clears a replica's running-resync slot however `resync` returns.
+struct Finished<'a>(&'a parking_lot::Mutex<Option<super::status::Running>>);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = None;
     }
 }
 

@@ -1,0 +1,149 @@
+//! What the status socket reports, as plain data.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::ChironFs;
+use crate::replica::State;
+use crate::resync::CopyControl;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResyncProgress {
+    pub files_done: u64,
+    pub bytes_done: u64,
+    /// Paths still marked missed for this replica.
+    pub files_left: u64,
+    pub bytes_per_sec: f64,
+    pub eta_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub index: usize,
+    pub path: String,
+    pub id: String,
+    pub low_priority: bool,
+    pub state: String,
+    /// Seconds since the epoch of the last state change the store knows.
+    pub since: Option<u64>,
+    pub cause: String,
+    pub in_flight: u64,
+    pub open_handles: u64,
+    pub missed: u64,
+    pub resync: Option<ResyncProgress>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FsStatus {
+    pub write_quorum: usize,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// A resync in progress: when it started and its live counters.
+pub type Running = (Instant, Arc<CopyControl>);
+
+impl ChironFs {
+    pub fn status(&self) -> FsStatus {
+        let store = &self.marks.store;
+        let replicas = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let rec = store.get_replica(&r.id).ok().flatten();
+                let missed = store.missed_count(&r.id).unwrap_or(0);
+                let resync = self.running[r.index].lock().as_ref().map(|(start, ctl)| {
+                    let secs = start.elapsed().as_secs_f64().max(0.001);
+                    let files = ctl.files_done.load(Ordering::Relaxed);
+                    let bytes = ctl.bytes_done.load(Ordering::Relaxed);
+                    let files_rate = files as f64 / secs;
+                    ResyncProgress {
+                        files_done: files,
+                        bytes_done: bytes,
+                        files_left: missed,
+                        bytes_per_sec: bytes as f64 / secs,
+                        eta_seconds: (files_rate > 0.0).then(|| missed as f64 / files_rate),
+                    }
+                });
+                ReplicaStatus {
+                    index: r.index,
+                    path: r.spec.path.display().to_string(),
+                    id: r.id.to_string(),
+                    low_priority: r.spec.low_priority,
+                    state: r.state().to_string(),
+                    since: rec
+                        .as_ref()
+                        .and_then(|x| x.since.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                    cause: rec.map(|x| x.cause).unwrap_or_default(),
+                    in_flight: r.in_flight.load(Ordering::Relaxed),
+                    open_handles: r.bound_handles.load(Ordering::Relaxed),
+                    missed,
+                    resync,
+                }
+            })
+            .collect();
+        FsStatus {
+            write_quorum: self.opts.needed,
+            replicas,
+        }
+    }
+
+    /// Takes replica `i` out of service until enabled (operator's act).
+    pub fn disable(&self, i: usize) -> Result<(), String> {
+        let r = self.replicas.get(i).ok_or("no such replica")?;
+        r.set_state(State::Disabled);
+        self.persist_state(i, State::Disabled, "disabled by the operator".into());
+        tracing::warn!("replica {} disabled by the operator", r.spec.path.display());
+        Ok(())
+    }
+
+    /// Puts a disabled replica back: it is probed and resynced.
+    pub fn enable(&self, i: usize) -> Result<(), String> {
+        let r = self.replicas.get(i).ok_or("no such replica")?;
+        if r.state() != State::Disabled {
+            return Err(format!(
+                "replica {} is {}, not disabled",
+                r.spec.path.display(),
+                r.state()
+            ));
+        }
+        r.set_state(State::Failed);
+        self.persist_state(
+            i,
+            State::Failed,
+            "enabled by the operator; awaiting probe".into(),
+        );
+        tracing::info!("replica {} enabled by the operator", r.spec.path.display());
+        Ok(())
+    }
+
+    /// Asks for a resync of replica `i`; `full` compares the whole tree.
+    pub fn request_resync(&self, i: usize, full: bool) -> Result<(), String> {
+        let r = self.replicas.get(i).ok_or("no such replica")?;
+        match r.state() {
+            State::Disabled => return Err("replica is disabled; enable it first".into()),
+            State::Failed => {}
+            State::InSync | State::Resyncing => {
+                if full {
+                    r.needs_full.store(true, Ordering::Relaxed);
+                }
+                if r.state() == State::InSync && !self.readers().iter().any(|&j| j != i) {
+                    return Err("it is the only in-sync replica: nothing to resync from".into());
+                }
+                r.set_state(State::Resyncing);
+                self.persist_state(
+                    i,
+                    State::Resyncing,
+                    "resync requested by the operator".into(),
+                );
+            }
+        }
+        if full {
+            r.needs_full.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! Guards the status socket and chironctl: status for people and scripts,
+//! Nagios exit codes, Prometheus metrics, operator commands, and that bad
+//! input or an unprivileged user gets nothing but an error.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Mount, run_as};
+
+const CHIRONFS: &str = env!("CARGO_BIN_EXE_chironfs");
+
+fn ctl(args: &[&str]) -> Output {
+    Command::new(CHIRONFS)
+        .arg("ctl")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn mount_with_socket(opts: &[&str]) -> (Mount, PathBuf) {
+    let root = common::TestRoot::new();
+    let sock = root.path().join("ctl.sock");
+    let mut b = Mount::builder()
+        .root(root)
+        .fresh(2)
+        .option(&format!("ctl={}", sock.display()));
+    for o in opts {
+        b = b.option(o);
+    }
+    (b.mount(), sock)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn status_check_and_metrics() {
+    let (m, sock) = mount_with_socket(&["probe_interval=0.2"]);
+    let s = sock.to_str().unwrap();
+    let o = ctl(&["status", s]);
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    for r in &m.replicas {
+        assert!(text.contains(&r.display().to_string()), "{text}");
+    }
+    assert_eq!(text.matches("in-sync").count(), 2, "{text}");
+    let o = ctl(&["status", s, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status --json is JSON");
+    assert_eq!(v["replicas"].as_array().unwrap().len(), 2);
+    assert_eq!(v["replicas"][0]["state"], "in-sync");
+
+    let o = ctl(&["check", s]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(stdout(&o).starts_with("CHIRONFS OK") && stdout(&o).contains('|'));
+
+    // Prometheus text: HELP/TYPE lines, then `name{labels} value`.
+    let o = ctl(&["metrics", s]);
+    for line in stdout(&o).lines() {
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line}");
+        let base = name.split('{').next().unwrap();
+        assert!(
+            base.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+    }
+    assert!(stdout(&o).contains("chironfs_replica_in_sync{"));
+
+    // Degraded: WARNING; back: OK again after a resync.
+    let r1 = m.replicas[1].display().to_string();
+    assert!(ctl(&["disable", &r1, s]).status.success());
+    let o = ctl(&["check", s]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    std::fs::write(m.path("while-disabled"), b"x").unwrap();
+    assert!(
+        !m.replica_path(1, "while-disabled").exists(),
+        "a disabled replica was written"
+    );
+    assert!(ctl(&["enable", "1", s]).status.success());
+    assert!(
+        m.wait_for_log("in sync again", Duration::from_secs(30)),
+        "{}",
+        m.log()
+    );
+    assert_eq!(ctl(&["check", s]).status.code(), Some(0));
+    m.assert_replicas_identical();
+    // Unknown replica / command: errors, not crashes.
+    assert!(!ctl(&["disable", "/nope", s]).status.success());
+    assert_eq!(ctl(&["frobnicate", s]).status.code(), Some(2));
+}
+
+#[test]
+fn check_is_critical_below_quorum_and_unknown_without_daemon() {
+    let (m, sock) = mount_with_socket(&["write_quorum=all"]);
+    let s = sock.to_str().unwrap().to_string();
+    assert!(ctl(&["disable", "0", &s]).status.success());
+    let o = ctl(&["check", &s]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(stdout(&o).starts_with("CHIRONFS CRITICAL"));
+    drop(m);
+    let o = ctl(&["check", &s]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(stdout(&o).starts_with("CHIRONFS UNKNOWN"));
+}
+
+fn exchange(sock: &Path, line: &[u8]) -> String {
+    let mut c = UnixStream::connect(sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(line).unwrap();
+    let mut reply = String::new();
+    BufReader::new(c).read_line(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn bad_requests_get_errors_and_others_are_unaffected() {
+    let (_m, sock) = mount_with_socket(&[]);
+    // A client that connects and stalls does not block others.
+    let _stalled = UnixStream::connect(&sock).unwrap();
+    for bad in [
+        &b"{not json\n"[..],
+        b"{\"version\":99,\"command\":\"status\"}\n",
+        b"{\"version\":1,\"command\":\"nope\"}\n",
+        b"{\"version\":1,\"command\":\"disable\"}\n",
+        b"\xff\xfe\n",
+    ] {
+        let r = exchange(&sock, bad);
+        let v: serde_json::Value = serde_json::from_str(&r).expect("a JSON error reply");
+        assert_eq!(v["ok"], false, "{r}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    }
+    let huge = vec![b'x'; 200_000];
+    let mut c = UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = c.write_all(&huge);
+    let mut reply = String::new();
+    let _ = BufReader::new(c).read_line(&mut reply);
+    assert!(reply.contains("longer than"), "oversized line: {reply:?}");
+    // Still serving.
+    let r = exchange(&sock, b"{\"version\":1,\"command\":\"status\"}\n");
+    assert!(r.contains("\"ok\":true"), "{r}");
+}
+
+#[test]
+fn socket_is_closed_to_other_users() {
+    let (_m, sock) = mount_with_socket(&[]);
+    let md = std::fs::metadata(&sock).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(md.permissions().mode() & 0o777, 0o600);
+    let o = run_as(
+        65534,
+        65534,
+        CHIRONFS,
+        &["ctl".as_ref(), "status".as_ref(), sock.as_os_str()],
+    );
+    assert!(
+        !o.status.success(),
+        "nobody reached the status socket: {o:?}"
+    );
+}
