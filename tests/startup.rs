@@ -452,3 +452,36 @@ fn bad_config_files_are_rejected_naming_the_problem() {
         "stderr {stderr:?}"
     );
 }
+
+/// mount.fuse3 passes an fstab source of `config=/path.toml` as the first
+/// argument; it must read as `--config /path.toml`.
+#[test]
+fn config_equals_source_is_a_config_file() {
+    let root = TestRoot::new();
+    let (a, b, mnt) = (root.mkdir("a"), root.mkdir("b"), root.mkdir("mnt"));
+    let conf = root.path().join("c.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "replicas = [{:?}, {:?}]\nstate_dir = {:?}\nctl = {:?}\n",
+            a.display().to_string(),
+            b.display().to_string(),
+            root.path().join("state").display().to_string(),
+            root.path().join("ctl.sock").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = run_chironfs(
+        [
+            OsString::from(format!("config={}", conf.display())),
+            mnt.clone().into(),
+        ],
+        Duration::from_secs(30),
+    );
+    let mounted = mount_fstype(&mnt);
+    std::fs::write(mnt.join("f"), b"x").ok();
+    ensure_unmounted(&mnt);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mounted.as_deref(), Some("fuse.chironfs"));
+    assert!(a.join("f").exists() && b.join("f").exists());
+}

@@ -46,6 +46,16 @@ pub fn parse(argv: Vec<String>) -> Result<Invocation, i32> {
             return Err(code);
         }
     };
+    // mount.fuse3 runs `chironfs config=/path.toml MNT -o ...` for fstab
+    // lines of type fuse.chironfs whose source is a config file.
+    let mut args = args;
+    if args.config.is_none()
+        && args.positional.len() == 2
+        && let Some(path) = args.positional[0].strip_prefix("config=")
+    {
+        args.config = Some(PathBuf::from(path));
+        args.positional.remove(0);
+    }
     let text = match &args.config {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) => Some((p.display().to_string(), t)),
