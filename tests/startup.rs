@@ -485,3 +485,33 @@ fn config_equals_source_is_a_config_file() {
     assert_eq!(mounted.as_deref(), Some("fuse.chironfs"));
     assert!(a.join("f").exists() && b.join("f").exists());
 }
+
+#[test]
+fn check_config_validates_without_mounting() {
+    let root = TestRoot::new();
+    let (a, b) = (root.mkdir("a"), root.mkdir("b"));
+    let check = |text: String| {
+        let conf = root.path().join("c.toml");
+        std::fs::write(&conf, text).unwrap();
+        run_chironfs(
+            [OsString::from("--check-config"), conf.into()],
+            Duration::from_secs(30),
+        )
+    };
+    let good = check(format!(
+        "replicas = [{:?}, {:?}]\nread_policy = \"priority\"\n",
+        a.display().to_string(),
+        b.display().to_string()
+    ));
+    assert!(good.status.success(), "{good:?}");
+    assert!(String::from_utf8_lossy(&good.stdout).contains("ok"));
+    let bad_key = check("replicas = [\"/tmp\"]\nfrobnicate = 1\n".into());
+    assert_eq!(bad_key.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_key.stderr).contains("frobnicate"));
+    let missing = check(format!(
+        "replicas = [{:?}, \"/nonexistent/replica\"]\n",
+        a.display().to_string()
+    ));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/replica"));
+}

@@ -31,9 +31,58 @@ struct Args {
     /// TOML config file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Validate a TOML config file (syntax, keys, values, replica
+    /// directories) and exit without mounting.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     /// `[:]PATH=[:]PATH[=...] MOUNTPOINT`, or just `MOUNTPOINT` with --config.
-    #[arg(value_name = "REPLICAS MOUNTPOINT", num_args = 1..=2, required = true)]
+    #[arg(
+        value_name = "REPLICAS MOUNTPOINT",
+        num_args = 1..=2,
+        required_unless_present = "check_config"
+    )]
     positional: Vec<String>,
+}
+
+/// `--check-config FILE`: 0 when the file would be accepted, 1 otherwise.
+fn check_config(path: &std::path::Path) -> i32 {
+    let shown = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("chironfs: cannot read config file '{shown}': {e}");
+            return 1;
+        }
+    };
+    let config = match Config::build(Some((&shown, &text)), &[]) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chironfs: {e}");
+            return 1;
+        }
+    };
+    for r in &config.replicas {
+        let spec = ReplicaSpec::parse(r);
+        match std::fs::metadata(&spec.path) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                eprintln!(
+                    "chironfs: {shown}: replica '{}' is not a directory",
+                    spec.path.display()
+                );
+                return 1;
+            }
+            Err(_) => {
+                eprintln!(
+                    "chironfs: {shown}: replica '{}' does not exist",
+                    spec.path.display()
+                );
+                return 1;
+            }
+        }
+    }
+    println!("{shown}: ok ({} replicas)", config.replicas.len());
+    0
 }
 
 /// Parses argv; on error prints a one-line reason and returns the exit code.
@@ -46,6 +95,9 @@ pub fn parse(argv: Vec<String>) -> Result<Invocation, i32> {
             return Err(code);
         }
     };
+    if let Some(p) = &args.check_config {
+        return Err(check_config(p));
+    }
     // mount.fuse3 runs `chironfs config=/path.toml MNT -o ...` for fstab
     // lines of type fuse.chironfs whose source is a config file.
     let mut args = args;
