@@ -173,3 +173,33 @@ fn socket_is_closed_to_other_users() {
         "nobody reached the status socket: {o:?}"
     );
 }
+
+#[test]
+fn trust_needs_confirmation_and_resync_wait_follows_to_the_end() {
+    let (m, sock) = mount_with_socket(&["probe_interval=0.2"]);
+    let s = sock.to_str().unwrap();
+    assert!(ctl(&["disable", "1", s]).status.success());
+    for i in 0..20 {
+        std::fs::write(m.path(format!("f{i}")), common::pattern(i, 50_000)).unwrap();
+    }
+    assert!(ctl(&["enable", "1", s]).status.success());
+    // Not a TTY here: plain lines, and the exit code once it is in sync.
+    let o = ctl(&["resync", "1", "--wait", s]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("in sync"), "{o:?}");
+    m.assert_replicas_identical();
+
+    // trust: refused without --confirm; with it, the replica is in sync
+    // again at once, its missed marks dropped.
+    assert!(ctl(&["disable", "1", s]).status.success());
+    std::fs::write(m.path("missed-by-1"), b"y").unwrap();
+    let o = ctl(&["trust", "1", s]);
+    assert!(!o.status.success(), "trust without --confirm: {o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("confirm"));
+    let o = ctl(&["trust", "1", "--confirm", s]);
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&ctl(&["status", s, "--json"]).stdout).unwrap();
+    assert_eq!(v["replicas"][1]["state"], "in-sync");
+    assert_eq!(v["replicas"][1]["missed"], 0);
+}

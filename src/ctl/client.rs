@@ -4,7 +4,8 @@
 //!   chironctl check   [MOUNTPOINT|SOCKET]      Nagios/Icinga plugin
 //!   chironctl metrics [MOUNTPOINT|SOCKET]      Prometheus text format
 //!   chironctl disable|enable REPLICA [MOUNTPOINT|SOCKET]
-//!   chironctl resync REPLICA [--full] [MOUNTPOINT|SOCKET]
+//!   chironctl resync REPLICA [--full] [--wait] [MOUNTPOINT|SOCKET]
+//!   chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -17,7 +18,8 @@ use crate::fs::FsStatus;
 
 const USAGE: &str = "usage: chironctl status|check|metrics [MOUNTPOINT|SOCKET] [--json]
        chironctl disable|enable REPLICA [MOUNTPOINT|SOCKET]
-       chironctl resync REPLICA [--full] [MOUNTPOINT|SOCKET]";
+       chironctl resync REPLICA [--full] [--wait] [MOUNTPOINT|SOCKET]
+       chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]";
 
 /// Nagios exit codes.
 const OK: i32 = 0;
@@ -199,11 +201,108 @@ pub fn metrics(st: &FsStatus) -> String {
     out
 }
 
+/// Follows a resync until the replica is in sync (or failed): a progress
+/// bar on a terminal, one plain line per update otherwise.
+fn wait_for_resync(sock: &Path, name: &str) -> i32 {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let req = Request {
+        version: VERSION,
+        command: "status".into(),
+        replica: None,
+        full: false,
+        confirm: false,
+    };
+    let mut last = String::new();
+    loop {
+        let st = match call(sock, &req) {
+            Ok(Response {
+                status: Some(st), ..
+            }) => st,
+            Ok(r) => {
+                eprintln!("chironctl: {}", r.error.unwrap_or_default());
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("chironctl: {e}");
+                return 1;
+            }
+        };
+        let Some(r) = st
+            .replicas
+            .iter()
+            .find(|r| r.path == name || r.id == name || r.index.to_string() == name)
+        else {
+            eprintln!("chironctl: no replica '{name}'");
+            return 1;
+        };
+        match r.state.as_str() {
+            "in-sync" => {
+                if tty {
+                    println!();
+                }
+                println!("{}: in sync", r.path);
+                return 0;
+            }
+            "failed" | "disabled" => {
+                if tty {
+                    println!();
+                }
+                eprintln!("chironctl: {} is {}: {}", r.path, r.state, r.cause);
+                return 1;
+            }
+            _ => {}
+        }
+        let line = match &r.resync {
+            Some(p) => {
+                let total = p.files_done + p.files_left;
+                let frac = if total == 0 {
+                    0.0
+                } else {
+                    p.files_done as f64 / total as f64
+                };
+                let eta = p.eta_seconds.map_or("?".into(), |s| format!("{s:.0}s"));
+                if tty {
+                    let filled = (frac * 30.0) as usize;
+                    format!(
+                        "\r[{}{}] {:>3.0}% {} entries, {} left, {}/s, ETA {eta}   ",
+                        "#".repeat(filled),
+                        "-".repeat(30 - filled.min(30)),
+                        frac * 100.0,
+                        p.files_done,
+                        p.files_left,
+                        human_bytes(p.bytes_per_sec)
+                    )
+                } else {
+                    format!(
+                        "{}: {} entries done, {} left, {}/s, ETA {eta}",
+                        r.path,
+                        p.files_done,
+                        p.files_left,
+                        human_bytes(p.bytes_per_sec)
+                    )
+                }
+            }
+            None => format!("{}: {} ({} paths to resync)", r.path, r.state, r.missed),
+        };
+        if tty {
+            print!("{line}");
+            let _ = std::io::stdout().flush();
+        } else if line != last {
+            println!("{line}");
+        }
+        last = line;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Runs chironctl; returns the exit code.
 pub fn main(argv: &[String]) -> i32 {
     let args: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
     let json = args.contains(&"--json");
     let full = args.contains(&"--full");
+    let confirm = args.contains(&"--confirm");
+    let wait = args.contains(&"--wait");
     let rest: Vec<&str> = args
         .iter()
         .copied()
@@ -213,15 +312,14 @@ pub fn main(argv: &[String]) -> i32 {
         eprintln!("{USAGE}");
         return 2;
     };
-    if let Some(bad) = args
-        .iter()
-        .find(|a| a.starts_with("--") && !matches!(**a, "--json" | "--full"))
-    {
+    if let Some(bad) = args.iter().find(|a| {
+        a.starts_with("--") && !matches!(**a, "--json" | "--full" | "--confirm" | "--wait")
+    }) {
         eprintln!("chironctl: unknown option '{bad}'\n{USAGE}");
         return if cmd == "check" { UNKNOWN } else { 2 };
     }
     let (replica, target) = match cmd {
-        "disable" | "enable" | "resync" => match rest {
+        "disable" | "enable" | "resync" | "trust" => match rest {
             [r, t @ ..] if t.len() <= 1 => (Some(r.to_string()), t.first().copied()),
             _ => {
                 eprintln!("chironctl {cmd}: name a replica (path, index or id)\n{USAGE}");
@@ -258,8 +356,9 @@ pub fn main(argv: &[String]) -> i32 {
     let req = Request {
         version: VERSION,
         command: command.into(),
-        replica,
+        replica: replica.clone(),
         full,
+        confirm,
     };
     let resp = match call(&sock, &req) {
         Ok(r) => r,
@@ -269,6 +368,9 @@ pub fn main(argv: &[String]) -> i32 {
         return fail(resp.error.unwrap_or_else(|| "the daemon refused".into()));
     }
     let Some(st) = resp.status else {
+        if cmd == "resync" && wait {
+            return wait_for_resync(&sock, replica.as_deref().unwrap_or(""));
+        }
         println!("ok");
         return 0;
     };

@@ -2,7 +2,8 @@
 //!
 //! Request:  `{"version":1,"command":"status"}`,
 //!           `{"version":1,"command":"disable","replica":"/srv/b"}` (also
-//!           `enable`), `{"version":1,"command":"resync","replica":"1","full":true}`.
+//!           `enable`), `{"version":1,"command":"resync","replica":"1","full":true}`,
+//!           `{"version":1,"command":"trust","replica":"/srv/b","confirm":true}`.
 //!           A replica is named by its path, its index or its id.
 //! Response: `{"version":1,"ok":true,"status":{...}}`, `{"version":1,"ok":true}`
 //!           or `{"version":1,"ok":false,"error":"..."}`.
@@ -23,6 +24,9 @@ pub struct Request {
     pub replica: Option<String>,
     #[serde(default)]
     pub full: bool,
+    /// `trust` needs it: the operator vouches the replica is identical.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -150,6 +150,10 @@ fn handle(fs: &ChironFs, line: &[u8]) -> Response {
         "disable" => done(replica().and_then(|i| fs.disable(i))),
         "enable" => done(replica().and_then(|i| fs.enable(i))),
         "resync" => done(replica().and_then(|i| fs.request_resync(i, req.full))),
+        "trust" if !req.confirm => Response::error(
+            "trust declares a replica in sync without copying anything; it needs \"confirm\": true",
+        ),
+        "trust" => done(replica().and_then(|i| fs.trust(i))),
         other => Response::error(format!("unknown command '{other}'")),
     }
 }

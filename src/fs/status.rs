@@ -110,13 +110,41 @@ impl ChironFs {
                 r.state()
             ));
         }
-        r.set_state(State::Failed);
-        self.persist_state(
-            i,
-            State::Failed,
-            "enabled by the operator; awaiting probe".into(),
-        );
+        // Back in service at once if it is reachable; else the probe retries.
+        let state = if r.check_health().is_ok() {
+            State::Resyncing
+        } else {
+            State::Failed
+        };
+        r.set_state(state);
+        self.persist_state(i, state, "enabled by the operator".into());
         tracing::info!("replica {} enabled by the operator", r.spec.path.display());
+        Ok(())
+    }
+
+    /// Declares replica `i` in sync without copying anything: its missed
+    /// marks are dropped. Only for an operator who knows the copy is good.
+    pub fn trust(&self, i: usize) -> Result<(), String> {
+        let r = self.replicas.get(i).ok_or("no such replica")?;
+        r.check_health()
+            .map_err(|e| format!("replica {} is not usable: {e}", r.spec.path.display()))?;
+        let store = &self.marks.store;
+        loop {
+            let batch = store.missed(&r.id, None, 1024).map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                break;
+            }
+            for p in batch {
+                store.clear_missed(&p, &r.id).map_err(|e| e.to_string())?;
+            }
+        }
+        r.needs_full.store(false, Ordering::Relaxed);
+        r.set_state(State::InSync);
+        self.persist_state(i, State::InSync, "trusted by the operator".into());
+        tracing::warn!(
+            "replica {} declared in sync by the operator, without copying",
+            r.spec.path.display()
+        );
         Ok(())
     }
 
@@ -125,7 +153,20 @@ impl ChironFs {
         let r = self.replicas.get(i).ok_or("no such replica")?;
         match r.state() {
             State::Disabled => return Err("replica is disabled; enable it first".into()),
-            State::Failed => {}
+            State::Failed => {
+                r.check_health().map_err(|e| {
+                    format!(
+                        "replica {} is failed and not usable: {e}",
+                        r.spec.path.display()
+                    )
+                })?;
+                r.set_state(State::Resyncing);
+                self.persist_state(
+                    i,
+                    State::Resyncing,
+                    "resync requested by the operator".into(),
+                );
+            }
             State::InSync | State::Resyncing => {
                 if full {
                     r.needs_full.store(true, Ordering::Relaxed);
