@@ -515,3 +515,43 @@ fn check_config_validates_without_mounting() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/replica"));
 }
+
+/// logrotate moves the log away and sends SIGHUP: the daemon must write to
+/// a fresh file at the configured path.
+#[test]
+fn log_file_is_reopened_on_sighup() {
+    let root = TestRoot::new();
+    let log = root.path().join("chironfs.log");
+    let m = Mount::builder()
+        .root(root)
+        .fresh(2)
+        .option(&format!("log={}", log.display()))
+        .mount();
+    assert!(log.exists(), "log=FILE was not created");
+    let rotated = log.with_extension("log.1");
+    fs::rename(&log, &rotated).unwrap();
+    // The daemon is the process whose command line names this mountpoint.
+    let out = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(m.mountpoint.as_os_str())
+        .output()
+        .unwrap();
+    let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert!(!pids.is_empty(), "daemon not found");
+    for p in &pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::SIGHUP).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("reopened"),
+        "nothing written to the new log: {text:?}"
+    );
+    assert!(m.daemon_alive_check(), "SIGHUP stopped the daemon");
+}

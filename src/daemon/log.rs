@@ -5,7 +5,8 @@ use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -46,17 +47,63 @@ impl<'a> MakeWriter<'a> for SyslogMaker {
 
 struct SyslogMaker;
 
+/// The `log=FILE` target, reopened on SIGHUP (for logrotate).
+static LOG_FILE: OnceLock<(PathBuf, Mutex<std::fs::File>)> = OnceLock::new();
+
+fn open_log(p: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new().create(true).append(true).open(p)
+}
+
+struct FileWriter;
+
+impl Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match LOG_FILE.get() {
+            Some((_, f)) => match f.lock() {
+                Ok(mut f) => f.write(buf),
+                Err(_) => Ok(buf.len()),
+            },
+            None => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct FileMaker;
+
+impl<'a> MakeWriter<'a> for FileMaker {
+    type Writer = FileWriter;
+    fn make_writer(&'a self) -> FileWriter {
+        FileWriter
+    }
+}
+
+/// Reopens the `log=FILE` file (after logrotate moved it away).
+pub fn reopen() {
+    if let Some((p, f)) = LOG_FILE.get() {
+        match open_log(p) {
+            Ok(new) => {
+                if let Ok(mut f) = f.lock() {
+                    *f = new;
+                }
+                tracing::info!("log file {} reopened", p.display());
+            }
+            Err(e) => tracing::error!("cannot reopen log file {}: {e}", p.display()),
+        }
+    }
+}
+
 pub fn init(target: Target, level: LogLevel) -> io::Result<()> {
     let filter = EnvFilter::new(format!("chironfs={},fuser=warn", level.as_str()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let res = match target {
         Target::Stderr => builder.with_writer(io::stderr).try_init(),
         Target::File(p) => {
-            let f = OpenOptions::new().create(true).append(true).open(p)?;
-            builder
-                .with_ansi(false)
-                .with_writer(Mutex::new(f))
-                .try_init()
+            let f = open_log(p)?;
+            let _ = LOG_FILE.set((p.to_path_buf(), Mutex::new(f)));
+            builder.with_ansi(false).with_writer(FileMaker).try_init()
         }
         Target::Syslog => {
             // Safe because the ident is a 'static C string.

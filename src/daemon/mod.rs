@@ -255,7 +255,7 @@ fn serve(
             let set = handled_signals();
             loop {
                 match set.wait() {
-                    Ok(Signal::SIGHUP) => continue,
+                    Ok(Signal::SIGHUP) => log::reopen(),
                     Ok(sig) => {
                         tracing::info!("{sig:?}: unmounting {}", mountpoint.display());
                         if let Err(e) = unmounter.unmount() {

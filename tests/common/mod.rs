@@ -613,6 +613,14 @@ impl Mount {
         self.root.take().expect("test root")
     }
 
+    /// Is the daemon process still running? (Without needing `&mut`.)
+    pub fn daemon_alive_check(&self) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|c| std::path::Path::new(&format!("/proc/{}", c.id())).exists())
+            && mount_fstype(&self.mountpoint).is_some()
+    }
+
     /// Is the daemon process still running?
     pub fn daemon_alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
