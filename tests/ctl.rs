@@ -203,3 +203,51 @@ fn trust_needs_confirmation_and_resync_wait_follows_to_the_end() {
     assert_eq!(v["replicas"][1]["state"], "in-sync");
     assert_eq!(v["replicas"][1]["missed"], 0);
 }
+
+#[test]
+fn log_level_changes_at_run_time() {
+    let root = common::TestRoot::new();
+    let log = root.path().join("d.log");
+    let sock = root.path().join("ctl.sock");
+    let m = Mount::builder()
+        .root(root)
+        .fresh(2)
+        .option(&format!("ctl={}", sock.display()))
+        .option(&format!("log={}", log.display()))
+        .mount();
+    let s = sock.to_str().unwrap();
+    let o = ctl(&["log-level", "loud", s]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("loud"), "{o:?}");
+    assert!(ctl(&["log-level", "debug", s]).status.success());
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("log level set to debug")
+    );
+    // Debug lines now appear (the resync worker and requests log at debug).
+    std::fs::write(m.path("x"), b"x").unwrap();
+    drop(m);
+}
+
+#[test]
+fn metrics_are_served_over_http() {
+    use std::io::Read;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (_m, _sock) = mount_with_socket(&[&format!("metrics_listen=127.0.0.1:{port}")]);
+    let get = |path: &str| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut r = String::new();
+        let _ = c.read_to_string(&mut r);
+        r
+    };
+    let r = get("/metrics");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("chironfs_replica_in_sync{"), "{r}");
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+}

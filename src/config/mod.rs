@@ -55,6 +55,8 @@ pub struct Config {
     pub ctl: Option<PathBuf>,
     /// A group whose members may use the status socket (mode 0660). Default: root only.
     pub ctl_group: Option<String>,
+    /// Serve Prometheus metrics over HTTP on this ADDR:PORT. Default: off.
+    pub metrics_listen: Option<String>,
     /// Where the metadata store lives. Default: /var/lib/chironfs/<fsname,
     /// or the mountpoint with '/' turned into '-'>.
     pub state_dir: Option<PathBuf>,
@@ -98,6 +100,7 @@ impl Default for Config {
             probe_interval: 2.0,
             ctl: None,
             ctl_group: None,
+            metrics_listen: None,
             resync_bandwidth: 0,
             state_dir: None,
             add_replica: None,

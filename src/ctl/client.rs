@@ -6,6 +6,7 @@
 //!   chironctl disable|enable REPLICA [MOUNTPOINT|SOCKET]
 //!   chironctl resync REPLICA [--full] [--wait] [MOUNTPOINT|SOCKET]
 //!   chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]
+//!   chironctl log-level LEVEL [MOUNTPOINT|SOCKET]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -19,7 +20,8 @@ use crate::fs::FsStatus;
 const USAGE: &str = "usage: chironctl status|check|metrics [MOUNTPOINT|SOCKET] [--json]
        chironctl disable|enable REPLICA [MOUNTPOINT|SOCKET]
        chironctl resync REPLICA [--full] [--wait] [MOUNTPOINT|SOCKET]
-       chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]";
+       chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]
+       chironctl log-level error|warn|info|debug|trace [MOUNTPOINT|SOCKET]";
 
 /// Nagios exit codes.
 const OK: i32 = 0;
@@ -212,6 +214,7 @@ fn wait_for_resync(sock: &Path, name: &str) -> i32 {
         replica: None,
         full: false,
         confirm: false,
+        level: None,
     };
     let mut last = String::new();
     loop {
@@ -319,7 +322,7 @@ pub fn main(argv: &[String]) -> i32 {
         return if cmd == "check" { UNKNOWN } else { 2 };
     }
     let (replica, target) = match cmd {
-        "disable" | "enable" | "resync" | "trust" => match rest {
+        "disable" | "enable" | "resync" | "trust" | "log-level" => match rest {
             [r, t @ ..] if t.len() <= 1 => (Some(r.to_string()), t.first().copied()),
             _ => {
                 eprintln!("chironctl {cmd}: name a replica (path, index or id)\n{USAGE}");
@@ -353,12 +356,18 @@ pub fn main(argv: &[String]) -> i32 {
     } else {
         cmd
     };
+    let (replica, level) = if cmd == "log-level" {
+        (None, replica)
+    } else {
+        (replica, None)
+    };
     let req = Request {
         version: VERSION,
         command: command.into(),
         replica: replica.clone(),
         full,
         confirm,
+        level,
     };
     let resp = match call(&sock, &req) {
         Ok(r) => r,

@@ -2,6 +2,7 @@
 //! the daemon and `chironctl`.
 
 pub mod client;
+pub mod http;
 pub mod protocol;
 pub mod server;
 

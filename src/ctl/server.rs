@@ -154,6 +154,12 @@ fn handle(fs: &ChironFs, line: &[u8]) -> Response {
             "trust declares a replica in sync without copying anything; it needs \"confirm\": true",
         ),
         "trust" => done(replica().and_then(|i| fs.trust(i))),
+        "log-level" => done(
+            req.level
+                .as_deref()
+                .ok_or_else(|| "log-level needs a level".to_string())
+                .and_then(crate::daemon::log::set_level),
+        ),
         other => Response::error(format!("unknown command '{other}'")),
     }
 }

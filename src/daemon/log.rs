@@ -95,24 +95,57 @@ pub fn reopen() {
     }
 }
 
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Changes the level of a running daemon (`chironctl log-level`).
+static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
+
+fn filter_for(level: &str) -> EnvFilter {
+    EnvFilter::new(format!("chironfs={level},fuser=warn"))
+}
+
+/// Sets the log level: error, warn, info, debug or trace.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if !matches!(level, "error" | "warn" | "info" | "debug" | "trace") {
+        return Err(format!(
+            "bad log level '{level}': expected error, warn, info, debug or trace"
+        ));
+    }
+    let set = SET_LEVEL.get().ok_or("logging is not set up")?;
+    set(level)?;
+    tracing::info!("log level set to {level}");
+    Ok(())
+}
+
+macro_rules! install {
+    ($builder:expr) => {{
+        let b = $builder.with_filter_reloading();
+        let handle = b.reload_handle();
+        let _ = SET_LEVEL.set(Box::new(move |level: &str| {
+            handle.reload(filter_for(level)).map_err(|e| e.to_string())
+        }));
+        b.try_init()
+    }};
+}
+
 pub fn init(target: Target, level: LogLevel) -> io::Result<()> {
-    let filter = EnvFilter::new(format!("chironfs={},fuser=warn", level.as_str()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter_for(level.as_str()));
     let res = match target {
-        Target::Stderr => builder.with_writer(io::stderr).try_init(),
+        Target::Stderr => install!(builder.with_writer(io::stderr)),
         Target::File(p) => {
             let f = open_log(p)?;
             let _ = LOG_FILE.set((p.to_path_buf(), Mutex::new(f)));
-            builder.with_ansi(false).with_writer(FileMaker).try_init()
+            install!(builder.with_ansi(false).with_writer(FileMaker))
         }
         Target::Syslog => {
             // Safe because the ident is a 'static C string.
             unsafe { libc::openlog(c"chironfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
-            builder
-                .with_ansi(false)
-                .without_time()
-                .with_writer(SyslogMaker)
-                .try_init()
+            install!(
+                builder
+                    .with_ansi(false)
+                    .without_time()
+                    .with_writer(SyslogMaker)
+            )
         }
     };
     res.map_err(|e| io::Error::other(e.to_string()))

@@ -3,7 +3,7 @@
 
 mod bind;
 pub mod checks;
-mod log;
+pub mod log;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -211,11 +211,6 @@ fn serve(
         inv.mountpoint.display(),
         n
     );
-    if let Some(mut tx) = notify.take() {
-        let _ = tx.write_all(b"O");
-        drop(tx);
-        detach_stdio();
-    }
     let (worker_fs, probe, bw) = (
         fs.clone(),
         Duration::from_secs_f64(cfg.probe_interval),
@@ -247,6 +242,15 @@ fn serve(
             false
         }
     };
+    if let Some(addr) = &cfg.metrics_listen {
+        crate::ctl::http::start(fs.clone(), addr).map_err(StartupError::Other)?;
+    }
+    // Everything is up: only now does `mount` (the parent) return 0.
+    if let Some(mut tx) = notify.take() {
+        let _ = tx.write_all(b"O");
+        drop(tx);
+        detach_stdio();
+    }
     let mut unmounter = session.unmount_callable();
     let mountpoint = inv.mountpoint.clone();
     std::thread::Builder::new()
