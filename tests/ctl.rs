@@ -251,3 +251,32 @@ fn metrics_are_served_over_http() {
     assert!(r.contains("chironfs_replica_in_sync{"), "{r}");
     assert!(get("/other").starts_with("HTTP/1.1 404"));
 }
+
+#[test]
+fn ctl_group_members_may_connect() {
+    let (m, sock) = mount_with_socket(&["ctl_group=nogroup"]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    std::fs::write(m.path("f"), b"x").unwrap();
+    let o = run_as(
+        65534,
+        65534,
+        CHIRONFS,
+        &[
+            "ctl".as_ref(),
+            "status".as_ref(),
+            "--json".as_ref(),
+            sock.as_os_str(),
+        ],
+    );
+    assert!(o.status.success(), "a ctl_group member was refused: {o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Per-replica counters: the write reached both replicas.
+    assert!(v["replicas"][0]["writes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["replicas"][1]["writes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["replicas"][0]["latency_us"].as_f64().is_some());
+    assert!(v["pending"].as_u64().is_some());
+}

@@ -84,19 +84,28 @@ fn human_bytes(b: f64) -> String {
 
 /// The table for people.
 pub fn render_table(st: &FsStatus) -> String {
-    let mut out = format!("write quorum {}\n", st.write_quorum);
-    out.push_str("#  STATE      PRIO  MISSED  IN-FLIGHT  OPEN  PATH\n");
+    let mut out = format!(
+        "write quorum {}, {} paths pending\n",
+        st.write_quorum, st.pending
+    );
+    out.push_str(
+        "#  STATE      PRIO  MISSED  READS     WRITES    IN-FLIGHT  LATENCY   OPEN  PATH\n",
+    );
     for r in &st.replicas {
         out.push_str(&format!(
-            "{:<2} {:<10} {:<5} {:<7} {:<10} {:<5} {}\n",
+            "{:<2} {:<10} {:<5} {:<7} {:<9} {:<9} {:<10} {:<9} {:<5} {}\n",
             r.index,
             r.state,
             if r.low_priority { "low" } else { "high" },
             r.missed,
+            r.reads,
+            r.writes,
             r.in_flight,
+            format!("{:.0}us", r.latency_us),
             r.open_handles,
             r.path
         ));
+        out.push_str(&format!("   id {}\n", r.id));
         if let Some(p) = &r.resync {
             let eta = p.eta_seconds.map_or("?".into(), |s| format!("{s:.0}s"));
             out.push_str(&format!(
@@ -108,7 +117,10 @@ pub fn render_table(st: &FsStatus) -> String {
             ));
         }
         if !r.cause.is_empty() && r.state != "in-sync" {
-            out.push_str(&format!("   cause: {}\n", r.cause));
+            let since = r
+                .since
+                .map_or(String::new(), |s| format!(" (since {s}, unix time)"));
+            out.push_str(&format!("   cause: {}{since}\n", r.cause));
         }
     }
     out
@@ -183,6 +195,32 @@ pub fn metrics(st: &FsStatus) -> String {
             .iter()
             .map(|r| (l(r), r.missed as f64))
             .collect(),
+    );
+    family(
+        "chironfs_replica_reads",
+        "Read-side operations sent to the replica.",
+        st.replicas.iter().map(|r| (l(r), r.reads as f64)).collect(),
+    );
+    family(
+        "chironfs_replica_writes",
+        "Mutations sent to the replica.",
+        st.replicas
+            .iter()
+            .map(|r| (l(r), r.writes as f64))
+            .collect(),
+    );
+    family(
+        "chironfs_replica_latency_seconds",
+        "Mean time a request to the replica took.",
+        st.replicas
+            .iter()
+            .map(|r| (l(r), r.latency_us / 1e6))
+            .collect(),
+    );
+    family(
+        "chironfs_pending_paths",
+        "Paths with a mutation possibly in flight.",
+        vec![(String::new(), st.pending as f64)],
     );
     family(
         "chironfs_replica_in_flight",

@@ -203,14 +203,8 @@ fn serve(
     );
     let fsname = cfg.fsname.clone().unwrap_or_else(|| inv.source.clone());
     let session_cfg = session_config(cfg, fsname);
-    let mut session = fuser::Session::new(adapter, &inv.mountpoint, &session_cfg)
-        .map_err(|e| StartupError::Mount(inv.mountpoint.display().to_string(), e.to_string()))?;
-    tracing::info!(
-        "mounted {} on {} ({} replicas)",
-        inv.source,
-        inv.mountpoint.display(),
-        n
-    );
+    // The status socket, metrics and resync worker are up before the mount
+    // is visible, so whoever sees the mount can also query it.
     let (worker_fs, probe, bw) = (
         fs.clone(),
         Duration::from_secs_f64(cfg.probe_interval),
@@ -245,6 +239,14 @@ fn serve(
     if let Some(addr) = &cfg.metrics_listen {
         crate::ctl::http::start(fs.clone(), addr).map_err(StartupError::Other)?;
     }
+    let mut session = fuser::Session::new(adapter, &inv.mountpoint, &session_cfg)
+        .map_err(|e| StartupError::Mount(inv.mountpoint.display().to_string(), e.to_string()))?;
+    tracing::info!(
+        "mounted {} on {} ({} replicas)",
+        inv.source,
+        inv.mountpoint.display(),
+        n
+    );
     // Everything is up: only now does `mount` (the parent) return 0.
     if let Some(mut tx) = notify.take() {
         let _ = tx.write_all(b"O");

@@ -174,6 +174,7 @@ impl ChironFs {
         let f = Arc::new(f);
         for i in self.readers() {
             let r = &self.replicas[i];
+            r.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let g = f.clone();
             match self.on_replica(i, move |rep| g(rep)) {
                 Ok(v) => return Ok((i, v)),
@@ -224,6 +225,11 @@ impl ChironFs {
         } else {
             Vec::new()
         };
+        for &i in targets {
+            self.replicas[i]
+                .writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let results = fanout::run(&self.replicas, targets, self.opts.replica_timeout, f);
         drop(guards);
         let summary: Vec<(usize, Option<Errno>)> = results

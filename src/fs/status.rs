@@ -30,7 +30,11 @@ pub struct ReplicaStatus {
     /// Seconds since the epoch of the last state change the store knows.
     pub since: Option<u64>,
     pub cause: String,
+    pub reads: u64,
+    pub writes: u64,
     pub in_flight: u64,
+    /// Mean time a request to this replica took, in microseconds.
+    pub latency_us: f64,
     pub open_handles: u64,
     pub missed: u64,
     pub resync: Option<ResyncProgress>,
@@ -39,6 +43,8 @@ pub struct ReplicaStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FsStatus {
     pub write_quorum: usize,
+    /// Paths with a mutation possibly in flight (intent marks).
+    pub pending: u64,
     pub replicas: Vec<ReplicaStatus>,
 }
 
@@ -78,7 +84,18 @@ impl ChironFs {
                         .and_then(|x| x.since.duration_since(UNIX_EPOCH).ok())
                         .map(|d| d.as_secs()),
                     cause: rec.map(|x| x.cause).unwrap_or_default(),
+                    reads: r.reads.load(Ordering::Relaxed),
+                    writes: r.writes.load(Ordering::Relaxed),
                     in_flight: r.in_flight.load(Ordering::Relaxed),
+                    latency_us: {
+                        let calls = r.calls.load(Ordering::Relaxed);
+                        let ns = r.busy_ns.load(Ordering::Relaxed);
+                        if calls == 0 {
+                            0.0
+                        } else {
+                            ns as f64 / calls as f64 / 1000.0
+                        }
+                    },
                     open_handles: r.bound_handles.load(Ordering::Relaxed),
                     missed,
                     resync,
@@ -87,6 +104,7 @@ impl ChironFs {
             .collect();
         FsStatus {
             write_quorum: self.opts.needed,
+            pending: store.pending().map_or(0, |p| p.len() as u64),
             replicas,
         }
     }

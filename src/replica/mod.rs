@@ -75,6 +75,12 @@ pub struct Replica {
     state: AtomicU8,
     /// Requests issued to this replica and not yet answered.
     pub in_flight: AtomicU64,
+    /// Requests answered, and the time they took in all (for the latency).
+    pub calls: AtomicU64,
+    pub busy_ns: AtomicU64,
+    /// Read-side and mutating operations sent to this replica.
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
     /// Open file handles whose reads this replica serves.
     pub bound_handles: AtomicU64,
     pool: Pool,
@@ -101,6 +107,10 @@ impl Replica {
             root,
             state: AtomicU8::new(state_code(state)),
             in_flight: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             bound_handles: AtomicU64::new(0),
         })
     }
@@ -219,7 +229,11 @@ impl Replica {
     /// Counts a request as in flight for the duration of `f`.
     pub fn track<T>(&self, f: impl FnOnce() -> T) -> T {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let start = std::time::Instant::now();
         let r = f();
+        self.busy_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         r
     }
