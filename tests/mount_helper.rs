@@ -34,37 +34,43 @@ static LOCK: Mutex<()> = Mutex::new(());
 struct Link {
     path: PathBuf,
     created: bool,
+    /// An installed helper moved aside for the test, put back on drop.
+    saved: Option<PathBuf>,
 }
 
 impl Link {
-    /// Makes `path` a symlink to the binary under test; Err (a reason to skip)
-    /// if something else is already there.
+    /// Makes `path` a symlink to the binary under test. An installed
+    /// symlink (scripts/install) is moved aside and restored afterwards; a
+    /// regular file in the way is an error.
     fn to_chironfs(path: &str) -> Result<Link, String> {
         let path = PathBuf::from(path);
         let ours = fs::canonicalize(CHIRONFS).expect("canonicalize the binary");
-        match fs::symlink_metadata(&path) {
-            Ok(_) => {
-                if fs::canonicalize(&path).ok().as_deref() == Some(ours.as_path()) {
-                    Ok(Link {
-                        path,
-                        created: false,
-                    })
-                } else {
-                    Err(format!(
-                        "{} exists and is not the binary under test ({}); leaving it alone",
-                        path.display(),
-                        ours.display()
-                    ))
-                }
-            }
-            Err(_) => {
-                symlink(&ours, &path).unwrap_or_else(|e| panic!("symlink {}: {e}", path.display()));
-                Ok(Link {
+        let mut saved = None;
+        if let Ok(md) = fs::symlink_metadata(&path) {
+            if fs::canonicalize(&path).ok().as_deref() == Some(ours.as_path()) {
+                return Ok(Link {
                     path,
-                    created: true,
-                })
+                    created: false,
+                    saved: None,
+                });
             }
+            if !md.file_type().is_symlink() {
+                return Err(format!(
+                    "{} exists and is not a symlink; leaving it alone",
+                    path.display()
+                ));
+            }
+            let aside = path.with_extension("chironfs-test-saved");
+            fs::rename(&path, &aside)
+                .map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
+            saved = Some(aside);
         }
+        symlink(&ours, &path).unwrap_or_else(|e| panic!("symlink {}: {e}", path.display()));
+        Ok(Link {
+            path,
+            created: true,
+            saved,
+        })
     }
 }
 
@@ -72,6 +78,9 @@ impl Drop for Link {
     fn drop(&mut self) {
         if self.created {
             let _ = fs::remove_file(&self.path);
+        }
+        if let Some(aside) = &self.saved {
+            let _ = fs::rename(aside, &self.path);
         }
     }
 }
@@ -83,14 +92,15 @@ struct Helpers {
 }
 
 /// Installs `/sbin/mount.chironfs` (and, for mount.fuse3, `chironfs` on the
-/// default PATH); None (test skipped) if a foreign one is in the way.
+/// default PATH); panics (never skips) if a foreign one is in the way.
 fn helpers(for_fuse3: bool) -> Option<Helpers> {
     let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let mut paths = vec!["/sbin/mount.chironfs"];
     if for_fuse3 {
         if Path::new("/sbin/mount.fuse.chironfs").exists() {
-            eprintln!("SKIPPED: /sbin/mount.fuse.chironfs exists, mount would not use mount.fuse3");
-            return None;
+            panic!(
+                "/sbin/mount.fuse.chironfs exists: mount would not use mount.fuse3; remove it to run this test"
+            );
         }
         paths.push("/usr/local/sbin/chironfs");
     }
@@ -98,10 +108,9 @@ fn helpers(for_fuse3: bool) -> Option<Helpers> {
     for p in paths {
         match Link::to_chironfs(p) {
             Ok(l) => links.push(l),
-            Err(e) => {
-                eprintln!("SKIPPED: {e}");
-                return None;
-            }
+            // Never a silent skip: a foreign helper in the way is a failure
+            // that says what to remove (scripts/install --uninstall).
+            Err(e) => panic!("{e} (scripts/install --uninstall removes an installed one)"),
         }
     }
     Some(Helpers {
@@ -345,8 +354,7 @@ fn fstab_chironfs_line() {
 #[test]
 fn fstab_fuse_chironfs_line_through_mount_fuse3() {
     if !Path::new("/sbin/mount.fuse3").exists() && !Path::new("/sbin/mount.fuse").exists() {
-        eprintln!("SKIPPED: no mount.fuse3 (package fuse3)");
-        return;
+        panic!("no mount.fuse3 (package fuse3): run scripts/setup");
     }
     let Some(_h) = helpers(true) else { return };
     let s = Setup::new();
@@ -368,8 +376,7 @@ fn fstab_fuse_chironfs_line_through_mount_fuse3() {
 fn mount_t_fuse_with_chironfs_hash_source() {
     // The old FUSE form: `mount -t fuse chironfs#SRC MNT`.
     if !Path::new("/sbin/mount.fuse").exists() {
-        eprintln!("SKIPPED: no /sbin/mount.fuse");
-        return;
+        panic!("no /sbin/mount.fuse: run scripts/setup");
     }
     let Some(_h) = helpers(true) else { return };
     let s = Setup::new();
