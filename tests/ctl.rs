@@ -280,3 +280,81 @@ fn ctl_group_members_may_connect() {
     assert!(v["replicas"][0]["latency_us"].as_f64().is_some());
     assert!(v["pending"].as_u64().is_some());
 }
+
+#[test]
+fn resync_verify_repairs_silent_corruption() {
+    let (m, sock) = mount_with_socket(&["probe_interval=0.2"]);
+    let s = sock.to_str().unwrap();
+    let data = common::pattern(3, 300_000);
+    std::fs::write(m.path("f"), &data).unwrap();
+    // Flip bytes on replica 1 behind the daemon's back, keeping size and mtime.
+    let p = m.replica_path(1, "f");
+    let before = std::fs::metadata(&p).unwrap();
+    let mut bad = data.clone();
+    bad[1000] ^= 0xff;
+    std::fs::write(&p, &bad).unwrap();
+    let mtime = filetime_of(&before);
+    set_mtime(&p, mtime);
+    // A metadata-only full compare cannot see it; a verifying one must.
+    let o = ctl(&["resync", "1", "--verify", "--wait", s]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        data,
+        "--verify left the corruption"
+    );
+    m.assert_replicas_identical();
+}
+
+fn filetime_of(md: &std::fs::Metadata) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (md.mtime(), md.mtime_nsec())
+}
+
+fn set_mtime(p: &Path, (sec, nsec): (i64, i64)) {
+    common::sys::utimensat(p, (0, libc::UTIME_OMIT), (sec, nsec), 0).unwrap();
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let root = common::TestRoot::new();
+    let (a, b, mnt) = (root.mkdir("a"), root.mkdir("b"), root.mkdir("mnt"));
+    let mut child = Command::new(CHIRONFS)
+        .arg("-f")
+        .arg("-o")
+        .arg(format!("state_dir={}", root.path().join("st").display()))
+        .arg("-o")
+        .arg(format!("ctl={}", root.path().join("s.sock").display()))
+        .arg(format!("{}={}", a.display(), b.display()))
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while common::mount_fstype(&mnt).is_none() {
+        assert!(std::time::Instant::now() < deadline, "never mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(mnt.join("f"), b"x").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            common::ensure_unmounted(&mnt);
+            panic!("SIGTERM did not end the daemon");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let still = common::mount_fstype(&mnt);
+    common::ensure_unmounted(&mnt);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(still.is_none(), "still mounted after SIGTERM");
+    assert!(a.join("f").exists() && b.join("f").exists());
+}

@@ -4,7 +4,7 @@
 //!   chironctl check   [MOUNTPOINT|SOCKET]      Nagios/Icinga plugin
 //!   chironctl metrics [MOUNTPOINT|SOCKET]      Prometheus text format
 //!   chironctl disable|enable REPLICA [MOUNTPOINT|SOCKET]
-//!   chironctl resync REPLICA [--full] [--wait] [MOUNTPOINT|SOCKET]
+//!   chironctl resync REPLICA [--full|--verify] [--wait] [MOUNTPOINT|SOCKET]
 //!   chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]
 //!   chironctl log-level LEVEL [MOUNTPOINT|SOCKET]
 
@@ -19,7 +19,7 @@ use crate::fs::FsStatus;
 
 const USAGE: &str = "usage: chironctl status|check|metrics [MOUNTPOINT|SOCKET] [--json]
        chironctl disable|enable REPLICA [MOUNTPOINT|SOCKET]
-       chironctl resync REPLICA [--full] [--wait] [MOUNTPOINT|SOCKET]
+       chironctl resync REPLICA [--full|--verify] [--wait] [MOUNTPOINT|SOCKET]
        chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]
        chironctl log-level error|warn|info|debug|trace [MOUNTPOINT|SOCKET]";
 
@@ -252,6 +252,7 @@ fn wait_for_resync(sock: &Path, name: &str) -> i32 {
         replica: None,
         full: false,
         confirm: false,
+        verify: false,
         level: None,
     };
     let mut last = String::new();
@@ -344,6 +345,7 @@ pub fn main(argv: &[String]) -> i32 {
     let full = args.contains(&"--full");
     let confirm = args.contains(&"--confirm");
     let wait = args.contains(&"--wait");
+    let verify = args.contains(&"--verify");
     let rest: Vec<&str> = args
         .iter()
         .copied()
@@ -354,7 +356,11 @@ pub fn main(argv: &[String]) -> i32 {
         return 2;
     };
     if let Some(bad) = args.iter().find(|a| {
-        a.starts_with("--") && !matches!(**a, "--json" | "--full" | "--confirm" | "--wait")
+        a.starts_with("--")
+            && !matches!(
+                **a,
+                "--json" | "--full" | "--confirm" | "--wait" | "--verify"
+            )
     }) {
         eprintln!("chironctl: unknown option '{bad}'\n{USAGE}");
         return if cmd == "check" { UNKNOWN } else { 2 };
@@ -405,6 +411,7 @@ pub fn main(argv: &[String]) -> i32 {
         replica: replica.clone(),
         full,
         confirm,
+        verify,
         level,
     };
     let resp = match call(&sock, &req) {

@@ -2,7 +2,7 @@
 //!
 //! Request:  `{"version":1,"command":"status"}`,
 //!           `{"version":1,"command":"disable","replica":"/srv/b"}` (also
-//!           `enable`), `{"version":1,"command":"resync","replica":"1","full":true}`,
+//!           `enable`), `{"version":1,"command":"resync","replica":"1","full":true}` (or `"verify":true`),
 //!           `{"version":1,"command":"trust","replica":"/srv/b","confirm":true}`,
 //!           `{"version":1,"command":"log-level","level":"debug"}`.
 //!           A replica is named by its path, its index or its id.
@@ -28,6 +28,9 @@ pub struct Request {
     /// `trust` needs it: the operator vouches the replica is identical.
     #[serde(default)]
     pub confirm: bool,
+    /// For `resync`: compare file contents too.
+    #[serde(default)]
+    pub verify: bool,
     /// For `log-level`: error, warn, info, debug or trace.
     #[serde(default)]
     pub level: Option<String>,

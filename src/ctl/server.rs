@@ -149,7 +149,7 @@ fn handle(fs: &ChironFs, line: &[u8]) -> Response {
         "status" => Response::ok(Some(fs.status())),
         "disable" => done(replica().and_then(|i| fs.disable(i))),
         "enable" => done(replica().and_then(|i| fs.enable(i))),
-        "resync" => done(replica().and_then(|i| fs.request_resync(i, req.full))),
+        "resync" => done(replica().and_then(|i| fs.request_resync(i, req.full, req.verify))),
         "trust" if !req.confirm => Response::error(
             "trust declares a replica in sync without copying anything; it needs \"confirm\": true",
         ),

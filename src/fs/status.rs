@@ -166,9 +166,14 @@ impl ChironFs {
         Ok(())
     }
 
-    /// Asks for a resync of replica `i`; `full` compares the whole tree.
-    pub fn request_resync(&self, i: usize, full: bool) -> Result<(), String> {
+    /// Asks for a resync of replica `i`; `full` compares the whole tree,
+    /// `verify` compares file contents too (and implies `full`).
+    pub fn request_resync(&self, i: usize, full: bool, verify: bool) -> Result<(), String> {
+        let full = full || verify;
         let r = self.replicas.get(i).ok_or("no such replica")?;
+        if verify {
+            r.verify_content.store(true, Ordering::Relaxed);
+        }
         match r.state() {
             State::Disabled => return Err("replica is disabled; enable it first".into()),
             State::Failed => {

@@ -68,6 +68,8 @@ pub struct Replica {
     pub id: ReplicaId,
     /// Its marks cannot be trusted: a full compare must precede resync.
     pub needs_full: AtomicBool,
+    /// That full compare also compares file contents (`resync --verify`).
+    pub verify_content: AtomicBool,
     /// Its syscalls run on the calling thread instead of its pool (see
     /// `fs::fanout::run`): a local filesystem, and `replica_io` allows it.
     pub inline: bool,
@@ -102,6 +104,7 @@ impl Replica {
             id,
             inline,
             needs_full: AtomicBool::new(false),
+            verify_content: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
             spec,
             root,
