@@ -358,3 +358,21 @@ fn sigterm_unmounts_cleanly() {
     assert!(still.is_none(), "still mounted after SIGTERM");
     assert!(a.join("f").exists() && b.join("f").exists());
 }
+
+#[test]
+fn default_socket_is_named_after_the_fsname_and_found_from_the_mountpoint() {
+    let name = format!("chironfs-test-{}", std::process::id());
+    let m = Mount::builder()
+        .fresh(2)
+        .option(&format!("fsname={name}"))
+        .mount();
+    let sock = PathBuf::from(format!("/run/chironfs/{name}.sock"));
+    assert!(sock.exists(), "no socket at {}", sock.display());
+    let o = ctl(&["status", m.mountpoint.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "chironctl did not find the socket from the mountpoint: {o:?}"
+    );
+    let (_, _root) = m.unmount();
+    assert!(!sock.exists(), "the socket outlived the daemon");
+}

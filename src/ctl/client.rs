@@ -35,7 +35,10 @@ fn socket_for(target: Option<&str>) -> Result<PathBuf, String> {
             let p = Path::new(t);
             match std::fs::metadata(p) {
                 Ok(md) if md.file_type().is_socket() => Ok(p.to_path_buf()),
-                Ok(md) if md.is_dir() => Ok(super::default_socket(p)),
+                Ok(md) if md.is_dir() => {
+                    let source = super::mount_source(p);
+                    Ok(super::default_socket(source.as_deref(), p))
+                }
                 Ok(_) => Err(format!("'{t}' is neither a mountpoint nor a socket")),
                 Err(e) => Err(format!("'{t}': {e}")),
             }

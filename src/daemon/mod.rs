@@ -202,7 +202,7 @@ fn serve(
         Duration::from_secs_f64(cfg.entry_timeout),
     );
     let fsname = cfg.fsname.clone().unwrap_or_else(|| inv.source.clone());
-    let session_cfg = session_config(cfg, fsname);
+    let session_cfg = session_config(cfg, fsname.clone());
     // The status socket, metrics and resync worker are up before the mount
     // is visible, so whoever sees the mount can also query it.
     let (worker_fs, probe, bw) = (
@@ -228,7 +228,7 @@ fn serve(
     let sock = cfg
         .ctl
         .clone()
-        .unwrap_or_else(|| crate::ctl::default_socket(&inv.mountpoint));
+        .unwrap_or_else(|| crate::ctl::default_socket(Some(&fsname), &inv.mountpoint));
     let serving_ctl = match crate::ctl::server::start(fs.clone(), &sock, group) {
         Ok(()) => true,
         Err(e) => {
