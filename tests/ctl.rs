@@ -80,6 +80,26 @@ fn status_check_and_metrics() {
         );
     }
     assert!(stdout(&o).contains("chironfs_replica_in_sync{"));
+    // And the reference parser (Debian's python3-prometheus-client) reads it.
+    let script = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families as p\n\
+        fams = list(p(sys.stdin.read()))\n\
+        assert any(f.name == 'chironfs_replica_in_sync' for f in fams), fams\n";
+    let mut parse = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (run scripts/setup)");
+    parse.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+    let out = parse.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus text parser rejected the metrics (scripts/setup installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Degraded: WARNING; back: OK again after a resync.
     let r1 = m.replicas[1].display().to_string();
