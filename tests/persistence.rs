@@ -415,3 +415,55 @@ fn fsx_during_a_resync_is_a_ok_and_replicas_end_identical() {
     assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
     m.assert_replicas_identical();
 }
+
+#[test]
+fn reads_during_a_resync_never_come_from_the_replica_behind() {
+    let tmp = Tmpfs::new("6m");
+    let m = Mount::builder()
+        .fresh(1)
+        .replica(tmp.path())
+        .option("probe_interval=0.2")
+        .option("resync_bandwidth=4")
+        .option("read_policy=round-robin")
+        .mount();
+    // Old versions land on both replicas...
+    for i in 0..8 {
+        write_file(&m.path(format!("f{i}")), &pattern(i, 512 * 1024));
+    }
+    // ...then a big file fills the small one, which is failed...
+    let _ = fs::write(m.path("filler"), pattern(99, 8 << 20));
+    assert!(
+        m.wait_for_log("failed", Duration::from_secs(10)),
+        "{}",
+        m.log()
+    );
+    // ...and every file gets a new version it misses.
+    for i in 0..8 {
+        write_file(&m.path(format!("f{i}")), &pattern(1000 + i, 512 * 1024));
+    }
+    tmp.resize("256m");
+    assert!(
+        m.wait_for_log("is back", Duration::from_secs(10)),
+        "{}",
+        m.log()
+    );
+    // While the (throttled) resync runs, round-robin opens must still only
+    // ever see the new versions, every byte of them.
+    let mut rounds = 0;
+    while !m.log().contains("in sync again") && rounds < 200 {
+        for i in 0..8 {
+            let got = fs::read(m.path(format!("f{i}"))).unwrap();
+            assert!(
+                got == pattern(1000 + i, 512 * 1024),
+                "f{i}: a read during the resync returned an old version"
+            );
+        }
+        rounds += 1;
+    }
+    assert!(
+        rounds > 0,
+        "the resync ended before any read ran (test too fast)"
+    );
+    assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
+    m.assert_replicas_identical();
+}
