@@ -48,6 +48,10 @@ pub struct Config {
     pub replica_timeout: f64,
     /// Seconds between probes of failed replicas (and resync rounds). Default: 2.
     pub probe_interval: f64,
+    /// What a full resync compares: `metadata` (type, size, mtime, mode,
+    /// owner, xattrs, symlink target, hard links) or `content` (also every
+    /// byte). Default: metadata.
+    pub verify: Verify,
     /// Resync bandwidth limit in MiB/s; 0 means unlimited. Default: 0.
     pub resync_bandwidth: u64,
     /// Status socket path (ChironFS's option name). Default:
@@ -98,6 +102,7 @@ impl Default for Config {
             passthrough: true,
             replica_io: ReplicaIo::Auto,
             probe_interval: 2.0,
+            verify: Verify::Metadata,
             ctl: None,
             ctl_group: None,
             metrics_listen: None,
@@ -110,6 +115,13 @@ impl Default for Config {
             nodev: false,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    Metadata,
+    Content,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -27,6 +27,11 @@ fn options_set_typed_values() {
         opts("write_quorum=all").unwrap().write_quorum,
         WriteQuorum::All
     );
+    assert_eq!(opts("verify=content").unwrap().verify, Verify::Content);
+    assert!(matches!(
+        opts("verify=bytes"),
+        Err(ConfigError::BadValue { .. })
+    ));
     assert_eq!(
         opts("write_quorum=2").unwrap().write_quorum,
         WriteQuorum::Count(2)

@@ -194,6 +194,7 @@ fn serve(
         needed: cfg.write_quorum.needed(n),
         replica_timeout: Duration::from_secs_f64(cfg.replica_timeout),
         passthrough: cfg.passthrough,
+        verify_content: cfg.verify == crate::config::Verify::Content,
     };
     let fs = Arc::new(ChironFs::new(replicas, store.clone(), opts));
     let adapter = Adapter::new(

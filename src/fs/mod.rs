@@ -44,6 +44,8 @@ pub struct FsOptions {
     pub replica_timeout: Duration,
     /// Use FUSE passthrough for read-only opens.
     pub passthrough: bool,
+    /// Full resyncs compare file contents too (`verify=content`).
+    pub verify_content: bool,
 }
 
 /// A looked-up or created inode: our inode number and the backing attributes.

@@ -87,7 +87,8 @@ impl ChironFs {
                 src.spec.path.display()
             );
             let mut marks = Vec::new();
-            let verify = r.verify_content.swap(false, Ordering::Relaxed);
+            let verify =
+                r.verify_content.swap(false, Ordering::Relaxed) || self.opts.verify_content;
             let res = diff_tree(src, r, &RelPath::root(), verify, &mut |p| marks.push(p));
             if let Err(e) = res {
                 return self.resync_failed(i, "compare", &RelPath::root(), e);
