@@ -467,3 +467,70 @@ fn reads_during_a_resync_never_come_from_the_replica_behind() {
     assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
     m.assert_replicas_identical();
 }
+
+/// After the machine went down (a new boot id and a session never closed)
+/// the marks cannot vouch for the replicas: every replica but the first is
+/// compared with it before it serves reads.
+#[test]
+fn unclean_machine_shutdown_triggers_a_verification_pass() {
+    let root = TestRoot::new();
+    let boot = root.path().join("boot_id");
+    fs::write(&boot, "boot-A\n").unwrap();
+    let m = Mount::builder()
+        .root(root)
+        .fresh(2)
+        .env("CHIRONFS_BOOT_ID_FILE", &boot)
+        .mount();
+    for i in 0..10 {
+        write_file(&m.path(format!("f{i}")), &pattern(i, 20_000));
+    }
+    let replicas = m.replicas.clone();
+    let root = m.crash();
+    // What a machine crash can leave: a replica whose last writes never
+    // reached its disk (here: one file gone, one with older content).
+    fs::remove_file(replicas[1].join("f3")).unwrap();
+    fs::write(replicas[1].join("f4"), b"short, old").unwrap();
+    fs::write(&boot, "boot-B\n").unwrap();
+    let m = Mount::builder()
+        .root(root)
+        .replica(&replicas[0])
+        .replica(&replicas[1])
+        .option("probe_interval=0.2")
+        .env("CHIRONFS_BOOT_ID_FILE", &boot)
+        .mount();
+    assert!(
+        m.wait_for_log("full compare", Duration::from_secs(20)),
+        "{}",
+        m.log()
+    );
+    assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
+    m.assert_replicas_identical();
+    assert_eq!(fs::read(m.path("f4")).unwrap(), pattern(4, 20_000));
+}
+
+/// The fault-matrix case "a remount with a replica missing its marker" ends
+/// like the others: once the real replica is back, it is resynced identical.
+#[test]
+fn replica_missing_its_marker_is_resynced_once_it_is_back() {
+    let m = Mount::new(2);
+    write_file(&m.path("before"), b"both");
+    let replicas = m.replicas.clone();
+    let (_, root) = m.unmount();
+    // The real directory goes missing (an NFS mount that did not come up).
+    let real = replicas[1].with_extension("real");
+    fs::rename(&replicas[1], &real).unwrap();
+    fs::create_dir(&replicas[1]).unwrap();
+    let m = remount(root, &[&replicas[0], &replicas[1]], &["probe_interval=0.2"]);
+    assert!(
+        m.wait_for_log("refused", Duration::from_secs(5)),
+        "{}",
+        m.log()
+    );
+    write_file(&m.path("while-away"), &pattern(8, 100_000));
+    fs::remove_file(m.path("before")).unwrap();
+    // It comes back (the mount appears where the empty directory was).
+    fs::remove_dir(&replicas[1]).unwrap();
+    fs::rename(&real, &replicas[1]).unwrap();
+    assert!(m.wait_for_log("in sync again", RESYNC_WAIT), "{}", m.log());
+    m.assert_replicas_identical();
+}

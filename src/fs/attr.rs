@@ -52,7 +52,7 @@ pub(super) fn on_inode<T>(
         return f(At::Fd(fd.as_fd()));
     }
     match loc {
-        None => f(At::Fd(rep.root())),
+        None => f(At::Fd(rep.root().as_fd())),
         Some((parent, name)) => {
             let dir = rep.dir(parent)?;
             f(At::Entry(fd_of(&dir), name.as_c()))
@@ -212,7 +212,7 @@ impl ChironFs {
     pub fn statfs(&self) -> Result<FsStats> {
         let mut best: Option<FsStats> = None;
         for i in self.readers() {
-            let st = match self.on_replica(i, |rep| ops::fstatvfs(rep.root())) {
+            let st = match self.on_replica(i, |rep| ops::fstatvfs(rep.root().as_fd())) {
                 Ok(st) => st,
                 Err(e) => {
                     if e.is_replica_failure() {

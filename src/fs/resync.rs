@@ -61,7 +61,13 @@ impl ChironFs {
     /// (marker), still where it was, and writable.
     fn probe(&self, i: usize) {
         let r = &self.replicas[i];
-        let ok = r.check_health().and_then(|_| writable(r));
+        // A directory that came back under the path (an NFS mount that came
+        // up late) is taken if it carries this replica's marker.
+        let healthy = r.check_health().or_else(|e| match r.reattach() {
+            Ok(true) => r.check_health(),
+            _ => Err(e),
+        });
+        let ok = healthy.and_then(|_| writable(r));
         if ok.is_ok() {
             r.set_state(State::Resyncing);
             tracing::info!("replica {} is back; resyncing it", r.spec.path.display());
@@ -141,7 +147,7 @@ impl ChironFs {
         }
         // What was copied is on disk before the replica is trusted again.
         // Safe: plain syscall on the replica's root fd.
-        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&r.root())) } != 0 {
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&*r.root())) } != 0 {
             let e = Errno::last();
             return self.resync_failed(i, "syncfs", &RelPath::root(), e);
         }

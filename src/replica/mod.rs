@@ -6,7 +6,7 @@ pub mod ops;
 pub mod path;
 mod pool;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
@@ -73,7 +73,8 @@ pub struct Replica {
     /// Its syscalls run on the calling thread instead of its pool (see
     /// `fs::fanout::run`): a local filesystem, and `replica_io` allows it.
     pub inline: bool,
-    root: OwnedFd,
+    /// The replica's root directory; replaced only by `reattach`.
+    root: parking_lot::RwLock<std::sync::Arc<OwnedFd>>,
     state: AtomicU8,
     /// Requests issued to this replica and not yet answered.
     pub in_flight: AtomicU64,
@@ -107,7 +108,7 @@ impl Replica {
             verify_content: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
             spec,
-            root,
+            root: parking_lot::RwLock::new(std::sync::Arc::new(root)),
             state: AtomicU8::new(state_code(state)),
             in_flight: AtomicU64::new(0),
             calls: AtomicU64::new(0),
@@ -118,13 +119,13 @@ impl Replica {
         })
     }
 
-    pub fn root(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
+    pub fn root(&self) -> std::sync::Arc<OwnedFd> {
+        self.root.read().clone()
     }
 
     /// Opens directory `rel` of this replica (see [`path::open_dir_beneath`]).
     pub fn dir(&self, rel: &RelPath) -> Result<OwnedFd> {
-        path::open_dir_beneath(&self.root, rel)
+        path::open_dir_beneath(&self.root(), rel)
     }
 
     pub fn state(&self) -> State {
@@ -176,7 +177,8 @@ impl Replica {
     /// its root not deleted, its path still leading to it (not to what an
     /// unmount left underneath), its internal entry present.
     pub fn check_health(&self) -> Result<()> {
-        let root = ops::fstat(self.root())?;
+        let fd = self.root();
+        let root = ops::fstat(fd.as_fd())?;
         if root.st_nlink == 0 {
             return Err(Errno(libc::ENODEV));
         }
@@ -185,10 +187,41 @@ impl Replica {
         if now.dev() != root.st_dev || now.ino() != root.st_ino {
             return Err(Errno(libc::ENODEV));
         }
-        match identity::read(self.root())? {
+        match identity::read(fd.as_fd())? {
             Some(id) if id == self.id => Ok(()),
             _ => Err(Errno(libc::ENODEV)),
         }
+    }
+
+    /// The directory at the replica's path is a new one (an NFS mount that
+    /// came up after the daemon started, a disk remounted): if it carries
+    /// this replica's marker, use it from now on. Returns whether it did.
+    pub fn reattach(&self) -> Result<bool> {
+        let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+            self.spec.path.as_os_str(),
+        ))
+        .map_err(|_| Errno::EINVAL)?;
+        // Safe because `path` is a valid C string; the fd is owned right below.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        // Safe because the kernel just returned this fd.
+        let fresh = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if identity::read(fresh.as_fd())? != Some(self.id) {
+            return Ok(false);
+        }
+        *self.root.write() = std::sync::Arc::new(fresh);
+        tracing::info!(
+            "replica {} reattached: its directory is back",
+            self.spec.path.display()
+        );
+        Ok(true)
     }
 
     /// Whether `err`, returned by this replica, means the replica is
@@ -205,8 +238,12 @@ impl Replica {
     pub fn is_local_fs(&self) -> bool {
         let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
         // Safe because `st` is large enough and only read after success.
-        if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&self.root), st.as_mut_ptr()) }
-            != 0
+        if unsafe {
+            libc::fstatfs(
+                std::os::fd::AsRawFd::as_raw_fd(&*self.root()),
+                st.as_mut_ptr(),
+            )
+        } != 0
         {
             return false;
         }

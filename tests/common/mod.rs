@@ -341,6 +341,7 @@ pub struct MountBuilder {
     replicas: Vec<(ReplicaSpec, bool)>,
     options: Vec<String>,
     args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
     watchdog: Duration,
     root: Option<TestRoot>,
 }
@@ -375,6 +376,13 @@ impl MountBuilder {
     /// Adds a raw argument before the replica spec (e.g. `--config`, path).
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// An environment variable for the daemon.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -435,6 +443,7 @@ impl MountBuilder {
             cmd.arg("-o").arg(o);
         }
         cmd.args(&self.args);
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd.arg(&spec).arg(&mountpoint);
         cmd.current_dir("/")
             .stdin(Stdio::null())
@@ -556,6 +565,7 @@ impl Mount {
             replicas: Vec::new(),
             options: Vec::new(),
             args: Vec::new(),
+            envs: Vec::new(),
             watchdog,
             root: None,
         }
