@@ -112,10 +112,11 @@ pub fn render_table(st: &FsStatus) -> String {
         if let Some(p) = &r.resync {
             let eta = p.eta_seconds.map_or("?".into(), |s| format!("{s:.0}s"));
             out.push_str(&format!(
-                "   resync: {} entries, {} done, {} left, {}/s, ETA {eta}\n",
+                "   resync: {} entries, {} done; {} entries, {} left; {}/s, ETA {eta}\n",
                 p.files_done,
                 human_bytes(p.bytes_done as f64),
                 p.files_left,
+                human_bytes(p.bytes_left as f64),
                 human_bytes(p.bytes_per_sec)
             ));
         }

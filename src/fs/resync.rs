@@ -83,7 +83,8 @@ impl ChironFs {
         let src = &self.replicas[src];
         let me = self.lock_fn();
         let ctl = Arc::new(CopyControl::with_throttle(throttle.clone()).with_chunk_guard(me));
-        *self.running[i].lock() = Some((Instant::now(), ctl.clone()));
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        *self.running[i].lock() = Some((Instant::now(), ctl.clone(), total.clone()));
         let _done = Finished(&self.running[i]);
         let store = &self.marks.store;
         if r.needs_full.load(Ordering::Relaxed) {
@@ -107,6 +108,7 @@ impl ChironFs {
             }
             r.needs_full.store(false, Ordering::Relaxed);
         }
+        total.store(self.bytes_to_copy(src, r), Ordering::Relaxed);
         loop {
             if r.state() != State::Resyncing {
                 return;
@@ -159,6 +161,35 @@ impl ChironFs {
             r.spec.path.display()
         );
         self.persist_state(i, ReplicaState::InSync, String::new());
+    }
+
+    /// An estimate of the bytes a resync will copy: the sizes, on the
+    /// source, of the regular files marked missed (a marked directory
+    /// counts only for itself).
+    fn bytes_to_copy(&self, src: &Replica, r: &Replica) -> u64 {
+        let mut total = 0u64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let Ok(batch) = self.marks.store.missed(&r.id, after.as_deref(), 1024) else {
+                return total;
+            };
+            let Some(last) = batch.last().cloned() else {
+                return total;
+            };
+            for raw in &batch {
+                let Some((parent, name)) = RelPath::from_bytes(raw).and_then(|p| p.split()) else {
+                    continue;
+                };
+                if let Ok(dir) = src.dir(&parent)
+                    && let Ok(st) =
+                        crate::replica::ops::stat_at(crate::replica::ops::fd_of(&dir), name.as_c())
+                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                {
+                    total += st.st_size as u64;
+                }
+            }
+            after = Some(last);
+        }
     }
 
     fn resync_failed(&self, i: usize, op: &str, p: &RelPath, e: Errno) {

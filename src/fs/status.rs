@@ -16,6 +16,8 @@ pub struct ResyncProgress {
     pub bytes_done: u64,
     /// Paths still marked missed for this replica.
     pub files_left: u64,
+    /// Estimated: the sizes of the files still to copy.
+    pub bytes_left: u64,
     pub bytes_per_sec: f64,
     pub eta_seconds: Option<f64>,
 }
@@ -49,7 +51,8 @@ pub struct FsStatus {
 }
 
 /// A resync in progress: when it started and its live counters.
-pub type Running = (Instant, Arc<CopyControl>);
+/// (started, live counters, bytes to copy as estimated at the start).
+pub type Running = (Instant, Arc<CopyControl>, Arc<std::sync::atomic::AtomicU64>);
 
 impl ChironFs {
     pub fn status(&self) -> FsStatus {
@@ -60,19 +63,23 @@ impl ChironFs {
             .map(|r| {
                 let rec = store.get_replica(&r.id).ok().flatten();
                 let missed = store.missed_count(&r.id).unwrap_or(0);
-                let resync = self.running[r.index].lock().as_ref().map(|(start, ctl)| {
-                    let secs = start.elapsed().as_secs_f64().max(0.001);
-                    let files = ctl.files_done.load(Ordering::Relaxed);
-                    let bytes = ctl.bytes_done.load(Ordering::Relaxed);
-                    let files_rate = files as f64 / secs;
-                    ResyncProgress {
-                        files_done: files,
-                        bytes_done: bytes,
-                        files_left: missed,
-                        bytes_per_sec: bytes as f64 / secs,
-                        eta_seconds: (files_rate > 0.0).then(|| missed as f64 / files_rate),
-                    }
-                });
+                let resync = self.running[r.index]
+                    .lock()
+                    .as_ref()
+                    .map(|(start, ctl, total)| {
+                        let secs = start.elapsed().as_secs_f64().max(0.001);
+                        let files = ctl.files_done.load(Ordering::Relaxed);
+                        let bytes = ctl.bytes_done.load(Ordering::Relaxed);
+                        let files_rate = files as f64 / secs;
+                        ResyncProgress {
+                            files_done: files,
+                            bytes_done: bytes,
+                            files_left: missed,
+                            bytes_left: total.load(Ordering::Relaxed).saturating_sub(bytes),
+                            bytes_per_sec: bytes as f64 / secs,
+                            eta_seconds: (files_rate > 0.0).then(|| missed as f64 / files_rate),
+                        }
+                    });
                 ReplicaStatus {
                     index: r.index,
                     path: r.spec.path.display().to_string(),
