@@ -51,21 +51,6 @@ fn read_uncached(p: &Path) -> Vec<u8> {
     v
 }
 
-fn assert_same(what: &str, got: &[u8], expected: &[u8]) {
-    if got != expected {
-        let first = got
-            .iter()
-            .zip(expected)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(expected.len()));
-        panic!(
-            "{what}: got {} bytes, expected {}; first difference at offset {first}",
-            got.len(),
-            expected.len()
-        );
-    }
-}
-
 /// The contract's log line prefix for a failed replica.
 fn failed_line(replica: &Path) -> String {
     format!("replica {} failed", replica.display())

@@ -339,21 +339,6 @@ fn list(dir: &Path) -> io::Result<Vec<String>> {
     Ok(v)
 }
 
-fn assert_same(what: &str, got: &[u8], expected: &[u8]) {
-    if got != expected {
-        let first = got
-            .iter()
-            .zip(expected)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(expected.len()));
-        panic!(
-            "{what}: got {} bytes, expected {}; first difference at offset {first}",
-            got.len(),
-            expected.len()
-        );
-    }
-}
-
 fn ok<T>(what: &str, r: io::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}"))
 }

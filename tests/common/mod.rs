@@ -1265,3 +1265,19 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Panics naming the first differing offset when `got` is not `expected`.
+pub fn assert_same(what: &str, got: &[u8], expected: &[u8]) {
+    if got != expected {
+        let first = got
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(expected.len()));
+        panic!(
+            "{what}: got {} bytes, expected {}; first difference at offset {first}",
+            got.len(),
+            expected.len()
+        );
+    }
+}
