@@ -256,6 +256,8 @@ fn serve(
     }
     let mut unmounter = session.unmount_callable();
     let mountpoint = inv.mountpoint.clone();
+    let grace_store = store.clone();
+    let grace_sock = serving_ctl.then(|| sock.clone());
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -269,7 +271,21 @@ fn serve(
                             tracing::error!("unmount failed: {e}");
                             continue;
                         }
-                        return;
+                        // The session ends once the kernel lets go of the
+                        // mount; if something still holds it after a grace
+                        // period, end anyway, with the store closed cleanly.
+                        std::thread::sleep(Duration::from_secs(10));
+                        tracing::warn!(
+                            "{} still busy 10 s after {sig:?}; exiting",
+                            mountpoint.display()
+                        );
+                        if let Err(e) = grace_store.close_session() {
+                            tracing::error!("metadata store: {e}");
+                        }
+                        if let Some(sock) = &grace_sock {
+                            let _ = std::fs::remove_file(sock);
+                        }
+                        std::process::exit(0);
                     }
                     Err(_) => continue,
                 }
