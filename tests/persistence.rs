@@ -20,6 +20,20 @@ fn write_file(p: &Path, data: &[u8]) {
     fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
 }
 
+/// A mount of a fresh directory and a tmpfs of `size` (the replica made to
+/// fill up), probing failed replicas every 0.2 s, with `opts` added.
+fn mount_with_small_replica(size: &str, opts: &[&str]) -> (Tmpfs, Mount) {
+    let tmp = Tmpfs::new(size);
+    let mut b = Mount::builder()
+        .fresh(1)
+        .replica(tmp.path())
+        .option("probe_interval=0.2");
+    for o in opts {
+        b = b.option(o);
+    }
+    (tmp, b.mount())
+}
+
 /// Mounts the replicas of `root` again, with the same state directory.
 fn remount(root: TestRoot, replicas: &[&Path], opts: &[&str]) -> Mount {
     let mut b = Mount::builder().root(root);
@@ -34,12 +48,7 @@ fn remount(root: TestRoot, replicas: &[&Path], opts: &[&str]) -> Mount {
 
 #[test]
 fn failed_replica_stays_failed_across_remount() {
-    let tmp = Tmpfs::new("4m");
-    let m = Mount::builder()
-        .fresh(1)
-        .replica(tmp.path())
-        .option("probe_interval=0.2")
-        .mount();
+    let (tmp, m) = mount_with_small_replica("4m", &[]);
     let r0 = m.replicas[0].clone();
     for i in 0..4 {
         write_file(&m.path(format!("f{i}")), &pattern(i, 2 << 20));
@@ -128,12 +137,7 @@ fn foreign_replica_is_refused() {
 
 #[test]
 fn full_replica_is_resynced_when_it_has_room_again() {
-    let tmp = Tmpfs::new("4m");
-    let m = Mount::builder()
-        .fresh(1)
-        .replica(tmp.path())
-        .option("probe_interval=0.2")
-        .mount();
+    let (tmp, m) = mount_with_small_replica("4m", &[]);
     fs::create_dir(m.path("dir")).unwrap();
     write_file(&m.path("dir/keep"), b"kept");
     write_file(&m.path("dir/gone"), b"deleted while the replica was away");
@@ -169,13 +173,7 @@ fn full_replica_is_resynced_when_it_has_room_again() {
 
 #[test]
 fn writes_during_a_resync_are_not_lost() {
-    let tmp = Tmpfs::new("4m");
-    let m = Mount::builder()
-        .fresh(1)
-        .replica(tmp.path())
-        .option("probe_interval=0.2")
-        .option("resync_bandwidth=8")
-        .mount();
+    let (tmp, m) = mount_with_small_replica("4m", &["resync_bandwidth=8"]);
     for i in 0..6 {
         write_file(&m.path(format!("f{i}")), &pattern(i, 1 << 20));
     }
@@ -363,13 +361,7 @@ fn fsx_binary() -> std::path::PathBuf {
 
 #[test]
 fn fsx_during_a_resync_is_a_ok_and_replicas_end_identical() {
-    let tmp = Tmpfs::new("8m");
-    let m = Mount::builder()
-        .fresh(1)
-        .replica(tmp.path())
-        .option("probe_interval=0.2")
-        .option("resync_bandwidth=10")
-        .mount();
+    let (tmp, m) = mount_with_small_replica("8m", &["resync_bandwidth=10"]);
     for i in 0..6 {
         write_file(&m.path(format!("pre{i}")), &pattern(i, 2 << 20));
     }
@@ -418,14 +410,8 @@ fn fsx_during_a_resync_is_a_ok_and_replicas_end_identical() {
 
 #[test]
 fn reads_during_a_resync_never_come_from_the_replica_behind() {
-    let tmp = Tmpfs::new("6m");
-    let m = Mount::builder()
-        .fresh(1)
-        .replica(tmp.path())
-        .option("probe_interval=0.2")
-        .option("resync_bandwidth=4")
-        .option("read_policy=round-robin")
-        .mount();
+    let (tmp, m) =
+        mount_with_small_replica("6m", &["resync_bandwidth=4", "read_policy=round-robin"]);
     // Old versions land on both replicas...
     for i in 0..8 {
         write_file(&m.path(format!("f{i}")), &pattern(i, 512 * 1024));
