@@ -10,6 +10,7 @@ mod fuse;
 mod meta;
 mod replica;
 mod resync;
+mod ring;
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().collect();

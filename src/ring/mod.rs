@@ -1,0 +1,115 @@
+//! The metadata ring (DESIGN.md section 7): a Dynamo-style key-value store
+//! spread over several hosts, for the metadata that every host mounting the
+//! same replica set must agree on.
+//!
+//! - `hash`: the stable hash that places keys on fixed partitions;
+//! - `layout`: the operator-committed, versioned partition assignment and
+//!   the preference lists it gives;
+//! - `version`: dotted version vector sets (siblings, no last-write-wins);
+//! - `msg`: what nodes say to each other;
+//! - `storage`: one node's share, on the same engine as the single-host store;
+//! - `merkle`: per-partition hash trees for anti-entropy;
+//! - `node`: one ring member: quorum reads and writes, read repair, hinted
+//!   handoff, anti-entropy, layout changes;
+//! - `wire`, `transport`: authenticated, length-limited frames over TCP;
+//! - `gossip`: membership and phi-accrual failure detection (chitchat);
+//! - `sim`: an in-process network with kills and partitions, for tests.
+//!
+//! The ring knows nothing of the filesystem: keys and values are bytes.
+
+#![allow(dead_code)]
+
+pub mod hash;
+pub mod layout;
+pub mod msg;
+pub mod version;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+pub use msg::{Request, Response};
+
+/// A node's name, given by the operator: 1 to 64 of `[A-Za-z0-9._-]`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn new(name: &str) -> Result<NodeId, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if ok {
+            Ok(NodeId(name.to_string()))
+        } else {
+            Err(format!(
+                "bad node id '{}': use 1 to 64 letters, digits, '.', '_' or '-'",
+                name.escape_debug()
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = String;
+    fn try_from(s: String) -> Result<NodeId, String> {
+        NodeId::new(&s)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a call to another node got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    #[error("node {0} is unreachable: {1}")]
+    Unreachable(NodeId, String),
+    #[error("node {0} did not answer in time")]
+    Timeout(NodeId),
+    #[error("node {0} is not in the layout and has no known address")]
+    UnknownNode(NodeId),
+}
+
+/// The ring's view of the network: one request, one response.
+/// Implemented by `transport` (TCP) and `sim` (in-process, for tests).
+pub trait Net: Send + Sync + 'static {
+    fn call(&self, to: &NodeId, req: Request) -> BoxFuture<'static, Result<Response, NetError>>;
+}
+
+/// What a node does with a request from an (authenticated) peer.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, from: NodeId, req: Request) -> BoxFuture<'static, Response>;
+}
+
+/// Whom the failure detector currently believes alive. Purely local: two
+/// nodes may disagree, which the quorums tolerate.
+pub trait Liveness: Send + Sync + 'static {
+    fn is_alive(&self, node: &NodeId) -> bool;
+}
