@@ -19,10 +19,13 @@
 
 #![allow(dead_code)]
 
+pub mod gossip;
 pub mod hash;
 pub mod layout;
 pub mod msg;
+pub mod transport;
 pub mod version;
+pub mod wire;
 
 use std::fmt;
 use std::future::Future;
