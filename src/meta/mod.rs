@@ -27,7 +27,7 @@ mod embedded;
 mod error;
 mod id;
 mod keys;
-mod lock;
+pub(crate) mod lock;
 mod record;
 mod session;
 

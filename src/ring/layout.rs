@@ -95,14 +95,11 @@ impl LayoutVersion {
         // Even out: move slots from the most to the least loaded node while
         // the spread exceeds one.
         if want > 0 {
-            loop {
-                let Some((max_node, max)) = load
-                    .iter()
-                    .max_by_key(|(id, l)| (**l, std::cmp::Reverse((*id).clone())))
-                    .map(|(id, l)| (id.clone(), *l))
-                else {
-                    break;
-                };
+            while let Some((max_node, max)) = load
+                .iter()
+                .max_by_key(|(id, l)| (**l, std::cmp::Reverse((*id).clone())))
+                .map(|(id, l)| (id.clone(), *l))
+            {
                 let Some((min_node, min)) = load
                     .iter()
                     .min_by_key(|(id, l)| (**l, (*id).clone()))

@@ -22,7 +22,14 @@
 pub mod gossip;
 pub mod hash;
 pub mod layout;
+pub mod merkle;
 pub mod msg;
+pub mod node;
+#[cfg(test)]
+pub mod sim;
+pub mod storage;
+#[cfg(test)]
+mod tests;
 pub mod transport;
 pub mod version;
 pub mod wire;

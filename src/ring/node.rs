@@ -1,0 +1,1163 @@
+//! One ring member: coordinates quorum reads and writes, answers its
+//! peers, and runs the background work that makes the ring converge
+//! (hinted handoff, Merkle anti-entropy, tombstone collection, layout
+//! exchange).
+//!
+//! Reads and writes (Dynamo sections 4.5 to 4.7):
+//! - a key's partition has one preference list per active layout version
+//!   (two during a layout change); a write must reach W nodes of each, a
+//!   read R nodes of each;
+//! - a write is coordinated by an owner of the key (the first one alive),
+//!   which gives it a dot in the key's dotted version vector set, stores it
+//!   and sends it to the other owners; an owner that is down or does not
+//!   answer is replaced by the next node outside the list, which keeps the
+//!   version as a hint and delivers it when the owner is back (sloppy
+//!   quorum, hinted handoff);
+//! - a read merges what R nodes of each list hold; every owner that
+//!   answered with less than the merge gets the merge (read repair).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::hash::{self, PARTITIONS, Partition};
+use super::layout::LayoutHistory;
+use super::merkle::{self, FANOUT, Tree};
+use super::msg::{MAX_KEY, MAX_VALUE, Request, Response};
+use super::storage::Storage;
+use super::version::{Context, Dvv, Val};
+use super::{BoxFuture, Handler, Liveness, Net, NodeId};
+
+/// N, R, W.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quorum {
+    pub n: u8,
+    pub r: u8,
+    pub w: u8,
+}
+
+impl Default for Quorum {
+    fn default() -> Quorum {
+        Quorum { n: 3, r: 2, w: 2 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub quorum: Quorum,
+    /// Nodes asked for the layout until this node has one of its own.
+    pub seeds: Vec<NodeId>,
+    /// How often hints are offered to their owners; `None` never (tests).
+    pub hint_interval: Option<Duration>,
+    /// How often every owned partition is compared with its co-owners;
+    /// `None` never (tests).
+    pub anti_entropy_interval: Option<Duration>,
+    /// How often the layout is pulled from a peer.
+    pub layout_interval: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId) -> NodeConfig {
+        NodeConfig {
+            id,
+            quorum: Quorum::default(),
+            seeds: Vec::new(),
+            hint_interval: Some(Duration::from_secs(1)),
+            anti_entropy_interval: Some(Duration::from_secs(10)),
+            layout_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    #[error(
+        "the ring has no layout yet: stage its nodes with `chironctl ring join` and commit with `chironctl ring apply`"
+    )]
+    NoLayout,
+    #[error("no quorum for {op}: {got} of {needed} nodes answered")]
+    NoQuorum {
+        op: &'static str,
+        needed: usize,
+        got: usize,
+    },
+    #[error("key is {0} bytes, more than the ring's limit of {MAX_KEY}")]
+    KeyTooLong(usize),
+    #[error("value is {0} bytes, more than the ring's limit of {MAX_VALUE}")]
+    ValueTooLarge(usize),
+    #[error("{0}")]
+    Storage(String),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+pub type Result<T> = std::result::Result<T, RingError>;
+
+/// What a quorum read found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Found {
+    /// The merged version; `None` if no node had the key.
+    pub version: Option<Dvv>,
+}
+
+impl Found {
+    /// The live siblings (deletions left out).
+    pub fn values(&self) -> Vec<Vec<u8>> {
+        self.version
+            .as_ref()
+            .map(|v| v.values().into_iter().flatten().collect())
+            .unwrap_or_default()
+    }
+
+    /// The context to give back with a write that replaces what was read.
+    pub fn context(&self) -> Context {
+        self.version.as_ref().map(Dvv::context).unwrap_or_default()
+    }
+}
+
+/// Counters for `chironctl ring status` and the benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub gets: AtomicU64,
+    pub puts: AtomicU64,
+    pub read_repairs: AtomicU64,
+    pub hints_stored: AtomicU64,
+    pub hints_delivered: AtomicU64,
+    pub entries_repaired: AtomicU64,
+    pub tombstones_purged: AtomicU64,
+}
+
+/// What `chironctl ring status` shows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RingStatus {
+    pub node: String,
+    pub layout_version: u64,
+    pub transition_from: Option<u64>,
+    pub n: u8,
+    pub r: u8,
+    pub w: u8,
+    pub members: Vec<MemberStatus>,
+    pub staged_join: Vec<(String, String)>,
+    pub staged_leave: Vec<String>,
+    pub keys: u64,
+    pub hints: u64,
+    pub read_repairs: u64,
+    pub hints_delivered: u64,
+    pub entries_repaired: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MemberStatus {
+    pub node: String,
+    pub addr: String,
+    pub alive: bool,
+    pub partitions: usize,
+    pub synced: bool,
+}
+
+struct Inner {
+    cfg: NodeConfig,
+    store: Storage,
+    layout: RwLock<LayoutHistory>,
+    net: Arc<dyn Net>,
+    live: Arc<dyn Liveness>,
+    /// Cached Merkle trees, dropped when their partition changes.
+    trees: Mutex<HashMap<Partition, Arc<Tree>>>,
+    /// Tombstones seen in the previous collection round: collected in the
+    /// next one if unchanged (a grace period for writes in flight).
+    tombstones: Mutex<HashMap<Vec<u8>, Dvv>>,
+    stats: Stats,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A ring member. Cheap to clone (one shared state).
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY {
+        return Err(RingError::KeyTooLong(key.len()));
+    }
+    Ok(())
+}
+
+fn storage_err(e: impl std::fmt::Display) -> RingError {
+    RingError::Storage(e.to_string())
+}
+
+impl Node {
+    /// Opens the node's store in `dir` (its layout included). Call
+    /// [`Node::start`] to run the background work.
+    pub fn open(
+        cfg: NodeConfig,
+        dir: &Path,
+        net: Arc<dyn Net>,
+        live: Arc<dyn Liveness>,
+    ) -> std::result::Result<Node, String> {
+        if cfg.quorum.n == 0
+            || cfg.quorum.r == 0
+            || cfg.quorum.w == 0
+            || cfg.quorum.r > cfg.quorum.n
+            || cfg.quorum.w > cfg.quorum.n
+        {
+            return Err(format!(
+                "bad quorum n={} r={} w={}: need 1 <= r, w <= n",
+                cfg.quorum.n, cfg.quorum.r, cfg.quorum.w
+            ));
+        }
+        let store = Storage::open(dir, &cfg.id).map_err(|e| e.to_string())?;
+        let layout = store
+            .load_layout()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|| LayoutHistory::empty(cfg.quorum.n));
+        Ok(Node {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                layout: RwLock::new(layout),
+                net,
+                live,
+                trees: Mutex::new(HashMap::new()),
+                tombstones: Mutex::new(HashMap::new()),
+                stats: Stats::default(),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.inner.cfg.id
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub fn layout(&self) -> LayoutHistory {
+        self.inner.layout.read().clone()
+    }
+
+    /// The version this node itself stores for `key` (tests, status).
+    pub fn local(&self, key: &[u8]) -> Option<Dvv> {
+        self.inner.store.get(key).ok().flatten()
+    }
+
+    pub fn hint_count(&self) -> u64 {
+        self.inner.store.hint_count().unwrap_or(0)
+    }
+
+    /// Starts the background loops on the current tokio runtime. They stop
+    /// when [`Node::stop`] is called or the runtime ends.
+    pub fn start(&self) {
+        let mut tasks = self.inner.tasks.lock();
+        if let Some(every) = self.inner.cfg.hint_interval {
+            let n = self.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    n.deliver_hints().await;
+                }
+            }));
+        }
+        if let Some(every) = self.inner.cfg.anti_entropy_interval {
+            let n = self.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    n.anti_entropy_round().await;
+                }
+            }));
+        }
+        let every = self.inner.cfg.layout_interval;
+        let n = self.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                n.pull_layout().await;
+            }
+        }));
+    }
+
+    /// Stops the background loops and makes the store durable.
+    pub fn stop(&self) {
+        for t in self.inner.tasks.lock().drain(..) {
+            t.abort();
+        }
+        if let Err(e) = self.inner.store.sync() {
+            tracing::warn!("ring: {e}");
+        }
+    }
+
+    // ---- client operations ----
+
+    /// Quorum read of `key`.
+    pub async fn get(&self, key: &[u8]) -> Result<Found> {
+        check_key(key)?;
+        self.inner.stats.gets.fetch_add(1, Ordering::Relaxed);
+        let p = hash::partition_of(key);
+        let sets = self.owner_sets(p)?;
+        let r = self.inner.cfg.quorum.r as usize;
+        let slots = Slots::new(&sets, self.fallbacks(p, &sets));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for owner in slots.owners() {
+            let (n, key, tx, slots) = (self.clone(), key.to_vec(), tx.clone(), slots.clone());
+            tokio::spawn(async move {
+                let got = n.read_slot(&owner, &key, &slots).await;
+                let _ = tx.send((owner, got));
+            });
+        }
+        drop(tx);
+        let mut answers: Vec<(NodeId, Option<Dvv>, bool)> = Vec::new();
+        let mut merged: Option<Dvv> = None;
+        let mut done = false;
+        while let Some((owner, got)) = rx.recv().await {
+            if let Some((version, from_owner)) = got {
+                merged = merge_opt(merged, version.as_ref());
+                answers.push((owner, version, from_owner));
+            }
+            let ok: Vec<&NodeId> = answers.iter().map(|a| &a.0).collect();
+            if sets.iter().all(|s| count_in(s, &ok) >= need(r, s)) {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            let ok: Vec<&NodeId> = answers.iter().map(|a| &a.0).collect();
+            let worst = sets
+                .iter()
+                .min_by_key(|s| count_in(s, &ok) as isize - need(r, s) as isize)
+                .cloned()
+                .unwrap_or_default();
+            return Err(RingError::NoQuorum {
+                op: "read",
+                needed: need(r, &worst),
+                got: count_in(&worst, &ok),
+            });
+        }
+        // Read repair, in the background: everyone who answered (now or
+        // later) with less than the merge gets the merge.
+        let n = self.clone();
+        let key = key.to_vec();
+        let found = merged.clone();
+        tokio::spawn(async move {
+            let mut merged = found;
+            while let Some((owner, Some((version, from_owner)))) = rx.recv().await {
+                merged = merge_opt(merged, version.as_ref());
+                answers.push((owner, version, from_owner));
+            }
+            let Some(merged) = merged else { return };
+            for (owner, version, from_owner) in answers {
+                if from_owner && version.as_ref() != Some(&merged) {
+                    n.inner.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
+                    n.send_write(&owner, &key, &merged, None).await;
+                }
+            }
+        });
+        Ok(Found { version: merged })
+    }
+
+    /// Quorum write of `value` (`None` deletes) after a read that returned
+    /// `context` (empty for a blind write, which then stands beside
+    /// whatever the key holds as a sibling).
+    pub async fn put(&self, key: &[u8], value: Val, context: &Context) -> Result<Dvv> {
+        check_key(key)?;
+        if let Some(v) = &value
+            && v.len() > MAX_VALUE
+        {
+            return Err(RingError::ValueTooLarge(v.len()));
+        }
+        self.inner.stats.puts.fetch_add(1, Ordering::Relaxed);
+        let p = hash::partition_of(key);
+        let sets = self.owner_sets(p)?;
+        let me = &self.inner.cfg.id;
+        let mut last = RingError::NoQuorum {
+            op: "write",
+            needed: 1,
+            got: 0,
+        };
+        // The coordinator: this node if it owns the key, else the first
+        // owner that takes the job.
+        if sets[0].contains(me) {
+            return self.coordinate(key, value, context).await;
+        }
+        for owner in sets[0].clone() {
+            if !self.inner.live.is_alive(&owner) {
+                continue;
+            }
+            let req = Request::Coordinate {
+                key: key.to_vec(),
+                value: value.clone(),
+                context: context.clone(),
+            };
+            match self.inner.net.call(&owner, req).await {
+                Ok(Response::Version(Some(v))) => return Ok(v),
+                Ok(Response::Refused(why)) => last = RingError::Refused(why),
+                Ok(other) => last = RingError::Refused(format!("unexpected answer {other:?}")),
+                Err(e) => tracing::debug!("ring: coordinator {owner}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    /// Deletes `key` (a tombstone, collected once every node has it).
+    pub async fn delete(&self, key: &[u8], context: &Context) -> Result<Dvv> {
+        self.put(key, None, context).await
+    }
+
+    // ---- coordination ----
+
+    async fn coordinate(&self, key: &[u8], value: Val, context: &Context) -> Result<Dvv> {
+        let p = hash::partition_of(key);
+        let sets = self.owner_sets(p)?;
+        let actor = self.inner.store.actor().to_string();
+        let write = Dvv::new_write(context, value);
+        let version = self
+            .inner
+            .store
+            .update(key, |cur| write.update(cur, &actor))
+            .map_err(storage_err)?;
+        self.changed(p);
+        let w = self.inner.cfg.quorum.w as usize;
+        let me = self.inner.cfg.id.clone();
+        let slots = Slots::new(&sets, self.fallbacks(p, &sets));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut acked: Vec<NodeId> = vec![me.clone()];
+        for owner in slots.owners() {
+            if owner == me {
+                continue;
+            }
+            let (n, key, version, tx, slots) = (
+                self.clone(),
+                key.to_vec(),
+                version.clone(),
+                tx.clone(),
+                slots.clone(),
+            );
+            tokio::spawn(async move {
+                let ok = n.write_slot(&owner, &key, &version, &slots).await;
+                let _ = tx.send((owner, ok));
+            });
+        }
+        drop(tx);
+        loop {
+            let ok: Vec<&NodeId> = acked.iter().collect();
+            if sets.iter().all(|s| count_in(s, &ok) >= need(w, s)) {
+                return Ok(version);
+            }
+            match rx.recv().await {
+                Some((owner, true)) => acked.push(owner),
+                Some((_, false)) => {}
+                None => {
+                    let worst = sets
+                        .iter()
+                        .min_by_key(|s| count_in(s, &ok) as isize - need(w, s) as isize)
+                        .cloned()
+                        .unwrap_or_default();
+                    return Err(RingError::NoQuorum {
+                        op: "write",
+                        needed: need(w, &worst),
+                        got: count_in(&worst, &ok),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Delivers `version` for `owner`'s slot: to the owner, or as a hint to
+    /// a stand-in. True once some node holds it for that slot.
+    async fn write_slot(&self, owner: &NodeId, key: &[u8], version: &Dvv, slots: &Slots) -> bool {
+        if self.inner.live.is_alive(owner) && self.send_write(owner, key, version, None).await {
+            return true;
+        }
+        while let Some(standin) = slots.take_fallback(&self.inner.live) {
+            if standin == self.inner.cfg.id {
+                if self.inner.store.hint(owner, key, version).is_ok() {
+                    self.inner
+                        .stats
+                        .hints_stored
+                        .fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                continue;
+            }
+            if self.send_write(&standin, key, version, Some(owner)).await {
+                self.inner
+                    .stats
+                    .hints_stored
+                    .fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Reads `owner`'s slot: from the owner, or from a stand-in that may
+    /// hold a hint for it. The bool tells whether the owner itself answered.
+    async fn read_slot(
+        &self,
+        owner: &NodeId,
+        key: &[u8],
+        slots: &Slots,
+    ) -> Option<(Option<Dvv>, bool)> {
+        if self.inner.live.is_alive(owner)
+            && let Some(v) = self.send_read(owner, key).await
+        {
+            return Some((v, true));
+        }
+        while let Some(standin) = slots.take_fallback(&self.inner.live) {
+            if let Some(v) = self.send_read(&standin, key).await {
+                return Some((v, false));
+            }
+        }
+        None
+    }
+
+    async fn send_read(&self, to: &NodeId, key: &[u8]) -> Option<Option<Dvv>> {
+        if *to == self.inner.cfg.id {
+            return self.read_local(key).ok();
+        }
+        match self
+            .inner
+            .net
+            .call(to, Request::Read { key: key.to_vec() })
+            .await
+        {
+            Ok(Response::Version(v)) if v.as_ref().is_none_or(Dvv::is_valid) => Some(v),
+            Ok(other) => {
+                tracing::debug!("ring: read from {to}: unexpected answer {other:?}");
+                None
+            }
+            Err(e) => {
+                tracing::debug!("ring: read from {to}: {e}");
+                None
+            }
+        }
+    }
+
+    async fn send_write(
+        &self,
+        to: &NodeId,
+        key: &[u8],
+        version: &Dvv,
+        hint_for: Option<&NodeId>,
+    ) -> bool {
+        if *to == self.inner.cfg.id && hint_for.is_none() {
+            return self.write_local(key, version).is_ok();
+        }
+        let req = Request::Write {
+            key: key.to_vec(),
+            version: version.clone(),
+            hint_for: hint_for.cloned(),
+        };
+        match self.inner.net.call(to, req).await {
+            Ok(Response::Done) => true,
+            Ok(other) => {
+                tracing::debug!("ring: write to {to}: unexpected answer {other:?}");
+                false
+            }
+            Err(e) => {
+                tracing::debug!("ring: write to {to}: {e}");
+                false
+            }
+        }
+    }
+
+    /// What this node holds for `key`: its own version merged with any
+    /// hints it keeps for others.
+    fn read_local(&self, key: &[u8]) -> Result<Option<Dvv>> {
+        let mut v = self.inner.store.get(key).map_err(storage_err)?;
+        for owner in self.inner.layout.read().addresses().keys() {
+            if let Some(h) = self.inner.store.hint_for(owner, key).map_err(storage_err)? {
+                v = merge_opt(v, Some(&h));
+            }
+        }
+        Ok(v)
+    }
+
+    fn write_local(&self, key: &[u8], version: &Dvv) -> Result<()> {
+        let (_, changed) = self.inner.store.merge(key, version).map_err(storage_err)?;
+        if changed {
+            self.changed(hash::partition_of(key));
+        }
+        Ok(())
+    }
+
+    fn changed(&self, p: Partition) {
+        self.inner.trees.lock().remove(&p);
+    }
+
+    fn owner_sets(&self, p: Partition) -> Result<Vec<Vec<NodeId>>> {
+        let layout = self.inner.layout.read();
+        if layout.current.version == 0 {
+            return Err(RingError::NoLayout);
+        }
+        Ok(layout
+            .owner_sets(p)
+            .into_iter()
+            .map(<[NodeId]>::to_vec)
+            .collect())
+    }
+
+    /// Stand-ins for partition `p`: every known node outside its
+    /// preference lists, in an order fixed per partition.
+    fn fallbacks(&self, p: Partition, sets: &[Vec<NodeId>]) -> Vec<NodeId> {
+        let layout = self.inner.layout.read();
+        let mut others: Vec<NodeId> = layout
+            .addresses()
+            .into_keys()
+            .filter(|n| !sets.iter().any(|s| s.contains(n)))
+            .collect();
+        others.sort_by_key(|n| {
+            let mut k = p.to_be_bytes().to_vec();
+            k.extend_from_slice(n.as_str().as_bytes());
+            hash::stable(&k)
+        });
+        others
+    }
+
+    // ---- background work ----
+
+    /// Offers every hint to its owner if the owner is alive.
+    pub async fn deliver_hints(&self) {
+        let hints = match self.inner.store.hints(10_000) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("ring: {e}");
+                return;
+            }
+        };
+        for (owner, key, version) in hints {
+            if !self.inner.live.is_alive(&owner) {
+                continue;
+            }
+            if self.send_write(&owner, &key, &version, None).await {
+                if let Err(e) = self.inner.store.hint_delivered(&owner, &key, &version) {
+                    tracing::warn!("ring: {e}");
+                } else {
+                    self.inner
+                        .stats
+                        .hints_delivered
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn tree(&self, p: Partition) -> Result<Arc<Tree>> {
+        if let Some(t) = self.inner.trees.lock().get(&p) {
+            return Ok(t.clone());
+        }
+        let entries = self.inner.store.scan(p).map_err(storage_err)?;
+        let t = Arc::new(Tree::build(entries.iter().map(|(k, v)| (k.as_slice(), v))));
+        self.inner.trees.lock().insert(p, t.clone());
+        Ok(t)
+    }
+
+    /// One anti-entropy pass over every partition this node owns, against
+    /// every co-owner that is alive; then, during a layout change, records
+    /// that this node synced its new partitions from the old owners.
+    pub async fn anti_entropy_round(&self) {
+        let layout = self.layout();
+        if layout.current.version == 0 {
+            return;
+        }
+        let me = self.inner.cfg.id.clone();
+        let mut synced_all = true;
+        let mut tombstone_candidates = HashMap::new();
+        for p in 0..PARTITIONS {
+            let sets = layout.owner_sets(p);
+            if !sets.iter().any(|s| s.contains(&me)) {
+                continue;
+            }
+            let peers: BTreeSet<NodeId> = sets
+                .iter()
+                .flat_map(|s| s.iter())
+                .filter(|n| **n != me)
+                .cloned()
+                .collect();
+            let mut exchanged: Vec<NodeId> = Vec::new();
+            for peer in &peers {
+                if !self.inner.live.is_alive(peer) {
+                    continue;
+                }
+                match self.exchange(p, peer).await {
+                    Ok(()) => exchanged.push(peer.clone()),
+                    Err(e) => tracing::debug!("ring: anti-entropy with {peer}: {e}"),
+                }
+            }
+            if let Some(old) = &layout.old
+                && layout.current.owners(p).contains(&me)
+            {
+                // Writes under the old layout reached W of its owners: after
+                // exchanging with all but W-1 of them, this node has them all.
+                let old_owners = old.owners(p);
+                let w = self.inner.cfg.quorum.w as usize;
+                let got = old_owners
+                    .iter()
+                    .filter(|o| **o == me || exchanged.contains(o))
+                    .count();
+                if got + need(w, old_owners) <= old_owners.len() {
+                    synced_all = false;
+                }
+            }
+            if layout.current.owners(p).first() == Some(&me) && exchanged.len() == peers.len() {
+                if let Ok(entries) = self.inner.store.scan(p) {
+                    for (k, v) in entries {
+                        if v.is_tombstone() {
+                            tombstone_candidates.insert(k, v);
+                        }
+                    }
+                }
+            }
+        }
+        if layout.old.is_some() && synced_all {
+            self.mark_synced(layout.current.version).await;
+        }
+        self.collect_tombstones(tombstone_candidates).await;
+    }
+
+    /// Compares partition `p` with `peer` level by level and exchanges the
+    /// entries of the leaves that differ, both ways.
+    async fn exchange(&self, p: Partition, peer: &NodeId) -> Result<()> {
+        let mine = self.tree(p)?;
+        let theirs = self.call_hashes(peer, p, 0, vec![0]).await?;
+        if theirs.first() == Some(&mine.root) {
+            return Ok(());
+        }
+        let all: Vec<u16> = (0..FANOUT as u16).collect();
+        let inner = self.call_hashes(peer, p, 1, all).await?;
+        let mut leaves = Vec::new();
+        for (i, h) in inner.iter().enumerate() {
+            if mine.inner.get(i) != Some(h) {
+                leaves.extend((i * FANOUT) as u16..((i + 1) * FANOUT) as u16);
+            }
+        }
+        let hashes = self.call_hashes(peer, p, 2, leaves.clone()).await?;
+        for (leaf, h) in leaves.iter().zip(hashes) {
+            if mine.leaves.get(*leaf as usize) == Some(&h) {
+                continue;
+            }
+            let req = Request::Leaf {
+                partition: p,
+                leaf: *leaf,
+            };
+            let theirs = match self.inner.net.call(peer, req).await {
+                Ok(Response::Entries(e)) => e,
+                Ok(other) => return Err(RingError::Refused(format!("unexpected {other:?}"))),
+                Err(e) => return Err(RingError::Refused(e.to_string())),
+            };
+            let mut their_map: HashMap<Vec<u8>, Dvv> = HashMap::new();
+            for (k, v) in theirs {
+                if k.len() > MAX_KEY || !v.is_valid() || hash::partition_of(&k) != p {
+                    continue;
+                }
+                self.write_local(&k, &v)?;
+                their_map.insert(k, v);
+            }
+            for (k, v) in self.leaf_entries(p, *leaf)? {
+                if their_map.get(&k) != Some(&v) {
+                    self.inner
+                        .stats
+                        .entries_repaired
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.send_write(peer, &k, &v, None).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn call_hashes(
+        &self,
+        peer: &NodeId,
+        partition: Partition,
+        level: u8,
+        indices: Vec<u16>,
+    ) -> Result<Vec<u64>> {
+        let want = indices.len();
+        let req = Request::Tree {
+            partition,
+            level,
+            indices,
+        };
+        match self.inner.net.call(peer, req).await {
+            Ok(Response::Hashes(h)) if h.len() == want => Ok(h),
+            Ok(other) => Err(RingError::Refused(format!("unexpected {other:?}"))),
+            Err(e) => Err(RingError::Refused(e.to_string())),
+        }
+    }
+
+    fn leaf_entries(&self, p: Partition, leaf: u16) -> Result<Vec<(Vec<u8>, Dvv)>> {
+        Ok(self
+            .inner
+            .store
+            .scan(p)
+            .map_err(storage_err)?
+            .into_iter()
+            .filter(|(k, _)| merkle::leaf_of(k) == leaf)
+            .collect())
+    }
+
+    /// Purges the tombstones that were already candidates last round,
+    /// unchanged, and that every node of the layout holds exactly (or does
+    /// not hold at all, hints included).
+    async fn collect_tombstones(&self, candidates: HashMap<Vec<u8>, Dvv>) {
+        let previous = std::mem::replace(&mut *self.inner.tombstones.lock(), candidates.clone());
+        let everyone: Vec<NodeId> = self.layout().addresses().into_keys().collect();
+        for (key, version) in candidates {
+            if previous.get(&key) != Some(&version) {
+                continue;
+            }
+            let mut all_agree = true;
+            for node in &everyone {
+                match self.send_read(node, &key).await {
+                    Some(None) => {}
+                    Some(Some(v)) if v == version => {}
+                    _ => {
+                        all_agree = false;
+                        break;
+                    }
+                }
+            }
+            if !all_agree {
+                continue;
+            }
+            for node in &everyone {
+                if *node == self.inner.cfg.id {
+                    if let Ok(true) = self.inner.store.purge(&key, &version) {
+                        self.changed(hash::partition_of(&key));
+                    }
+                    continue;
+                }
+                let req = Request::Purge {
+                    key: key.clone(),
+                    version: version.clone(),
+                };
+                let _ = self.inner.net.call(node, req).await;
+            }
+            self.inner
+                .stats
+                .tombstones_purged
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    // ---- layout ----
+
+    /// Asks one peer (or a seed, while this node has no layout) for its
+    /// layout and merges it.
+    pub async fn pull_layout(&self) {
+        let layout = self.layout();
+        let me = &self.inner.cfg.id;
+        let mut peers: Vec<NodeId> = layout.addresses().into_keys().filter(|n| n != me).collect();
+        if layout.current.version == 0 || peers.is_empty() {
+            peers.extend(self.inner.cfg.seeds.iter().filter(|n| *n != me).cloned());
+        }
+        if peers.is_empty() {
+            return;
+        }
+        let mut pick = [0u8; 8];
+        let _ = getrandom::fill(&mut pick);
+        let peer = &peers[(u64::from_le_bytes(pick) % peers.len() as u64) as usize];
+        if let Ok(Response::Layout(l)) = self.inner.net.call(peer, Request::GetLayout).await {
+            self.merge_layout(&l);
+        }
+    }
+
+    /// Merges a layout from elsewhere; true if ours changed.
+    fn merge_layout(&self, other: &LayoutHistory) -> bool {
+        if let Err(e) = other.check() {
+            tracing::warn!("ring: refused a malformed layout: {e}");
+            return false;
+        }
+        let changed = {
+            let mut l = self.inner.layout.write();
+            let changed = l.merge(other);
+            if changed && let Err(e) = self.inner.store.save_layout(&l) {
+                tracing::warn!("ring: {e}");
+            }
+            changed
+        };
+        if changed {
+            self.inner.trees.lock().clear();
+        }
+        changed
+    }
+
+    /// Sends our layout to every node it names.
+    async fn push_layout(&self) {
+        let layout = self.layout();
+        for node in layout.addresses().into_keys() {
+            if node == self.inner.cfg.id {
+                continue;
+            }
+            let req = Request::PutLayout(Box::new(layout.clone()));
+            if let Err(e) = self.inner.net.call(&node, req).await {
+                tracing::debug!("ring: layout to {node}: {e}");
+            }
+        }
+    }
+
+    async fn change_layout(
+        &self,
+        f: impl FnOnce(&mut LayoutHistory) -> std::result::Result<(), String>,
+    ) -> std::result::Result<LayoutHistory, String> {
+        let new = {
+            let mut l = self.inner.layout.write();
+            let mut copy = l.clone();
+            f(&mut copy)?;
+            self.inner
+                .store
+                .save_layout(&copy)
+                .map_err(|e| e.to_string())?;
+            *l = copy.clone();
+            copy
+        };
+        self.inner.trees.lock().clear();
+        self.push_layout().await;
+        Ok(new)
+    }
+
+    pub async fn stage_join(
+        &self,
+        node: NodeId,
+        addr: String,
+    ) -> std::result::Result<LayoutHistory, String> {
+        self.change_layout(|l| {
+            l.stage_join(node, addr);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn stage_leave(&self, node: NodeId) -> std::result::Result<LayoutHistory, String> {
+        self.change_layout(|l| l.stage_leave(node)).await
+    }
+
+    pub async fn apply(&self) -> std::result::Result<LayoutHistory, String> {
+        let n = self.inner.cfg.quorum.n;
+        self.change_layout(|l| l.apply(n).map(|_| ())).await
+    }
+
+    async fn mark_synced(&self, version: u64) {
+        let me = self.inner.cfg.id.clone();
+        let _ = self
+            .change_layout(|l| {
+                l.mark_synced(&me, version);
+                Ok(())
+            })
+            .await;
+    }
+
+    pub fn status(&self) -> RingStatus {
+        let l = self.layout();
+        let q = self.inner.cfg.quorum;
+        let members = l
+            .current
+            .nodes
+            .iter()
+            .map(|(id, addr)| MemberStatus {
+                node: id.to_string(),
+                addr: addr.clone(),
+                alive: *id == self.inner.cfg.id || self.inner.live.is_alive(id),
+                partitions: l.current.owners.iter().filter(|o| o.contains(id)).count(),
+                synced: l.old.is_none()
+                    || l.synced.get(id).copied().unwrap_or(0) >= l.current.version,
+            })
+            .collect();
+        let s = &self.inner.stats;
+        RingStatus {
+            node: self.inner.cfg.id.to_string(),
+            layout_version: l.current.version,
+            transition_from: l.old.as_ref().map(|o| o.version),
+            n: q.n,
+            r: q.r,
+            w: q.w,
+            members,
+            staged_join: l
+                .staged
+                .join
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.clone()))
+                .collect(),
+            staged_leave: l.staged.leave.iter().map(|n| n.to_string()).collect(),
+            keys: self.inner.store.key_count().unwrap_or(0),
+            hints: self.hint_count(),
+            read_repairs: s.read_repairs.load(Ordering::Relaxed),
+            hints_delivered: s.hints_delivered.load(Ordering::Relaxed),
+            entries_repaired: s.entries_repaired.load(Ordering::Relaxed),
+        }
+    }
+
+    // ---- serving peers ----
+
+    async fn serve(&self, from: NodeId, req: Request) -> Response {
+        match self.serve_inner(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("ring: request from {from} refused: {e}");
+                Response::Refused(e.to_string())
+            }
+        }
+    }
+
+    async fn serve_inner(&self, req: Request) -> Result<Response> {
+        Ok(match req {
+            Request::Read { key } => {
+                check_key(&key)?;
+                Response::Version(self.read_local(&key)?)
+            }
+            Request::Write {
+                key,
+                version,
+                hint_for,
+            } => {
+                check_key(&key)?;
+                if !version.is_valid() {
+                    return Err(RingError::Refused("malformed version".into()));
+                }
+                match hint_for {
+                    Some(owner) if owner != self.inner.cfg.id => {
+                        self.inner
+                            .store
+                            .hint(&owner, &key, &version)
+                            .map_err(storage_err)?;
+                    }
+                    _ => self.write_local(&key, &version)?,
+                }
+                Response::Done
+            }
+            Request::Coordinate {
+                key,
+                value,
+                context,
+            } => {
+                check_key(&key)?;
+                let p = hash::partition_of(&key);
+                if !self.owner_sets(p)?[0].contains(&self.inner.cfg.id) {
+                    return Err(RingError::Refused(format!(
+                        "{} does not own partition {p} in layout {}",
+                        self.inner.cfg.id,
+                        self.layout().current.version
+                    )));
+                }
+                if let Some(v) = &value
+                    && v.len() > MAX_VALUE
+                {
+                    return Err(RingError::ValueTooLarge(v.len()));
+                }
+                Response::Version(Some(self.coordinate(&key, value, &context).await?))
+            }
+            Request::Tree {
+                partition,
+                level,
+                indices,
+            } => {
+                if partition >= PARTITIONS {
+                    return Err(RingError::Refused(format!("no partition {partition}")));
+                }
+                let t = self.tree(partition)?;
+                Response::Hashes(
+                    t.hashes(level, &indices)
+                        .ok_or_else(|| RingError::Refused("no such tree node".into()))?,
+                )
+            }
+            Request::Leaf { partition, leaf } => {
+                if partition >= PARTITIONS || leaf as usize >= merkle::LEAVES {
+                    return Err(RingError::Refused("no such leaf".into()));
+                }
+                Response::Entries(self.leaf_entries(partition, leaf)?)
+            }
+            Request::Purge { key, version } => {
+                check_key(&key)?;
+                if self
+                    .inner
+                    .store
+                    .purge(&key, &version)
+                    .map_err(storage_err)?
+                {
+                    self.changed(hash::partition_of(&key));
+                }
+                Response::Done
+            }
+            Request::GetLayout => Response::Layout(Box::new(self.layout())),
+            Request::PutLayout(l) => {
+                l.check().map_err(RingError::Refused)?;
+                self.merge_layout(&l);
+                Response::Done
+            }
+        })
+    }
+}
+
+impl Handler for Node {
+    fn handle(&self, from: NodeId, req: Request) -> BoxFuture<'static, Response> {
+        let n = self.clone();
+        Box::pin(async move { n.serve(from, req).await })
+    }
+}
+
+/// The preference-list slots of one operation and the stand-ins that may
+/// take over a slot whose owner is down; each stand-in takes one slot.
+#[derive(Clone)]
+struct Slots {
+    owners: Vec<NodeId>,
+    fallbacks: Arc<Mutex<(Vec<NodeId>, HashSet<NodeId>)>>,
+}
+
+impl Slots {
+    fn new(sets: &[Vec<NodeId>], fallbacks: Vec<NodeId>) -> Slots {
+        let mut owners: Vec<NodeId> = Vec::new();
+        for n in sets.iter().flatten() {
+            if !owners.contains(n) {
+                owners.push(n.clone());
+            }
+        }
+        Slots {
+            owners,
+            fallbacks: Arc::new(Mutex::new((fallbacks, HashSet::new()))),
+        }
+    }
+
+    fn owners(&self) -> Vec<NodeId> {
+        self.owners.clone()
+    }
+
+    fn take_fallback(&self, live: &Arc<dyn Liveness>) -> Option<NodeId> {
+        let mut g = self.fallbacks.lock();
+        let (list, used) = &mut *g;
+        let pick = list
+            .iter()
+            .find(|n| !used.contains(*n) && live.is_alive(n))
+            .cloned()?;
+        used.insert(pick.clone());
+        Some(pick)
+    }
+}
+
+fn merge_opt(a: Option<Dvv>, b: Option<&Dvv>) -> Option<Dvv> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.sync(b)),
+        (None, Some(b)) => Some(b.clone()),
+        (a, None) => a,
+    }
+}
+
+/// Quorum needed in a preference list of `set.len()` nodes (a ring smaller
+/// than N asks all of them at most).
+fn need(q: usize, set: &[NodeId]) -> usize {
+    q.min(set.len()).max(1)
+}
+
+fn count_in(set: &[NodeId], acked: &[&NodeId]) -> usize {
+    set.iter().filter(|n| acked.contains(n)).count()
+}

@@ -1,0 +1,320 @@
+//! One node's share of the ring, on fjall (the engine of the single-host
+//! store), in `<dir>/ring/`, locked against a second opener.
+//!
+//! | partition | key                                   | value           |
+//! |-----------|---------------------------------------|-----------------|
+//! | `kv`      | ring partition (u16 BE) ++ key        | Dvv (postcard)  |
+//! | `hints`   | len(owner) (u8) ++ owner ++ key       | Dvv (postcard)  |
+//! | `sys`     | `layout` / `actor`                    | postcard        |
+//!
+//! `kv` keys start with the ring partition, so a partition is one range
+//! scan (for Merkle trees and anti-entropy). Every change to one key goes
+//! through a striped lock, so a read-merge-write is atomic per key.
+//! Durability is the single-host store's: each write reaches the OS before
+//! the call returns (survives kill -9); `sync` fsyncs.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use parking_lot::Mutex;
+
+use super::NodeId;
+use super::hash::{self, Partition};
+use super::layout::LayoutHistory;
+use super::version::Dvv;
+use crate::meta::lock::StateLock;
+
+const STRIPES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+#[error("ring store: {step}: {reason}")]
+pub struct StorageError {
+    pub step: &'static str,
+    pub reason: String,
+}
+
+fn err(step: &'static str) -> impl Fn(fjall::Error) -> StorageError {
+    move |e| StorageError {
+        step,
+        reason: e.to_string(),
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+pub struct Storage {
+    kv: PartitionHandle,
+    hints: PartitionHandle,
+    sys: PartitionHandle,
+    keyspace: Keyspace,
+    stripes: Vec<Mutex<()>>,
+    actor: String,
+    _lock: StateLock,
+}
+
+fn kv_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + key.len());
+    k.extend_from_slice(&hash::partition_of(key).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn hint_key(owner: &NodeId, key: &[u8]) -> Vec<u8> {
+    let o = owner.as_str().as_bytes();
+    let mut k = Vec::with_capacity(1 + o.len() + key.len());
+    // NodeIds are at most 64 bytes.
+    k.push(o.len() as u8);
+    k.extend_from_slice(o);
+    k.extend_from_slice(key);
+    k
+}
+
+fn decode(step: &'static str, bytes: &[u8]) -> Result<Dvv> {
+    postcard::from_bytes(bytes).map_err(|e| StorageError {
+        step,
+        reason: format!("malformed stored version: {e}"),
+    })
+}
+
+fn encode(v: &Dvv) -> Vec<u8> {
+    // Serializing plain data into a Vec cannot fail.
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+impl Storage {
+    /// Opens (creating it, mode 0700) the store in `dir`. `node` names the
+    /// node; the actor id that node's writes carry in version vectors is
+    /// `node:EPOCH`, with an epoch drawn when the store is created, so a
+    /// node whose store was wiped never reuses a dot it issued before.
+    pub fn open(dir: &Path, node: &NodeId) -> Result<Storage> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| StorageError {
+                step: "create directory",
+                reason: format!("{}: {e}", dir.display()),
+            })?;
+        let lock = StateLock::acquire(dir).map_err(|e| StorageError {
+            step: "lock",
+            reason: e.to_string(),
+        })?;
+        let keyspace = fjall::Config::new(dir.join("ring"))
+            .manual_journal_persist(false)
+            .flush_workers(1)
+            .compaction_workers(1)
+            .cache_size(8 << 20)
+            .max_write_buffer_size(32 << 20)
+            .max_journaling_size(64 << 20)
+            .open()
+            .map_err(err("open"))?;
+        let open = |name: &str| {
+            let opts = PartitionCreateOptions::default()
+                .manual_journal_persist(false)
+                .max_memtable_size(4 << 20);
+            keyspace.open_partition(name, opts).map_err(err("open"))
+        };
+        let sys = open("sys")?;
+        let actor = match sys.get("actor").map_err(err("read actor"))? {
+            Some(a) => String::from_utf8_lossy(&a).into_owned(),
+            None => {
+                let mut epoch = [0u8; 4];
+                getrandom::fill(&mut epoch).map_err(|e| StorageError {
+                    step: "draw actor epoch",
+                    reason: e.to_string(),
+                })?;
+                let a = format!("{node}:{:08x}", u32::from_be_bytes(epoch));
+                sys.insert("actor", a.as_bytes())
+                    .map_err(err("write actor"))?;
+                keyspace
+                    .persist(PersistMode::SyncAll)
+                    .map_err(err("sync"))?;
+                a
+            }
+        };
+        Ok(Storage {
+            kv: open("kv")?,
+            hints: open("hints")?,
+            sys,
+            keyspace,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            actor,
+            _lock: lock,
+        })
+    }
+
+    /// The actor id this node's coordinated writes carry.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    fn stripe(&self, key: &[u8]) -> parking_lot::MutexGuard<'_, ()> {
+        self.stripes[(hash::stable(key) % STRIPES as u64) as usize].lock()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Dvv>> {
+        match self.kv.get(kv_key(key)).map_err(err("read"))? {
+            Some(b) => decode("read", &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Merges `incoming` into the stored version of `key`; returns the
+    /// result and whether the store changed.
+    pub fn merge(&self, key: &[u8], incoming: &Dvv) -> Result<(Dvv, bool)> {
+        let _g = self.stripe(key);
+        let current = self.get(key)?.unwrap_or_default();
+        let merged = current.sync(incoming);
+        if merged == current {
+            return Ok((merged, false));
+        }
+        self.kv
+            .insert(kv_key(key), encode(&merged))
+            .map_err(err("write"))?;
+        Ok((merged, true))
+    }
+
+    /// The coordinator's step, atomic per key: `make` computes the new
+    /// version from the stored one, which it replaces.
+    pub fn update(&self, key: &[u8], make: impl FnOnce(&Dvv) -> Dvv) -> Result<Dvv> {
+        let _g = self.stripe(key);
+        let current = self.get(key)?.unwrap_or_default();
+        let new = make(&current);
+        self.kv
+            .insert(kv_key(key), encode(&new))
+            .map_err(err("write"))?;
+        Ok(new)
+    }
+
+    /// Deletes `key` if it holds exactly `version`; true if it did.
+    pub fn purge(&self, key: &[u8], version: &Dvv) -> Result<bool> {
+        let _g = self.stripe(key);
+        if self.get(key)?.as_ref() != Some(version) {
+            return Ok(false);
+        }
+        self.kv.remove(kv_key(key)).map_err(err("purge"))?;
+        Ok(true)
+    }
+
+    /// Every key and version of ring partition `p`, in key order.
+    pub fn scan(&self, p: Partition) -> Result<Vec<(Vec<u8>, Dvv)>> {
+        let mut out = Vec::new();
+        for item in self.kv.prefix(p.to_be_bytes()) {
+            let (k, v) = item.map_err(err("scan"))?;
+            out.push((k[2..].to_vec(), decode("scan", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// How many keys this node holds.
+    pub fn key_count(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self.kv.keys() {
+            item.map_err(err("count"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Keeps `version` of `key` for `owner`, which is down.
+    pub fn hint(&self, owner: &NodeId, key: &[u8], version: &Dvv) -> Result<()> {
+        let k = hint_key(owner, key);
+        let _g = self.stripe(&k);
+        let current = match self.hints.get(&k).map_err(err("read hint"))? {
+            Some(b) => decode("read hint", &b)?,
+            None => Dvv::default(),
+        };
+        let merged = current.sync(version);
+        if merged != current {
+            self.hints
+                .insert(&k, encode(&merged))
+                .map_err(err("write hint"))?;
+        }
+        Ok(())
+    }
+
+    /// The hint kept for `owner` on `key`.
+    pub fn hint_for(&self, owner: &NodeId, key: &[u8]) -> Result<Option<Dvv>> {
+        match self
+            .hints
+            .get(hint_key(owner, key))
+            .map_err(err("read hint"))?
+        {
+            Some(b) => decode("read hint", &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` hints: (owner, key, version). Hints whose owner field
+    /// does not parse (never written by this code) are skipped.
+    pub fn hints(&self, limit: usize) -> Result<Vec<(NodeId, Vec<u8>, Dvv)>> {
+        let mut out = Vec::new();
+        for item in self.hints.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(err("scan hints"))?;
+            let len = k.first().copied().unwrap_or(0) as usize;
+            let Some(owner) = k.get(1..1 + len) else {
+                continue;
+            };
+            let Ok(owner) = NodeId::new(&String::from_utf8_lossy(owner)) else {
+                continue;
+            };
+            out.push((owner, k[1 + len..].to_vec(), decode("scan hints", &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn hint_count(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self.hints.keys() {
+            item.map_err(err("count hints"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Drops the hint for `owner` on `key` if it is still `delivered`.
+    pub fn hint_delivered(&self, owner: &NodeId, key: &[u8], delivered: &Dvv) -> Result<()> {
+        let k = hint_key(owner, key);
+        let _g = self.stripe(&k);
+        if let Some(b) = self.hints.get(&k).map_err(err("read hint"))?
+            && decode("read hint", &b)? == *delivered
+        {
+            self.hints.remove(&k).map_err(err("drop hint"))?;
+        }
+        Ok(())
+    }
+
+    pub fn load_layout(&self) -> Result<Option<LayoutHistory>> {
+        match self.sys.get("layout").map_err(err("read layout"))? {
+            Some(b) => postcard::from_bytes(&b)
+                .map(Some)
+                .map_err(|e| StorageError {
+                    step: "read layout",
+                    reason: format!("malformed stored layout: {e}"),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    pub fn save_layout(&self, layout: &LayoutHistory) -> Result<()> {
+        let bytes = postcard::to_stdvec(layout).map_err(|e| StorageError {
+            step: "write layout",
+            reason: e.to_string(),
+        })?;
+        self.sys
+            .insert("layout", bytes)
+            .map_err(err("write layout"))?;
+        self.sync()
+    }
+
+    /// Makes every write that returned durable.
+    pub fn sync(&self) -> Result<()> {
+        self.keyspace
+            .persist(PersistMode::SyncAll)
+            .map_err(err("sync"))
+    }
+}
