@@ -122,6 +122,10 @@ fn is_key_char(c: char) -> bool {
 
 /// `key = value` → `key`.
 fn key_of(line: &str) -> Option<&str> {
+    // A table header, `[name]`, documents the table's key.
+    if let Some(table) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        return (!table.is_empty() && table.chars().all(is_key_char)).then_some(table);
+    }
     let (key, _) = line.split_once(" = ")?;
     (!key.is_empty() && key.chars().all(is_key_char)).then_some(key)
 }

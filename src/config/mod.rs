@@ -5,13 +5,15 @@
 //! Each `-o` entry is first checked on its own, which lets the error name
 //! exactly the option that was wrong.
 
+mod ring;
 mod value;
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use value::{ReadPolicy, WriteQuorum};
+pub use ring::RingConfig;
+pub use value::{ConflictPolicy, ReadPolicy, WriteQuorum};
 
 /// Everything a mount can be told. Every field has a documented default.
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +82,18 @@ pub struct Config {
     pub noexec: bool,
     pub nosuid: bool,
     pub nodev: bool,
+    /// What stays on a path that two hosts changed while each reached a
+    /// different subset of the replicas: `newest` (the newest version; the
+    /// other is kept as NAME.chironfs-conflict-HOST-TIME), `keep-both` (the
+    /// newest too, and both versions are kept as conflict copies) or
+    /// `manual` (the path keeps the version of the replica being resynced
+    /// from; both are kept as conflict copies and the operator decides).
+    /// Default: newest.
+    pub conflict_policy: ConflictPolicy,
+    /// Membership in a metadata ring shared with other hosts that mount
+    /// the same replicas (a `[ring]` table). Default: none (this host's
+    /// own metadata store).
+    pub ring: Option<RingConfig>,
 }
 
 impl Default for Config {
@@ -113,6 +127,8 @@ impl Default for Config {
             noexec: false,
             nosuid: false,
             nodev: false,
+            conflict_policy: ConflictPolicy::Newest,
+            ring: None,
         }
     }
 }
@@ -339,6 +355,11 @@ impl Config {
                 self.replica_threads.to_string(),
                 "expected 1 to 256",
             ));
+        }
+        if let Some(ring) = &self.ring
+            && let Err((key, value, reason)) = ring.validate()
+        {
+            return Err(ConfigError::BadValue { key, value, reason });
         }
         if !self.default_permissions {
             return Err(bad(

@@ -103,3 +103,43 @@ fn quorum_numbers() {
     assert_eq!(WriteQuorum::Count(1).needed(3), 1);
     assert_eq!(WriteQuorum::Count(5).needed(3), 3);
 }
+
+#[test]
+fn ring_section_is_checked_key_by_key() {
+    let good = "replicas = [\"/a\", \"/b\"]\n[ring]\nnode = \"h1\"\nlisten = \"127.0.0.1:7100\"\nseeds = [\"h2@127.0.0.1:7101\"]\nsecret_file = \"/etc/chironfs/ring.secret\"\n";
+    let c = Config::build(Some(("c.toml", good)), &[]).unwrap();
+    let ring = c.ring.unwrap();
+    assert_eq!((ring.n, ring.r, ring.w), (3, 2, 2));
+    assert_eq!(ring.seeds, vec!["h2@127.0.0.1:7101".to_string()]);
+    for (text, key) in [
+        ("[ring]\nsecret_file = \"/s\"\n", "ring.listen"),
+        ("[ring]\nlisten = \"127.0.0.1:1\"\n", "ring.secret_file"),
+        (
+            "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nseeds = [\"nohost\"]\n",
+            "ring.seeds",
+        ),
+        (
+            "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nnode = \"bad name\"\n",
+            "ring.node",
+        ),
+        (
+            "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nn = 2\nw = 3\n",
+            "ring.w",
+        ),
+    ] {
+        let e = Config::build(Some(("c.toml", text)), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{text:?}: {e}");
+    }
+    let e = Config::build(
+        Some(("c.toml", "[ring]\nlisten = \"x:1\"\nbogus = 1\n")),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bogus"), "{e}");
+    let c = Config::build(None, &["conflict_policy=keep-both".into()]).unwrap();
+    assert_eq!(c.conflict_policy, ConflictPolicy::KeepBoth);
+    assert!(Config::build(None, &["conflict_policy=oldest".into()]).is_err());
+}

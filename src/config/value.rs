@@ -17,6 +17,15 @@ pub enum ReadPolicy {
     LeastBusy,
 }
 
+/// What stays on a path changed by two hosts on disjoint replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictPolicy {
+    Newest,
+    KeepBoth,
+    Manual,
+}
+
 /// How many replicas must apply a mutation for it to succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteQuorum {

@@ -1,0 +1,108 @@
+//! The `[ring]` section: this host's membership in the metadata ring
+//! (DESIGN.md section 7). Only in a config file (a table has no `-o` form).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RingConfig {
+    /// This node's name: 1 to 64 of letters, digits, '.', '_', '-'.
+    /// Default: the host name.
+    pub node: Option<String>,
+    /// HOST:PORT the ring listens on, TCP for requests and UDP for gossip
+    /// (same port). Required.
+    pub listen: String,
+    /// HOST:PORT other nodes reach this one at, if not `listen` (for
+    /// example when listening on 0.0.0.0). Default: `listen`.
+    pub advertise: Option<String>,
+    /// Nodes to contact at start, as NODE@HOST:PORT. Default: none (a
+    /// first node; others join it).
+    pub seeds: Vec<String>,
+    /// File holding the ring's shared secret (at least 16 bytes), readable
+    /// by its owner only. Every node of the ring has the same. Required.
+    pub secret_file: PathBuf,
+    /// Copies of each key. Default: 3.
+    pub n: u8,
+    /// Answers a read waits for. Default: 2.
+    pub r: u8,
+    /// Acknowledgements a write waits for. Default: 2.
+    pub w: u8,
+    /// Seconds a request to another node may take. Default: 2.
+    pub timeout: f64,
+    /// Seconds between gossip rounds. Default: 1.
+    pub gossip_interval: f64,
+    /// Seconds between anti-entropy passes over every owned partition.
+    /// Default: 10.
+    pub anti_entropy_interval: f64,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            node: None,
+            listen: String::new(),
+            advertise: None,
+            seeds: Vec::new(),
+            secret_file: PathBuf::new(),
+            n: 3,
+            r: 2,
+            w: 2,
+            timeout: 2.0,
+            gossip_interval: 1.0,
+            anti_entropy_interval: 10.0,
+        }
+    }
+}
+
+impl RingConfig {
+    /// Checks what serde cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), (String, String, String)> {
+        let bad = |k: &str, v: String, why: &str| Err((format!("ring.{k}"), v, why.to_string()));
+        if self.listen.is_empty() {
+            return bad("listen", String::new(), "required: HOST:PORT to listen on");
+        }
+        if !self.listen.contains(':') {
+            return bad("listen", self.listen.clone(), "expected HOST:PORT");
+        }
+        if self.secret_file.as_os_str().is_empty() {
+            return bad(
+                "secret_file",
+                String::new(),
+                "required: a file with the ring's shared secret",
+            );
+        }
+        if let Some(node) = &self.node
+            && let Err(e) = crate::ring::NodeId::new(node)
+        {
+            return bad("node", node.clone(), &e);
+        }
+        for s in &self.seeds {
+            let ok = s
+                .split_once('@')
+                .is_some_and(|(n, a)| crate::ring::NodeId::new(n).is_ok() && a.contains(':'));
+            if !ok {
+                return bad("seeds", s.clone(), "expected NODE@HOST:PORT");
+            }
+        }
+        if !(1..=7).contains(&self.n) {
+            return bad("n", self.n.to_string(), "expected 1 to 7");
+        }
+        for (k, v) in [("r", self.r), ("w", self.w)] {
+            if v == 0 || v > self.n {
+                return bad(k, v.to_string(), "expected 1 to n");
+            }
+        }
+        for (k, v) in [
+            ("timeout", self.timeout),
+            ("gossip_interval", self.gossip_interval),
+            ("anti_entropy_interval", self.anti_entropy_interval),
+        ] {
+            if !(0.01..=3600.0).contains(&v) {
+                return bad(k, v.to_string(), "expected 0.01 to 3600 seconds");
+            }
+        }
+        Ok(())
+    }
+}
