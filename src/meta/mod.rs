@@ -30,6 +30,7 @@ mod keys;
 pub(crate) mod lock;
 mod record;
 mod session;
+mod shared;
 
 #[cfg(test)]
 mod crash_tests;
@@ -37,6 +38,7 @@ mod crash_tests;
 mod tests;
 
 pub use embedded::EmbeddedStore;
+pub use shared::{ConflictRecord, HostView, PathWrite, SharedStore};
 pub use error::{Holder, MetaError};
 pub use id::{BadReplicaId, ReplicaId};
 pub use record::{ReplicaRecord, ReplicaState};

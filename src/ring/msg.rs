@@ -46,6 +46,13 @@ pub enum Request {
     /// Deletes `key` if the node holds exactly `version` (a tombstone that
     /// every node has).
     Purge { key: Vec<u8>, version: Dvv },
+    /// Tells a node that `key` now holds `version`, for the filesystem
+    /// layered on the ring (a host learning at once that another host
+    /// took a replica out of service). Answered once the node applied it.
+    Nudge { key: Vec<u8>, version: Dvv },
+    /// Asks a node to publish every ring write it still owes (made while
+    /// it could not reach a quorum). Answered once done or given up.
+    Flush,
     /// The node's layout.
     GetLayout,
     /// Merge this layout into yours.

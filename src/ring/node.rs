@@ -162,7 +162,16 @@ pub struct MemberStatus {
     pub synced: bool,
 }
 
+/// What the layer above the ring (the filesystem) hears from other nodes.
+pub trait Listener: Send + Sync + 'static {
+    /// Another node says `key` now holds `version`.
+    fn nudged(&self, key: &[u8], version: &Dvv);
+    /// Another node asks this one to publish what it owes the ring.
+    fn flush(&self) -> BoxFuture<'static, ()>;
+}
+
 struct Inner {
+    listener: RwLock<Option<Arc<dyn Listener>>>,
     cfg: NodeConfig,
     store: Storage,
     layout: RwLock<LayoutHistory>,
@@ -221,6 +230,7 @@ impl Node {
             .unwrap_or_else(|| LayoutHistory::empty(cfg.quorum.n));
         Ok(Node {
             inner: Arc::new(Inner {
+                listener: RwLock::new(None),
                 cfg,
                 store,
                 layout: RwLock::new(layout),
@@ -232,6 +242,56 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// Sets who hears nudges and flush requests.
+    pub fn set_listener(&self, l: Arc<dyn Listener>) {
+        *self.inner.listener.write() = Some(l);
+    }
+
+    /// Tells every other node of the layout that `key` holds `version`,
+    /// waiting for each node that is alive to apply it (or for the
+    /// timeout). Returns the nodes that did not confirm.
+    pub async fn nudge_all(&self, key: &[u8], version: &Dvv) -> Vec<NodeId> {
+        self.ask_all(Request::Nudge {
+            key: key.to_vec(),
+            version: version.clone(),
+        })
+        .await
+    }
+
+    /// Asks every other node of the layout to publish what it owes the
+    /// ring. Returns the nodes that did not confirm.
+    pub async fn flush_all(&self) -> Vec<NodeId> {
+        self.ask_all(Request::Flush).await
+    }
+
+    async fn ask_all(&self, req: Request) -> Vec<NodeId> {
+        let me = self.inner.cfg.id.clone();
+        let nodes: Vec<NodeId> = self
+            .layout()
+            .addresses()
+            .into_keys()
+            .filter(|n| *n != me)
+            .collect();
+        let calls = nodes.into_iter().map(|n| {
+            let (net, req) = (self.inner.net.clone(), req.clone());
+            async move {
+                let ok = matches!(net.call(&n, req).await, Ok(Response::Done));
+                (n, ok)
+            }
+        });
+        let mut missing = Vec::new();
+        for h in calls.map(tokio::spawn).collect::<Vec<_>>() {
+            if let Ok((n, false)) = h.await {
+                missing.push(n);
+            }
+        }
+        missing
+    }
+
+    pub fn is_alive(&self, node: &NodeId) -> bool {
+        *node == self.inner.cfg.id || self.inner.live.is_alive(node)
     }
 
     pub fn id(&self) -> &NodeId {
@@ -1086,6 +1146,24 @@ impl Node {
                     .map_err(storage_err)?
                 {
                     self.changed(hash::partition_of(&key));
+                }
+                Response::Done
+            }
+            Request::Nudge { key, version } => {
+                check_key(&key)?;
+                if !version.is_valid() {
+                    return Err(RingError::Refused("malformed version".into()));
+                }
+                let l = self.inner.listener.read().clone();
+                if let Some(l) = l {
+                    l.nudged(&key, &version);
+                }
+                Response::Done
+            }
+            Request::Flush => {
+                let l = self.inner.listener.read().clone();
+                if let Some(l) = l {
+                    l.flush().await;
                 }
                 Response::Done
             }

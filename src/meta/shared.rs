@@ -1,0 +1,586 @@
+//! [`MetaStore`] for hosts that share replicas through the metadata ring
+//! (DESIGN.md section 7), and what the filesystem asks of the other hosts.
+//!
+//! What stays on this host, in its own [`EmbeddedStore`]: intent marks,
+//! the session flag, resync cursors and this host's missed marks (crash
+//! recovery is per host). What goes to the ring, under keys prefixed with
+//! the replica set's id:
+//!
+//! | key                               | value (JSON)                          |
+//! |-----------------------------------|---------------------------------------|
+//! | `replica/<replica id>/<host>`     | that host's view of the replica       |
+//! | `path/<path>`                     | a write that missed replicas: host and the replicas it missed |
+//! | `lease/resync`                    | which host resyncs, until when        |
+//! | `conflicts/<host>`                | conflict copies that host made        |
+//!
+//! A host that takes a replica out of service writes its view to a quorum
+//! and nudges every other node before the failing operation returns, so a
+//! host that can be reached stops reading that replica at once; the views
+//! are also polled. Ring writes that find no quorum (this host is cut off)
+//! are kept in an outbox and published when the ring is back; a host that
+//! takes the resync lease first asks every node to flush its outbox.
+//! While every replica is in sync the write path never touches the ring.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use super::{EmbeddedStore, MetaStore, PreviousShutdown, ReplicaId, ReplicaRecord, ReplicaState, Result};
+use crate::ring::node::{Listener, Node};
+use crate::ring::version::{Context, Dvv};
+use crate::ring::{BoxFuture, NodeId};
+
+/// One host's view of one replica, as published in the ring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    pub state: String,
+    /// Milliseconds since the epoch.
+    pub since: u64,
+    pub cause: String,
+}
+
+impl HostView {
+    pub fn in_sync(&self) -> bool {
+        self.state == ReplicaState::InSync.to_string()
+    }
+}
+
+/// A mutation of a path that some replicas missed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+pub struct PathWrite {
+    pub host: String,
+    pub missed: Vec<String>,
+}
+
+/// A conflict copy made by a resync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+pub struct ConflictRecord {
+    /// The path both hosts changed.
+    pub path: String,
+    /// Where the other version was kept.
+    pub copy: String,
+    /// The host whose version was moved to the copy.
+    pub host: String,
+    pub policy: String,
+    /// Milliseconds since the epoch.
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    /// Milliseconds since the epoch.
+    until: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct SharedStore {
+    local: EmbeddedStore,
+    node: Node,
+    rt: tokio::runtime::Handle,
+    host: NodeId,
+    /// Key prefix: this replica set's id.
+    prefix: String,
+    /// Context of the last version this host read or wrote, per key it
+    /// writes, so its own writes replace its own earlier ones.
+    contexts: Mutex<HashMap<Vec<u8>, Context>>,
+    /// Ring writes owed: key -> value (`None`: delete).
+    outbox: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Paths whose missed write is already in the ring this degraded spell.
+    recorded: Mutex<HashSet<Vec<u8>>>,
+    /// Other hosts' views: replica -> host -> view.
+    views: RwLock<HashMap<ReplicaId, BTreeMap<String, HostView>>>,
+    on_change: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
+    timeout: Duration,
+    this: std::sync::Weak<SharedStore>,
+}
+
+impl SharedStore {
+    pub fn new(
+        local: EmbeddedStore,
+        node: Node,
+        rt: tokio::runtime::Handle,
+        replica_ids: &[ReplicaId],
+        timeout: Duration,
+    ) -> Arc<SharedStore> {
+        let mut ids: Vec<String> = replica_ids.iter().map(ToString::to_string).collect();
+        ids.sort();
+        let set = crate::ring::hash::stable(ids.join(",").as_bytes());
+        let s = Arc::new_cyclic(|this| SharedStore {
+            this: this.clone(),
+            local,
+            host: node.id().clone(),
+            node: node.clone(),
+            rt,
+            prefix: format!("fs/{set:016x}/"),
+            contexts: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(BTreeMap::new()),
+            recorded: Mutex::new(HashSet::new()),
+            views: RwLock::new(HashMap::new()),
+            on_change: RwLock::new(None),
+            timeout,
+        });
+        node.set_listener(s.clone());
+        s
+    }
+
+    pub fn host(&self) -> &NodeId {
+        &self.host
+    }
+
+    /// Called (from any thread) whenever another host's view changes.
+    pub fn set_on_change(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        *self.on_change.write() = Some(f);
+    }
+
+    fn key(&self, rest: &[u8]) -> Vec<u8> {
+        let mut k = self.prefix.as_bytes().to_vec();
+        k.extend_from_slice(rest);
+        k
+    }
+
+    fn replica_key(&self, id: &ReplicaId, host: &str) -> Vec<u8> {
+        self.key(format!("replica/{id}/{host}").as_bytes())
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        let timeout = self.timeout * 3;
+        self.rt
+            .block_on(async move { tokio::time::timeout(timeout, f).await.ok() })
+    }
+
+    /// Reads `key` from a quorum: the siblings' values and the context.
+    fn get(&self, key: &[u8]) -> std::result::Result<(Vec<Vec<u8>>, Context), String> {
+        match self.block(self.node.get(key)) {
+            Some(Ok(found)) => Ok((found.values(), found.context())),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("ring timeout".into()),
+        }
+    }
+
+    /// Writes this host's `value` for `key`, replacing what this host saw
+    /// last; on failure the write waits in the outbox.
+    fn put(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> bool {
+        let ok = self.block(self.put_async(key.clone(), value.clone())).unwrap_or(false);
+        if !ok {
+            self.outbox.lock().insert(key, value);
+        }
+        ok
+    }
+
+    async fn put_async(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> bool {
+        let ctx = self.contexts.lock().get(&key).cloned();
+        let ctx = match ctx {
+            Some(c) => c,
+            None => match self.node.get(&key).await {
+                Ok(f) => f.context(),
+                Err(_) => return false,
+            },
+        };
+        match self.node.put(&key, value, &ctx).await {
+            Ok(v) => {
+                self.contexts.lock().insert(key, v.context());
+                true
+            }
+            Err(e) => {
+                tracing::debug!("ring: write {}: {e}", String::from_utf8_lossy(&key));
+                false
+            }
+        }
+    }
+
+    /// Publishes every write owed; true if none is left.
+    pub async fn flush_outbox(&self) -> bool {
+        let owed: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+            .outbox
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in owed {
+            if self.put_async(k.clone(), v.clone()).await {
+                let mut out = self.outbox.lock();
+                if out.get(&k) == Some(&v) {
+                    out.remove(&k);
+                }
+            }
+        }
+        self.outbox.lock().is_empty()
+    }
+
+    /// Publishes this host's view of a replica and tells the other nodes.
+    fn publish_view(&self, rec: &ReplicaRecord) {
+        let view = HostView {
+            state: rec.state.to_string(),
+            since: rec
+                .since
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            cause: rec.cause.clone(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&view) else { return };
+        let key = self.replica_key(&rec.id, self.host.as_str());
+        if rec.state != ReplicaState::InSync {
+            // A new degraded spell: paths must be recorded again.
+            self.recorded.lock().clear();
+        }
+        if !self.put(key.clone(), Some(bytes.clone())) {
+            tracing::warn!(
+                "ring: cannot publish that replica {} is {} (no quorum); kept to publish later",
+                rec.id,
+                rec.state
+            );
+            return;
+        }
+        let version = Dvv::new_write(&Context::new(), Some(bytes)).update(&Dvv::default(), "nudge");
+        let missing = self
+            .block(self.node.nudge_all(&key, &version))
+            .unwrap_or_default();
+        let missing: Vec<&NodeId> = missing.iter().filter(|n| self.node.is_alive(n)).collect();
+        if !missing.is_empty() {
+            tracing::warn!("ring: hosts {missing:?} did not confirm that replica {} is {}", rec.id, rec.state);
+        }
+    }
+
+    /// Refreshes the other hosts' views of `ids` from the ring and
+    /// publishes what this host owes. Called periodically.
+    pub fn refresh(&self, ids: &[ReplicaId]) {
+        let hosts: Vec<String> = self
+            .node
+            .layout()
+            .addresses()
+            .into_keys()
+            .filter(|h| *h != self.host)
+            .map(|h| h.to_string())
+            .collect();
+        let mut fresh: HashMap<ReplicaId, BTreeMap<String, HostView>> = HashMap::new();
+        for id in ids {
+            for h in &hosts {
+                match self.get(&self.replica_key(id, h)) {
+                    Ok((values, _)) => {
+                        if let Some(v) = latest_view(&values) {
+                            fresh.entry(*id).or_default().insert(h.clone(), v);
+                        }
+                    }
+                    Err(e) => {
+                        // Keep what we knew.
+                        tracing::debug!("ring: view of {id} by {h}: {e}");
+                        if let Some(v) = self.views.read().get(id).and_then(|m| m.get(h)) {
+                            fresh.entry(*id).or_default().insert(h.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let changed = *self.views.read() != fresh;
+        *self.views.write() = fresh;
+        if !self.outbox.lock().is_empty() {
+            self.block(self.flush_outbox());
+        }
+        if changed {
+            self.changed();
+        }
+    }
+
+    fn changed(&self) {
+        let f = self.on_change.read().clone();
+        if let Some(f) = f {
+            f();
+        }
+    }
+
+    /// The other hosts that do not see replica `id` in sync, with their view.
+    pub fn stale_elsewhere(&self, id: &ReplicaId) -> Vec<(String, HostView)> {
+        self.views
+            .read()
+            .get(id)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, v)| !v.in_sync())
+                    .map(|(h, v)| (h.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Marks another host's view of `id` in sync, after this host resynced
+    /// the replica for it (that host was gone).
+    pub fn vouch_for(&self, id: &ReplicaId, host: &str) {
+        let view = HostView {
+            state: ReplicaState::InSync.to_string(),
+            since: now_ms(),
+            cause: format!("resynced by {}", self.host),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&view) {
+            let key = self.replica_key(id, host);
+            if let Ok((_, ctx)) = self.get(&key) {
+                self.contexts.lock().insert(key.clone(), ctx);
+            }
+            self.put(key, Some(bytes));
+        }
+    }
+
+    /// Takes (or renews) the resync lease for `ttl`; false if another host
+    /// holds it. Taking it first asks every node to publish what it owes,
+    /// so the resync sees every host's missed writes.
+    pub fn take_lease(&self, ttl: Duration) -> bool {
+        let key = self.key(b"lease/resync");
+        let Ok((values, ctx)) = self.get(&key) else { return false };
+        let now = now_ms();
+        let me = self.host.as_str();
+        let held_by_other = values.iter().any(|v| {
+            serde_json::from_slice::<Lease>(v)
+                .is_ok_and(|l| l.holder != me && l.until > now)
+        });
+        if held_by_other {
+            return false;
+        }
+        let fresh = !values.iter().any(|v| {
+            serde_json::from_slice::<Lease>(v).is_ok_and(|l| l.holder == me && l.until > now)
+        });
+        if fresh {
+            let unreachable = self.block(self.node.flush_all()).unwrap_or_default();
+            let alive: Vec<&NodeId> = unreachable.iter().filter(|n| self.node.is_alive(n)).collect();
+            if !alive.is_empty() {
+                tracing::info!("ring: resync waits: {alive:?} did not publish their writes");
+                return false;
+            }
+        }
+        let lease = Lease {
+            holder: me.to_string(),
+            until: now + ttl.as_millis() as u64,
+        };
+        let Ok(bytes) = serde_json::to_vec(&lease) else { return false };
+        match self.block(self.node.put(&key, Some(bytes), &ctx)) {
+            Some(Ok(v)) => {
+                // Two hosts that raced both wrote: the smaller name keeps it.
+                let holders: Vec<String> = v
+                    .values()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| serde_json::from_slice::<Lease>(&b).ok())
+                    .filter(|l| l.until > now)
+                    .map(|l| l.holder)
+                    .collect();
+                holders.iter().all(|h| h.as_str() >= me)
+            }
+            _ => false,
+        }
+    }
+
+    pub fn release_lease(&self) {
+        let key = self.key(b"lease/resync");
+        if let Ok((_, ctx)) = self.get(&key) {
+            let _ = self.block(self.node.put(&key, None, &ctx));
+        }
+    }
+
+    /// The other hosts' recorded writes to `path` that missed replicas.
+    pub fn path_writes(&self, path: &[u8]) -> Vec<PathWrite> {
+        let key = self.key(&[b"path/".as_slice(), path].concat());
+        match self.get(&key) {
+            Ok((values, ctx)) => {
+                self.contexts.lock().insert(key, ctx);
+                let mut w: Vec<PathWrite> = values
+                    .iter()
+                    .filter_map(|v| serde_json::from_slice(v).ok())
+                    .collect();
+                w.sort();
+                w.dedup();
+                w
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Forgets the recorded writes to `path` (its replicas agree again).
+    pub fn path_settled(&self, path: &[u8]) {
+        let key = self.key(&[b"path/".as_slice(), path].concat());
+        self.recorded.lock().remove(path);
+        if self.contexts.lock().contains_key(&key) {
+            self.put(key, None);
+        }
+    }
+
+    pub fn record_conflict(&self, rec: ConflictRecord) {
+        let key = self.key(format!("conflicts/{}", self.host).as_bytes());
+        let mut all = match self.get(&key) {
+            Ok((values, ctx)) => {
+                self.contexts.lock().insert(key.clone(), ctx);
+                merge_lists(&values)
+            }
+            Err(_) => Vec::new(),
+        };
+        all.push(rec);
+        if let Ok(bytes) = serde_json::to_vec(&all) {
+            self.put(key, Some(bytes));
+        }
+    }
+
+    /// Every conflict copy any host made.
+    pub fn conflicts(&self) -> std::result::Result<Vec<ConflictRecord>, String> {
+        let mut all = Vec::new();
+        for h in self.node.layout().addresses().into_keys() {
+            let (values, _) = self.get(&self.key(format!("conflicts/{h}").as_bytes()))?;
+            all.extend(merge_lists(&values));
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+}
+
+fn merge_lists(values: &[Vec<u8>]) -> Vec<ConflictRecord> {
+    let mut all: Vec<ConflictRecord> = values
+        .iter()
+        .filter_map(|v| serde_json::from_slice::<Vec<ConflictRecord>>(v).ok())
+        .flatten()
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// Of concurrent views, the newest (siblings when a host's earlier write
+/// was cut off and published later).
+fn latest_view(values: &[Vec<u8>]) -> Option<HostView> {
+    values
+        .iter()
+        .filter_map(|v| serde_json::from_slice::<HostView>(v).ok())
+        .max_by_key(|v| v.since)
+}
+
+impl Listener for SharedStore {
+    fn nudged(&self, key: &[u8], version: &Dvv) {
+        let Some(rest) = key.strip_prefix(self.prefix.as_bytes()) else { return };
+        let Some(rest) = rest.strip_prefix(b"replica/") else { return };
+        let rest = String::from_utf8_lossy(rest);
+        let Some((id, host)) = rest.split_once('/') else { return };
+        let Ok(id) = id.parse::<ReplicaId>() else { return };
+        let values: Vec<Vec<u8>> = version.values().into_iter().flatten().collect();
+        let Some(view) = latest_view(&values) else { return };
+        let changed = {
+            let mut views = self.views.write();
+            let m = views.entry(id).or_default();
+            let newer = m.get(host).is_none_or(|old| old.since <= view.since);
+            if newer && m.get(host) != Some(&view) {
+                m.insert(host.to_string(), view);
+                true
+            } else {
+                false
+            }
+        };
+        if changed {
+            self.changed();
+        }
+    }
+
+    fn flush(&self) -> BoxFuture<'static, ()> {
+        let this = self.this.upgrade();
+        Box::pin(async move {
+            if let Some(s) = this {
+                s.flush_outbox().await;
+            }
+        })
+    }
+}
+
+impl MetaStore for SharedStore {
+    fn get_replica(&self, id: &ReplicaId) -> Result<Option<ReplicaRecord>> {
+        self.local.get_replica(id)
+    }
+
+    fn put_replica(&self, record: &ReplicaRecord) -> Result<()> {
+        self.local.put_replica(record)?;
+        self.publish_view(record);
+        Ok(())
+    }
+
+    fn list_replicas(&self) -> Result<Vec<ReplicaRecord>> {
+        self.local.list_replicas()
+    }
+
+    fn mark_pending(&self, path: &[u8]) -> Result<()> {
+        self.local.mark_pending(path)
+    }
+
+    fn clear_pending(&self, path: &[u8]) -> Result<()> {
+        self.local.clear_pending(path)
+    }
+
+    fn pending(&self) -> Result<Vec<Vec<u8>>> {
+        self.local.pending()
+    }
+
+    fn mark_missed(&self, path: &[u8], id: &ReplicaId) -> Result<()> {
+        self.local.mark_missed(path, id)?;
+        // Once per path per degraded spell: which host wrote it, and which
+        // replicas it missed (what conflict detection compares).
+        if self.recorded.lock().insert(path.to_vec()) {
+            let key = self.key(&[b"path/".as_slice(), path].concat());
+            let mut missed = vec![id.to_string()];
+            for r in self.local.list_replicas()? {
+                if r.id != *id && r.state != ReplicaState::InSync {
+                    missed.push(r.id.to_string());
+                }
+            }
+            missed.sort();
+            let w = PathWrite {
+                host: self.host.to_string(),
+                missed,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&w) {
+                self.put(key, Some(bytes));
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_missed(&self, path: &[u8], id: &ReplicaId) -> Result<()> {
+        self.local.clear_missed(path, id)
+    }
+
+    fn is_missed(&self, path: &[u8], id: &ReplicaId) -> Result<bool> {
+        self.local.is_missed(path, id)
+    }
+
+    fn any_missed(&self, path: &[u8]) -> Result<bool> {
+        self.local.any_missed(path)
+    }
+
+    fn missed(&self, id: &ReplicaId, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>> {
+        self.local.missed(id, after, limit)
+    }
+
+    fn missed_count(&self, id: &ReplicaId) -> Result<u64> {
+        self.local.missed_count(id)
+    }
+
+    fn set_cursor(&self, id: &ReplicaId, cursor: Option<Vec<u8>>) -> Result<()> {
+        self.local.set_cursor(id, cursor)
+    }
+
+    fn cursor(&self, id: &ReplicaId) -> Result<Option<Vec<u8>>> {
+        self.local.cursor(id)
+    }
+
+    fn open_session(&self) -> Result<PreviousShutdown> {
+        self.local.open_session()
+    }
+
+    fn close_session(&self) -> Result<()> {
+        self.local.close_session()
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.local.sync()
+    }
+}
