@@ -434,10 +434,16 @@ impl Session {
             return Err(WireError::Failed);
         }
         self.failed = true;
-        if body.len() < TAG_LEN || body.len() - TAG_LEN > MAX_PAYLOAD {
+        let Some(len) = body.len().checked_sub(TAG_LEN) else {
             return Err(WireError::Truncated);
+        };
+        if len > MAX_PAYLOAD {
+            return Err(WireError::TooLong {
+                len,
+                max: MAX_PAYLOAD,
+            });
         }
-        let (payload, tag) = body.split_at(body.len() - TAG_LEN);
+        let (payload, tag) = body.split_at(len);
         self.recv
             .mac_of(payload)
             .verify_slice(tag)
