@@ -38,10 +38,10 @@ mod crash_tests;
 mod tests;
 
 pub use embedded::EmbeddedStore;
-pub use shared::{ConflictRecord, HostView, PathWrite, SharedStore};
 pub use error::{Holder, MetaError};
 pub use id::{BadReplicaId, ReplicaId};
 pub use record::{ReplicaRecord, ReplicaState};
+pub use shared::{ConflictRecord, HostView, PathWrite, SharedStore};
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 

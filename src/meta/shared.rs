@@ -28,7 +28,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use super::{EmbeddedStore, MetaStore, PreviousShutdown, ReplicaId, ReplicaRecord, ReplicaState, Result};
+use super::{
+    EmbeddedStore, MetaStore, PreviousShutdown, ReplicaId, ReplicaRecord, ReplicaState, Result,
+};
 use crate::ring::node::{Listener, Node};
 use crate::ring::version::{Context, Dvv};
 use crate::ring::{BoxFuture, NodeId};
@@ -169,7 +171,9 @@ impl SharedStore {
     /// Writes this host's `value` for `key`, replacing what this host saw
     /// last; on failure the write waits in the outbox.
     fn put(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> bool {
-        let ok = self.block(self.put_async(key.clone(), value.clone())).unwrap_or(false);
+        let ok = self
+            .block(self.put_async(key.clone(), value.clone()))
+            .unwrap_or(false);
         if !ok {
             self.outbox.lock().insert(key, value);
         }
@@ -226,7 +230,9 @@ impl SharedStore {
                 .map_or(0, |d| d.as_millis() as u64),
             cause: rec.cause.clone(),
         };
-        let Ok(bytes) = serde_json::to_vec(&view) else { return };
+        let Ok(bytes) = serde_json::to_vec(&view) else {
+            return;
+        };
         let key = self.replica_key(&rec.id, self.host.as_str());
         if rec.state != ReplicaState::InSync {
             // A new degraded spell: paths must be recorded again.
@@ -246,7 +252,11 @@ impl SharedStore {
             .unwrap_or_default();
         let missing: Vec<&NodeId> = missing.iter().filter(|n| self.node.is_alive(n)).collect();
         if !missing.is_empty() {
-            tracing::warn!("ring: hosts {missing:?} did not confirm that replica {} is {}", rec.id, rec.state);
+            tracing::warn!(
+                "ring: hosts {missing:?} did not confirm that replica {} is {}",
+                rec.id,
+                rec.state
+            );
         }
     }
 
@@ -333,12 +343,13 @@ impl SharedStore {
     /// so the resync sees every host's missed writes.
     pub fn take_lease(&self, ttl: Duration) -> bool {
         let key = self.key(b"lease/resync");
-        let Ok((values, ctx)) = self.get(&key) else { return false };
+        let Ok((values, ctx)) = self.get(&key) else {
+            return false;
+        };
         let now = now_ms();
         let me = self.host.as_str();
         let held_by_other = values.iter().any(|v| {
-            serde_json::from_slice::<Lease>(v)
-                .is_ok_and(|l| l.holder != me && l.until > now)
+            serde_json::from_slice::<Lease>(v).is_ok_and(|l| l.holder != me && l.until > now)
         });
         if held_by_other {
             return false;
@@ -348,7 +359,10 @@ impl SharedStore {
         });
         if fresh {
             let unreachable = self.block(self.node.flush_all()).unwrap_or_default();
-            let alive: Vec<&NodeId> = unreachable.iter().filter(|n| self.node.is_alive(n)).collect();
+            let alive: Vec<&NodeId> = unreachable
+                .iter()
+                .filter(|n| self.node.is_alive(n))
+                .collect();
             if !alive.is_empty() {
                 tracing::info!("ring: resync waits: {alive:?} did not publish their writes");
                 return false;
@@ -358,7 +372,9 @@ impl SharedStore {
             holder: me.to_string(),
             until: now + ttl.as_millis() as u64,
         };
-        let Ok(bytes) = serde_json::to_vec(&lease) else { return false };
+        let Ok(bytes) = serde_json::to_vec(&lease) else {
+            return false;
+        };
         match self.block(self.node.put(&key, Some(bytes), &ctx)) {
             Some(Ok(v)) => {
                 // Two hosts that raced both wrote: the smaller name keeps it.
@@ -460,13 +476,23 @@ fn latest_view(values: &[Vec<u8>]) -> Option<HostView> {
 
 impl Listener for SharedStore {
     fn nudged(&self, key: &[u8], version: &Dvv) {
-        let Some(rest) = key.strip_prefix(self.prefix.as_bytes()) else { return };
-        let Some(rest) = rest.strip_prefix(b"replica/") else { return };
+        let Some(rest) = key.strip_prefix(self.prefix.as_bytes()) else {
+            return;
+        };
+        let Some(rest) = rest.strip_prefix(b"replica/") else {
+            return;
+        };
         let rest = String::from_utf8_lossy(rest);
-        let Some((id, host)) = rest.split_once('/') else { return };
-        let Ok(id) = id.parse::<ReplicaId>() else { return };
+        let Some((id, host)) = rest.split_once('/') else {
+            return;
+        };
+        let Ok(id) = id.parse::<ReplicaId>() else {
+            return;
+        };
         let values: Vec<Vec<u8>> = version.values().into_iter().flatten().collect();
-        let Some(view) = latest_view(&values) else { return };
+        let Some(view) = latest_view(&values) else {
+            return;
+        };
         let changed = {
             let mut views = self.views.write();
             let m = views.entry(id).or_default();

@@ -579,7 +579,8 @@ pub fn check_request(req: &Request) -> Result<(), WireError> {
             version,
             hint_for: _,
         }
-        | Request::Purge { key, version } => {
+        | Request::Purge { key, version }
+        | Request::Nudge { key, version } => {
             check_key(key)?;
             check_dvv(version)
         }
@@ -624,7 +625,7 @@ pub fn check_request(req: &Request) -> Result<(), WireError> {
             }
             Ok(())
         }
-        Request::GetLayout => Ok(()),
+        Request::GetLayout | Request::Flush => Ok(()),
         Request::PutLayout(layout) => layout.check().map_err(WireError::Invalid),
     }
 }
@@ -739,6 +740,11 @@ mod tests {
                 key: b"gone".to_vec(),
                 version: dvv(vec![None]),
             },
+            Request::Nudge {
+                key: b"fs/replica/x/h".to_vec(),
+                version: dvv(vec![Some(b"{}".to_vec())]),
+            },
+            Request::Flush,
             Request::GetLayout,
             Request::PutLayout(Box::new(layout())),
             Request::PutLayout(Box::new(LayoutHistory::empty(3))),
