@@ -25,6 +25,7 @@ pub mod layout;
 pub mod merkle;
 pub mod msg;
 pub mod node;
+pub mod service;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;
