@@ -159,9 +159,8 @@ fn serve(
         .state_dir
         .clone()
         .unwrap_or_else(|| default_state_dir(cfg.fsname.as_deref(), &inv.mountpoint));
-    let store =
-        Arc::new(EmbeddedStore::open(&state_dir).map_err(|e| StartupError::Other(e.to_string()))?);
-    let previous = store
+    let local = EmbeddedStore::open(&state_dir).map_err(|e| StartupError::Other(e.to_string()))?;
+    let previous = local
         .open_session()
         .map_err(|e| StartupError::Other(format!("metadata store: {e}")))?;
     let roots = checked
@@ -178,7 +177,25 @@ fn serve(
         .iter()
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .collect();
-    let bound = bind::bind(store.as_ref(), &pairs, &add, previous).map_err(StartupError::Other)?;
+    let bound = bind::bind(&local, &pairs, &add, previous).map_err(StartupError::Other)?;
+    // With a [ring], the metadata the hosts sharing these replicas must
+    // agree on goes to the ring; the rest stays in this host's store.
+    let (store, ring, shared): (Arc<dyn MetaStore>, _, _) = match &cfg.ring {
+        None => (Arc::new(local), None, None),
+        Some(ring_cfg) => {
+            let ring = crate::ring::service::RingService::start(ring_cfg, &state_dir.join("ring"))
+                .map_err(StartupError::Other)?;
+            let ids: Vec<_> = bound.iter().map(|b| b.id).collect();
+            let shared = crate::meta::SharedStore::new(
+                local,
+                ring.node().clone(),
+                ring.handle(),
+                &ids,
+                Duration::from_secs_f64(ring_cfg.timeout),
+            );
+            (shared.clone() as Arc<dyn MetaStore>, Some(ring), Some(shared))
+        }
+    };
     let mut replicas = Vec::with_capacity(checked.len());
     for (i, ((c, root), b)) in checked.into_iter().zip(roots).zip(bound).enumerate() {
         let mut rep = Replica::new(i, c.spec, root, cfg.replica_threads, b.id, b.state, false)
@@ -195,8 +212,17 @@ fn serve(
         replica_timeout: Duration::from_secs_f64(cfg.replica_timeout),
         passthrough: cfg.passthrough,
         verify_content: cfg.verify == crate::config::Verify::Content,
+        conflict_policy: cfg.conflict_policy,
     };
     let fs = Arc::new(ChironFs::new(replicas, store.clone(), opts));
+    if let Some(shared) = shared {
+        fs.join_cluster(shared);
+        let (watch_fs, every) = (fs.clone(), Duration::from_secs_f64(cfg.probe_interval));
+        std::thread::Builder::new()
+            .name("ring-watch".into())
+            .spawn(move || watch_fs.watch_cluster(every))
+            .map_err(|e| StartupError::Other(e.to_string()))?;
+    }
     let adapter = Adapter::new(
         fs.clone(),
         Duration::from_secs_f64(cfg.attr_timeout),
@@ -300,6 +326,9 @@ fn serve(
     }
     if let Err(e) = store.close_session() {
         tracing::error!("metadata store: cannot record the clean unmount: {e}");
+    }
+    if let Some(ring) = ring {
+        ring.shutdown();
     }
     tracing::info!("unmounted {}", inv.mountpoint.display());
     Ok(())

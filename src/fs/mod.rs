@@ -3,6 +3,7 @@
 //! FUSE adapter in `crate::fuse` only decodes requests and encodes replies.
 
 mod attr;
+mod cluster;
 mod fanout;
 mod file;
 mod handles;
@@ -46,6 +47,8 @@ pub struct FsOptions {
     pub passthrough: bool,
     /// Full resyncs compare file contents too (`verify=content`).
     pub verify_content: bool,
+    /// What a conflict between hosts leaves on the path.
+    pub conflict_policy: crate::config::ConflictPolicy,
 }
 
 /// A looked-up or created inode: our inode number and the backing attributes.
@@ -68,6 +71,8 @@ pub struct ChironFs {
     opts: FsOptions,
     round_robin: AtomicUsize,
     passthrough_enabled: AtomicBool,
+    /// The other hosts sharing these replicas, through the metadata ring.
+    cluster: std::sync::OnceLock<Arc<crate::meta::SharedStore>>,
 }
 
 impl ChironFs {
@@ -86,6 +91,7 @@ impl ChironFs {
             passthrough_enabled: AtomicBool::new(opts.passthrough),
             opts,
             round_robin: AtomicUsize::new(0),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 

@@ -53,6 +53,12 @@ impl ChironFs {
                     _ => {}
                 }
             }
+            for (i, hosts) in self.orphaned_by_dead_hosts() {
+                if self.resync_lease() {
+                    self.adopt(i, &hosts, &throttle);
+                    self.end_resync_lease();
+                }
+            }
             std::thread::sleep(probe_interval);
         }
     }
@@ -75,11 +81,17 @@ impl ChironFs {
         }
     }
 
-    fn resync(&self, i: usize, throttle: &Arc<Throttle>) {
+    pub(super) fn resync(&self, i: usize, throttle: &Arc<Throttle>) {
         let r = &self.replicas[i];
-        let Some(src) = self.readers().into_iter().next() else {
+        let Some(src) = self.readers().into_iter().find(|&s| s != i) else {
             return;
         };
+        // Among hosts sharing these replicas, one resyncs at a time.
+        if !self.resync_lease() {
+            tracing::debug!("replica {}: another host holds the resync lease", r.spec.path.display());
+            return;
+        }
+        let _lease = Lease(self);
         let src = &self.replicas[src];
         let me = self.lock_fn();
         let ctl = Arc::new(CopyControl::with_throttle(throttle.clone()).with_chunk_guard(me));
@@ -123,12 +135,23 @@ impl ChironFs {
             if batch.is_empty() {
                 break;
             }
+            if !self.resync_lease() {
+                tracing::warn!("replica {}: lost the resync lease; resuming later", r.spec.path.display());
+                return;
+            }
             for raw in batch {
                 let Some(p) = RelPath::from_bytes(&raw) else {
                     let _ = store.clear_missed(&raw, &r.id);
                     continue;
                 };
-                match sync_path(src, r, &p, SyncMode::Entries, &ctl) {
+                let settled = match self.settle_conflict(&p, src, r, &ctl) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        tracing::warn!("conflict on {p}: cannot settle it yet: {e}");
+                        return;
+                    }
+                };
+                match if settled { Ok(Default::default()) } else { sync_path(src, r, &p, SyncMode::Entries, &ctl) } {
                     Ok(_) => {}
                     // An errno does not say which side failed: the source is
                     // blamed only if it is visibly unhealthy.
@@ -194,6 +217,15 @@ impl ChironFs {
 
     fn resync_failed(&self, i: usize, op: &str, p: &RelPath, e: Errno) {
         self.fail(i, op, p, e);
+    }
+}
+
+/// Gives the resync lease back however `resync` returns.
+struct Lease<'a>(&'a ChironFs);
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.0.end_resync_lease();
     }
 }
 

@@ -221,7 +221,7 @@ impl SharedStore {
     }
 
     /// Publishes this host's view of a replica and tells the other nodes.
-    fn publish_view(&self, rec: &ReplicaRecord) {
+    pub fn publish(&self, rec: &ReplicaRecord) {
         let view = HostView {
             state: rec.state.to_string(),
             since: rec
@@ -305,6 +305,11 @@ impl SharedStore {
         if let Some(f) = f {
             f();
         }
+    }
+
+    /// Whether the failure detector believes host `h` alive.
+    pub fn is_host_alive(&self, h: &str) -> bool {
+        NodeId::new(h).is_ok_and(|n| self.node.is_alive(&n))
     }
 
     /// The other hosts that do not see replica `id` in sync, with their view.
@@ -526,7 +531,7 @@ impl MetaStore for SharedStore {
 
     fn put_replica(&self, record: &ReplicaRecord) -> Result<()> {
         self.local.put_replica(record)?;
-        self.publish_view(record);
+        self.publish(record);
         Ok(())
     }
 

@@ -68,6 +68,9 @@ pub struct Replica {
     pub id: ReplicaId,
     /// Its marks cannot be trusted: a full compare must precede resync.
     pub needs_full: AtomicBool,
+    /// Another host sharing this replica (through the metadata ring) sees
+    /// it out of sync: it missed writes made there, so it serves no reads.
+    pub stale_elsewhere: AtomicBool,
     /// That full compare also compares file contents (`resync --verify`).
     pub verify_content: AtomicBool,
     /// Its syscalls run on the calling thread instead of its pool (see
@@ -105,6 +108,7 @@ impl Replica {
             id,
             inline,
             needs_full: AtomicBool::new(false),
+            stale_elsewhere: AtomicBool::new(false),
             verify_content: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
             spec,
@@ -136,9 +140,10 @@ impl Replica {
         self.state.store(state_code(s), Ordering::Release);
     }
 
-    /// Whether this replica serves reads (only when in sync).
+    /// Whether this replica serves reads (only when in sync, for this host
+    /// and every other host sharing it).
     pub fn is_serving(&self) -> bool {
-        self.state() == State::InSync
+        self.state() == State::InSync && !self.stale_elsewhere.load(Ordering::Acquire)
     }
 
     /// Whether this replica receives mutations (in sync, or catching up).
