@@ -10,13 +10,15 @@
 //!   A node that leaves ([`Gossip::shutdown`]) says so and is down at once.
 //! - **Phi-accrual failure detection** (Hayashibara et al., 2004, as in
 //!   Cassandra, Akka and chitchat), computed here over the arrival times of
-//!   heartbeats. Every node gossips to *every* member once per interval (the
-//!   rings are small: 3 to 10 nodes), and each such gossip carries a fresh
-//!   heartbeat (a foca custom broadcast: node, generation, sequence number,
-//!   layout version). Phi grows with the silence since the last heartbeat,
-//!   scaled by the history of intervals, so a crashed node is suspected
-//!   after about `interval + acceptable_pause + 5 standard deviations`,
-//!   usually faster than SWIM's probe-and-suspect cycle, and a slow but
+//!   heartbeats. foca's periodic gossip is set to go to *every* member once
+//!   per interval (the rings are small: 3 to 10 nodes); each such `Gossip`
+//!   message received straight from a peer is one heartbeat arrival. foca
+//!   skips a gossip round that has nothing to send, so each round gets a
+//!   fresh heartbeat record (a foca custom broadcast: node, generation,
+//!   sequence number, layout version), which is also how layout versions
+//!   spread. Phi grows with the silence since the last arrival, scaled by
+//!   the history of intervals, so a crashed node is suspected after about
+//!   `interval + acceptable_pause + 5 standard deviations`, and a slow but
 //!   regular node is not.
 //!
 //! A node is alive when foca counts it as a member (alive or suspect) *and*
@@ -42,12 +44,12 @@
 //! addresses, layout versions); and a captured datagram can be **replayed**,
 //! as there are no nonces or timestamps. Replays are mostly harmless: SWIM
 //! state carries incarnation numbers and identities carry a generation, so
-//! old news loses against newer news; heartbeats carry a sequence number,
-//! so a replayed one is ignored by the failure detector. The worst a
-//! replayer can do is make a dead node's *old* identity look alive to a
-//! node that has forgotten it (after foca's `remove_down_after`, 24 h)
-//! until the SWIM probes fail again, and answer pings on behalf of a node
-//! only if it can also forge the reply, which it cannot.
+//! old news loses against newer news (a node declared down stays down, a
+//! replayed layout version is older than the one already seen, by sequence
+//! number). What a replaying attacker on the path *can* do is delay the
+//! detection of a node that just died, by replaying its recent datagrams:
+//! phi counts its gossip messages, and SWIM acks carry only an 8-bit probe
+//! number. Against that, use a network the attacker is not on.
 //!
 //! **Identities.** A member is `(NodeId, gossip address, ring address,
 //! generation)`; the generation is the start time in microseconds, so a
@@ -103,9 +105,9 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 const LOG_LIMITER_ENTRIES: usize = 256;
 /// "Every member" for foca's periodic gossip: more than any ring has.
 const GOSSIP_FANOUT: usize = 1024;
-/// How many times foca sends one update or heartbeat. One gossip round
-/// sends the heartbeat once per member, so this bounds the ring size for
-/// which every member hears every heartbeat directly.
+/// How many times foca sends one membership update or heartbeat record.
+/// One gossip round sends the heartbeat record once per member: at least
+/// the ring's size, so that each round's record reaches every member.
 const MAX_TRANSMISSIONS: u8 = 64;
 /// While connected, announce to the seeds every this many intervals (to
 /// join up a ring that started as separate groups).
@@ -441,6 +443,8 @@ fn seed_ident(addr: SocketAddr) -> Ident {
 }
 
 /// One heartbeat, sent as a foca custom broadcast with each periodic gossip.
+/// Its presence is what makes foca gossip every interval (foca skips a
+/// round that has nothing to send); it also carries the layout version.
 #[derive(Debug, Serialize, Deserialize)]
 struct Beat {
     node: NodeId,
@@ -466,7 +470,7 @@ impl Invalidates for BeatKey {
 struct BadBeat(postcard::Error);
 
 /// foca's custom broadcast handler: keeps sending this node's latest
-/// heartbeat and feeds received ones to the failure detector.
+/// heartbeat and takes the layout versions from received ones.
 struct Beats {
     inner: Arc<Inner>,
 }
@@ -492,7 +496,7 @@ impl BroadcastHandler<Ident> for Beats {
             // gossips to every member), and none is relayed.
             Some(from) => {
                 if from.node == beat.node && from.generation == beat.generation {
-                    self.inner.record_beat(from, &beat, Instant::now());
+                    self.inner.record_beat(from, &beat);
                 }
                 Ok(None)
             }
@@ -520,21 +524,49 @@ impl Inner {
         peer.up && peer.detector.phi(now) < self.params.threshold
     }
 
-    fn record_beat(&self, from: &Ident, beat: &Beat, now: Instant) {
-        let mut peers = self.peers.write();
+    /// The entry for `from`, adopting it if it is a newer generation;
+    /// `None` if it is an older process under the same name.
+    fn peer_entry<'a>(
+        &self,
+        peers: &'a mut HashMap<NodeId, Peer>,
+        from: &Ident,
+    ) -> Option<&'a mut Peer> {
         let peer = peers
             .entry(from.node.clone())
             .or_insert_with(|| Peer::new(from.clone(), self.params));
         if peer.ident != *from {
             if from.generation < peer.ident.generation {
-                return; // an older process under the same name
+                return None;
             }
             peer.reset(from.clone(), self.params);
         }
-        if beat.seq > peer.last_seq {
-            peer.last_seq = beat.seq;
-            peer.layout_version = Some(beat.layout_version);
+        Some(peer)
+    }
+
+    /// A periodic gossip message straight from `from`: one heartbeat
+    /// arrival for the failure detector.
+    fn record_arrival(&self, from: &Ident, now: Instant) {
+        if from.node == self.me {
+            return;
+        }
+        let mut peers = self.peers.write();
+        if let Some(peer) = self.peer_entry(&mut peers, from) {
             peer.detector.heartbeat(now);
+        }
+    }
+
+    fn record_beat(&self, from: &Ident, beat: &Beat) {
+        if from.node == self.me {
+            return;
+        }
+        let mut peers = self.peers.write();
+        if let Some(peer) = self.peer_entry(&mut peers, from) {
+            // Sequence numbers: a late or replayed heartbeat cannot roll
+            // the layout version back.
+            if beat.seq > peer.last_seq {
+                peer.last_seq = beat.seq;
+                peer.layout_version = Some(beat.layout_version);
+            }
         }
     }
 }
@@ -855,7 +887,12 @@ impl Driver {
             match self.auth.open(data) {
                 None => "bad authentication tag",
                 Some(payload) => match self.foca.handle_data(payload, &mut self.rt) {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        if let Some(src) = periodic_gossip_sender(payload) {
+                            self.inner.record_arrival(&src, Instant::now());
+                        }
+                        return;
+                    }
                     Err(e) if is_decode_error(&e) => {
                         if let Some(n) = self.drops.note(from, Instant::now()) {
                             tracing::warn!(%from, error = %e, unlogged_drops = n,
@@ -898,8 +935,8 @@ impl Driver {
         }
     }
 
-    /// A fresh heartbeat just before each periodic gossip, which carries it
-    /// to every member: the peers see one arrival per interval.
+    /// A fresh heartbeat just before each periodic gossip, so that foca
+    /// sends the gossip (to every member) and it carries the layout version.
     fn add_beat(&mut self) {
         self.beat_seq += 1;
         let beat = Beat {
@@ -1014,6 +1051,17 @@ impl Driver {
                 peer.detector.heartbeat(now);
             }
         }
+    }
+}
+
+/// The sender of a foca `Gossip` message (sent to every member every
+/// interval, so the failure detector's heartbeat), from the header alone:
+/// the heartbeat broadcast in it may not fit when many membership updates
+/// are pending, the message itself is sent regardless.
+fn periodic_gossip_sender(payload: &[u8]) -> Option<Ident> {
+    match postcard::take_from_bytes::<foca::Header<Ident>>(payload) {
+        Ok((header, _)) if header.message == foca::Message::Gossip => Some(header.src),
+        _ => None,
     }
 }
 
