@@ -10,13 +10,15 @@
 //!   A node that leaves ([`Gossip::shutdown`]) says so and is down at once.
 //! - **Phi-accrual failure detection** (Hayashibara et al., 2004, as in
 //!   Cassandra, Akka and chitchat), computed here over the arrival times of
-//!   heartbeats. Every node gossips to *every* member once per interval (the
-//!   rings are small: 3 to 10 nodes), and each such gossip carries a fresh
-//!   heartbeat (a foca custom broadcast: node, generation, sequence number,
-//!   layout version). Phi grows with the silence since the last heartbeat,
-//!   scaled by the history of intervals, so a crashed node is suspected
-//!   after about `interval + acceptable_pause + 5 standard deviations`,
-//!   usually faster than SWIM's probe-and-suspect cycle, and a slow but
+//!   heartbeats. foca's periodic gossip is set to go to *every* member once
+//!   per interval (the rings are small: 3 to 10 nodes); each such `Gossip`
+//!   message received straight from a peer is one heartbeat arrival. foca
+//!   skips a gossip round that has nothing to send, so each round gets a
+//!   fresh heartbeat record (a foca custom broadcast: node, generation,
+//!   sequence number, layout version), which is also how layout versions
+//!   spread. Phi grows with the silence since the last arrival, scaled by
+//!   the history of intervals, so a crashed node is suspected after about
+//!   `interval + acceptable_pause + 5 standard deviations`, and a slow but
 //!   regular node is not.
 //!
 //! A node is alive when foca counts it as a member (alive or suspect) *and*
@@ -42,12 +44,12 @@
 //! addresses, layout versions); and a captured datagram can be **replayed**,
 //! as there are no nonces or timestamps. Replays are mostly harmless: SWIM
 //! state carries incarnation numbers and identities carry a generation, so
-//! old news loses against newer news; heartbeats carry a sequence number,
-//! so a replayed one is ignored by the failure detector. The worst a
-//! replayer can do is make a dead node's *old* identity look alive to a
-//! node that has forgotten it (after foca's `remove_down_after`, 24 h)
-//! until the SWIM probes fail again, and answer pings on behalf of a node
-//! only if it can also forge the reply, which it cannot.
+//! old news loses against newer news (a node declared down stays down, a
+//! replayed layout version is older than the one already seen, by sequence
+//! number). What a replaying attacker on the path *can* do is delay the
+//! detection of a node that just died, by replaying its recent datagrams:
+//! phi counts its gossip messages, and SWIM acks carry only an 8-bit probe
+//! number. Against that, use a network the attacker is not on.
 //!
 //! **Identities.** A member is `(NodeId, gossip address, ring address,
 //! generation)`; the generation is the start time in microseconds, so a
@@ -103,9 +105,9 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 const LOG_LIMITER_ENTRIES: usize = 256;
 /// "Every member" for foca's periodic gossip: more than any ring has.
 const GOSSIP_FANOUT: usize = 1024;
-/// How many times foca sends one update or heartbeat. One gossip round
-/// sends the heartbeat once per member, so this bounds the ring size for
-/// which every member hears every heartbeat directly.
+/// How many times foca sends one membership update or heartbeat record.
+/// One gossip round sends the heartbeat record once per member: at least
+/// the ring's size, so that each round's record reaches every member.
 const MAX_TRANSMISSIONS: u8 = 64;
 /// While connected, announce to the seeds every this many intervals (to
 /// join up a ring that started as separate groups).
@@ -231,6 +233,7 @@ impl Gossip {
             timer_seq: 0,
             beat_seq: 0,
             drops: DropLog::default(),
+            leaving: false,
         };
         tracing::info!(node = %cfg.node, gossip = %local, ring = %cfg.ring_addr, "gossip: started");
         let driver = tokio::spawn(driver.run(cmd_rx));
@@ -440,6 +443,8 @@ fn seed_ident(addr: SocketAddr) -> Ident {
 }
 
 /// One heartbeat, sent as a foca custom broadcast with each periodic gossip.
+/// Its presence is what makes foca gossip every interval (foca skips a
+/// round that has nothing to send); it also carries the layout version.
 #[derive(Debug, Serialize, Deserialize)]
 struct Beat {
     node: NodeId,
@@ -465,7 +470,7 @@ impl Invalidates for BeatKey {
 struct BadBeat(postcard::Error);
 
 /// foca's custom broadcast handler: keeps sending this node's latest
-/// heartbeat and feeds received ones to the failure detector.
+/// heartbeat and takes the layout versions from received ones.
 struct Beats {
     inner: Arc<Inner>,
 }
@@ -491,7 +496,7 @@ impl BroadcastHandler<Ident> for Beats {
             // gossips to every member), and none is relayed.
             Some(from) => {
                 if from.node == beat.node && from.generation == beat.generation {
-                    self.inner.record_beat(from, &beat, Instant::now());
+                    self.inner.record_beat(from, &beat);
                 }
                 Ok(None)
             }
@@ -519,21 +524,49 @@ impl Inner {
         peer.up && peer.detector.phi(now) < self.params.threshold
     }
 
-    fn record_beat(&self, from: &Ident, beat: &Beat, now: Instant) {
-        let mut peers = self.peers.write();
+    /// The entry for `from`, adopting it if it is a newer generation;
+    /// `None` if it is an older process under the same name.
+    fn peer_entry<'a>(
+        &self,
+        peers: &'a mut HashMap<NodeId, Peer>,
+        from: &Ident,
+    ) -> Option<&'a mut Peer> {
         let peer = peers
             .entry(from.node.clone())
             .or_insert_with(|| Peer::new(from.clone(), self.params));
         if peer.ident != *from {
             if from.generation < peer.ident.generation {
-                return; // an older process under the same name
+                return None;
             }
             peer.reset(from.clone(), self.params);
         }
-        if beat.seq > peer.last_seq {
-            peer.last_seq = beat.seq;
-            peer.layout_version = Some(beat.layout_version);
+        Some(peer)
+    }
+
+    /// A periodic gossip message straight from `from`: one heartbeat
+    /// arrival for the failure detector.
+    fn record_arrival(&self, from: &Ident, now: Instant) {
+        if from.node == self.me {
+            return;
+        }
+        let mut peers = self.peers.write();
+        if let Some(peer) = self.peer_entry(&mut peers, from) {
             peer.detector.heartbeat(now);
+        }
+    }
+
+    fn record_beat(&self, from: &Ident, beat: &Beat) {
+        if from.node == self.me {
+            return;
+        }
+        let mut peers = self.peers.write();
+        if let Some(peer) = self.peer_entry(&mut peers, from) {
+            // Sequence numbers: a late or replayed heartbeat cannot roll
+            // the layout version back.
+            if beat.seq > peer.last_seq {
+                peer.last_seq = beat.seq;
+                peer.layout_version = Some(beat.layout_version);
+            }
         }
     }
 }
@@ -797,6 +830,8 @@ struct Driver {
     timer_seq: u64,
     beat_seq: u64,
     drops: DropLog,
+    /// Leaving on purpose: foca then reports us down, which is no news.
+    leaving: bool,
 }
 
 impl Driver {
@@ -852,7 +887,12 @@ impl Driver {
             match self.auth.open(data) {
                 None => "bad authentication tag",
                 Some(payload) => match self.foca.handle_data(payload, &mut self.rt) {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        if let Some(src) = periodic_gossip_sender(payload) {
+                            self.inner.record_arrival(&src, Instant::now());
+                        }
+                        return;
+                    }
                     Err(e) if is_decode_error(&e) => {
                         if let Some(n) = self.drops.note(from, Instant::now()) {
                             tracing::warn!(%from, error = %e, unlogged_drops = n,
@@ -895,8 +935,8 @@ impl Driver {
         }
     }
 
-    /// A fresh heartbeat just before each periodic gossip, which carries it
-    /// to every member: the peers see one arrival per interval.
+    /// A fresh heartbeat just before each periodic gossip, so that foca
+    /// sends the gossip (to every member) and it carries the layout version.
     fn add_beat(&mut self) {
         self.beat_seq += 1;
         let beat = Beat {
@@ -914,6 +954,7 @@ impl Driver {
     }
 
     async fn leave(&mut self) {
+        self.leaving = true;
         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
             tracing::debug!(error = %e, "gossip: leaving failed");
         }
@@ -953,6 +994,7 @@ impl Driver {
                 }
                 OwnedNotification::Active => tracing::info!("gossip: joined the ring"),
                 OwnedNotification::Idle => tracing::info!("gossip: no live peer"),
+                OwnedNotification::Defunct if self.leaving => {}
                 OwnedNotification::Defunct => {
                     tracing::warn!("gossip: declared down by the ring");
                 }
@@ -1009,6 +1051,17 @@ impl Driver {
                 peer.detector.heartbeat(now);
             }
         }
+    }
+}
+
+/// The sender of a foca `Gossip` message (sent to every member every
+/// interval, so the failure detector's heartbeat), from the header alone:
+/// the heartbeat broadcast in it may not fit when many membership updates
+/// are pending, the message itself is sent regardless.
+fn periodic_gossip_sender(payload: &[u8]) -> Option<Ident> {
+    match postcard::take_from_bytes::<foca::Header<Ident>>(payload) {
+        Ok((header, _)) if header.message == foca::Message::Gossip => Some(header.src),
+        _ => None,
     }
 }
 
@@ -1076,5 +1129,345 @@ async fn seed_loop(
         }
         round += 1;
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    fn params(interval_ms: u64, min_sd_ms: u64, pause_ms: u64) -> PhiParams {
+        PhiParams::from_timing(&GossipTiming {
+            interval: Duration::from_millis(interval_ms),
+            phi_threshold: 8.0,
+            min_std_dev: Duration::from_millis(min_sd_ms),
+            acceptable_pause: Duration::from_millis(pause_ms),
+            max_samples: 200,
+        })
+    }
+
+    /// A detector fed `n` heartbeats about every `every_ms` (±5 %).
+    fn regular(p: PhiParams, n: u32, every_ms: u64) -> (PhiAccrual, Instant) {
+        let mut d = PhiAccrual::new(p);
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut t = Instant::now();
+        for _ in 0..n {
+            d.heartbeat(t);
+            let jitter = rng.random_range(0..=every_ms / 10);
+            t += Duration::from_millis(every_ms - every_ms / 20 + jitter);
+        }
+        (d, t)
+    }
+
+    #[test]
+    fn phi_is_low_for_regular_heartbeats() {
+        let (d, last) = regular(params(1000, 100, 0), 100, 1000);
+        let phi = d.phi(last);
+        assert!(phi < 1.0, "phi {phi} right after a regular heartbeat");
+        // With Akka's defaults (3 s acceptable pause) even a 3 s silence
+        // is fine.
+        let (d, last) = regular(params(1000, 100, 3000), 100, 1000);
+        assert!(d.phi(last + Duration::from_secs(3)) < 1.0);
+    }
+
+    #[test]
+    fn phi_climbs_past_the_threshold_after_a_long_pause() {
+        let (d, last) = regular(params(1000, 100, 0), 100, 1000);
+        let at = |s: u64| d.phi(last + Duration::from_secs(s));
+        assert!(at(5) > 8.0, "phi {} after 5 s", at(5));
+        // Monotonic in the silence.
+        let mut prev = 0.0;
+        for s in 0..20 {
+            let phi = d.phi(last + Duration::from_millis(s * 250));
+            assert!(phi >= prev, "phi went down: {prev} then {phi}");
+            prev = phi;
+        }
+        let (d, last) = regular(params(1000, 100, 3000), 100, 1000);
+        assert!(d.phi(last + Duration::from_secs(6)) > 8.0);
+    }
+
+    #[test]
+    fn phi_is_finite_with_no_or_few_samples_and_extreme_silences() {
+        let p = params(1000, 0, 0);
+        let now = Instant::now();
+        let empty = PhiAccrual::new(p);
+        assert_eq!(empty.phi(now), 0.0);
+        assert_eq!(empty.phi(now + Duration::from_secs(1_000_000)), 0.0);
+
+        let mut one = PhiAccrual::new(p);
+        one.heartbeat(now);
+        // Identical intervals (zero variance), min_std_dev 0.
+        let mut flat = PhiAccrual::new(p);
+        flat.params.max_samples = 2;
+        for i in 0..10 {
+            flat.heartbeat(now + Duration::from_secs(i));
+        }
+        for d in [&one, &flat] {
+            for s in [0, 1, 2, 10, 3600, 1 << 40] {
+                let phi = d.phi(now + Duration::from_secs(s));
+                assert!(phi.is_finite() && phi >= 0.0, "phi {phi} at +{s} s");
+            }
+            // A clock that went backwards is no silence.
+            assert!(d.phi(now - Duration::from_secs(5)) < 1.0);
+        }
+        assert!(one.phi(now + Duration::from_secs(10)) > 8.0);
+        for (elapsed, mean, sd) in [
+            (1e300, 0.0, 1e-3),
+            (-1e300, 0.0, 1e-3),
+            (f64::NAN, 1.0, 1.0),
+        ] {
+            let phi = phi_of(elapsed, mean, sd);
+            assert!(
+                phi.is_finite() && phi >= 0.0,
+                "phi_of({elapsed}, ..) = {phi}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_tags_and_rejects() {
+        let a = Auth::new(b"secret one").unwrap();
+        let b = Auth::new(b"secret two").unwrap();
+        let sealed = a.seal(b"hello");
+        assert_eq!(sealed.len(), 5 + TAG_LEN);
+        assert_eq!(a.open(&sealed), Some(&b"hello"[..]));
+        assert_eq!(b.open(&sealed), None);
+        let mut tampered = sealed.clone();
+        tampered[0] ^= 1;
+        assert_eq!(a.open(&tampered), None);
+        assert_eq!(a.open(&sealed[..TAG_LEN - 1]), None);
+        assert_eq!(a.open(&[]), None);
+        assert!(Auth::new(b"").is_err());
+    }
+
+    #[test]
+    fn drop_log_is_rate_limited_per_address_and_bounded() {
+        let mut log = DropLog::default();
+        let t0 = Instant::now();
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(log.note(addr, t0), Some(0));
+        for i in 1..=100 {
+            assert_eq!(log.note(addr, t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(log.note(addr, t0 + LOG_EVERY), Some(100));
+        // Many addresses: the map stays bounded, the rest share a bucket.
+        for port in 0..10_000u16 {
+            log.note(SocketAddr::from(([127, 0, 0, 2], port)), t0);
+        }
+        assert!(log.by_addr.len() <= LOG_LIMITER_ENTRIES);
+    }
+
+    // --- Several nodes on loopback -----------------------------------------
+
+    const SECRET: &[u8] = b"the ring's shared secret";
+    const THRESHOLD: f64 = 8.0;
+
+    fn fast() -> GossipTiming {
+        GossipTiming {
+            interval: Duration::from_millis(100),
+            phi_threshold: THRESHOLD,
+            min_std_dev: Duration::from_millis(50),
+            acceptable_pause: Duration::from_millis(500),
+            max_samples: 100,
+        }
+    }
+
+    fn id(name: &str) -> NodeId {
+        NodeId::new(name).unwrap()
+    }
+
+    fn ring_addr(name: &str) -> String {
+        format!("{name}.ring.test:7400")
+    }
+
+    async fn start(name: &str, secret: &[u8], seeds: &[&Gossip]) -> Gossip {
+        Gossip::start(GossipConfig {
+            node: id(name),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ring_addr: ring_addr(name),
+            seeds: seeds.iter().map(|g| g.local_addr().to_string()).collect(),
+            secret: secret.to_vec(),
+            timing: fast(),
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Polls `cond` until it holds, or panics after `secs` seconds.
+    async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn names(nodes: &[(NodeId, String)]) -> Vec<String> {
+        nodes.iter().map(|(n, _)| n.to_string()).collect()
+    }
+
+    async fn three() -> (Gossip, Gossip, Gossip) {
+        let a = start("a", SECRET, &[]).await;
+        let b = start("b", SECRET, &[&a]).await;
+        let c = start("c", SECRET, &[&a]).await;
+        let all = [&a, &b, &c];
+        eventually(10, "a, b and c see each other alive", || {
+            all.iter()
+                .all(|g| names(&g.live_nodes()) == ["a", "b", "c"])
+        })
+        .await;
+        (a, b, c)
+    }
+
+    #[tokio::test]
+    async fn three_nodes_see_each_other_with_ring_addresses_and_layout_versions() {
+        let (a, b, c) = three().await;
+        for g in [&a, &b, &c] {
+            for n in ["a", "b", "c"] {
+                assert!(g.is_alive(&id(n)));
+            }
+            let expect: Vec<(NodeId, String)> = ["a", "b", "c"]
+                .iter()
+                .map(|n| (id(n), ring_addr(n)))
+                .collect();
+            assert_eq!(g.live_nodes(), expect);
+            assert!(!g.is_alive(&id("nobody")));
+            assert_eq!(g.phi(&id("nobody")), None);
+        }
+        a.set_layout_version(3);
+        b.set_layout_version(4);
+        c.set_layout_version(5);
+        let expect = vec![(id("a"), 3), (id("b"), 4), (id("c"), 5)];
+        eventually(10, "layout versions spread", || {
+            [&a, &b, &c].iter().all(|g| g.layout_versions() == expect)
+        })
+        .await;
+        let phi = a.phi(&id("b")).unwrap();
+        assert!(phi < THRESHOLD, "phi of a live node: {phi}");
+        for g in [&a, &b, &c] {
+            g.shutdown().await;
+        }
+        assert!(!a.is_alive(&id("a")));
+    }
+
+    #[tokio::test]
+    async fn a_node_that_leaves_or_crashes_is_reported_down() {
+        let (a, b, c) = three().await;
+        // c leaves: it says goodbye.
+        c.shutdown().await;
+        eventually(5, "a and b see c down after it left", || {
+            !a.is_alive(&id("c")) && !b.is_alive(&id("c"))
+        })
+        .await;
+        // b crashes: no goodbye, only silence.
+        b.crash();
+        eventually(5, "a sees b down after it crashed", || {
+            !a.is_alive(&id("b"))
+        })
+        .await;
+        eventually(5, "b's phi climbs past the threshold", || {
+            a.phi(&id("b")).is_some_and(|phi| phi >= THRESHOLD)
+        })
+        .await;
+        assert_eq!(names(&a.live_nodes()), ["a"]);
+
+        // b comes back on the same address, as a new generation (with a
+        // new ring address, to tell it from the old one).
+        let addr = b.local_addr();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let b2 = loop {
+            let cfg = GossipConfig {
+                node: id("b"),
+                listen: addr,
+                ring_addr: "b.restarted.test:7400".to_string(),
+                seeds: vec![a.local_addr().to_string()],
+                secret: SECRET.to_vec(),
+                timing: fast(),
+            };
+            match Gossip::start(cfg).await {
+                Ok(g) => break g,
+                // The crashed task may not have dropped its socket yet.
+                Err(e) if Instant::now() < deadline => {
+                    assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot restart b: {e}"),
+            }
+        };
+        let expect = vec![
+            (id("a"), ring_addr("a")),
+            (id("b"), "b.restarted.test:7400".to_string()),
+        ];
+        eventually(5, "a sees the restarted b", || a.live_nodes() == expect).await;
+        eventually(5, "the restarted b sees a", || b2.live_nodes() == expect).await;
+        a.shutdown().await;
+        b2.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_with_the_wrong_secret_is_never_seen() {
+        let a = start("a", SECRET, &[]).await;
+        let b = start("b", SECRET, &[&a]).await;
+        let d = start("d", b"not the ring's secret", &[&a, &b]).await;
+        eventually(10, "a and b see each other", || {
+            names(&a.live_nodes()) == ["a", "b"] && names(&b.live_nodes()) == ["a", "b"]
+        })
+        .await;
+        // d announces every interval while alone: 2 s is 20 attempts.
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            for g in [&a, &b] {
+                assert!(!g.is_alive(&id("d")));
+                assert_eq!(g.phi(&id("d")), None);
+            }
+            assert_eq!(names(&d.live_nodes()), ["d"]);
+            assert!(!d.is_alive(&id("a")) && !d.is_alive(&id("b")));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for g in [&a, &b, &d] {
+            g.shutdown().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_datagrams_do_not_disturb_a_node() {
+        let a = start("a", SECRET, &[]).await;
+        let b = start("b", SECRET, &[&a]).await;
+        let both = || names(&a.live_nodes()) == ["a", "b"] && names(&b.live_nodes()) == ["a", "b"];
+        eventually(10, "a and b see each other", both).await;
+
+        let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let target = a.local_addr();
+        let auth = Auth::new(SECRET).unwrap();
+        let mut rng = SmallRng::seed_from_u64(42);
+        let mut junk = |len: usize| (0..len).map(|_| rng.random::<u8>()).collect::<Vec<u8>>();
+        let mut datagrams: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            vec![0],
+            vec![0; TAG_LEN],
+            vec![0xff; MAX_DATAGRAM + 1],
+            vec![0; 9000],
+            // Authentic but not foca: garbage, a truncated header, a
+            // header followed by a bogus update count.
+            auth.seal(&junk(100)),
+            auth.seal(&[0]),
+            auth.seal(&[1, 1, b'x', 0xff, 0xff, 0xff]),
+        ];
+        for len in [1, 31, 33, 64, 500, 1400, 1432] {
+            datagrams.push(junk(len));
+        }
+        for _ in 0..30 {
+            for dgram in &datagrams {
+                // A full socket buffer may drop some: fine, it is a flood.
+                let _ = attacker.send_to(dgram, target).await;
+            }
+            tokio::task::yield_now().await;
+        }
+        eventually(5, "a and b still see each other", both).await;
+        let phi = b.phi(&id("a")).unwrap();
+        assert!(phi < THRESHOLD, "phi of a after the flood: {phi}");
+        a.shutdown().await;
+        b.shutdown().await;
     }
 }
