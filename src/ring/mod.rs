@@ -12,7 +12,7 @@
 //! - `node`: one ring member: quorum reads and writes, read repair, hinted
 //!   handoff, anti-entropy, layout changes;
 //! - `wire`, `transport`: authenticated, length-limited frames over TCP;
-//! - `gossip`: membership and phi-accrual failure detection (chitchat);
+//! - `gossip`: membership (foca, SWIM) and phi-accrual failure detection;
 //! - `sim`: an in-process network with kills and partitions, for tests.
 //!
 //! The ring knows nothing of the filesystem: keys and values are bytes.
