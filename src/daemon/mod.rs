@@ -193,7 +193,11 @@ fn serve(
                 &ids,
                 Duration::from_secs_f64(ring_cfg.timeout),
             );
-            (shared.clone() as Arc<dyn MetaStore>, Some(ring), Some(shared))
+            (
+                shared.clone() as Arc<dyn MetaStore>,
+                Some(ring),
+                Some(shared),
+            )
         }
     };
     let mut replicas = Vec::with_capacity(checked.len());

@@ -51,7 +51,9 @@ impl ChironFs {
 
     /// Follows the other hosts' views, every `interval`, forever.
     pub fn watch_cluster(self: Arc<Self>, interval: Duration) {
-        let Some(shared) = self.cluster.get().cloned() else { return };
+        let Some(shared) = self.cluster.get().cloned() else {
+            return;
+        };
         let ids = self.replica_ids();
         loop {
             std::thread::sleep(interval);
@@ -62,7 +64,9 @@ impl ChironFs {
 
     /// Excludes from reads every replica another host sees out of sync.
     fn apply_views(&self) {
-        let Some(shared) = self.cluster.get() else { return };
+        let Some(shared) = self.cluster.get() else {
+            return;
+        };
         for r in self.replicas.iter() {
             let stale = shared.stale_elsewhere(&r.id);
             let was = r.stale_elsewhere.swap(!stale.is_empty(), Ordering::AcqRel);
@@ -101,7 +105,9 @@ impl ChironFs {
     /// this host resyncs them for it (a full compare: that host's marks are
     /// its own).
     pub(super) fn orphaned_by_dead_hosts(&self) -> Vec<(usize, Vec<String>)> {
-        let Some(shared) = self.cluster.get() else { return Vec::new() };
+        let Some(shared) = self.cluster.get() else {
+            return Vec::new();
+        };
         self.replicas
             .iter()
             .filter(|r| r.state() == crate::replica::State::InSync)
@@ -116,7 +122,12 @@ impl ChironFs {
 
     /// Resyncs replica `i` for the `hosts` that left it out of sync and are
     /// gone, then vouches for it in their name.
-    pub(super) fn adopt(&self, i: usize, hosts: &[String], throttle: &Arc<crate::resync::Throttle>) {
+    pub(super) fn adopt(
+        &self,
+        i: usize,
+        hosts: &[String],
+        throttle: &Arc<crate::resync::Throttle>,
+    ) {
         let r = &self.replicas[i];
         tracing::info!(
             "replica {} was left out of sync by {hosts:?}, which are gone; resyncing it for them",
@@ -124,7 +135,11 @@ impl ChironFs {
         );
         r.needs_full.store(true, Ordering::Relaxed);
         r.set_state(crate::replica::State::Resyncing);
-        self.persist_state(i, ReplicaState::Resyncing, format!("resyncing for {hosts:?}"));
+        self.persist_state(
+            i,
+            ReplicaState::Resyncing,
+            format!("resyncing for {hosts:?}"),
+        );
         // The replica itself is the one excluded: read from the others.
         r.stale_elsewhere.store(true, Ordering::Release);
         self.resync(i, throttle);
@@ -150,7 +165,9 @@ impl ChironFs {
         dst: &Replica,
         ctl: &CopyControl,
     ) -> Result<bool> {
-        let Some(shared) = self.cluster.get() else { return Ok(false) };
+        let Some(shared) = self.cluster.get() else {
+            return Ok(false);
+        };
         let writes = shared.path_writes(p.as_bytes());
         if writes.is_empty() {
             return Ok(false);
@@ -179,14 +196,22 @@ impl ChironFs {
         );
         let mut copies = vec![(lose, lose_host.clone(), lose_time)];
         if policy != ConflictPolicy::Newest {
-            let (win_host, win_time) = if a_wins { (a.host.clone(), ma) } else { (b.host.clone(), mb) };
+            let (win_host, win_time) = if a_wins {
+                (a.host.clone(), ma)
+            } else {
+                (b.host.clone(), mb)
+            };
             copies.push((win, win_host, win_time));
         }
         for (from, host, time) in &copies {
             let copy = conflict_name(p, host, *time)?;
             // A copy of the version on `from`, then on every replica.
             self.copy_within(&self.replicas[*from], p, &copy, ctl)?;
-            for r in self.replicas.iter().filter(|r| r.index != *from && r.is_writable()) {
+            for r in self
+                .replicas
+                .iter()
+                .filter(|r| r.index != *from && r.is_writable())
+            {
                 sync_path(&self.replicas[*from], r, &copy, SyncMode::Entries, ctl)?;
             }
             shared.record_conflict(ConflictRecord {
@@ -202,8 +227,16 @@ impl ChironFs {
         }
         // What stays on the path: the newer version (the source's under
         // `manual`, for the operator to compare with the copies).
-        let keep = if policy == ConflictPolicy::Manual { src.index } else { win };
-        for r in self.replicas.iter().filter(|r| r.index != keep && r.is_writable()) {
+        let keep = if policy == ConflictPolicy::Manual {
+            src.index
+        } else {
+            win
+        };
+        for r in self
+            .replicas
+            .iter()
+            .filter(|r| r.index != keep && r.is_writable())
+        {
             sync_path(&self.replicas[keep], r, p, SyncMode::Entries, ctl)?;
         }
         let _ = dst;
@@ -223,13 +256,24 @@ impl ChironFs {
     /// mode, owner and times (the copy is new, so the resync that spreads
     /// it to the other replicas carries the rest); other kinds of entry
     /// are hard-linked under the new name.
-    fn copy_within(&self, r: &Replica, p: &RelPath, copy: &RelPath, _ctl: &CopyControl) -> Result<()> {
+    fn copy_within(
+        &self,
+        r: &Replica,
+        p: &RelPath,
+        copy: &RelPath,
+        _ctl: &CopyControl,
+    ) -> Result<()> {
         let (parent, name) = p.split().ok_or(Errno::EINVAL)?;
         let (_, copy_name) = copy.split().ok_or(Errno::EINVAL)?;
         let dir = r.dir(&parent)?;
         let st = ops::stat_at(ops::fd_of(&dir), name.as_c())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return ops::linkat(ops::fd_of(&dir), name.as_c(), ops::fd_of(&dir), copy_name.as_c());
+            return ops::linkat(
+                ops::fd_of(&dir),
+                name.as_c(),
+                ops::fd_of(&dir),
+                copy_name.as_c(),
+            );
         }
         let from = ops::openat(ops::fd_of(&dir), name.as_c(), libc::O_RDONLY, 0)?;
         let to = ops::openat(
@@ -251,8 +295,14 @@ impl ChironFs {
         }
         use std::os::fd::AsRawFd;
         let times = [
-            libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
-            libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
+            libc::timespec {
+                tv_sec: st.st_atime,
+                tv_nsec: st.st_atime_nsec,
+            },
+            libc::timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec,
+            },
         ];
         // Safe: plain syscalls on an fd this function owns.
         unsafe {
@@ -295,10 +345,14 @@ fn disjoint_pair(writes: &[PathWrite], all: &[ReplicaId]) -> Option<(PathWrite, 
 }
 
 fn mtime(r: &Replica, p: &RelPath) -> i128 {
-    let Some((parent, name)) = p.split() else { return 0 };
+    let Some((parent, name)) = p.split() else {
+        return 0;
+    };
     r.dir(&parent)
         .and_then(|d| ops::stat_at(ops::fd_of(&d), name.as_c()))
-        .map_or(0, |st| st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128)
+        .map_or(0, |st| {
+            st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128
+        })
 }
 
 /// `NAME.chironfs-conflict-HOST-YYYYMMDDTHHMMSSZ` beside `p`.

@@ -88,7 +88,10 @@ impl ChironFs {
         };
         // Among hosts sharing these replicas, one resyncs at a time.
         if !self.resync_lease() {
-            tracing::debug!("replica {}: another host holds the resync lease", r.spec.path.display());
+            tracing::debug!(
+                "replica {}: another host holds the resync lease",
+                r.spec.path.display()
+            );
             return;
         }
         let _lease = Lease(self);
@@ -136,7 +139,10 @@ impl ChironFs {
                 break;
             }
             if !self.resync_lease() {
-                tracing::warn!("replica {}: lost the resync lease; resuming later", r.spec.path.display());
+                tracing::warn!(
+                    "replica {}: lost the resync lease; resuming later",
+                    r.spec.path.display()
+                );
                 return;
             }
             for raw in batch {
@@ -151,7 +157,11 @@ impl ChironFs {
                         return;
                     }
                 };
-                match if settled { Ok(Default::default()) } else { sync_path(src, r, &p, SyncMode::Entries, &ctl) } {
+                match if settled {
+                    Ok(Default::default())
+                } else {
+                    sync_path(src, r, &p, SyncMode::Entries, &ctl)
+                } {
                     Ok(_) => {}
                     // An errno does not say which side failed: the source is
                     // blamed only if it is visibly unhealthy.

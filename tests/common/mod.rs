@@ -28,6 +28,8 @@
 //!   `Mount` on the same thread.
 #![allow(dead_code)]
 
+pub mod faultfs;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Write as _;
