@@ -83,7 +83,22 @@ impl ChironFs {
 
     pub(super) fn resync(&self, i: usize, throttle: &Arc<Throttle>) {
         let r = &self.replicas[i];
-        let Some(src) = self.readers().into_iter().find(|&s| s != i) else {
+        // The source: a replica in sync for this host. Another host may see
+        // it out of sync, but what this resync copies is what this host
+        // wrote and `r` missed, which the source has (paths that another
+        // host changed on other replicas meanwhile are conflicts, settled
+        // below). A full compare copies everything, so it needs a source
+        // that no host sees out of sync.
+        let full = r.needs_full.load(Ordering::Relaxed);
+        let src = if full {
+            self.readers().into_iter().find(|&s| s != i)
+        } else {
+            self.replicas
+                .iter()
+                .find(|s| s.index != i && s.state() == State::InSync)
+                .map(|s| s.index)
+        };
+        let Some(src) = src else {
             return;
         };
         // Among hosts sharing these replicas, one resyncs at a time.

@@ -40,6 +40,10 @@ pub struct ReplicaStatus {
     pub open_handles: u64,
     pub missed: u64,
     pub resync: Option<ResyncProgress>,
+    /// Other hosts sharing the replica (through the metadata ring) that do
+    /// not see it in sync, as `host: state (cause)`: it serves no reads here.
+    #[serde(default)]
+    pub stale_for: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +110,15 @@ impl ChironFs {
                     open_handles: r.bound_handles.load(Ordering::Relaxed),
                     missed,
                     resync,
+                    stale_for: self
+                        .cluster()
+                        .map(|c| {
+                            c.stale_elsewhere(&r.id)
+                                .into_iter()
+                                .map(|(h, v)| format!("{h}: {} ({})", v.state, v.cause))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 }
             })
             .collect();

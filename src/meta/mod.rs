@@ -35,6 +35,8 @@ mod shared;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod shared_tests;
+#[cfg(test)]
 mod tests;
 
 pub use embedded::EmbeddedStore;

@@ -103,7 +103,13 @@ pub struct SharedStore {
     on_change: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
     timeout: Duration,
     this: std::sync::Weak<SharedStore>,
+    /// Nodes that did not answer a flush request, since when.
+    gone_since: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
+
+/// How long a node must stay unreachable before a resync goes ahead
+/// without the writes it may owe (it is taken for crashed).
+const GONE_AFTER: Duration = Duration::from_secs(60);
 
 impl SharedStore {
     pub fn new(
@@ -118,6 +124,7 @@ impl SharedStore {
         let set = crate::ring::hash::stable(ids.join(",").as_bytes());
         let s = Arc::new_cyclic(|this| SharedStore {
             this: this.clone(),
+            gone_since: Mutex::new(HashMap::new()),
             local,
             host: node.id().clone(),
             node: node.clone(),
@@ -132,6 +139,11 @@ impl SharedStore {
         });
         node.set_listener(s.clone());
         s
+    }
+
+    /// The layout version the ring member knows.
+    pub fn node_layout_version(&self) -> u64 {
+        self.node.layout().current.version
     }
 
     pub fn host(&self) -> &NodeId {
@@ -181,6 +193,18 @@ impl SharedStore {
     }
 
     async fn put_async(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> bool {
+        // Every host records its own writes to a path under the same key:
+        // written blind (no context), they stand side by side as siblings
+        // instead of replacing each other. Settling deletes them all.
+        if value.is_some() && key.starts_with(&self.key(b"path/")) {
+            return match self.node.put(&key, value, &Context::new()).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!("ring: write {}: {e}", String::from_utf8_lossy(&key));
+                    false
+                }
+            };
+        }
         let ctx = self.contexts.lock().get(&key).cloned();
         let ctx = match ctx {
             Some(c) => c,
@@ -363,13 +387,27 @@ impl SharedStore {
             serde_json::from_slice::<Lease>(v).is_ok_and(|l| l.holder == me && l.until > now)
         });
         if fresh {
+            // Every other node publishes the writes it owes first, so the
+            // resync sees every host's missed writes. A node that cannot be
+            // reached may still be writing to the replicas: wait for it,
+            // unless it has been gone for a long time (it crashed).
+            self.block(self.flush_outbox());
             let unreachable = self.block(self.node.flush_all()).unwrap_or_default();
-            let alive: Vec<&NodeId> = unreachable
+            let mut gone = self.gone_since.lock();
+            gone.retain(|n, _| unreachable.contains(n));
+            let now = std::time::Instant::now();
+            let waiting: Vec<String> = unreachable
                 .iter()
-                .filter(|n| self.node.is_alive(n))
+                .filter(|n| {
+                    now.duration_since(*gone.entry((*n).clone()).or_insert(now)) < GONE_AFTER
+                })
+                .map(ToString::to_string)
                 .collect();
-            if !alive.is_empty() {
-                tracing::info!("ring: resync waits: {alive:?} did not publish their writes");
+            if !waiting.is_empty() {
+                tracing::info!(
+                    "ring: resync waits until {waiting:?} publish their writes (or stay unreachable for {}s)",
+                    GONE_AFTER.as_secs()
+                );
                 return false;
             }
         }

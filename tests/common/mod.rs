@@ -340,6 +340,8 @@ enum ReplicaSpec {
 
 /// Builds a [`Mount`]. Replicas are passed as `r0=r1=...` in the order added.
 pub struct MountBuilder {
+    /// A command the daemon runs under (e.g. `nsenter --net=...`).
+    prefix: Vec<OsString>,
     replicas: Vec<(ReplicaSpec, bool)>,
     options: Vec<String>,
     args: Vec<OsString>,
@@ -378,6 +380,13 @@ impl MountBuilder {
     /// Adds a raw argument before the replica spec (e.g. `--config`, path).
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Runs the daemon under `prefix` (a command that execs the rest of
+    /// its arguments, such as `nsenter --net=/run/netns/x`).
+    pub fn under(mut self, prefix: &[&str]) -> Self {
+        self.prefix = prefix.iter().map(OsString::from).collect();
         self
     }
 
@@ -433,7 +442,14 @@ impl MountBuilder {
         let log_path = root.path().join("daemon.log");
         let log = File::create(&log_path).expect("create daemon log");
 
-        let mut cmd = Command::new(CHIRONFS);
+        let mut cmd = match self.prefix.split_first() {
+            None => Command::new(CHIRONFS),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(CHIRONFS);
+                c
+            }
+        };
         cmd.arg("-f");
         // Each mount keeps its metadata store inside its own test root,
         // unless the test names one.
@@ -564,6 +580,7 @@ impl Mount {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_WATCHDOG);
         MountBuilder {
+            prefix: Vec::new(),
             replicas: Vec::new(),
             options: Vec::new(),
             args: Vec::new(),
@@ -707,7 +724,7 @@ impl Drop for Mount {
     }
 }
 
-fn read_lossy(p: &Path) -> String {
+pub fn read_lossy(p: &Path) -> String {
     fs::read(p)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()

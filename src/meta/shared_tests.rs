@@ -1,0 +1,162 @@
+//! SharedStore among three ring members on the simulated network (two
+//! hosts and an arbiter): views reach the other host before the failing
+//! call returns, path writes owed during a partition are published before
+//! anyone resyncs, and the resync lease is exclusive.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tempfile::TempDir;
+
+use super::{
+    EmbeddedStore, MetaStore, PathWrite, ReplicaId, ReplicaRecord, ReplicaState, SharedStore,
+};
+use crate::ring::NodeId;
+use crate::ring::node::{Node, NodeConfig};
+use crate::ring::sim::World;
+
+struct Hosts {
+    rt: tokio::runtime::Runtime,
+    world: Arc<World>,
+    a: Arc<SharedStore>,
+    b: Arc<SharedStore>,
+    ids: Vec<ReplicaId>,
+    _dirs: Vec<TempDir>,
+}
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+fn hosts() -> Hosts {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let world = World::new();
+    let ids = vec![ReplicaId::random(), ReplicaId::random()];
+    let mut dirs = Vec::new();
+    let mut nodes = Vec::new();
+    for name in ["arb", "hosta", "hostb"] {
+        let dir = TempDir::new().unwrap();
+        let net = world.net(&id(name));
+        let mut cfg = NodeConfig::new(id(name));
+        cfg.hint_interval = Some(Duration::from_millis(100));
+        cfg.anti_entropy_interval = Some(Duration::from_millis(300));
+        cfg.layout_interval = Duration::from_millis(100);
+        let node = Node::open(cfg, &dir.path().join("ring"), net.clone(), net).unwrap();
+        world.register(id(name), Arc::new(node.clone()));
+        {
+            let _g = rt.enter();
+            node.start();
+        }
+        nodes.push((node, dir));
+    }
+    rt.block_on(async {
+        for name in ["arb", "hosta", "hostb"] {
+            nodes[0]
+                .0
+                .stage_join(id(name), format!("sim:{name}"))
+                .await
+                .unwrap();
+        }
+        nodes[0].0.apply().await.unwrap();
+    });
+    let mut stores = Vec::new();
+    for (node, dir) in nodes.into_iter().skip(1) {
+        let local = EmbeddedStore::open(&dir.path().join("local")).unwrap();
+        stores.push(SharedStore::new(
+            local,
+            node,
+            rt.handle().clone(),
+            &ids,
+            Duration::from_millis(500),
+        ));
+        dirs.push(dir);
+    }
+    let b = stores.pop().unwrap();
+    let a = stores.pop().unwrap();
+    let start = std::time::Instant::now();
+    while a.node_layout_version() == 0 || b.node_layout_version() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "layout never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Hosts {
+        rt,
+        world,
+        a,
+        b,
+        ids,
+        _dirs: dirs,
+    }
+}
+
+fn record(id: ReplicaId, state: ReplicaState) -> ReplicaRecord {
+    ReplicaRecord {
+        id,
+        path: "/r".into(),
+        state,
+        since: SystemTime::now(),
+        cause: "test".into(),
+    }
+}
+
+#[test]
+fn a_failure_seen_by_one_host_reaches_the_other_before_the_call_returns() {
+    let h = hosts();
+    assert!(h.b.stale_elsewhere(&h.ids[1]).is_empty());
+    h.a.put_replica(&record(h.ids[1], ReplicaState::Failed))
+        .unwrap();
+    // No polling: the nudge delivered it.
+    let stale = h.b.stale_elsewhere(&h.ids[1]);
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!(stale[0].0, "hosta");
+    assert!(h.b.stale_elsewhere(&h.ids[0]).is_empty());
+    h.a.put_replica(&record(h.ids[1], ReplicaState::InSync))
+        .unwrap();
+    assert!(h.b.stale_elsewhere(&h.ids[1]).is_empty());
+    // And polling finds the same.
+    h.a.put_replica(&record(h.ids[0], ReplicaState::Failed))
+        .unwrap();
+    h.b.refresh(&h.ids);
+    assert_eq!(h.b.stale_elsewhere(&h.ids[0]).len(), 1);
+    drop(h.rt);
+}
+
+#[test]
+fn writes_owed_during_a_partition_are_published_before_a_resync() {
+    let h = hosts();
+    // b is cut off from everyone: its view and path write cannot reach a
+    // quorum and wait in its outbox.
+    h.world.partition(&[id("hostb")], &[id("hosta"), id("arb")]);
+    h.b.put_replica(&record(h.ids[0], ReplicaState::Failed))
+        .unwrap();
+    h.b.mark_missed(b"doc", &h.ids[0]).unwrap();
+    h.a.put_replica(&record(h.ids[1], ReplicaState::Failed))
+        .unwrap();
+    h.a.mark_missed(b"doc", &h.ids[1]).unwrap();
+    h.a.refresh(&h.ids);
+    assert!(
+        h.a.stale_elsewhere(&h.ids[0]).is_empty(),
+        "a cannot know yet"
+    );
+    // While b is unreachable (and not yet long gone), nobody resyncs.
+    assert!(!h.a.take_lease(Duration::from_secs(30)));
+    h.world.heal();
+    // Taking the lease makes b publish first.
+    assert!(h.a.take_lease(Duration::from_secs(30)));
+    let writes = h.a.path_writes(b"doc");
+    let hosts: Vec<&str> = writes.iter().map(|w: &PathWrite| w.host.as_str()).collect();
+    assert_eq!(hosts, vec!["hosta", "hostb"], "{writes:?}");
+    // The lease is exclusive until released.
+    assert!(!h.b.take_lease(Duration::from_secs(30)));
+    h.a.release_lease();
+    assert!(h.b.take_lease(Duration::from_secs(30)));
+    h.a.path_settled(b"doc");
+    assert!(h.b.path_writes(b"doc").is_empty());
+    drop(h.rt);
+}

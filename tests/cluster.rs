@@ -1,0 +1,505 @@
+//! Two hosts mounting the same replicas, sharing a metadata ring with an
+//! arbiter (`chironfs ring-node`), through real FUSE and real processes.
+//!
+//! Guards against: a host reading a replica that missed writes made
+//! through the other host; two hosts resyncing the same replica; a replica
+//! left out of sync for one host after the other resynced it; and, when a
+//! network partition separates the hosts while each can reach only some of
+//! the replicas, one host's version of a path silently replacing the
+//! other's (it must survive as a conflict copy, listed by
+//! `chironctl conflicts`).
+//!
+//! The partition test runs each mount in a network namespace of its own
+//! (iproute2), joined to the arbiter's through veth pairs and routed by the
+//! test's namespace; turning forwarding off cuts the two hosts apart while
+//! both still reach the arbiter.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::faultfs::FaultFs;
+use common::*;
+
+/// Bound on anything the ring or a resync should do on its own.
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_secret(root: &TestRoot) -> PathBuf {
+    let p = root.path().join("ring.secret");
+    fs::write(&p, "a shared secret of the test ring, 32+ bytes\n").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// The `[ring]` table of a member named `node` listening on `addr`.
+fn ring_table(node: &str, addr: &str, seeds: &[String], secret: &Path) -> String {
+    let seeds: Vec<String> = seeds.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "[ring]\nnode = {node:?}\nlisten = {addr:?}\nseeds = [{}]\nsecret_file = {:?}\n\
+         gossip_interval = 0.2\nanti_entropy_interval = 1.0\ntimeout = 1.0\n",
+        seeds.join(", "),
+        secret.display().to_string()
+    )
+}
+
+/// A `chironfs ring-node` process, killed (and reaped) on drop.
+struct RingNode {
+    child: Option<Child>,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+impl RingNode {
+    fn start(root: &TestRoot, node: &str, addr: &str, secret: &Path, prefix: &[&str]) -> RingNode {
+        let sock = root.path().join(format!("{node}.sock"));
+        let log = root.path().join(format!("{node}.log"));
+        let cfg = root.path().join(format!("{node}.toml"));
+        let text = format!(
+            "state_dir = {:?}\nctl = {:?}\n{}",
+            root.path()
+                .join(format!("{node}-state"))
+                .display()
+                .to_string(),
+            sock.display().to_string(),
+            ring_table(node, addr, &[], secret)
+        );
+        fs::write(&cfg, text).unwrap();
+        let mut cmd = match prefix.split_first() {
+            None => Command::new(CHIRONFS),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(CHIRONFS);
+                c
+            }
+        };
+        let out = fs::File::create(&log).unwrap();
+        cmd.arg("ring-node")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        // Safe: prctl is async-signal-safe and touches no parent memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let n = RingNode {
+            child: Some(child),
+            sock,
+            log,
+        };
+        wait_until(
+            "the arbiter's control socket",
+            Duration::from_secs(20),
+            || n.sock.exists(),
+        );
+        n
+    }
+}
+
+impl Drop for RingNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- ring node log ---\n{}", read_lossy(&self.log));
+        }
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `chironctl ARGS... SOCKET`.
+fn ctl(sock: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(CHIRONFS);
+    cmd.arg("ctl").args(args).arg(sock);
+    run_with_timeout(cmd, Duration::from_secs(30))
+}
+
+fn ctl_ok(sock: &Path, args: &[&str]) -> String {
+    let out = ctl(sock, args);
+    assert!(
+        out.status.success(),
+        "chironctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(sock: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    serde_json::from_str(&ctl_ok(sock, &a)).unwrap()
+}
+
+/// Commits a layout of `members` (name, address) through `sock`, then
+/// waits until every socket in `all` shows it with every member alive.
+fn make_ring(sock: &Path, members: &[(&str, &str)], all: &[&Path]) {
+    for (name, addr) in members {
+        ctl_ok(sock, &["ring", "join", name, addr]);
+    }
+    ctl_ok(sock, &["ring", "apply"]);
+    for s in all {
+        wait_until("every node to have the layout, all alive", SETTLE, || {
+            let st = json(s, &["ring", "status"]);
+            st["layout_version"].as_u64() == Some(1)
+                && st["members"].as_array().is_some_and(|m| {
+                    m.len() == members.len() && m.iter().all(|x| x["alive"] == true)
+                })
+        });
+    }
+}
+
+/// A mount of `replicas` as ring member `node`.
+fn mount(
+    root: TestRoot,
+    node: &str,
+    addr: &str,
+    seeds: &[String],
+    secret: &Path,
+    replicas: &[&Path],
+    prefix: &[&str],
+) -> (Mount, PathBuf) {
+    let sock = root.path().join(format!("{node}.sock"));
+    let cfg = root.path().join(format!("{node}.toml"));
+    fs::write(&cfg, ring_table(node, addr, seeds, secret)).unwrap();
+    let mut b = Mount::builder()
+        .root(root)
+        .under(prefix)
+        .option(&format!("ctl={}", sock.display()))
+        .option("probe_interval=0.2")
+        .option("fsname=cluster-test")
+        .arg("--config")
+        .arg(&cfg);
+    for r in replicas {
+        b = b.replica(*r);
+    }
+    (b.mount(), sock)
+}
+
+fn replica_state(sock: &Path, index: usize) -> (String, Vec<String>) {
+    let st = json(sock, &["status"]);
+    let r = &st["replicas"][index];
+    let stale = r["stale_for"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    (r["state"].as_str().unwrap_or("").to_string(), stale)
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn a_replica_failed_for_one_host_is_never_read_by_the_other_and_resynced_once() {
+    let shared = TestRoot::new();
+    let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
+    let secret = write_secret(&shared);
+    // Host A sees r2 through faultfs (so r2 can fail for A alone); host B
+    // sees both directly.
+    let f2 = FaultFs::over(TestRoot::new(), r2.clone());
+    let (p0, pa, pb) = (free_port(), free_port(), free_port());
+    let (a0, aa, ab) = (
+        format!("127.0.0.1:{p0}"),
+        format!("127.0.0.1:{pa}"),
+        format!("127.0.0.1:{pb}"),
+    );
+    let arb = RingNode::start(&shared, "arb", &a0, &secret, &[]);
+    let seeds = vec![format!("arb@{a0}")];
+    let (ma, sa) = mount(
+        TestRoot::new(),
+        "hosta",
+        &aa,
+        &seeds,
+        &secret,
+        &[&r1, &f2.mountpoint],
+        &[],
+    );
+    let (mb, sb) = mount(
+        TestRoot::new(),
+        "hostb",
+        &ab,
+        &seeds,
+        &secret,
+        &[&r1, &r2],
+        &[],
+    );
+    make_ring(
+        &arb.sock,
+        &[("arb", &a0), ("hosta", &aa), ("hostb", &ab)],
+        &[&arb.sock, &sa, &sb],
+    );
+
+    fs::write(ma.path("f"), b"version-1").unwrap();
+    assert_eq!(fs::read(mb.path("f")).unwrap(), b"version-1");
+
+    // r2 fails for A only: A's write reaches r1 alone.
+    f2.set_mode("eio");
+    fs::write(ma.path("f"), b"version-2").unwrap();
+    assert_eq!(
+        fs::read(r2.join("f")).unwrap(),
+        b"version-1",
+        "r2 really missed it"
+    );
+    // B learned it before A's write returned: it never reads r2 now.
+    for _ in 0..40 {
+        assert_eq!(
+            fs::read(mb.path("f")).unwrap(),
+            b"version-2",
+            "host B read the copy host A's write missed"
+        );
+    }
+    let (state, stale) = replica_state(&sb, 1);
+    assert_eq!(state, "in-sync", "r2 itself is fine for B");
+    assert!(
+        stale.iter().any(|s| s.starts_with("hosta")),
+        "B knows A sees r2 out of sync: {stale:?}"
+    );
+
+    // r2 is back for A: one resync (by A), and both hosts see it in sync.
+    f2.set_mode("ok");
+    wait_until("r2 in sync for both hosts", SETTLE, || {
+        replica_state(&sa, 1).0 == "in-sync" && replica_state(&sb, 1).1.is_empty()
+    });
+    assert_eq!(fs::read(r2.join("f")).unwrap(), b"version-2");
+    assert_replicas_identical(&[&r1, &r2]);
+    for _ in 0..10 {
+        assert_eq!(fs::read(mb.path("f")).unwrap(), b"version-2");
+    }
+    assert_eq!(
+        count(&ma.log(), "is in sync again"),
+        1,
+        "A resynced r2 once:\n{}",
+        ma.log()
+    );
+    assert_eq!(
+        count(&mb.log(), "is in sync again"),
+        0,
+        "B did not resync:\n{}",
+        mb.log()
+    );
+    drop(mb);
+    drop(ma);
+    drop(f2);
+}
+
+/// A network namespace for host B, joined to the test's namespace by a
+/// veth pair: B at 10.91.(n).2, the test's side (host A and the arbiter)
+/// at 10.91.(n).1. Cutting the link isolates B from both. Removed on drop.
+struct Netns {
+    name: String,
+    veth: String,
+    subnet: u32,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ip (iproute2): {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let subnet = 100 + std::process::id() % 100;
+        let n = Netns {
+            name: format!("chfs-b{}", std::process::id()),
+            veth: format!("vchb{}", std::process::id() % 100_000),
+            subnet,
+        };
+        let peer = format!("{}p", n.veth);
+        ip(&["netns", "add", &n.name]);
+        ip(&[
+            "link", "add", &n.veth, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &n.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", n.outside()),
+            "dev",
+            &n.veth,
+        ]);
+        ip(&["link", "set", &n.veth, "up"]);
+        ip(&[
+            "-n",
+            &n.name,
+            "addr",
+            "add",
+            &format!("{}/24", n.inside()),
+            "dev",
+            &peer,
+        ]);
+        ip(&["-n", &n.name, "link", "set", &peer, "up"]);
+        ip(&["-n", &n.name, "link", "set", "lo", "up"]);
+        n
+    }
+
+    fn outside(&self) -> String {
+        format!("10.91.{}.1", self.subnet)
+    }
+
+    fn inside(&self) -> String {
+        format!("10.91.{}.2", self.subnet)
+    }
+
+    fn prefix(&self) -> Vec<String> {
+        vec!["nsenter".into(), format!("--net=/run/netns/{}", self.name)]
+    }
+
+    fn connect(&self, up: bool) {
+        ip(&["link", "set", &self.veth, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn a_partition_while_both_hosts_write_one_path_keeps_both_versions() {
+    let shared = TestRoot::new();
+    let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
+    let secret = write_secret(&shared);
+    let net = Netns::new();
+    let prefix = net.prefix();
+    let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    // A reaches r2 through faultfs, B reaches r1 through faultfs: during
+    // the partition each host reaches a different replica.
+    let f2 = FaultFs::over(TestRoot::new(), r2.clone());
+    let f1 = FaultFs::over(TestRoot::new(), r1.clone());
+    let (p0, pa, pb) = (free_port(), free_port(), free_port());
+    let (a0, aa, ab) = (
+        format!("{}:{p0}", net.outside()),
+        format!("{}:{pa}", net.outside()),
+        format!("{}:{pb}", net.inside()),
+    );
+    let arb = RingNode::start(&shared, "arb", &a0, &secret, &[]);
+    let seeds = vec![format!("arb@{a0}")];
+    let (ma, sa) = mount(
+        TestRoot::new(),
+        "hosta",
+        &aa,
+        &seeds,
+        &secret,
+        &[&r1, &f2.mountpoint],
+        &[],
+    );
+    let (mb, sb) = mount(
+        TestRoot::new(),
+        "hostb",
+        &ab,
+        &seeds,
+        &secret,
+        &[&f1.mountpoint, &r2],
+        &prefix,
+    );
+    make_ring(
+        &arb.sock,
+        &[("arb", &a0), ("hosta", &aa), ("hostb", &ab)],
+        &[&arb.sock, &sa, &sb],
+    );
+    fs::write(ma.path("doc"), b"base version").unwrap();
+    assert_eq!(fs::read(mb.path("doc")).unwrap(), b"base version");
+
+    // B is cut off from A and from the arbiter; A loses r2, B loses r1.
+    net.connect(false);
+    f2.set_mode("eio");
+    f1.set_mode("eio");
+    fs::write(ma.path("doc"), b"written by A").unwrap();
+    thread::sleep(Duration::from_millis(1100));
+    fs::write(mb.path("doc"), b"written by B, later").unwrap();
+    assert_eq!(fs::read(r1.join("doc")).unwrap(), b"written by A");
+    assert_eq!(fs::read(r2.join("doc")).unwrap(), b"written by B, later");
+
+    // Heal: the hosts meet again, then the replicas come back.
+    net.connect(true);
+    for s in [&sa, &sb] {
+        wait_until("the ring to heal", SETTLE, || {
+            json(s, &["ring", "status"])["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().all(|x| x["alive"] == true))
+        });
+    }
+    f2.set_mode("ok");
+    f1.set_mode("ok");
+    wait_until("both replicas in sync for both hosts", SETTLE, || {
+        [&sa, &sb].iter().all(|s| {
+            (0..2).all(|i| {
+                let (state, stale) = replica_state(s, i);
+                state == "in-sync" && stale.is_empty()
+            })
+        })
+    });
+    // The newer version stays on the path; the other is kept beside it,
+    // on both replicas.
+    for r in [&r1, &r2] {
+        assert_eq!(fs::read(r.join("doc")).unwrap(), b"written by B, later");
+        let copies: Vec<String> = fs::read_dir(r)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("doc.chironfs-conflict-hosta-"))
+            .collect();
+        assert_eq!(copies.len(), 1, "{}: {copies:?}", r.display());
+        assert_eq!(fs::read(r.join(&copies[0])).unwrap(), b"written by A");
+    }
+    assert_replicas_identical(&[&r1, &r2]);
+    let listed = json(&sa, &["conflicts"]);
+    let list = listed.as_array().expect("a list of conflicts");
+    assert_eq!(list.len(), 1, "{listed}");
+    assert_eq!(list[0]["path"], "doc");
+    assert_eq!(list[0]["host"], "hosta");
+    assert_eq!(fs::read(mb.path("doc")).unwrap(), b"written by B, later");
+    drop(mb);
+    drop(ma);
+    drop(f1);
+    drop(f2);
+}
