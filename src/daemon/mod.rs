@@ -4,6 +4,7 @@
 mod bind;
 pub mod checks;
 pub mod log;
+pub mod ring_node;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
