@@ -29,6 +29,14 @@ fn main() {
         argv.remove(1);
         std::process::exit(ctl::client::main(&argv));
     }
+    // A metadata-only ring member, and the hidden ring client of scripts/bench.
+    if !called.starts_with("mount.") {
+        match argv.get(1).map(String::as_str) {
+            Some("ring-node") => std::process::exit(cli::ring::ring_node(&argv)),
+            Some("ring-bench") => std::process::exit(cli::ring::ring_bench(&argv)),
+            _ => {}
+        }
+    }
     if called.starts_with("mount.") {
         match cli::mount_helper::to_chironfs_args(&argv) {
             Ok(args) => argv = args,

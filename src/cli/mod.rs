@@ -1,6 +1,8 @@
 //! The `chironfs` command line (ChironFS syntax).
 
 pub mod mount_helper;
+pub mod ring;
+mod ring_bench;
 
 use std::path::PathBuf;
 
@@ -16,7 +18,7 @@ use crate::replica::ReplicaSpec;
     name = "chironfs",
     version,
     about,
-    override_usage = "chironfs [OPTIONS] [:]PATH=[:]PATH[=...] MOUNTPOINT\n       chironfs [OPTIONS] --config FILE MOUNTPOINT"
+    override_usage = "chironfs [OPTIONS] [:]PATH=[:]PATH[=...] MOUNTPOINT\n       chironfs [OPTIONS] --config FILE MOUNTPOINT\n       chironfs ring-node [-d] --config FILE"
 )]
 struct Args {
     /// Stay in the foreground and log to stderr.

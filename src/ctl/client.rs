@@ -7,6 +7,16 @@
 //!   chironctl resync REPLICA [--full|--verify] [--wait] [MOUNTPOINT|SOCKET]
 //!   chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]
 //!   chironctl log-level LEVEL [MOUNTPOINT|SOCKET]
+//!   chironctl conflicts [MOUNTPOINT|SOCKET] [--json]
+//!   chironctl ring status [MOUNTPOINT|SOCKET] [--json]
+//!   chironctl ring join NODE HOST:PORT [MOUNTPOINT|SOCKET]
+//!   chironctl ring leave NODE [MOUNTPOINT|SOCKET]
+//!   chironctl ring apply [MOUNTPOINT|SOCKET]
+//!   chironctl ring get KEY [MOUNTPOINT|SOCKET] [--json]
+//!   chironctl ring put KEY VALUE [MOUNTPOINT|SOCKET] [--json]
+//!
+//! The socket is also given with `-s SOCKET` (`--socket SOCKET`): the
+//! only way to reach a ring node, which has no mountpoint.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -14,14 +24,23 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::protocol::{Request, Response, VERSION};
+use super::protocol::{Request, Response};
 use crate::fs::FsStatus;
+use crate::meta::ConflictRecord;
+use crate::ring::node::RingStatus;
 
-const USAGE: &str = "usage: chironctl status|check|metrics [MOUNTPOINT|SOCKET] [--json]
-       chironctl disable|enable REPLICA [MOUNTPOINT|SOCKET]
-       chironctl resync REPLICA [--full|--verify] [--wait] [MOUNTPOINT|SOCKET]
-       chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]
-       chironctl log-level error|warn|info|debug|trace [MOUNTPOINT|SOCKET]";
+const USAGE: &str = "usage: chironctl [-s SOCKET] status|check|metrics [MOUNTPOINT|SOCKET] [--json]
+       chironctl [-s SOCKET] disable|enable REPLICA [MOUNTPOINT|SOCKET]
+       chironctl [-s SOCKET] resync REPLICA [--full|--verify] [--wait] [MOUNTPOINT|SOCKET]
+       chironctl [-s SOCKET] trust REPLICA --confirm [MOUNTPOINT|SOCKET]
+       chironctl [-s SOCKET] log-level error|warn|info|debug|trace [MOUNTPOINT|SOCKET]
+       chironctl [-s SOCKET] conflicts [MOUNTPOINT|SOCKET] [--json]
+       chironctl [-s SOCKET] ring status [MOUNTPOINT|SOCKET] [--json]
+       chironctl [-s SOCKET] ring join NODE HOST:PORT [MOUNTPOINT|SOCKET]
+       chironctl [-s SOCKET] ring leave NODE [MOUNTPOINT|SOCKET]
+       chironctl [-s SOCKET] ring apply [MOUNTPOINT|SOCKET]
+       chironctl [-s SOCKET] ring get KEY [MOUNTPOINT|SOCKET] [--json]
+       chironctl [-s SOCKET] ring put KEY VALUE [MOUNTPOINT|SOCKET] [--json]";
 
 /// Nagios exit codes.
 const OK: i32 = 0;
@@ -250,15 +269,7 @@ pub fn metrics(st: &FsStatus) -> String {
 fn wait_for_resync(sock: &Path, name: &str) -> i32 {
     use std::io::IsTerminal;
     let tty = std::io::stdout().is_terminal();
-    let req = Request {
-        version: VERSION,
-        command: "status".into(),
-        replica: None,
-        full: false,
-        confirm: false,
-        verify: false,
-        level: None,
-    };
+    let req = Request::new("status");
     let mut last = String::new();
     loop {
         let st = match call(sock, &req) {
@@ -342,32 +353,187 @@ fn wait_for_resync(sock: &Path, name: &str) -> i32 {
     }
 }
 
+/// The ring status for people.
+pub fn render_ring(st: &RingStatus) -> String {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let mut out = format!("node {}, ", st.node);
+    if st.layout_version == 0 {
+        out.push_str(&format!(
+            "no layout yet, N={} R={} W={}\n",
+            st.n, st.r, st.w
+        ));
+    } else {
+        let transition = st.transition_from.map_or(String::new(), |v| {
+            format!(" (transition from {v}: syncing)")
+        });
+        out.push_str(&format!(
+            "layout version {}{transition}, N={} R={} W={}\n",
+            st.layout_version, st.n, st.r, st.w
+        ));
+    }
+    if !st.members.is_empty() {
+        let w = st
+            .members
+            .iter()
+            .map(|m| m.node.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let aw = st
+            .members
+            .iter()
+            .map(|m| m.addr.len())
+            .max()
+            .unwrap_or(0)
+            .max(7);
+        out.push_str(&format!(
+            "{:<w$}  {:<aw$}  ALIVE  PARTITIONS  SYNCED\n",
+            "NODE", "ADDRESS"
+        ));
+        for m in &st.members {
+            out.push_str(&format!(
+                "{:<w$}  {:<aw$}  {:<5}  {:<10}  {}\n",
+                m.node,
+                m.addr,
+                yes(m.alive),
+                m.partitions,
+                yes(m.synced)
+            ));
+        }
+    }
+    if st.staged_join.is_empty() && st.staged_leave.is_empty() {
+        if st.layout_version == 0 {
+            out.push_str(
+                "nothing staged: stage the nodes with `chironctl ring join NODE HOST:PORT`, then `chironctl ring apply`\n",
+            );
+        }
+    } else {
+        let mut staged: Vec<String> = st
+            .staged_join
+            .iter()
+            .map(|(n, a)| format!("join {n} at {a}"))
+            .collect();
+        staged.extend(st.staged_leave.iter().map(|n| format!("leave {n}")));
+        out.push_str(&format!("staged (not applied): {}\n", staged.join(", ")));
+    }
+    out.push_str(&format!(
+        "keys {}, hints {}, read repairs {}, hints delivered {}, entries repaired {}\n",
+        st.keys, st.hints, st.read_repairs, st.hints_delivered, st.entries_repaired
+    ));
+    out
+}
+
+/// Conflict copies for people.
+pub fn render_conflicts(list: &[ConflictRecord]) -> String {
+    if list.is_empty() {
+        return "no conflict copies\n".to_string();
+    }
+    let pw = list.iter().map(|c| c.path.len()).max().unwrap_or(0).max(4);
+    let cw = list.iter().map(|c| c.copy.len()).max().unwrap_or(0).max(4);
+    let hw = list.iter().map(|c| c.host.len()).max().unwrap_or(0).max(4);
+    let mut out = format!(
+        "{:<pw$}  {:<cw$}  {:<hw$}  {:<8}  TIME (UTC)\n",
+        "PATH", "COPY", "HOST", "POLICY"
+    );
+    for c in list {
+        out.push_str(&format!(
+            "{:<pw$}  {:<cw$}  {:<hw$}  {:<8}  {}\n",
+            c.path,
+            c.copy,
+            c.host,
+            c.policy,
+            utc(c.at)
+        ));
+    }
+    out
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86400, secs % 86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// The command line split into options and words.
+struct Args<'a> {
+    socket: Option<&'a str>,
+    flags: Vec<&'a str>,
+    words: Vec<&'a str>,
+}
+
+/// Takes `-s SOCKET`, `--socket SOCKET`, `--socket=SOCKET` and the `--x`
+/// flags out of the arguments; after `--` everything is a word.
+fn split_args(argv: &[String]) -> Result<Args<'_>, String> {
+    let mut a = Args {
+        socket: None,
+        flags: Vec::new(),
+        words: Vec::new(),
+    };
+    let mut it = argv.iter().skip(1).map(String::as_str);
+    while let Some(arg) = it.next() {
+        match arg {
+            "--" => {
+                a.words.extend(it.by_ref());
+            }
+            "-s" | "--socket" => {
+                a.socket = Some(it.next().ok_or(format!("{arg} needs a socket path"))?);
+            }
+            _ if arg.starts_with("--socket=") => a.socket = Some(&arg["--socket=".len()..]),
+            _ if arg.starts_with("--") => a.flags.push(arg),
+            _ => a.words.push(arg),
+        }
+    }
+    Ok(a)
+}
+
 /// Runs chironctl; returns the exit code.
 pub fn main(argv: &[String]) -> i32 {
-    let args: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
-    let json = args.contains(&"--json");
-    let full = args.contains(&"--full");
-    let confirm = args.contains(&"--confirm");
-    let wait = args.contains(&"--wait");
-    let verify = args.contains(&"--verify");
-    let rest: Vec<&str> = args
-        .iter()
-        .copied()
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let Some((&cmd, rest)) = rest.split_first() else {
+    let a = match split_args(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("chironctl: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    let has = |f: &str| a.flags.contains(&f);
+    let (json, full, confirm, wait, verify) = (
+        has("--json"),
+        has("--full"),
+        has("--confirm"),
+        has("--wait"),
+        has("--verify"),
+    );
+    let Some((&cmd, rest)) = a.words.split_first() else {
         eprintln!("{USAGE}");
         return 2;
     };
-    if let Some(bad) = args.iter().find(|a| {
-        a.starts_with("--")
-            && !matches!(
-                **a,
-                "--json" | "--full" | "--confirm" | "--wait" | "--verify"
-            )
+    if let Some(bad) = a.flags.iter().find(|f| {
+        !matches!(
+            **f,
+            "--json" | "--full" | "--confirm" | "--wait" | "--verify"
+        )
     }) {
         eprintln!("chironctl: unknown option '{bad}'\n{USAGE}");
         return if cmd == "check" { UNKNOWN } else { 2 };
+    }
+    if cmd == "ring" {
+        return ring_main(rest, a.socket, json);
     }
     let (replica, target) = match cmd {
         "disable" | "enable" | "resync" | "trust" | "log-level" => match rest {
@@ -377,11 +543,17 @@ pub fn main(argv: &[String]) -> i32 {
                 return 2;
             }
         },
-        "status" | "check" | "metrics" if rest.len() <= 1 => (None, rest.first().copied()),
+        "status" | "check" | "metrics" | "conflicts" if rest.len() <= 1 => {
+            (None, rest.first().copied())
+        }
         _ => {
             eprintln!(
                 "chironctl: unknown command or arguments '{}'\n{USAGE}",
-                args.join(" ")
+                argv.iter()
+                    .skip(1)
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
             );
             return 2;
         }
@@ -395,7 +567,7 @@ pub fn main(argv: &[String]) -> i32 {
             1
         }
     };
-    let sock = match socket_for(target) {
+    let sock = match pick_socket(a.socket, target) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -410,13 +582,12 @@ pub fn main(argv: &[String]) -> i32 {
         (replica, None)
     };
     let req = Request {
-        version: VERSION,
-        command: command.into(),
         replica: replica.clone(),
         full,
         confirm,
         verify,
         level,
+        ..Request::new(command)
     };
     let resp = match call(&sock, &req) {
         Ok(r) => r,
@@ -424,6 +595,14 @@ pub fn main(argv: &[String]) -> i32 {
     };
     if !resp.ok {
         return fail(resp.error.unwrap_or_else(|| "the daemon refused".into()));
+    }
+    if cmd == "conflicts" {
+        let list = resp.conflicts.unwrap_or_default();
+        if json {
+            return print_json(&list);
+        }
+        print!("{}", render_conflicts(&list));
+        return 0;
     }
     let Some(st) = resp.status else {
         if cmd == "resync" && wait {
@@ -433,10 +612,7 @@ pub fn main(argv: &[String]) -> i32 {
         return 0;
     };
     match cmd {
-        "status" if json => match serde_json::to_string_pretty(&st) {
-            Ok(s) => println!("{s}"),
-            Err(e) => return fail(e.to_string()),
-        },
+        "status" if json => return print_json(&st),
         "status" => print!("{}", render_table(&st)),
         "check" => {
             let (line, code) = check(&st);
@@ -446,4 +622,158 @@ pub fn main(argv: &[String]) -> i32 {
         _ => print!("{}", metrics(&st)),
     }
     0
+}
+
+/// `-s SOCKET`, or the positional MOUNTPOINT|SOCKET, or the one daemon
+/// running; both at once is an error.
+fn pick_socket(socket: Option<&str>, target: Option<&str>) -> Result<PathBuf, String> {
+    match (socket, target) {
+        (Some(s), None) => Ok(PathBuf::from(s)),
+        (Some(_), Some(t)) => Err(format!("both -s and '{t}' name a daemon: give one of them")),
+        (None, t) => socket_for(t),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> i32 {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => {
+            println!("{s}");
+            0
+        }
+        Err(e) => {
+            eprintln!("chironctl: {e}");
+            1
+        }
+    }
+}
+
+/// `chironctl ring ...`.
+fn ring_main(words: &[&str], socket: Option<&str>, json: bool) -> i32 {
+    let usage = |why: &str| {
+        eprintln!("chironctl ring: {why}\n{USAGE}");
+        2
+    };
+    let Some((&sub, rest)) = words.split_first() else {
+        return usage("name a subcommand: status, join, leave, apply, get or put");
+    };
+    // Arguments the subcommand takes, then at most one MOUNTPOINT|SOCKET.
+    let takes = match sub {
+        "status" | "apply" => 0,
+        "leave" | "get" => 1,
+        "join" | "put" => 2,
+        other => return usage(&format!("unknown subcommand '{other}'")),
+    };
+    if rest.len() < takes || rest.len() > takes + 1 {
+        let args = match sub {
+            "leave" => " NODE",
+            "get" => " KEY",
+            "join" => " NODE HOST:PORT",
+            "put" => " KEY VALUE",
+            _ => "",
+        };
+        return usage(&format!(
+            "usage: chironctl ring {sub}{args} [MOUNTPOINT|SOCKET]"
+        ));
+    }
+    let (args, target) = (&rest[..takes], rest.get(takes).copied());
+    let arg = |i: usize| args.get(i).map(|s| s.to_string());
+    let req = match sub {
+        "join" => Request {
+            node: arg(0),
+            addr: arg(1),
+            ..Request::new("ring-join")
+        },
+        "leave" => Request {
+            node: arg(0),
+            ..Request::new("ring-leave")
+        },
+        "get" => Request {
+            key: arg(0),
+            ..Request::new("ring-get")
+        },
+        "put" => Request {
+            key: arg(0),
+            value: arg(1),
+            ..Request::new("ring-put")
+        },
+        _ => Request::new(&format!("ring-{sub}")),
+    };
+    let fail = |e: String| {
+        eprintln!("chironctl: {e}");
+        1
+    };
+    let sock = match pick_socket(socket, target) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let resp = match call(&sock, &req) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if !resp.ok {
+        return fail(resp.error.unwrap_or_else(|| "the daemon refused".into()));
+    }
+    match sub {
+        "get" | "put" => {
+            let values = resp.values.unwrap_or_default();
+            if json {
+                return print_json(&serde_json::json!({
+                    "values": values,
+                    "context": resp.context.unwrap_or_default(),
+                }));
+            }
+            if sub == "get" && values.is_empty() {
+                return fail(format!("key '{}' not found", args[0]));
+            }
+            if values.len() > 1 {
+                eprintln!(
+                    "chironctl: {} siblings (concurrent writes); a put replaces them all",
+                    values.len()
+                );
+            }
+            for v in values {
+                println!("{v}");
+            }
+            0
+        }
+        _ => {
+            let Some(st) = resp.ring else {
+                return fail("the daemon sent no ring status".into());
+            };
+            if json {
+                return print_json(&st);
+            }
+            match sub {
+                "join" | "leave" => {
+                    println!(
+                        "staged; commit with `chironctl ring apply` (staged now: {})",
+                        staged_summary(&st)
+                    );
+                }
+                "apply" => match st.transition_from {
+                    Some(old) => println!(
+                        "layout version {} committed; transition from version {old} until the new owners have synced (see `chironctl ring status`)",
+                        st.layout_version
+                    ),
+                    None => println!("layout version {} committed", st.layout_version),
+                },
+                _ => print!("{}", render_ring(&st)),
+            }
+            0
+        }
+    }
+}
+
+fn staged_summary(st: &RingStatus) -> String {
+    let mut v: Vec<String> = st
+        .staged_join
+        .iter()
+        .map(|(n, a)| format!("join {n} at {a}"))
+        .collect();
+    v.extend(st.staged_leave.iter().map(|n| format!("leave {n}")));
+    if v.is_empty() {
+        "nothing".into()
+    } else {
+        v.join(", ")
+    }
 }

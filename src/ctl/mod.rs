@@ -4,6 +4,7 @@
 pub mod client;
 pub mod http;
 pub mod protocol;
+pub mod ring;
 pub mod server;
 
 use std::path::{Path, PathBuf};

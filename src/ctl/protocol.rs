@@ -4,20 +4,38 @@
 //!           `{"version":1,"command":"disable","replica":"/srv/b"}` (also
 //!           `enable`), `{"version":1,"command":"resync","replica":"1","full":true}` (or `"verify":true`),
 //!           `{"version":1,"command":"trust","replica":"/srv/b","confirm":true}`,
-//!           `{"version":1,"command":"log-level","level":"debug"}`.
+//!           `{"version":1,"command":"log-level","level":"debug"}`,
+//!           `{"version":1,"command":"conflicts"}` (mounts with a `[ring]`).
 //!           A replica is named by its path, its index or its id.
+//! Ring:     `{"version":1,"command":"ring-status"}`,
+//!           `{"version":1,"command":"ring-join","node":"b","addr":"10.0.0.2:4600"}`,
+//!           `{"version":1,"command":"ring-leave","node":"b"}`,
+//!           `{"version":1,"command":"ring-apply"}`,
+//!           `{"version":1,"command":"ring-get","key":"k"}`,
+//!           `{"version":1,"command":"ring-put","key":"k","value":"v"}` (with
+//!           `"context":{...}` from a `ring-get`: replaces what that read saw;
+//!           without: reads first and replaces what it finds; `{}`: a blind
+//!           write, kept beside any value as a sibling). Served by mounts
+//!           with a `[ring]` section and by `chironfs ring-node`.
 //! Response: `{"version":1,"ok":true,"status":{...}}`, `{"version":1,"ok":true}`
-//!           or `{"version":1,"ok":false,"error":"..."}`.
+//!           or `{"version":1,"ok":false,"error":"..."}`; ring commands
+//!           answer with `"ring":{...}` (`ring-status`, `-join`, `-leave`,
+//!           `-apply`: the status after the change), `"values":[...]` and
+//!           `"context":{...}` (`ring-get`, `ring-put`: the siblings, as
+//!           UTF-8 text), `conflicts` with `"conflicts":[...]`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::fs::FsStatus;
+use crate::meta::ConflictRecord;
+use crate::ring::node::RingStatus;
+use crate::ring::version::Context;
 
 pub const VERSION: u32 = 1;
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 64 * 1024;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, Default)]
 pub struct Request {
     pub version: u32,
     pub command: String,
@@ -34,9 +52,34 @@ pub struct Request {
     /// For `log-level`: error, warn, info, debug or trace.
     #[serde(default)]
     pub level: Option<String>,
+    /// For `ring-join` and `ring-leave`: the node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// For `ring-join`: HOST:PORT the node's ring listens on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// For `ring-get` and `ring-put`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For `ring-put`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// For `ring-put`: the context a `ring-get` returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+impl Request {
+    pub fn new(command: &str) -> Request {
+        Request {
+            version: VERSION,
+            command: command.to_string(),
+            ..Request::default()
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
 pub struct Response {
     pub version: u32,
     pub ok: bool,
@@ -44,6 +87,17 @@ pub struct Response {
     pub status: Option<FsStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<RingStatus>,
+    /// The live siblings of a key (`ring-get`, `ring-put`); empty when the
+    /// key has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+    /// The causal context of those siblings, to give back with a `ring-put`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<Vec<ConflictRecord>>,
 }
 
 impl Response {
@@ -52,7 +106,7 @@ impl Response {
             version: VERSION,
             ok: true,
             status,
-            error: None,
+            ..Response::default()
         }
     }
 
@@ -60,8 +114,8 @@ impl Response {
         Response {
             version: VERSION,
             ok: false,
-            status: None,
             error: Some(e.into()),
+            ..Response::default()
         }
     }
 }

@@ -2,6 +2,10 @@
 //! 0600, and the peer's credentials are checked), or root and `ctl_group`
 //! (0660). A malformed or oversized request gets an error reply; a client
 //! that stalls is dropped after a timeout; neither affects other clients.
+//!
+//! One server for both daemons: a mount (its filesystem, and its ring
+//! member if it has a `[ring]` section) and `chironfs ring-node` (a ring
+//! member only). Each answers what it lacks with an error saying so.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -11,10 +15,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::protocol::{MAX_LINE, Request, Response, VERSION};
+use super::ring::RingHandle;
 use crate::fs::ChironFs;
+use crate::ring::service::RingService;
+
+/// What a status socket serves. Cheap to clone.
+#[derive(Clone)]
+pub struct Target {
+    fs: Option<Arc<ChironFs>>,
+    ring: Option<RingHandle>,
+}
+
+impl Target {
+    /// A mount, with its ring member if it has a `[ring]` section.
+    pub fn mount(fs: Arc<ChironFs>, ring: Option<&RingService>) -> Target {
+        Target {
+            fs: Some(fs),
+            ring: ring.map(RingHandle::new),
+        }
+    }
+
+    /// A ring member without a filesystem (`chironfs ring-node`).
+    pub fn ring_node(ring: &RingService) -> Target {
+        Target {
+            fs: None,
+            ring: Some(RingHandle::new(ring)),
+        }
+    }
+}
 
 /// Binds the socket (replacing a stale one) and serves it on a thread.
-pub fn start(fs: Arc<ChironFs>, path: &Path, group: Option<u32>) -> Result<(), String> {
+pub fn start(target: Target, path: &Path, group: Option<u32>) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         use std::os::unix::fs::DirBuilderExt;
         // Explicit mode: the daemon runs with umask 0.
@@ -54,10 +85,10 @@ pub fn start(fs: Arc<ChironFs>, path: &Path, group: Option<u32>) -> Result<(), S
         .spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let fs = fs.clone();
+                let target = target.clone();
                 let _ = std::thread::Builder::new()
                     .name("ctl-client".into())
-                    .spawn(move || serve(&fs, conn, group));
+                    .spawn(move || serve(&target, conn, group));
             }
             tracing::warn!("status socket {} closed", path.display());
         })
@@ -83,7 +114,7 @@ fn in_group(pid: i32, gid: u32) -> bool {
         .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
 }
 
-fn serve(fs: &ChironFs, conn: UnixStream, group: Option<u32>) {
+fn serve(target: &Target, conn: UnixStream, group: Option<u32>) {
     if !allowed(&conn, group) {
         return;
     }
@@ -106,7 +137,7 @@ fn serve(fs: &ChironFs, conn: UnixStream, group: Option<u32>) {
         let resp = if too_long {
             Response::error(format!("request longer than {MAX_LINE} bytes"))
         } else {
-            handle(fs, &line)
+            handle(target, &line)
         };
         let mut text = serde_json::to_string(&resp).unwrap_or_else(|_| {
             r#"{"version":1,"ok":false,"error":"cannot encode the reply"}"#.to_string()
@@ -118,7 +149,7 @@ fn serve(fs: &ChironFs, conn: UnixStream, group: Option<u32>) {
     }
 }
 
-fn handle(fs: &ChironFs, line: &[u8]) -> Response {
+fn handle(target: &Target, line: &[u8]) -> Response {
     let req: Request = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => return Response::error(format!("malformed request: {e}")),
@@ -129,6 +160,45 @@ fn handle(fs: &ChironFs, line: &[u8]) -> Response {
             req.version
         ));
     }
+    match req.command.as_str() {
+        "log-level" => match req
+            .level
+            .as_deref()
+            .ok_or_else(|| "log-level needs a level".to_string())
+            .and_then(crate::daemon::log::set_level)
+        {
+            Ok(()) => Response::ok(None),
+            Err(e) => Response::error(e),
+        },
+        c if c.starts_with("ring-") => match &target.ring {
+            Some(ring) => ring.handle(&req),
+            None => Response::error(format!(
+                "{c}: this mount has no [ring] section (see chironfs.toml(5))"
+            )),
+        },
+        c => match &target.fs {
+            Some(fs) => handle_fs(fs, &req),
+            None if !FS_COMMANDS.contains(&c) => Response::error(format!("unknown command '{c}'")),
+            None => Response::error(format!(
+                "{c}: this is a ring node, without a filesystem; it answers only ring commands \
+                 (chironctl ring status|join|leave|apply|get|put) and log-level"
+            )),
+        },
+    }
+}
+
+/// The commands only a mount answers.
+const FS_COMMANDS: &[&str] = &[
+    "status",
+    "disable",
+    "enable",
+    "resync",
+    "trust",
+    "conflicts",
+];
+
+/// The filesystem's commands.
+fn handle_fs(fs: &ChironFs, req: &Request) -> Response {
     let replica = || -> Result<usize, String> {
         let name = req
             .replica
@@ -154,12 +224,13 @@ fn handle(fs: &ChironFs, line: &[u8]) -> Response {
             "trust declares a replica in sync without copying anything; it needs \"confirm\": true",
         ),
         "trust" => done(replica().and_then(|i| fs.trust(i))),
-        "log-level" => done(
-            req.level
-                .as_deref()
-                .ok_or_else(|| "log-level needs a level".to_string())
-                .and_then(crate::daemon::log::set_level),
-        ),
+        "conflicts" => match fs.conflicts() {
+            Ok(c) => Response {
+                conflicts: Some(c),
+                ..Response::ok(None)
+            },
+            Err(e) => Response::error(e),
+        },
         other => Response::error(format!("unknown command '{other}'")),
     }
 }

@@ -4,6 +4,7 @@
 mod bind;
 pub mod checks;
 pub mod log;
+pub mod ring_node;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -260,7 +261,11 @@ fn serve(
         .ctl
         .clone()
         .unwrap_or_else(|| crate::ctl::default_socket(Some(&fsname), &inv.mountpoint));
-    let serving_ctl = match crate::ctl::server::start(fs.clone(), &sock, group) {
+    let serving_ctl = match crate::ctl::server::start(
+        crate::ctl::server::Target::mount(fs.clone(), ring.as_ref()),
+        &sock,
+        group,
+    ) {
         Ok(()) => true,
         Err(e) => {
             tracing::error!("{e}; chironctl will not reach this mount");
