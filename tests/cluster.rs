@@ -139,10 +139,10 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// `chironctl ARGS... SOCKET`.
+/// `chironctl -s SOCKET ARGS...`.
 fn ctl(sock: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(CHIRONFS);
-    cmd.arg("ctl").args(args).arg(sock);
+    cmd.arg("ctl").arg("-s").arg(sock).args(args);
     run_with_timeout(cmd, Duration::from_secs(30))
 }
 
@@ -495,7 +495,7 @@ fn a_partition_while_both_hosts_write_one_path_keeps_both_versions() {
     let listed = json(&sa, &["conflicts"]);
     let list = listed.as_array().expect("a list of conflicts");
     assert_eq!(list.len(), 1, "{listed}");
-    assert_eq!(list[0]["path"], "doc");
+    assert_eq!(list[0]["path"], "/doc");
     assert_eq!(list[0]["host"], "hosta");
     assert_eq!(fs::read(mb.path("doc")).unwrap(), b"written by B, later");
     drop(mb);
