@@ -51,7 +51,7 @@ fn ring_table(node: &str, addr: &str, seeds: &[String], secret: &Path) -> String
     let seeds: Vec<String> = seeds.iter().map(|s| format!("{s:?}")).collect();
     format!(
         "[ring]\nnode = {node:?}\nlisten = {addr:?}\nseeds = [{}]\nsecret_file = {:?}\n\
-         gossip_interval = 0.2\nanti_entropy_interval = 1.0\ntimeout = 1.0\n",
+         gossip_interval = 0.2\nanti_entropy_interval = 1.0\ntimeout = 1.0\ntakeover_after = 3\n",
         seeds.join(", "),
         secret.display().to_string()
     )
@@ -316,6 +316,65 @@ fn a_replica_failed_for_one_host_is_never_read_by_the_other_and_resynced_once() 
     );
     drop(mb);
     drop(ma);
+    drop(f2);
+}
+
+#[test]
+fn a_replica_left_behind_by_a_host_that_died_is_resynced_by_another() {
+    let shared = TestRoot::new();
+    let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
+    let secret = write_secret(&shared);
+    let f2 = FaultFs::over(TestRoot::new(), r2.clone());
+    let (p0, pa, pb) = (free_port(), free_port(), free_port());
+    let (a0, aa, ab) = (
+        format!("127.0.0.1:{p0}"),
+        format!("127.0.0.1:{pa}"),
+        format!("127.0.0.1:{pb}"),
+    );
+    let arb = RingNode::start(&shared, "arb", &a0, &secret, &[]);
+    let seeds = vec![format!("arb@{a0}")];
+    let (ma, sa) = mount(
+        TestRoot::new(),
+        "hosta",
+        &aa,
+        &seeds,
+        &secret,
+        &[&r1, &f2.mountpoint],
+        &[],
+    );
+    let (mb, sb) = mount(
+        TestRoot::new(),
+        "hostb",
+        &ab,
+        &seeds,
+        &secret,
+        &[&r1, &r2],
+        &[],
+    );
+    make_ring(
+        &arb.sock,
+        &[("arb", &a0), ("hosta", &aa), ("hostb", &ab)],
+        &[&arb.sock, &sa, &sb],
+    );
+    fs::write(ma.path("g"), b"first").unwrap();
+    f2.set_mode("eio");
+    fs::write(ma.path("g"), b"again").unwrap();
+    assert_eq!(replica_state(&sb, 1).1.len(), 1, "B excludes r2");
+    // A dies before it could resync r2; B, once A is taken for dead,
+    // compares r2 with r1 and vouches for it in A's name.
+    let _root = ma.crash();
+    f2.set_mode("ok");
+    wait_until("B to resync r2 for the dead host", SETTLE, || {
+        replica_state(&sb, 1) == ("in-sync".to_string(), Vec::new())
+    });
+    assert_eq!(fs::read(r2.join("g")).unwrap(), b"again");
+    assert_replicas_identical(&[&r1, &r2]);
+    assert!(
+        mb.log().contains("which are gone; resyncing it for them"),
+        "{}",
+        mb.log()
+    );
+    drop(mb);
     drop(f2);
 }
 

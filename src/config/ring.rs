@@ -36,6 +36,10 @@ pub struct RingConfig {
     /// Seconds between anti-entropy passes over every owned partition.
     /// Default: 10.
     pub anti_entropy_interval: f64,
+    /// Seconds a host must stay unreachable before the others take it for
+    /// dead: resyncs go ahead without the writes it may owe, and replicas
+    /// it left out of sync are resynced for it. Default: 60.
+    pub takeover_after: f64,
 }
 
 impl Default for RingConfig {
@@ -52,6 +56,7 @@ impl Default for RingConfig {
             timeout: 2.0,
             gossip_interval: 1.0,
             anti_entropy_interval: 10.0,
+            takeover_after: 60.0,
         }
     }
 }
@@ -98,6 +103,7 @@ impl RingConfig {
             ("timeout", self.timeout),
             ("gossip_interval", self.gossip_interval),
             ("anti_entropy_interval", self.anti_entropy_interval),
+            ("takeover_after", self.takeover_after),
         ] {
             if !(0.01..=3600.0).contains(&v) {
                 return bad(k, v.to_string(), "expected 0.01 to 3600 seconds");

@@ -193,6 +193,7 @@ fn serve(
                 ring.handle(),
                 &ids,
                 Duration::from_secs_f64(ring_cfg.timeout),
+                Duration::from_secs_f64(ring_cfg.takeover_after),
             );
             (
                 shared.clone() as Arc<dyn MetaStore>,

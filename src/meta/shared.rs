@@ -105,11 +105,10 @@ pub struct SharedStore {
     this: std::sync::Weak<SharedStore>,
     /// Nodes that did not answer a flush request, since when.
     gone_since: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// How long a node must stay unreachable before a resync goes ahead
+    /// without the writes it may owe (it is taken for crashed).
+    takeover: Duration,
 }
-
-/// How long a node must stay unreachable before a resync goes ahead
-/// without the writes it may owe (it is taken for crashed).
-const GONE_AFTER: Duration = Duration::from_secs(60);
 
 impl SharedStore {
     pub fn new(
@@ -118,6 +117,7 @@ impl SharedStore {
         rt: tokio::runtime::Handle,
         replica_ids: &[ReplicaId],
         timeout: Duration,
+        takeover: Duration,
     ) -> Arc<SharedStore> {
         let mut ids: Vec<String> = replica_ids.iter().map(ToString::to_string).collect();
         ids.sort();
@@ -125,6 +125,7 @@ impl SharedStore {
         let s = Arc::new_cyclic(|this| SharedStore {
             this: this.clone(),
             gone_since: Mutex::new(HashMap::new()),
+            takeover,
             local,
             host: node.id().clone(),
             node: node.clone(),
@@ -399,14 +400,14 @@ impl SharedStore {
             let waiting: Vec<String> = unreachable
                 .iter()
                 .filter(|n| {
-                    now.duration_since(*gone.entry((*n).clone()).or_insert(now)) < GONE_AFTER
+                    now.duration_since(*gone.entry((*n).clone()).or_insert(now)) < self.takeover
                 })
                 .map(ToString::to_string)
                 .collect();
             if !waiting.is_empty() {
                 tracing::info!(
                     "ring: resync waits until {waiting:?} publish their writes (or stay unreachable for {}s)",
-                    GONE_AFTER.as_secs()
+                    self.takeover.as_secs()
                 );
                 return false;
             }
