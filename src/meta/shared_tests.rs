@@ -72,6 +72,7 @@ fn hosts() -> Hosts {
             rt.handle().clone(),
             &ids,
             Duration::from_millis(500),
+            Duration::from_secs(60),
         ));
         dirs.push(dir);
     }
