@@ -372,6 +372,12 @@ impl SharedStore {
     /// holds it. Taking it first asks every node to publish what it owes,
     /// so the resync sees every host's missed writes.
     pub fn take_lease(&self, ttl: Duration) -> bool {
+        if self.node.layout().current.version == 0 {
+            // No ring to agree through yet (`chironctl ring apply` was never
+            // run): each host resyncs on its own, as without a ring.
+            tracing::warn!("ring: no layout yet; resyncing without a lease");
+            return true;
+        }
         let key = self.key(b"lease/resync");
         let Ok((values, ctx)) = self.get(&key) else {
             return false;
