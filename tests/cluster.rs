@@ -378,6 +378,69 @@ fn a_replica_left_behind_by_a_host_that_died_is_resynced_by_another() {
     drop(f2);
 }
 
+#[test]
+fn paths_a_dead_host_was_changing_are_healed_by_another() {
+    let shared = TestRoot::new();
+    let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
+    let secret = write_secret(&shared);
+    let (p0, pa, pb) = (free_port(), free_port(), free_port());
+    let (a0, aa, ab) = (
+        format!("127.0.0.1:{p0}"),
+        format!("127.0.0.1:{pa}"),
+        format!("127.0.0.1:{pb}"),
+    );
+    let arb = RingNode::start(&shared, "arb", &a0, &secret, &[]);
+    let seeds = vec![format!("arb@{a0}")];
+    let (ma, sa) = mount(
+        TestRoot::new(),
+        "hosta",
+        &aa,
+        &seeds,
+        &secret,
+        &[&r1, &r2],
+        &[],
+    );
+    let (mb, sb) = mount(
+        TestRoot::new(),
+        "hostb",
+        &ab,
+        &seeds,
+        &secret,
+        &[&r1, &r2],
+        &[],
+    );
+    make_ring(
+        &arb.sock,
+        &[("arb", &a0), ("hosta", &aa), ("hostb", &ab)],
+        &[&arb.sock, &sa, &sb],
+    );
+    // A holds a file open for writing (an intent mark it publishes), and
+    // dies with the replicas disagreeing on it (a write half applied).
+    let mut held = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .open(ma.path("open-file"))
+        .unwrap();
+    std::io::Write::write_all(&mut held, b"complete write").unwrap();
+    thread::sleep(Duration::from_millis(800));
+    fs::write(r2.join("open-file"), b"half").unwrap();
+    let _root = ma.crash();
+    drop(held);
+    wait_until("B to heal what A was changing", SETTLE, || {
+        fs::read(r2.join("open-file")).ok().as_deref() == Some(b"complete write".as_slice())
+    });
+    wait_until("r2 back in sync on B", SETTLE, || {
+        replica_state(&sb, 1).0 == "in-sync"
+    });
+    assert_replicas_identical(&[&r1, &r2]);
+    assert!(
+        mb.log().contains("died while changing 1 paths"),
+        "{}",
+        mb.log()
+    );
+    drop(mb);
+}
+
 /// A network namespace for host B, joined to the test's namespace by a
 /// veth pair: B at 10.91.(n).2, the test's side (host A and the arbiter)
 /// at 10.91.(n).1. Cutting the link isolates B from both. Removed on drop.

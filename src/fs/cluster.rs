@@ -154,6 +154,64 @@ impl ChironFs {
         }
     }
 
+    /// Paths a host that died was changing (its published intent marks)
+    /// may differ between replicas: every replica but the first serving one
+    /// gets them as missed marks, and the resync heals them.
+    pub(super) fn heal_pending_of_dead_hosts(&self) {
+        let Some(shared) = self.cluster.get() else {
+            return;
+        };
+        for h in shared.dead_hosts() {
+            let Ok(p) = shared.pending_of(&h) else {
+                continue;
+            };
+            if p.paths.is_empty() && !p.overflow {
+                continue;
+            }
+            if !self.resync_lease() {
+                return;
+            }
+            let Some(&first) = self.readers().first() else {
+                self.end_resync_lease();
+                return;
+            };
+            tracing::warn!(
+                "host {h} died while changing {} paths; healing them",
+                if p.overflow {
+                    "too many to list".to_string()
+                } else {
+                    p.paths.len().to_string()
+                }
+            );
+            for r in self
+                .replicas
+                .iter()
+                .filter(|r| r.index != first && r.is_writable())
+            {
+                if p.overflow {
+                    r.needs_full.store(true, Ordering::Relaxed);
+                } else {
+                    for path in &p.paths {
+                        if let Err(e) = self.marks.store.mark_missed(path, &r.id) {
+                            tracing::error!("metadata store: {e}");
+                            r.needs_full.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if r.state() == crate::replica::State::InSync {
+                    r.set_state(crate::replica::State::Resyncing);
+                    self.persist_state(
+                        r.index,
+                        ReplicaState::Resyncing,
+                        format!("healing paths host {h} was changing when it died"),
+                    );
+                }
+            }
+            shared.healed_pending_of(&h);
+            self.end_resync_lease();
+        }
+    }
+
     /// Before the resync copies `p` from `src` to `dst`: if two hosts
     /// changed `p` while each reached a disjoint set of replicas, resolve
     /// the conflict. Returns true if `p` was settled here (the caller skips

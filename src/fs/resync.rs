@@ -53,6 +53,7 @@ impl ChironFs {
                     _ => {}
                 }
             }
+            self.heal_pending_of_dead_hosts();
             for (i, hosts) in self.orphaned_by_dead_hosts() {
                 if self.resync_lease() {
                     self.adopt(i, &hosts, &throttle);

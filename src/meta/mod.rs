@@ -43,7 +43,7 @@ pub use embedded::EmbeddedStore;
 pub use error::{Holder, MetaError};
 pub use id::{BadReplicaId, ReplicaId};
 pub use record::{ReplicaRecord, ReplicaState};
-pub use shared::{ConflictRecord, HostView, PathWrite, SharedStore};
+pub use shared::{ConflictRecord, HostView, PathWrite, PublishedPending, SharedStore};
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 

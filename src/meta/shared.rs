@@ -21,7 +21,7 @@
 //! takes the resync lease first asks every node to flush its outbox.
 //! While every replica is in sync the write path never touches the ring.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -105,9 +105,27 @@ pub struct SharedStore {
     this: std::sync::Weak<SharedStore>,
     /// Nodes that did not answer a flush request, since when.
     gone_since: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// Nodes the failure detector believes dead, since when.
+    dead_since: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// How long a node must stay unreachable before a resync goes ahead
     /// without the writes it may owe (it is taken for crashed).
     takeover: Duration,
+    /// This host's intent marks, as last changed and as last published
+    /// (`pending/<host>`, in the background, so that another host can heal
+    /// them if this one dies).
+    pending: Mutex<(BTreeSet<Vec<u8>>, u64, u64)>,
+}
+
+/// More intent marks than this are published as "too many": whoever heals
+/// them compares the replicas in full.
+const MAX_PUBLISHED_PENDING: usize = 10_000;
+
+/// A host's intent marks as published in the ring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPending {
+    pub paths: Vec<Vec<u8>>,
+    /// More than MAX_PUBLISHED_PENDING: compare everything.
+    pub overflow: bool,
 }
 
 impl SharedStore {
@@ -125,7 +143,9 @@ impl SharedStore {
         let s = Arc::new_cyclic(|this| SharedStore {
             this: this.clone(),
             gone_since: Mutex::new(HashMap::new()),
+            dead_since: Mutex::new(HashMap::new()),
             takeover,
+            pending: Mutex::new((BTreeSet::new(), 0, 0)),
             local,
             host: node.id().clone(),
             node: node.clone(),
@@ -315,6 +335,7 @@ impl SharedStore {
                 }
             }
         }
+        self.publish_pending();
         let changed = *self.views.read() != fresh;
         *self.views.write() = fresh;
         if !self.outbox.lock().is_empty() {
@@ -330,6 +351,85 @@ impl SharedStore {
         if let Some(f) = f {
             f();
         }
+    }
+
+    /// Publishes this host's intent marks if they changed since the last
+    /// time (marks that live shorter than the watcher's interval are never
+    /// seen: what matters is files held open for writing).
+    fn publish_pending(&self) {
+        let (snapshot, generation) = {
+            let p = self.pending.lock();
+            if p.1 == p.2 {
+                return;
+            }
+            (p.0.clone(), p.1)
+        };
+        let published = if snapshot.len() > MAX_PUBLISHED_PENDING {
+            PublishedPending {
+                paths: Vec::new(),
+                overflow: true,
+            }
+        } else {
+            PublishedPending {
+                paths: snapshot.into_iter().collect(),
+                overflow: false,
+            }
+        };
+        let Ok(bytes) = serde_json::to_vec(&published) else {
+            return;
+        };
+        let key = self.key(format!("pending/{}", self.host).as_bytes());
+        if self.put(key, Some(bytes)) {
+            let mut p = self.pending.lock();
+            p.2 = p.2.max(generation);
+        }
+    }
+
+    /// The intent marks host `h` published (paths it was changing).
+    pub fn pending_of(&self, h: &str) -> std::result::Result<PublishedPending, String> {
+        let key = self.key(format!("pending/{h}").as_bytes());
+        let (values, ctx) = self.get(&key)?;
+        self.contexts.lock().insert(key, ctx);
+        let mut all = PublishedPending::default();
+        for v in values {
+            if let Ok(p) = serde_json::from_slice::<PublishedPending>(&v) {
+                all.overflow |= p.overflow;
+                all.paths.extend(p.paths);
+            }
+        }
+        all.paths.sort();
+        all.paths.dedup();
+        Ok(all)
+    }
+
+    /// Forgets host `h`'s intent marks once another host healed them.
+    pub fn healed_pending_of(&self, h: &str) {
+        let key = self.key(format!("pending/{h}").as_bytes());
+        if self.contexts.lock().contains_key(&key) {
+            self.put(key, None);
+        }
+    }
+
+    /// Hosts of the ring other than this one that the failure detector
+    /// has believed dead for at least `takeover_after`.
+    pub fn dead_hosts(&self) -> Vec<String> {
+        let now = std::time::Instant::now();
+        let mut dead = self.dead_since.lock();
+        let members: Vec<NodeId> = self
+            .node
+            .layout()
+            .current
+            .nodes
+            .into_keys()
+            .filter(|n| *n != self.host)
+            .collect();
+        dead.retain(|n, _| members.contains(n) && !self.node.is_alive(n));
+        members
+            .into_iter()
+            .filter(|n| !self.node.is_alive(n))
+            .filter(|n| now.duration_since(*dead.entry(n.clone()).or_insert(now)) >= self.takeover)
+            .map(|n| n.to_string())
+            .collect()
     }
 
     /// Whether the failure detector believes host `h` alive.
@@ -585,11 +685,21 @@ impl MetaStore for SharedStore {
     }
 
     fn mark_pending(&self, path: &[u8]) -> Result<()> {
-        self.local.mark_pending(path)
+        self.local.mark_pending(path)?;
+        let mut p = self.pending.lock();
+        if p.0.insert(path.to_vec()) {
+            p.1 += 1;
+        }
+        Ok(())
     }
 
     fn clear_pending(&self, path: &[u8]) -> Result<()> {
-        self.local.clear_pending(path)
+        self.local.clear_pending(path)?;
+        let mut p = self.pending.lock();
+        if p.0.remove(path) {
+            p.1 += 1;
+        }
+        Ok(())
     }
 
     fn pending(&self) -> Result<Vec<Vec<u8>>> {
