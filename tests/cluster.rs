@@ -418,6 +418,7 @@ fn paths_a_dead_host_was_changing_are_healed_by_another() {
     // dies with the replicas disagreeing on it (a write half applied).
     let mut held = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(ma.path("open-file"))
         .unwrap();
