@@ -208,6 +208,46 @@ fn mount(
     (b.mount(), sock)
 }
 
+/// Three loopback addresses with free ports: the arbiter's, A's and B's.
+fn loopback_addrs() -> [String; 3] {
+    [0, 1, 2].map(|_| format!("127.0.0.1:{}", free_port()))
+}
+
+/// The arbiter at `addrs[0]`, host A mounting `a` at `addrs[1]` and host B
+/// mounting `b` at `addrs[2]` (under `b_prefix`), with a committed layout
+/// of the three. Returns the arbiter and each mount with its socket.
+fn two_hosts(
+    shared: &TestRoot,
+    secret: &Path,
+    addrs: &[String; 3],
+    a: &[&Path],
+    b: &[&Path],
+    b_prefix: &[&str],
+) -> (RingNode, (Mount, PathBuf), (Mount, PathBuf)) {
+    let arb = RingNode::start(shared, "arb", &addrs[0], secret, &[]);
+    let seeds = vec![format!("arb@{}", addrs[0])];
+    let host_a = mount(TestRoot::new(), "hosta", &addrs[1], &seeds, secret, a, &[]);
+    let host_b = mount(
+        TestRoot::new(),
+        "hostb",
+        &addrs[2],
+        &seeds,
+        secret,
+        b,
+        b_prefix,
+    );
+    make_ring(
+        &arb.sock,
+        &[
+            ("arb", &addrs[0]),
+            ("hosta", &addrs[1]),
+            ("hostb", &addrs[2]),
+        ],
+        &[&arb.sock, &host_a.1, &host_b.1],
+    );
+    (arb, host_a, host_b)
+}
+
 fn replica_state(sock: &Path, index: usize) -> (String, Vec<String>) {
     let st = json(sock, &["status"]);
     let r = &st["replicas"][index];
@@ -234,36 +274,14 @@ fn a_replica_failed_for_one_host_is_never_read_by_the_other_and_resynced_once() 
     // Host A sees r2 through faultfs (so r2 can fail for A alone); host B
     // sees both directly.
     let f2 = FaultFs::over(TestRoot::new(), r2.clone());
-    let (p0, pa, pb) = (free_port(), free_port(), free_port());
-    let (a0, aa, ab) = (
-        format!("127.0.0.1:{p0}"),
-        format!("127.0.0.1:{pa}"),
-        format!("127.0.0.1:{pb}"),
-    );
-    let arb = RingNode::start(&shared, "arb", &a0, &secret, &[]);
-    let seeds = vec![format!("arb@{a0}")];
-    let (ma, sa) = mount(
-        TestRoot::new(),
-        "hosta",
-        &aa,
-        &seeds,
+    let addrs = loopback_addrs();
+    let (_arb, (ma, sa), (mb, sb)) = two_hosts(
+        &shared,
         &secret,
+        &addrs,
         &[&r1, &f2.mountpoint],
-        &[],
-    );
-    let (mb, sb) = mount(
-        TestRoot::new(),
-        "hostb",
-        &ab,
-        &seeds,
-        &secret,
         &[&r1, &r2],
         &[],
-    );
-    make_ring(
-        &arb.sock,
-        &[("arb", &a0), ("hosta", &aa), ("hostb", &ab)],
-        &[&arb.sock, &sa, &sb],
     );
 
     fs::write(ma.path("f"), b"version-1").unwrap();
@@ -325,36 +343,14 @@ fn a_replica_left_behind_by_a_host_that_died_is_resynced_by_another() {
     let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
     let secret = write_secret(&shared);
     let f2 = FaultFs::over(TestRoot::new(), r2.clone());
-    let (p0, pa, pb) = (free_port(), free_port(), free_port());
-    let (a0, aa, ab) = (
-        format!("127.0.0.1:{p0}"),
-        format!("127.0.0.1:{pa}"),
-        format!("127.0.0.1:{pb}"),
-    );
-    let arb = RingNode::start(&shared, "arb", &a0, &secret, &[]);
-    let seeds = vec![format!("arb@{a0}")];
-    let (ma, sa) = mount(
-        TestRoot::new(),
-        "hosta",
-        &aa,
-        &seeds,
+    let addrs = loopback_addrs();
+    let (_arb, (ma, _sa), (mb, sb)) = two_hosts(
+        &shared,
         &secret,
+        &addrs,
         &[&r1, &f2.mountpoint],
-        &[],
-    );
-    let (mb, sb) = mount(
-        TestRoot::new(),
-        "hostb",
-        &ab,
-        &seeds,
-        &secret,
         &[&r1, &r2],
         &[],
-    );
-    make_ring(
-        &arb.sock,
-        &[("arb", &a0), ("hosta", &aa), ("hostb", &ab)],
-        &[&arb.sock, &sa, &sb],
     );
     fs::write(ma.path("g"), b"first").unwrap();
     f2.set_mode("eio");
@@ -383,37 +379,9 @@ fn paths_a_dead_host_was_changing_are_healed_by_another() {
     let shared = TestRoot::new();
     let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
     let secret = write_secret(&shared);
-    let (p0, pa, pb) = (free_port(), free_port(), free_port());
-    let (a0, aa, ab) = (
-        format!("127.0.0.1:{p0}"),
-        format!("127.0.0.1:{pa}"),
-        format!("127.0.0.1:{pb}"),
-    );
-    let arb = RingNode::start(&shared, "arb", &a0, &secret, &[]);
-    let seeds = vec![format!("arb@{a0}")];
-    let (ma, sa) = mount(
-        TestRoot::new(),
-        "hosta",
-        &aa,
-        &seeds,
-        &secret,
-        &[&r1, &r2],
-        &[],
-    );
-    let (mb, sb) = mount(
-        TestRoot::new(),
-        "hostb",
-        &ab,
-        &seeds,
-        &secret,
-        &[&r1, &r2],
-        &[],
-    );
-    make_ring(
-        &arb.sock,
-        &[("arb", &a0), ("hosta", &aa), ("hostb", &ab)],
-        &[&arb.sock, &sa, &sb],
-    );
+    let addrs = loopback_addrs();
+    let (_arb, (ma, _sa), (mb, sb)) =
+        two_hosts(&shared, &secret, &addrs, &[&r1, &r2], &[&r1, &r2], &[]);
     // A holds a file open for writing (an intent mark it publishes), and
     // dies with the replicas disagreeing on it (a write half applied).
     let mut held = fs::OpenOptions::new()
@@ -539,36 +507,18 @@ fn a_partition_while_both_hosts_write_one_path_keeps_both_versions() {
     // the partition each host reaches a different replica.
     let f2 = FaultFs::over(TestRoot::new(), r2.clone());
     let f1 = FaultFs::over(TestRoot::new(), r1.clone());
-    let (p0, pa, pb) = (free_port(), free_port(), free_port());
-    let (a0, aa, ab) = (
-        format!("{}:{p0}", net.outside()),
-        format!("{}:{pa}", net.outside()),
-        format!("{}:{pb}", net.inside()),
-    );
-    let arb = RingNode::start(&shared, "arb", &a0, &secret, &[]);
-    let seeds = vec![format!("arb@{a0}")];
-    let (ma, sa) = mount(
-        TestRoot::new(),
-        "hosta",
-        &aa,
-        &seeds,
+    let addrs = [
+        format!("{}:{}", net.outside(), free_port()),
+        format!("{}:{}", net.outside(), free_port()),
+        format!("{}:{}", net.inside(), free_port()),
+    ];
+    let (_arb, (ma, sa), (mb, sb)) = two_hosts(
+        &shared,
         &secret,
+        &addrs,
         &[&r1, &f2.mountpoint],
-        &[],
-    );
-    let (mb, sb) = mount(
-        TestRoot::new(),
-        "hostb",
-        &ab,
-        &seeds,
-        &secret,
         &[&f1.mountpoint, &r2],
         &prefix,
-    );
-    make_ring(
-        &arb.sock,
-        &[("arb", &a0), ("hosta", &aa), ("hostb", &ab)],
-        &[&arb.sock, &sa, &sb],
     );
     fs::write(ma.path("doc"), b"base version").unwrap();
     assert_eq!(fs::read(mb.path("doc")).unwrap(), b"base version");

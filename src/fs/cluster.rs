@@ -310,10 +310,8 @@ impl ChironFs {
             .map(|r| r.index)
     }
 
-    /// Copies `p` to `copy` inside one replica: a regular file's bytes,
-    /// mode, owner and times (the copy is new, so the resync that spreads
-    /// it to the other replicas carries the rest); other kinds of entry
-    /// are hard-linked under the new name.
+    /// Copies `p` to `copy` inside one replica: a regular file's bytes and
+    /// attributes; other kinds of entry are hard-linked under the new name.
     fn copy_within(
         &self,
         r: &Replica,
@@ -351,27 +349,12 @@ impl ChironFs {
             off += chunk.len() as u64;
             left = left.saturating_sub(chunk.len() as u64);
         }
-        use std::os::fd::AsRawFd;
-        let times = [
-            libc::timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec,
-            },
-            libc::timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec,
-            },
-        ];
-        // Safe: plain syscalls on an fd this function owns.
-        unsafe {
-            if libc::fchown(to.as_raw_fd(), st.st_uid, st.st_gid) != 0
-                || libc::fchmod(to.as_raw_fd(), st.st_mode & 0o7777) != 0
-                || libc::futimens(to.as_raw_fd(), times.as_ptr()) != 0
-            {
-                return Err(Errno::last());
-            }
-        }
-        Ok(())
+        // Owner, mode, xattrs (ACLs) and times, as a resync copies them.
+        crate::resync::attrs::copy_attrs(
+            ops::At::Fd(ops::fd_of(&from)),
+            &st,
+            ops::At::Fd(ops::fd_of(&to)),
+        )
     }
 
     /// Every conflict copy any host sharing these replicas made.

@@ -21,7 +21,7 @@
 // called by the filesystem yet.
 #![allow(dead_code)]
 
-mod attrs;
+pub(crate) mod attrs;
 mod copy;
 mod diff;
 mod sys;
