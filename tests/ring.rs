@@ -342,6 +342,20 @@ fn three_nodes_build_a_layout_and_read_anywhere_what_was_written_anywhere() {
     ring.start_all();
     let st = stdout(&ctl(ring.sock("n2"), &["ring", "status"]));
     assert!(st.contains("no layout yet"), "{st}");
+    // A second node on n1's status socket stops before it starts anything.
+    let dup = ring.root.path().join("dup.toml");
+    fs::write(
+        &dup,
+        format!(
+            "ctl = \"{}\"\nstate_dir = \"{}\"\n[ring]\nnode = \"dup\"\nlisten = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\n",
+            ring.sock("n1").display(),
+            ring.root.path().join("dup.state").display(),
+            free_port(),
+            ring.secret.display()
+        ),
+    )
+    .unwrap();
+    assert_fails(&dup, &["another daemon is listening", "n1.sock"]);
     ring.layout("n1", &["n1", "n2", "n3"]);
     ring.wait_ready(&["n1", "n2", "n3"], 1);
 
