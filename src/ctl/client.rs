@@ -408,13 +408,7 @@ pub fn render_ring(st: &RingStatus) -> String {
             );
         }
     } else {
-        let mut staged: Vec<String> = st
-            .staged_join
-            .iter()
-            .map(|(n, a)| format!("join {n} at {a}"))
-            .collect();
-        staged.extend(st.staged_leave.iter().map(|n| format!("leave {n}")));
-        out.push_str(&format!("staged (not applied): {}\n", staged.join(", ")));
+        out.push_str(&format!("staged (not applied): {}\n", staged_summary(st)));
     }
     out.push_str(&format!(
         "keys {}, hints {}, read repairs {}, hints delivered {}, entries repaired {}\n",
