@@ -665,9 +665,8 @@ fn ring_main(words: &[&str], socket: Option<&str>, json: bool) -> i32 {
             "put" => " KEY VALUE",
             _ => "",
         };
-        return usage(&format!(
-            "usage: chironctl ring {sub}{args} [MOUNTPOINT|SOCKET]"
-        ));
+        eprintln!("chironctl ring {sub}: expected {sub}{args} [MOUNTPOINT|SOCKET]");
+        return 2;
     }
     let (args, target) = (&rest[..takes], rest.get(takes).copied());
     let arg = |i: usize| args.get(i).map(|s| s.to_string());
