@@ -61,7 +61,7 @@ fn run(opts: &BenchOptions) -> Result<usize, String> {
 
 fn bench(ring: &RingService, opts: &BenchOptions) -> Result<usize, String> {
     let node = ring.node().clone();
-    let waited = wait_ready(ring, &node, opts.wait)?;
+    let waited = wait_ready(&node, opts.wait)?;
     let st = node.status();
     println!(
         "ring layout version {}, {} members, N={} R={} W={}; all alive after {:.1} s",
@@ -121,7 +121,7 @@ fn bench(ring: &RingService, opts: &BenchOptions) -> Result<usize, String> {
 }
 
 /// Waits until this node has a layout and sees each of its members alive.
-fn wait_ready(ring: &RingService, node: &Node, limit: Duration) -> Result<Duration, String> {
+fn wait_ready(node: &Node, limit: Duration) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
         let st = node.status();
@@ -148,7 +148,7 @@ fn wait_ready(ring: &RingService, node: &Node, limit: Duration) -> Result<Durati
                 )
             });
         }
-        ring.block_on(tokio::time::sleep(Duration::from_millis(100)));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -408,13 +408,7 @@ pub fn render_ring(st: &RingStatus) -> String {
             );
         }
     } else {
-        let mut staged: Vec<String> = st
-            .staged_join
-            .iter()
-            .map(|(n, a)| format!("join {n} at {a}"))
-            .collect();
-        staged.extend(st.staged_leave.iter().map(|n| format!("leave {n}")));
-        out.push_str(&format!("staged (not applied): {}\n", staged.join(", ")));
+        out.push_str(&format!("staged (not applied): {}\n", staged_summary(st)));
     }
     out.push_str(&format!(
         "keys {}, hints {}, read repairs {}, hints delivered {}, entries repaired {}\n",
@@ -671,9 +665,8 @@ fn ring_main(words: &[&str], socket: Option<&str>, json: bool) -> i32 {
             "put" => " KEY VALUE",
             _ => "",
         };
-        return usage(&format!(
-            "usage: chironctl ring {sub}{args} [MOUNTPOINT|SOCKET]"
-        ));
+        eprintln!("chironctl ring {sub}: expected {sub}{args} [MOUNTPOINT|SOCKET]");
+        return 2;
     }
     let (args, target) = (&rest[..takes], rest.get(takes).copied());
     let arg = |i: usize| args.get(i).map(|s| s.to_string());

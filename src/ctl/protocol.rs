@@ -8,7 +8,7 @@
 //!           `{"version":1,"command":"conflicts"}` (mounts with a `[ring]`).
 //!           A replica is named by its path, its index or its id.
 //! Ring:     `{"version":1,"command":"ring-status"}`,
-//!           `{"version":1,"command":"ring-join","node":"b","addr":"10.0.0.2:4600"}`,
+//!           `{"version":1,"command":"ring-join","node":"b","addr":"10.0.0.2:7100"}`,
 //!           `{"version":1,"command":"ring-leave","node":"b"}`,
 //!           `{"version":1,"command":"ring-apply"}`,
 //!           `{"version":1,"command":"ring-get","key":"k"}`,

@@ -79,6 +79,16 @@ fn run(args: &RingNodeArgs) -> Result<(), String> {
                 .as_raw(),
         ),
     };
+    let sock = cfg
+        .ctl
+        .clone()
+        .unwrap_or_else(|| default_socket(id.as_str()));
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        return Err(format!(
+            "status socket {}: another daemon is listening",
+            sock.display()
+        ));
+    }
     // Block the signals we handle before any thread exists, so every
     // thread inherits the mask and only this one receives them.
     let signals = super::handled_signals();
@@ -107,10 +117,6 @@ fn run(args: &RingNodeArgs) -> Result<(), String> {
         .unwrap_or_else(|| default_state_dir(id.as_str()));
     create_private_dir(&state_dir)?;
     let ring = RingService::start(&ring_cfg, &state_dir)?;
-    let sock = cfg
-        .ctl
-        .clone()
-        .unwrap_or_else(|| default_socket(id.as_str()));
     if let Err(e) =
         crate::ctl::server::start(crate::ctl::server::Target::ring_node(&ring), &sock, group)
     {
