@@ -108,14 +108,29 @@ impl ChironFs {
         let Some(shared) = self.cluster.get() else {
             return Vec::new();
         };
-        self.replicas
+        let stale: Vec<(usize, Vec<String>)> = self
+            .replicas
             .iter()
             .filter(|r| r.state() == crate::replica::State::InSync)
-            .filter_map(|r| {
-                let stale = shared.stale_elsewhere(&r.id);
-                let hosts: Vec<String> = stale.into_iter().map(|(h, _)| h).collect();
-                let all_gone = !hosts.is_empty() && hosts.iter().all(|h| !shared.is_host_alive(h));
-                all_gone.then_some((r.index, hosts))
+            .map(|r| {
+                let hosts = shared
+                    .stale_elsewhere(&r.id)
+                    .into_iter()
+                    .map(|(h, _)| h)
+                    .collect();
+                (r.index, hosts)
+            })
+            .filter(|(_, hosts): &(usize, Vec<String>)| !hosts.is_empty())
+            .collect();
+        if stale.is_empty() {
+            return Vec::new();
+        }
+        let dead = shared.dead_hosts();
+        stale
+            .into_iter()
+            // Only with another replica to copy from that no host doubts.
+            .filter(|(i, hosts)| {
+                hosts.iter().all(|h| dead.contains(h)) && self.readers().iter().any(|&s| s != *i)
             })
             .collect()
     }

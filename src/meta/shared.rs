@@ -424,12 +424,32 @@ impl SharedStore {
             .filter(|n| *n != self.host)
             .collect();
         dead.retain(|n, _| members.contains(n) && !self.node.is_alive(n));
-        members
+        let long_dead: Vec<NodeId> = members
             .into_iter()
             .filter(|n| !self.node.is_alive(n))
             .filter(|n| now.duration_since(*dead.entry(n.clone()).or_insert(now)) >= self.takeover)
+            .collect();
+        drop(dead);
+        // The detector lags behind a network that came back: a host taken
+        // for dead must also fail to answer now, and this host must reach a
+        // quorum of the ring (the minority side of a partition takes over
+        // nothing).
+        long_dead
+            .into_iter()
+            .filter(|n| self.block(self.node.answers(n)) == Some(false))
+            .filter(|_| self.node_reaches_quorum())
             .map(|n| n.to_string())
             .collect()
+    }
+
+    /// Whether this node can reach a majority of the layout's members.
+    fn node_reaches_quorum(&self) -> bool {
+        let members: Vec<NodeId> = self.node.layout().current.nodes.into_keys().collect();
+        let reached = members
+            .iter()
+            .filter(|n| self.block(self.node.answers(n)) == Some(true))
+            .count();
+        reached * 2 > members.len()
     }
 
     /// Whether the failure detector believes host `h` alive.

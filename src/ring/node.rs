@@ -290,6 +290,16 @@ impl Node {
         missing
     }
 
+    /// Whether `node` answers a request now (the failure detector's
+    /// opinion aside).
+    pub async fn answers(&self, node: &NodeId) -> bool {
+        *node == self.inner.cfg.id
+            || matches!(
+                self.inner.net.call(node, Request::GetLayout).await,
+                Ok(Response::Layout(_))
+            )
+    }
+
     pub fn is_alive(&self, node: &NodeId) -> bool {
         *node == self.inner.cfg.id || self.inner.live.is_alive(node)
     }
