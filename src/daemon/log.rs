@@ -131,7 +131,12 @@ macro_rules! install {
 pub fn init(target: Target, level: LogLevel) -> io::Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter_for(level.as_str()));
     let res = match target {
-        Target::Stderr => install!(builder.with_writer(io::stderr)),
+        // Colours only on a terminal: a journal or a file gets plain text.
+        Target::Stderr => install!(
+            builder
+                .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+                .with_writer(io::stderr)
+        ),
         Target::File(p) => {
             let f = open_log(p)?;
             let _ = LOG_FILE.set((p.to_path_buf(), Mutex::new(f)));

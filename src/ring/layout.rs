@@ -155,6 +155,11 @@ impl LayoutVersion {
     }
 }
 
+/// A stable hash of a layout's encoding, to break ties between rivals.
+fn fingerprint<T: Serialize>(v: &T) -> u64 {
+    hash::stable(&postcard::to_stdvec(v).unwrap_or_default())
+}
+
 fn least_loaded(load: &BTreeMap<NodeId, usize>, taken: &[NodeId], p: Partition) -> NodeId {
     load.iter()
         .filter(|(id, _)| !taken.contains(id))
@@ -286,11 +291,18 @@ impl LayoutHistory {
     /// with the higher counter win.
     pub fn merge(&mut self, other: &LayoutHistory) -> bool {
         let before = self.clone();
-        if other.current.version > self.current.version {
+        // Two operators who applied different changes on different nodes
+        // made two layouts with one number: every node keeps the same one
+        // (the greater by a stable hash); the other change must be staged
+        // and applied again.
+        let rival = other.current.version == self.current.version
+            && other.current != self.current
+            && fingerprint(&other.current) > fingerprint(&self.current);
+        if other.current.version > self.current.version || rival {
             self.current = other.current.clone();
             self.old = other.old.clone();
             self.synced = other.synced.clone();
-        } else if other.current.version == self.current.version {
+        } else if other.current.version == self.current.version && other.current == self.current {
             if other.old.is_none() {
                 self.old = None;
             }
@@ -299,7 +311,10 @@ impl LayoutHistory {
                 *e = (*e).max(*v);
             }
         }
-        if other.staged.counter > self.staged.counter {
+        if other.staged.counter > self.staged.counter
+            || (other.staged.counter == self.staged.counter
+                && fingerprint(&other.staged) > fingerprint(&self.staged))
+        {
             self.staged = other.staged.clone();
         }
         self.normalize();
@@ -404,6 +419,21 @@ mod tests {
         let mut bad = a.clone();
         bad.current.owners[0].clear();
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn rival_layouts_with_one_number_converge_on_one() {
+        let base = ring(&["a", "b", "c"], 3);
+        let (mut x, mut y) = (base.clone(), base.clone());
+        x.stage_join(id("d"), "x:1".into());
+        x.apply(3).unwrap();
+        y.stage_join(id("e"), "y:1".into());
+        y.apply(3).unwrap();
+        assert_eq!(x.current.version, y.current.version);
+        let (x0, y0) = (x.clone(), y.clone());
+        x.merge(&y0);
+        y.merge(&x0);
+        assert_eq!(x, y, "both nodes keep the same layout");
     }
 
     #[test]

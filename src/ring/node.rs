@@ -461,6 +461,9 @@ impl Node {
         }
         for owner in sets[0].clone() {
             if !self.inner.live.is_alive(&owner) {
+                last = RingError::Refused(format!(
+                    "no owner of the key can coordinate the write: {owner} is not alive"
+                ));
                 continue;
             }
             let req = Request::Coordinate {
@@ -472,7 +475,12 @@ impl Node {
                 Ok(Response::Version(Some(v))) => return Ok(v),
                 Ok(Response::Refused(why)) => last = RingError::Refused(why),
                 Ok(other) => last = RingError::Refused(format!("unexpected answer {other:?}")),
-                Err(e) => tracing::debug!("ring: coordinator {owner}: {e}"),
+                Err(e) => {
+                    tracing::debug!("ring: coordinator {owner}: {e}");
+                    last = RingError::Refused(format!(
+                        "no owner of the key can coordinate the write: {e}"
+                    ));
+                }
             }
         }
         Err(last)

@@ -43,8 +43,9 @@ pub fn node_id(cfg: &RingConfig) -> Result<NodeId, String> {
 }
 
 /// Reads the shared secret: a file of at least 16 bytes (a trailing
-/// newline is not part of it), that only its owner may read.
-pub fn read_secret(path: &Path) -> Result<Secret, String> {
+/// newline is not part of it), that only its owner may read. Returns it
+/// for the transport and, as bytes, for the gossip.
+pub fn read_secret(path: &Path) -> Result<(Secret, Vec<u8>), String> {
     let what = format!("ring.secret_file '{}'", path.display());
     let meta = std::fs::metadata(path).map_err(|e| format!("{what}: {e}"))?;
     if meta.mode() & 0o077 != 0 {
@@ -55,12 +56,13 @@ pub fn read_secret(path: &Path) -> Result<Secret, String> {
     }
     let bytes = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
     let trimmed = bytes.trim_ascii_end();
-    Secret::new(trimmed).map_err(|_| {
+    let secret = Secret::new(trimmed).map_err(|_| {
         format!(
             "{what} holds {} bytes; at least 16 are needed (e.g. head -c 32 /dev/urandom | base64 > FILE)",
             trimmed.len()
         )
-    })
+    })?;
+    Ok((secret, trimmed.to_vec()))
 }
 
 fn seeds(cfg: &RingConfig) -> Result<BTreeMap<NodeId, String>, String> {
@@ -90,7 +92,7 @@ impl RingService {
     /// Starts a ring member whose store lives in `dir`.
     pub fn start(cfg: &RingConfig, dir: &Path) -> Result<RingService, String> {
         let id = node_id(cfg)?;
-        let secret = read_secret(&cfg.secret_file)?;
+        let (secret, secret_bytes) = read_secret(&cfg.secret_file)?;
         let seeds = seeds(cfg)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -150,9 +152,7 @@ impl RingService {
                 listen: gossip_addr,
                 ring_addr: advertise.clone(),
                 seeds: seeds.values().cloned().collect(),
-                secret: std::fs::read(&cfg.secret_file)
-                    .map(|b| b.trim_ascii_end().to_vec())
-                    .map_err(|e| format!("ring: {e}"))?,
+                secret: secret_bytes,
                 timing,
             })
             .await
