@@ -190,6 +190,7 @@ fn mount(
     secret: &Path,
     replicas: &[&Path],
     prefix: &[&str],
+    options: &[&str],
 ) -> (Mount, PathBuf) {
     let sock = root.path().join(format!("{node}.sock"));
     let cfg = root.path().join(format!("{node}.toml"));
@@ -202,6 +203,9 @@ fn mount(
         .option("fsname=cluster-test")
         .arg("--config")
         .arg(&cfg);
+    for o in options {
+        b = b.option(o);
+    }
     for r in replicas {
         b = b.replica(*r);
     }
@@ -223,10 +227,20 @@ fn two_hosts(
     a: &[&Path],
     b: &[&Path],
     b_prefix: &[&str],
+    options: &[&str],
 ) -> (RingNode, (Mount, PathBuf), (Mount, PathBuf)) {
     let arb = RingNode::start(shared, "arb", &addrs[0], secret, &[]);
     let seeds = vec![format!("arb@{}", addrs[0])];
-    let host_a = mount(TestRoot::new(), "hosta", &addrs[1], &seeds, secret, a, &[]);
+    let host_a = mount(
+        TestRoot::new(),
+        "hosta",
+        &addrs[1],
+        &seeds,
+        secret,
+        a,
+        &[],
+        options,
+    );
     let host_b = mount(
         TestRoot::new(),
         "hostb",
@@ -235,6 +249,7 @@ fn two_hosts(
         secret,
         b,
         b_prefix,
+        options,
     );
     make_ring(
         &arb.sock,
@@ -281,6 +296,7 @@ fn a_replica_failed_for_one_host_is_never_read_by_the_other_and_resynced_once() 
         &addrs,
         &[&r1, &f2.mountpoint],
         &[&r1, &r2],
+        &[],
         &[],
     );
 
@@ -351,6 +367,7 @@ fn a_replica_left_behind_by_a_host_that_died_is_resynced_by_another() {
         &[&r1, &f2.mountpoint],
         &[&r1, &r2],
         &[],
+        &[],
     );
     fs::write(ma.path("g"), b"first").unwrap();
     f2.set_mode("eio");
@@ -381,7 +398,7 @@ fn paths_a_dead_host_was_changing_are_healed_by_another() {
     let secret = write_secret(&shared);
     let addrs = loopback_addrs();
     let (_arb, (ma, _sa), (mb, sb)) =
-        two_hosts(&shared, &secret, &addrs, &[&r1, &r2], &[&r1, &r2], &[]);
+        two_hosts(&shared, &secret, &addrs, &[&r1, &r2], &[&r1, &r2], &[], &[]);
     // A holds a file open for writing (an intent mark it publishes), and
     // dies with the replicas disagreeing on it (a write half applied).
     let mut held = fs::OpenOptions::new()
@@ -433,11 +450,13 @@ fn ip(args: &[&str]) {
 
 impl Netns {
     fn new() -> Netns {
-        let subnet = 100 + std::process::id() % 100;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = (std::process::id() % 10_000) * 10 + k % 10;
         let n = Netns {
-            name: format!("chfs-b{}", std::process::id()),
-            veth: format!("vchb{}", std::process::id() % 100_000),
-            subnet,
+            name: format!("chfs-b{tag}"),
+            veth: format!("vchb{tag}"),
+            subnet: 100 + tag % 150,
         };
         let peer = format!("{}p", n.veth);
         ip(&["netns", "add", &n.name]);
@@ -497,6 +516,19 @@ impl Drop for Netns {
 
 #[test]
 fn a_partition_while_both_hosts_write_one_path_keeps_both_versions() {
+    partition_conflict("newest", &["hosta"]);
+}
+
+#[test]
+fn keep_both_keeps_a_copy_of_each_version() {
+    partition_conflict("keep-both", &["hosta", "hostb"]);
+}
+
+/// Hosts A and B both write `doc` while a partition separates them and each
+/// reaches one replica; after the heal, with `policy`, the newer version
+/// (B's) is on the path and the versions of `copied` hosts are kept as
+/// conflict copies on both replicas, listed by `chironctl conflicts`.
+fn partition_conflict(policy: &str, copied: &[&str]) {
     let shared = TestRoot::new();
     let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
     let secret = write_secret(&shared);
@@ -519,6 +551,7 @@ fn a_partition_while_both_hosts_write_one_path_keeps_both_versions() {
         &[&r1, &f2.mountpoint],
         &[&f1.mountpoint, &r2],
         &prefix,
+        &[&format!("conflict_policy={policy}")],
     );
     fs::write(ma.path("doc"), b"base version").unwrap();
     assert_eq!(fs::read(mb.path("doc")).unwrap(), b"base version");
@@ -552,24 +585,38 @@ fn a_partition_while_both_hosts_write_one_path_keeps_both_versions() {
             })
         })
     });
-    // The newer version stays on the path; the other is kept beside it,
+    // The newer version stays on the path; the others are kept beside it,
     // on both replicas.
+    let content = |host: &str| -> &[u8] {
+        if host == "hosta" {
+            b"written by A"
+        } else {
+            b"written by B, later"
+        }
+    };
     for r in [&r1, &r2] {
         assert_eq!(fs::read(r.join("doc")).unwrap(), b"written by B, later");
-        let copies: Vec<String> = fs::read_dir(r)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("doc.chironfs-conflict-hosta-"))
-            .collect();
-        assert_eq!(copies.len(), 1, "{}: {copies:?}", r.display());
-        assert_eq!(fs::read(r.join(&copies[0])).unwrap(), b"written by A");
+        for host in copied {
+            let copies: Vec<String> = fs::read_dir(r)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("doc.chironfs-conflict-{host}-")))
+                .collect();
+            assert_eq!(copies.len(), 1, "{}: {copies:?}", r.display());
+            assert_eq!(fs::read(r.join(&copies[0])).unwrap(), content(host));
+        }
     }
     assert_replicas_identical(&[&r1, &r2]);
     let listed = json(&sa, &["conflicts"]);
     let list = listed.as_array().expect("a list of conflicts");
-    assert_eq!(list.len(), 1, "{listed}");
-    assert_eq!(list[0]["path"], "/doc");
-    assert_eq!(list[0]["host"], "hosta");
+    assert_eq!(list.len(), copied.len(), "{listed}");
+    for host in copied {
+        assert!(
+            list.iter()
+                .any(|c| c["path"] == "/doc" && c["host"] == *host),
+            "{listed}"
+        );
+    }
     assert_eq!(fs::read(mb.path("doc")).unwrap(), b"written by B, later");
     drop(mb);
     drop(ma);

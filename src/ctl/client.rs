@@ -139,6 +139,12 @@ pub fn render_table(st: &FsStatus) -> String {
                 human_bytes(p.bytes_per_sec)
             ));
         }
+        if !r.stale_for.is_empty() {
+            out.push_str(&format!(
+                "   not read here: out of sync for {}\n",
+                r.stale_for.join("; ")
+            ));
+        }
         if !r.cause.is_empty() && r.state != "in-sync" {
             let since = r
                 .since
@@ -152,7 +158,9 @@ pub fn render_table(st: &FsStatus) -> String {
 /// Nagios status line and exit code.
 pub fn check(st: &FsStatus) -> (String, i32) {
     let total = st.replicas.len();
-    let in_sync = st.replicas.iter().filter(|r| r.state == "in-sync").count();
+    // A replica another host sees out of sync serves no reads: not in sync.
+    let good = |r: &&crate::fs::ReplicaStatus| r.state == "in-sync" && r.stale_for.is_empty();
+    let in_sync = st.replicas.iter().filter(good).count();
     let missed: u64 = st.replicas.iter().map(|r| r.missed).sum();
     let (word, code) = if in_sync == 0 || in_sync < st.write_quorum {
         ("CRITICAL", CRITICAL)
@@ -164,8 +172,14 @@ pub fn check(st: &FsStatus) -> (String, i32) {
     let detail: Vec<String> = st
         .replicas
         .iter()
-        .filter(|r| r.state != "in-sync")
-        .map(|r| format!("{} {}", r.path, r.state))
+        .filter(|r| !good(r))
+        .map(|r| {
+            if r.state == "in-sync" {
+                format!("{} out of sync for {}", r.path, r.stale_for.join("; "))
+            } else {
+                format!("{} {}", r.path, r.state)
+            }
+        })
         .collect();
     let extra = if detail.is_empty() {
         String::new()

@@ -33,7 +33,7 @@ pub use file::{IoMode, Opened};
 use inodes::InodeTable;
 pub use inodes::ROOT;
 pub use namespace::Owner;
-pub use status::FsStatus;
+pub use status::{FsStatus, ReplicaStatus};
 
 /// How the filesystem behaves; derived from the config at mount time.
 #[derive(Debug, Clone)]
