@@ -181,29 +181,36 @@ fn make_ring(sock: &Path, members: &[(&str, &str)], all: &[&Path]) {
     }
 }
 
-/// A mount of `replicas` as ring member `node`.
+/// How one host runs its mount.
+struct Host<'a> {
+    node: &'a str,
+    addr: &'a str,
+    /// A command the daemon runs under (a network namespace).
+    prefix: &'a [&'a str],
+    /// Extra `-o` options.
+    options: &'a [&'a str],
+}
+
+/// A mount of `replicas` as ring member `host.node`.
 fn mount(
     root: TestRoot,
-    node: &str,
-    addr: &str,
+    host: &Host,
     seeds: &[String],
     secret: &Path,
     replicas: &[&Path],
-    prefix: &[&str],
-    options: &[&str],
 ) -> (Mount, PathBuf) {
-    let sock = root.path().join(format!("{node}.sock"));
-    let cfg = root.path().join(format!("{node}.toml"));
-    fs::write(&cfg, ring_table(node, addr, seeds, secret)).unwrap();
+    let sock = root.path().join(format!("{}.sock", host.node));
+    let cfg = root.path().join(format!("{}.toml", host.node));
+    fs::write(&cfg, ring_table(host.node, host.addr, seeds, secret)).unwrap();
     let mut b = Mount::builder()
         .root(root)
-        .under(prefix)
+        .under(host.prefix)
         .option(&format!("ctl={}", sock.display()))
         .option("probe_interval=0.2")
         .option("fsname=cluster-test")
         .arg("--config")
         .arg(&cfg);
-    for o in options {
+    for o in host.options {
         b = b.option(o);
     }
     for r in replicas {
@@ -233,23 +240,27 @@ fn two_hosts(
     let seeds = vec![format!("arb@{}", addrs[0])];
     let host_a = mount(
         TestRoot::new(),
-        "hosta",
-        &addrs[1],
+        &Host {
+            node: "hosta",
+            addr: &addrs[1],
+            prefix: &[],
+            options,
+        },
         &seeds,
         secret,
         a,
-        &[],
-        options,
     );
     let host_b = mount(
         TestRoot::new(),
-        "hostb",
-        &addrs[2],
+        &Host {
+            node: "hostb",
+            addr: &addrs[2],
+            prefix: b_prefix,
+            options,
+        },
         &seeds,
         secret,
         b,
-        b_prefix,
-        options,
     );
     make_ring(
         &arb.sock,
