@@ -48,6 +48,7 @@ pub struct EmbeddedStore {
     by_path: PartitionHandle,
     cursors: PartitionHandle,
     session: PartitionHandle,
+    outbox: PartitionHandle,
     keyspace: Keyspace,
     /// Missed-mark count per replica, once counted. Invariant: while a
     /// replica is in the map, its count equals its marks in the store,
@@ -101,6 +102,7 @@ impl EmbeddedStore {
             by_path: partition(keys::MISSED_BY_PATH)?,
             cursors: partition(keys::CURSORS)?,
             session: partition(keys::SESSION)?,
+            outbox: partition(keys::OUTBOX)?,
             keyspace,
             missed_counts: Mutex::new(HashMap::new()),
             // Writes of an earlier process may sit in the page cache: the
@@ -110,6 +112,46 @@ impl EmbeddedStore {
             dir: state_dir.to_path_buf(),
             _lock: lock,
         })
+    }
+
+    /// Keeps a ring write this host owes (`None`: a deletion), so that it
+    /// survives a crash of the daemon (see `shared`).
+    pub fn owe(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let mut v = Vec::with_capacity(1 + value.map_or(0, <[u8]>::len));
+        match value {
+            None => v.push(0),
+            Some(b) => {
+                v.push(1);
+                v.extend_from_slice(b);
+            }
+        }
+        self.put("keep an owed ring write", &self.outbox, key, &v)
+    }
+
+    /// The owed ring write of `key` was made.
+    pub fn paid(&self, key: &[u8]) -> Result<()> {
+        self.delete("drop an owed ring write", &self.outbox, key)
+    }
+
+    /// Every ring write still owed.
+    pub fn owed(&self) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+        const STEP: &str = "list owed ring writes";
+        let mut out = Vec::new();
+        for item in self.outbox.iter() {
+            let (k, v) = item.map_err(|e| MetaError::store(STEP, e))?;
+            let value = match v.split_first() {
+                Some((1, rest)) => Some(rest.to_vec()),
+                Some((0, _)) => None,
+                _ => {
+                    return Err(MetaError::Corrupt {
+                        step: STEP,
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                    });
+                }
+            };
+            out.push((k.to_vec(), value));
+        }
+        Ok(out)
     }
 
     /// The state directory this store lives in.

@@ -31,6 +31,9 @@ pub const MISSED: &str = "missed";
 pub const MISSED_BY_PATH: &str = "missed_by_path";
 pub const CURSORS: &str = "cursors";
 pub const SESSION: &str = "session";
+/// Ring writes a host with a `[ring]` owes (see `shared`): ring key ->
+/// 0 (delete) or 1 ++ value.
+pub const OUTBOX: &str = "outbox";
 
 pub const SESSION_KEY: &[u8] = b"session";
 

@@ -140,6 +140,14 @@ impl SharedStore {
         let mut ids: Vec<String> = replica_ids.iter().map(ToString::to_string).collect();
         ids.sort();
         let set = crate::ring::hash::stable(ids.join(",").as_bytes());
+        // Ring writes owed when the daemon last stopped (or died).
+        let owed: BTreeMap<Vec<u8>, Option<Vec<u8>>> = match local.owed() {
+            Ok(o) => o.into_iter().collect(),
+            Err(e) => {
+                tracing::error!("metadata store: {e}");
+                BTreeMap::new()
+            }
+        };
         let s = Arc::new_cyclic(|this| SharedStore {
             this: this.clone(),
             gone_since: Mutex::new(HashMap::new()),
@@ -152,7 +160,7 @@ impl SharedStore {
             rt,
             prefix: format!("fs/{set:016x}/"),
             contexts: Mutex::new(HashMap::new()),
-            outbox: Mutex::new(BTreeMap::new()),
+            outbox: Mutex::new(owed),
             recorded: Mutex::new(HashSet::new()),
             views: RwLock::new(HashMap::new()),
             on_change: RwLock::new(None),
@@ -208,9 +216,23 @@ impl SharedStore {
             .block(self.put_async(key.clone(), value.clone()))
             .unwrap_or(false);
         if !ok {
-            self.outbox.lock().insert(key, value);
+            self.owe(key, value);
+        } else if self.outbox.lock().remove(&key).is_some() {
+            // An older write owed for this key is superseded.
+            if let Err(e) = self.local.paid(&key) {
+                tracing::error!("metadata store: {e}");
+            }
         }
         ok
+    }
+
+    /// Keeps a ring write to make later, in memory and in the local store
+    /// (so a crash of this daemon does not forget it).
+    fn owe(&self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if let Err(e) = self.local.owe(&key, value.as_deref()) {
+            tracing::error!("metadata store: {e}");
+        }
+        self.outbox.lock().insert(key, value);
     }
 
     async fn put_async(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> bool {
@@ -259,6 +281,9 @@ impl SharedStore {
                 let mut out = self.outbox.lock();
                 if out.get(&k) == Some(&v) {
                     out.remove(&k);
+                    if let Err(e) = self.local.paid(&k) {
+                        tracing::error!("metadata store: {e}");
+                    }
                 }
             }
         }
@@ -746,8 +771,13 @@ impl MetaStore for SharedStore {
             // Published in the background (the watcher flushes the
             // outbox, and a host taking the resync lease asks for it
             // first): a degraded write costs no ring round trip.
-            if let Ok(bytes) = serde_json::to_vec(&w) {
-                self.outbox.lock().insert(key, Some(bytes));
+            if key.len() > crate::ring::msg::MAX_KEY {
+                tracing::warn!(
+                    "ring: path too long to record that it missed replicas ({} bytes); a conflict on it will not be detected",
+                    path.len()
+                );
+            } else if let Ok(bytes) = serde_json::to_vec(&w) {
+                self.owe(key, Some(bytes));
             }
         }
         Ok(())

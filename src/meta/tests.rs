@@ -472,3 +472,23 @@ fn bench_mark_costs() {
     });
     time("sync with nothing new", N, &mut |_| store.sync().unwrap());
 }
+
+#[test]
+fn owed_ring_writes_survive_a_reopen_until_paid() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.owe(b"fs/x/path/a", Some(b"{\"host\":\"h\"}")).unwrap();
+        s.owe(b"fs/x/path/b", None).unwrap();
+        s.owe(b"fs/x/path/c", Some(b"")).unwrap();
+        s.paid(b"fs/x/path/c").unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(
+        s.owed().unwrap(),
+        vec![
+            (b"fs/x/path/a".to_vec(), Some(b"{\"host\":\"h\"}".to_vec())),
+            (b"fs/x/path/b".to_vec(), None),
+        ]
+    );
+}
