@@ -39,6 +39,9 @@ const WRITE_BUFFER_BYTES: u64 = 32 << 20;
 /// fjall's floor is 24 MiB (one journal is at least 16 MiB).
 const JOURNAL_BYTES: u64 = 64 << 20;
 
+/// A ring write owed: key and value (`None`: a deletion).
+pub type OwedWrite = (Vec<u8>, Option<Vec<u8>>);
+
 pub struct EmbeddedStore {
     // Field order is drop order: the engine closes (its background threads
     // joined) before the lock is released.
@@ -134,7 +137,7 @@ impl EmbeddedStore {
     }
 
     /// Every ring write still owed.
-    pub fn owed(&self) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    pub fn owed(&self) -> Result<Vec<OwedWrite>> {
         const STEP: &str = "list owed ring writes";
         let mut out = Vec::new();
         for item in self.outbox.iter() {
