@@ -342,6 +342,16 @@ fn three_nodes_build_a_layout_and_read_anywhere_what_was_written_anywhere() {
     ring.start_all();
     let st = stdout(&ctl(ring.sock("n2"), &["ring", "status"]));
     assert!(st.contains("no layout yet"), "{st}");
+    // Before any join, the gossip already shows the others as candidates.
+    let start = std::time::Instant::now();
+    loop {
+        let st = stdout(&ctl(ring.sock("n2"), &["ring", "status"]));
+        if st.contains("alive but not in the layout: n1") && st.contains("n3 (") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{st}");
+        thread::sleep(Duration::from_millis(100));
+    }
     // A second node on n1's status socket stops before it starts anything.
     let dup = ring.root.path().join("dup.toml");
     fs::write(

@@ -415,6 +415,13 @@ pub fn render_ring(st: &RingStatus) -> String {
             ));
         }
     }
+    if !st.peers.is_empty() {
+        let peers: Vec<String> = st.peers.iter().map(|(n, a)| format!("{n} ({a})")).collect();
+        out.push_str(&format!(
+            "alive but not in the layout: {}\n",
+            peers.join(", ")
+        ));
+    }
     if st.staged_join.is_empty() && st.staged_leave.is_empty() {
         if st.layout_version == 0 {
             out.push_str(

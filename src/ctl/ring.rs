@@ -18,6 +18,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct RingHandle {
     node: Node,
+    gossip: std::sync::Arc<crate::ring::gossip::Gossip>,
     rt: tokio::runtime::Handle,
 }
 
@@ -25,6 +26,7 @@ impl RingHandle {
     pub fn new(ring: &RingService) -> RingHandle {
         RingHandle {
             node: ring.node().clone(),
+            gossip: ring.gossip(),
             rt: ring.handle(),
         }
     }
@@ -60,7 +62,10 @@ impl RingHandle {
         let status = |r: Result<_, String>| -> Result<Response, String> {
             r?;
             Ok(Response {
-                ring: Some(self.node.status()),
+                ring: Some(crate::ring::service::peers_into(
+                    self.node.status(),
+                    &self.gossip,
+                )),
                 ..Response::ok(None)
             })
         };

@@ -146,6 +146,10 @@ pub struct RingStatus {
     pub members: Vec<MemberStatus>,
     pub staged_join: Vec<(String, String)>,
     pub staged_leave: Vec<String>,
+    /// Nodes the gossip sees alive that are not in the layout (node,
+    /// address): candidates for `chironctl ring join`.
+    #[serde(default)]
+    pub peers: Vec<(String, String)>,
     pub keys: u64,
     pub hints: u64,
     pub read_repairs: u64,
@@ -1068,6 +1072,7 @@ impl Node {
                 .map(|(n, a)| (n.to_string(), a.clone()))
                 .collect(),
             staged_leave: l.staged.leave.iter().map(|n| n.to_string()).collect(),
+            peers: Vec::new(),
             keys: self.inner.store.key_count().unwrap_or(0),
             hints: self.hint_count(),
             read_repairs: s.read_repairs.load(Ordering::Relaxed),

@@ -88,6 +88,17 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
+/// Adds to `st` the nodes `gossip` sees alive outside the layout.
+pub fn peers_into(mut st: super::node::RingStatus, gossip: &Gossip) -> super::node::RingStatus {
+    st.peers = gossip
+        .live_nodes()
+        .into_iter()
+        .filter(|(n, _)| n.as_str() != st.node && !st.members.iter().any(|m| m.node == n.as_str()))
+        .map(|(n, a)| (n.to_string(), a))
+        .collect();
+    st
+}
+
 impl RingService {
     /// Starts a ring member whose store lives in `dir`.
     pub fn start(cfg: &RingConfig, dir: &Path) -> Result<RingService, String> {
@@ -203,6 +214,10 @@ impl RingService {
 
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    pub fn gossip(&self) -> Arc<Gossip> {
+        self.gossip.clone()
     }
 
     pub fn handle(&self) -> tokio::runtime::Handle {
