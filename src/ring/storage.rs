@@ -6,6 +6,7 @@
 //! | `kv`      | ring partition (u16 BE) ++ key        | Dvv (postcard)  |
 //! | `hints`   | len(owner) (u8) ++ owner ++ key       | Dvv (postcard)  |
 //! | `sys`     | `layout` / `actor`                    | postcard        |
+//! | `purged`  | as `kv`                               | the counters of a collected tombstone |
 //!
 //! `kv` keys start with the ring partition, so a partition is one range
 //! scan (for Merkle trees and anti-entropy). Every change to one key goes
@@ -45,6 +46,11 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 
 pub struct Storage {
     kv: PartitionHandle,
+    /// What a collected tombstone's clock had reached: a write to the key
+    /// afterwards continues from there, so no dot is ever issued twice
+    /// (a reused dot would let the old tombstone, still on a node that has
+    /// not collected it, swallow the new write).
+    purged: PartitionHandle,
     hints: PartitionHandle,
     sys: PartitionHandle,
     keyspace: Keyspace,
@@ -135,6 +141,7 @@ impl Storage {
         };
         Ok(Storage {
             kv: open("kv")?,
+            purged: open("purged")?,
             hints: open("hints")?,
             sys,
             keyspace,
@@ -179,7 +186,13 @@ impl Storage {
     /// version from the stored one, which it replaces.
     pub fn update(&self, key: &[u8], make: impl FnOnce(&Dvv) -> Dvv) -> Result<Dvv> {
         let _g = self.stripe(key);
-        let current = self.get(key)?.unwrap_or_default();
+        let current = match self.get(key)? {
+            Some(v) => v,
+            None => match self.purged.get(kv_key(key)).map_err(err("read"))? {
+                Some(b) => decode("read", &b)?,
+                None => Dvv::default(),
+            },
+        };
         let new = make(&current);
         self.kv
             .insert(kv_key(key), encode(&new))
@@ -193,6 +206,21 @@ impl Storage {
         if self.get(key)?.as_ref() != Some(version) {
             return Ok(false);
         }
+        let counters = Dvv {
+            entries: version
+                .entries
+                .iter()
+                .map(|e| super::version::Entry {
+                    actor: e.actor.clone(),
+                    counter: e.counter,
+                    values: Vec::new(),
+                })
+                .collect(),
+            anonymous: Vec::new(),
+        };
+        self.purged
+            .insert(kv_key(key), encode(&counters))
+            .map_err(err("purge"))?;
         self.kv.remove(kv_key(key)).map_err(err("purge"))?;
         Ok(true)
     }

@@ -475,6 +475,7 @@ async fn tombstones_are_collected_only_once_every_node_has_them() {
     assert!(c.node("b").get(b"gone").await.unwrap().values().is_empty());
     // Several anti-entropy rounds with c away: the tombstone stays.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tombstone = c.node("b").local(b"gone");
     for n in ["a", "b"] {
         assert!(
             c.node(n).local(b"gone").is_some_and(|v| v.is_tombstone()),
@@ -487,6 +488,36 @@ async fn tombstones_are_collected_only_once_every_node_has_them() {
     })
     .await;
     assert!(c.node("c").get(b"gone").await.unwrap().values().is_empty());
+    // A new write after the collection gets fresh dots: a stale copy of
+    // the tombstone arriving late (read repair, anti-entropy) cannot
+    // swallow it.
+    let stale = c.node("b").local(b"gone");
+    assert!(stale.is_none());
+    for via in ["a", "b", "c"] {
+        c.node(via)
+            .put(b"gone", val(&format!("back via {via}")), &Context::new())
+            .await
+            .unwrap();
+    }
+    c.wait("the new values everywhere", || {
+        c.nodes
+            .iter()
+            .all(|n| n.local(b"gone").is_some_and(|v| v.values().len() == 3))
+    })
+    .await;
+    if let Some(t) = tombstone {
+        assert!(t.is_tombstone());
+        for n in &c.nodes {
+            let before = n.local(b"gone").unwrap();
+            let merged = before.sync(&t);
+            assert_eq!(
+                merged.values().into_iter().flatten().count(),
+                3,
+                "a late tombstone swallowed a new write on {}",
+                n.id()
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
