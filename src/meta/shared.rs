@@ -105,6 +105,8 @@ pub struct SharedStore {
     this: std::sync::Weak<SharedStore>,
     /// Nodes that did not answer a flush request, since when.
     gone_since: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// Whether this host holds the resync lease.
+    holding: std::sync::atomic::AtomicBool,
     /// Nodes the failure detector believes dead, since when.
     dead_since: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// How long a node must stay unreachable before a resync goes ahead
@@ -152,6 +154,7 @@ impl SharedStore {
             this: this.clone(),
             gone_since: Mutex::new(HashMap::new()),
             dead_since: Mutex::new(HashMap::new()),
+            holding: std::sync::atomic::AtomicBool::new(false),
             takeover,
             pending: Mutex::new((BTreeSet::new(), 0, 0)),
             local,
@@ -514,8 +517,13 @@ impl SharedStore {
     }
 
     /// Takes (or renews) the resync lease for `ttl`; false if another host
-    /// holds it. Taking it first asks every node to publish what it owes,
-    /// so the resync sees every host's missed writes.
+    /// holds it. Each host writes its lease under a key of its own
+    /// (`lease/<host>`) and then reads everyone else's from a quorum: of
+    /// two hosts taking it at once, at least one sees the other (its write
+    /// reached a quorum before the other read one) and backs off, so two
+    /// hosts never both hold it. Taking it (not renewing) first asks every
+    /// node to publish what it owes, so the resync sees every host's
+    /// missed writes.
     pub fn take_lease(&self, ttl: Duration) -> bool {
         if self.node.layout().current.version == 0 {
             // No ring to agree through yet (`chironctl ring apply` was never
@@ -523,22 +531,13 @@ impl SharedStore {
             tracing::warn!("ring: no layout yet; resyncing without a lease");
             return true;
         }
-        let key = self.key(b"lease/resync");
-        let Ok((values, ctx)) = self.get(&key) else {
-            return false;
-        };
-        let now = now_ms();
-        let me = self.host.as_str();
-        let held_by_other = values.iter().any(|v| {
-            serde_json::from_slice::<Lease>(v).is_ok_and(|l| l.holder != me && l.until > now)
-        });
-        if held_by_other {
+        let me = self.host.to_string();
+        if let Some(other) = self.lease_holder_besides_me() {
+            tracing::debug!("ring: {other} holds the resync lease");
             return false;
         }
-        let fresh = !values.iter().any(|v| {
-            serde_json::from_slice::<Lease>(v).is_ok_and(|l| l.holder == me && l.until > now)
-        });
-        if fresh {
+        let renewing = self.holding.load(std::sync::atomic::Ordering::Acquire);
+        if !renewing {
             // Every other node publishes the writes it owes first, so the
             // resync sees every host's missed writes. A node that cannot be
             // reached may still be writing to the replicas: wait for it,
@@ -564,33 +563,70 @@ impl SharedStore {
             }
         }
         let lease = Lease {
-            holder: me.to_string(),
-            until: now + ttl.as_millis() as u64,
+            holder: me.clone(),
+            until: now_ms() + ttl.as_millis() as u64,
         };
         let Ok(bytes) = serde_json::to_vec(&lease) else {
             return false;
         };
-        match self.block(self.node.put(&key, Some(bytes), &ctx)) {
-            Some(Ok(v)) => {
-                // Two hosts that raced both wrote: the smaller name keeps it.
-                let holders: Vec<String> = v
-                    .values()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|b| serde_json::from_slice::<Lease>(&b).ok())
-                    .filter(|l| l.until > now)
-                    .map(|l| l.holder)
-                    .collect();
-                holders.iter().all(|h| h.as_str() >= me)
-            }
-            _ => false,
+        let key = self.key(format!("lease/{me}").as_bytes());
+        // Not through the outbox: a lease published late would be a lie.
+        if !self
+            .block(self.put_async(key, Some(bytes)))
+            .unwrap_or(false)
+        {
+            return false;
         }
+        if let Some(other) = self.lease_holder_besides_me() {
+            // Raced with another host: both may have seen each other; both
+            // back off, and try again after a random pause.
+            tracing::info!("ring: raced {other} for the resync lease; backing off");
+            self.drop_my_lease();
+            let mut r = [0u8; 2];
+            let _ = getrandom::fill(&mut r);
+            std::thread::sleep(Duration::from_millis(
+                u64::from(u16::from_le_bytes(r)) % 500,
+            ));
+            return false;
+        }
+        self.holding
+            .store(true, std::sync::atomic::Ordering::Release);
+        true
     }
 
+    /// Another host whose lease is unexpired (or that cannot be read:
+    /// assume the worst).
+    fn lease_holder_besides_me(&self) -> Option<String> {
+        let now = now_ms();
+        let hosts: Vec<NodeId> = self.node.layout().addresses().into_keys().collect();
+        for h in hosts.iter().filter(|h| **h != self.host) {
+            match self.get(&self.key(format!("lease/{h}").as_bytes())) {
+                Ok((values, _)) => {
+                    if values
+                        .iter()
+                        .any(|v| serde_json::from_slice::<Lease>(v).is_ok_and(|l| l.until > now))
+                    {
+                        return Some(h.to_string());
+                    }
+                }
+                Err(e) => return Some(format!("{h} (unreadable: {e})")),
+            }
+        }
+        None
+    }
+
+    fn drop_my_lease(&self) {
+        let key = self.key(format!("lease/{}", self.host).as_bytes());
+        let _ = self.block(self.put_async(key, None));
+    }
+
+    /// Gives the lease back (only this host's own; never another's).
     pub fn release_lease(&self) {
-        let key = self.key(b"lease/resync");
-        if let Ok((_, ctx)) = self.get(&key) {
-            let _ = self.block(self.node.put(&key, None, &ctx));
+        if self
+            .holding
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.drop_my_lease();
         }
     }
 

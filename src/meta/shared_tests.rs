@@ -161,3 +161,34 @@ fn writes_owed_during_a_partition_are_published_before_a_resync() {
     assert!(h.b.path_writes(b"doc").is_empty());
     drop(h.rt);
 }
+
+#[test]
+fn two_hosts_racing_for_the_lease_never_both_hold_it() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let h = hosts();
+    let holders = Arc::new(AtomicU32::new(0));
+    let wins = Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = [h.a.clone(), h.b.clone()]
+        .into_iter()
+        .map(|s| {
+            let (holders, wins) = (holders.clone(), wins.clone());
+            std::thread::spawn(move || {
+                for _ in 0..15 {
+                    if s.take_lease(Duration::from_secs(30)) {
+                        let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                        assert_eq!(now, 1, "two hosts hold the lease");
+                        wins.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        holders.fetch_sub(1, Ordering::SeqCst);
+                        s.release_lease();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(wins.load(Ordering::SeqCst) > 0, "nobody ever got the lease");
+    drop(h.rt);
+}
