@@ -364,8 +364,25 @@ impl SharedStore {
             }
         }
         self.publish_pending();
-        let changed = *self.views.read() != fresh;
-        *self.views.write() = fresh;
+        // A nudge that arrived while this refresh read the ring is newer
+        // than what the refresh read: per host, the later view wins.
+        let changed = {
+            let mut views = self.views.write();
+            for (id, hosts) in fresh.iter_mut() {
+                if let Some(known) = views.get(id) {
+                    for (h, v) in hosts.iter_mut() {
+                        if let Some(k) = known.get(h)
+                            && k.since > v.since
+                        {
+                            *v = k.clone();
+                        }
+                    }
+                }
+            }
+            let changed = *views != fresh;
+            *views = fresh;
+            changed
+        };
         if !self.outbox.lock().is_empty() {
             self.block(self.flush_outbox());
         }

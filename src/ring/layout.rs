@@ -132,6 +132,9 @@ impl LayoutVersion {
 
     /// Checks a layout that came from the network.
     pub fn check(&self) -> Result<(), String> {
+        if self.version >= u64::MAX / 2 {
+            return Err(format!("layout version {} out of range", self.version));
+        }
         if self.n == 0 {
             return Err("n is 0".into());
         }

@@ -181,8 +181,12 @@ struct Inner {
     layout: RwLock<LayoutHistory>,
     net: Arc<dyn Net>,
     live: Arc<dyn Liveness>,
-    /// Cached Merkle trees, dropped when their partition changes.
-    trees: Mutex<HashMap<Partition, Arc<Tree>>>,
+    /// Cached Merkle trees, dropped when their partition changes, with the
+    /// partition's change count when each was built.
+    trees: Mutex<HashMap<Partition, (u64, Arc<Tree>)>>,
+    /// Changes per partition: a tree built from a scan that raced a
+    /// change is not cached.
+    generations: Mutex<HashMap<Partition, u64>>,
     /// Tombstones seen in the previous collection round: collected in the
     /// next one if unchanged (a grace period for writes in flight).
     tombstones: Mutex<HashMap<Vec<u8>, Dvv>>,
@@ -241,6 +245,7 @@ impl Node {
                 net,
                 live,
                 trees: Mutex::new(HashMap::new()),
+                generations: Mutex::new(HashMap::new()),
                 tombstones: Mutex::new(HashMap::new()),
                 stats: Stats::default(),
                 tasks: Mutex::new(Vec::new()),
@@ -674,7 +679,12 @@ impl Node {
     }
 
     fn changed(&self, p: Partition) {
+        *self.inner.generations.lock().entry(p).or_default() += 1;
         self.inner.trees.lock().remove(&p);
+    }
+
+    fn generation(&self, p: Partition) -> u64 {
+        self.inner.generations.lock().get(&p).copied().unwrap_or(0)
     }
 
     fn owner_sets(&self, p: Partition) -> Result<Vec<Vec<NodeId>>> {
@@ -710,13 +720,19 @@ impl Node {
 
     /// Offers every hint to its owner if the owner is alive.
     pub async fn deliver_hints(&self) {
-        let hints = match self.inner.store.hints(10_000) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("ring: {e}");
-                return;
+        // Owner by owner: hints for owners that are down never hold back
+        // those for owners that are up.
+        let owners: Vec<NodeId> = self.layout().addresses().into_keys().collect();
+        let mut hints = Vec::new();
+        for owner in owners.iter().filter(|o| self.inner.live.is_alive(o)) {
+            match self.inner.store.hints_for(owner, 10_000) {
+                Ok(h) => hints.extend(h.into_iter().map(|(k, v)| (owner.clone(), k, v))),
+                Err(e) => {
+                    tracing::warn!("ring: {e}");
+                    return;
+                }
             }
-        };
+        }
         for (owner, key, version) in hints {
             if !self.inner.live.is_alive(&owner) {
                 continue;
@@ -735,12 +751,18 @@ impl Node {
     }
 
     fn tree(&self, p: Partition) -> Result<Arc<Tree>> {
-        if let Some(t) = self.inner.trees.lock().get(&p) {
+        let generation = self.generation(p);
+        if let Some((g, t)) = self.inner.trees.lock().get(&p)
+            && *g == generation
+        {
             return Ok(t.clone());
         }
         let entries = self.inner.store.scan(p).map_err(storage_err)?;
         let t = Arc::new(Tree::build(entries.iter().map(|(k, v)| (k.as_slice(), v))));
-        self.inner.trees.lock().insert(p, t.clone());
+        // Cached only if no change raced the scan.
+        if self.generation(p) == generation {
+            self.inner.trees.lock().insert(p, (generation, t.clone()));
+        }
         Ok(t)
     }
 
@@ -1137,6 +1159,9 @@ impl Node {
                     && v.len() > MAX_VALUE
                 {
                     return Err(RingError::ValueTooLarge(v.len()));
+                }
+                if context.values().any(|&c| c >= super::version::MAX_COUNTER) {
+                    return Err(RingError::Refused("counter out of range".into()));
                 }
                 Response::Version(Some(self.coordinate(&key, value, &context).await?))
             }

@@ -295,6 +295,17 @@ impl Storage {
         Ok(out)
     }
 
+    /// Up to `limit` hints kept for `owner`: (key, version).
+    pub fn hints_for(&self, owner: &NodeId, limit: usize) -> Result<Vec<(Vec<u8>, Dvv)>> {
+        let prefix = hint_key(owner, b"");
+        let mut out = Vec::new();
+        for item in self.hints.prefix(&prefix).take(limit) {
+            let (k, v) = item.map_err(err("scan hints"))?;
+            out.push((k[prefix.len()..].to_vec(), decode("scan hints", &v)?));
+        }
+        Ok(out)
+    }
+
     pub fn hint_count(&self) -> Result<u64> {
         let mut n = 0;
         for item in self.hints.keys() {

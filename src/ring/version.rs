@@ -15,6 +15,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Counters at or above this come from no honest node (one write a
+/// nanosecond for centuries): refused, so that an increment never overflows.
+pub const MAX_COUNTER: u64 = u64::MAX / 2;
+
 /// A stored value: bytes, or `None` for a deletion.
 pub type Val = Option<Vec<u8>>;
 
@@ -149,6 +153,7 @@ impl Dvv {
     /// no anonymous values (only a client's write has them).
     pub fn is_valid(&self) -> bool {
         self.anonymous.is_empty()
+            && self.entries.iter().all(|e| e.counter < MAX_COUNTER)
             && self.entries.windows(2).all(|w| w[0].actor < w[1].actor)
             && self
                 .entries
@@ -193,7 +198,7 @@ fn event(mut entries: Vec<Entry>, actor: &str, value: Val) -> Vec<Entry> {
     match entries.binary_search_by(|e| e.actor.as_str().cmp(actor)) {
         Ok(i) => {
             let e = &mut entries[i];
-            e.counter += 1;
+            e.counter = e.counter.saturating_add(1);
             e.values.insert(0, value);
         }
         Err(i) => entries.insert(

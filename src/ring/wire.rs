@@ -594,6 +594,12 @@ pub fn check_request(req: &Request) -> Result<(), WireError> {
             if context.keys().any(String::is_empty) {
                 return Err(invalid("empty actor in context"));
             }
+            if context
+                .values()
+                .any(|&c| c >= crate::ring::version::MAX_COUNTER)
+            {
+                return Err(invalid("counter out of range in context"));
+            }
             Ok(())
         }
         Request::Tree {
