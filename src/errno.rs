@@ -20,6 +20,7 @@ impl Errno {
     pub const EBADF: Errno = Errno(libc::EBADF);
     pub const EISDIR: Errno = Errno(libc::EISDIR);
     pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
     pub const ENOSPC: Errno = Errno(libc::ENOSPC);
     pub const ENOTSUP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);

@@ -95,6 +95,40 @@ impl ChironFs {
         }
     }
 
+    /// Renews the lease every third of its term while the returned guard
+    /// lives (a full compare or one big file can outlast a term); if a
+    /// renewal fails, cancels the copies of `ctl`, so this host stops
+    /// before another takes over.
+    pub(super) fn renew_lease_while(&self, ctl: &Arc<CopyControl>) -> Option<LeaseRenewer> {
+        let shared = self.cluster.get()?.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, ctl) = (stop.clone(), ctl.clone());
+        let handle = std::thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || {
+                let step = Duration::from_millis(100);
+                let mut waited = Duration::ZERO;
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::sleep(step);
+                    waited += step;
+                    if waited < LEASE / 3 {
+                        continue;
+                    }
+                    waited = Duration::ZERO;
+                    if !shared.take_lease(LEASE) {
+                        tracing::warn!("ring: cannot renew the resync lease; stopping the resync");
+                        ctl.cancel();
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(LeaseRenewer {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
     pub(super) fn end_resync_lease(&self) {
         if let Some(s) = self.cluster.get() {
             s.release_lease();
@@ -245,41 +279,73 @@ impl ChironFs {
         if writes.is_empty() {
             return Ok(false);
         }
-        let Some((a, b)) = disjoint_pair(&writes, &self.replica_ids()) else {
+        let ids = self.replica_ids();
+        if disjoint_pair(&writes, &ids).is_none() {
             shared.path_settled(p.as_bytes());
             return Ok(false);
-        };
-        let (ra, rb) = (self.holder(&a), self.holder(&b));
-        let (Some(ra), Some(rb)) = (ra, rb) else {
+        }
+        // Every recorded version, where it is and how new: the newest wins
+        // (equal times: the larger host name); every version none of whose
+        // replicas the winner reached is kept as a copy (with three hosts on
+        // three disjoint replicas, two copies).
+        let mut versions: Vec<(i128, String, usize, BTreeSet<String>)> = Vec::new();
+        for w in &writes {
+            let Some(at) = self.holder(w) else {
+                // A replica of that version is out of reach: not yet.
+                return Err(Errno::EIO);
+            };
+            versions.push((
+                mtime(&self.replicas[at], p),
+                w.host.clone(),
+                at,
+                reached(w, &ids),
+            ));
+        }
+        versions.sort();
+        let Some((win_time, win_host, win, win_reached)) = versions.last().cloned() else {
             return Ok(false);
         };
-        let (ma, mb) = (mtime(&self.replicas[ra], p), mtime(&self.replicas[rb], p));
-        // The newer version wins; equal times go to the larger host name.
-        let a_wins = (ma, &a.host) >= (mb, &b.host);
-        let (win, lose, lose_host, lose_time) = if a_wins {
-            (ra, rb, b.host.clone(), mb)
-        } else {
-            (rb, ra, a.host.clone(), ma)
-        };
         let policy = self.opts.conflict_policy;
+        let hosts: BTreeSet<&str> = versions.iter().map(|v| v.1.as_str()).collect();
         tracing::warn!(
-            "conflict on {p}: hosts {} and {} changed it on different replicas; policy {policy:?}",
-            a.host,
-            b.host
+            "conflict on {p}: hosts {hosts:?} changed it on different replicas; policy {policy:?}"
         );
-        let mut copies = vec![(lose, lose_host.clone(), lose_time)];
+        let mut copies: Vec<(usize, String, i128)> = versions
+            .iter()
+            .filter(|(_, host, _, r)| *host != win_host && r.is_disjoint(&win_reached))
+            .map(|(time, host, at, _)| (*at, host.clone(), *time))
+            .collect();
+        copies.dedup_by(|x, y| x.1 == y.1 && x.2 == y.2);
         if policy != ConflictPolicy::Newest {
-            let (win_host, win_time) = if a_wins {
-                (a.host.clone(), ma)
-            } else {
-                (b.host.clone(), mb)
-            };
-            copies.push((win, win_host, win_time));
+            copies.push((win, win_host.clone(), win_time));
         }
         for (from, host, time) in &copies {
-            let copy = conflict_name(p, host, *time)?;
-            // A copy of the version on `from`, then on every replica.
-            self.copy_within(&self.replicas[*from], p, &copy, ctl)?;
+            // A copy of the version on `from`, then on every replica. A
+            // retry (after a crash or an error halfway) finds its own copy
+            // and takes it; another file of that name is left alone.
+            let mut copy = None;
+            for attempt in 0..10 {
+                let name = conflict_name(p, host, *time, attempt)?;
+                match self.copy_within(&self.replicas[*from], p, &name) {
+                    Ok(true) => {
+                        copy = Some(name);
+                        break;
+                    }
+                    Ok(false) => break,
+                    Err(Errno::EEXIST) if same_file_content(&self.replicas[*from], p, &name) => {
+                        copy = Some(name);
+                        break;
+                    }
+                    Err(Errno::EEXIST) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(copy) = copy else {
+                tracing::warn!(
+                    "conflict on {p}: {host}'s version is not a regular file; not copied"
+                );
+                continue;
+            };
             for r in self
                 .replicas
                 .iter()
@@ -327,24 +393,16 @@ impl ChironFs {
 
     /// Copies `p` to `copy` inside one replica: a regular file's bytes and
     /// attributes; other kinds of entry are hard-linked under the new name.
-    fn copy_within(
-        &self,
-        r: &Replica,
-        p: &RelPath,
-        copy: &RelPath,
-        _ctl: &CopyControl,
-    ) -> Result<()> {
+    /// Copies `p` to `copy` inside one replica (a regular file's bytes and
+    /// attributes); false for other kinds of entry, which are not copied
+    /// (a directory's entries are paths of their own).
+    fn copy_within(&self, r: &Replica, p: &RelPath, copy: &RelPath) -> Result<bool> {
         let (parent, name) = p.split().ok_or(Errno::EINVAL)?;
         let (_, copy_name) = copy.split().ok_or(Errno::EINVAL)?;
         let dir = r.dir(&parent)?;
         let st = ops::stat_at(ops::fd_of(&dir), name.as_c())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return ops::linkat(
-                ops::fd_of(&dir),
-                name.as_c(),
-                ops::fd_of(&dir),
-                copy_name.as_c(),
-            );
+            return Ok(false);
         }
         let from = ops::openat(ops::fd_of(&dir), name.as_c(), libc::O_RDONLY, 0)?;
         let to = ops::openat(
@@ -369,7 +427,8 @@ impl ChironFs {
             ops::At::Fd(ops::fd_of(&from)),
             &st,
             ops::At::Fd(ops::fd_of(&to)),
-        )
+        )?;
+        Ok(true)
     }
 
     /// Every conflict copy any host sharing these replicas made.
@@ -381,23 +440,69 @@ impl ChironFs {
     }
 }
 
+/// Stops the lease renewal when dropped.
+pub(super) struct LeaseRenewer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LeaseRenewer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The replicas a recorded write reached.
+fn reached(w: &PathWrite, all: &[ReplicaId]) -> BTreeSet<String> {
+    all.iter()
+        .map(ToString::to_string)
+        .filter(|id| !w.missed.contains(id))
+        .collect()
+}
+
 /// Two recorded writes by different hosts whose written replica sets are
 /// disjoint (each missed everything the other reached).
 fn disjoint_pair(writes: &[PathWrite], all: &[ReplicaId]) -> Option<(PathWrite, PathWrite)> {
-    let reached = |w: &PathWrite| -> BTreeSet<String> {
-        all.iter()
-            .map(ToString::to_string)
-            .filter(|id| !w.missed.contains(id))
-            .collect()
-    };
     for (i, a) in writes.iter().enumerate() {
         for b in &writes[i + 1..] {
-            if a.host != b.host && reached(a).is_disjoint(&reached(b)) {
+            if a.host != b.host && reached(a, all).is_disjoint(&reached(b, all)) {
                 return Some((a.clone(), b.clone()));
             }
         }
     }
     None
+}
+
+/// Whether `a` and `b` in replica `r` are regular files with the same bytes.
+fn same_file_content(r: &Replica, a: &RelPath, b: &RelPath) -> bool {
+    let open = |p: &RelPath| -> Result<(std::os::fd::OwnedFd, ops::Stat)> {
+        let (parent, name) = p.split().ok_or(Errno::EINVAL)?;
+        let dir = r.dir(&parent)?;
+        let fd = ops::openat(ops::fd_of(&dir), name.as_c(), libc::O_RDONLY, 0)?;
+        let st = ops::fstat(ops::fd_of(&fd))?;
+        Ok((fd, st))
+    };
+    let (Ok((fa, sa)), Ok((fb, sb))) = (open(a), open(b)) else {
+        return false;
+    };
+    if sa.st_mode & libc::S_IFMT != libc::S_IFREG || sa.st_size != sb.st_size {
+        return false;
+    }
+    let mut off = 0u64;
+    while off < sa.st_size as u64 {
+        let want = (sa.st_size as u64 - off).min(1 << 20) as usize;
+        match (
+            ops::pread_full(ops::fd_of(&fa), want, off),
+            ops::pread_full(ops::fd_of(&fb), want, off),
+        ) {
+            (Ok(x), Ok(y)) if x == y && !x.is_empty() => off += x.len() as u64,
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn mtime(r: &Replica, p: &RelPath) -> i128 {
@@ -412,12 +517,15 @@ fn mtime(r: &Replica, p: &RelPath) -> i128 {
 }
 
 /// `NAME.chironfs-conflict-HOST-YYYYMMDDTHHMMSSZ` beside `p`.
-fn conflict_name(p: &RelPath, host: &str, mtime_ns: i128) -> Result<RelPath> {
+fn conflict_name(p: &RelPath, host: &str, mtime_ns: i128, attempt: u32) -> Result<RelPath> {
     let (parent, name) = p.split().ok_or(Errno::EINVAL)?;
     let secs = (mtime_ns / 1_000_000_000) as i64;
     let stamp = utc_stamp(secs);
     let mut n = name.as_os().to_os_string();
     n.push(format!(".chironfs-conflict-{host}-{stamp}"));
+    if attempt > 0 {
+        n.push(format!("-{attempt}"));
+    }
     Ok(parent.join(&crate::replica::Name::new(&n)?))
 }
 

@@ -117,6 +117,9 @@ impl ChironFs {
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         *self.running[i].lock() = Some((Instant::now(), ctl.clone(), total.clone()));
         let _done = Finished(&self.running[i]);
+        // Declared after `_lease`, so dropped (stopped) before the lease is
+        // given back.
+        let _renewer = self.renew_lease_while(&ctl);
         let store = &self.marks.store;
         if r.needs_full.load(Ordering::Relaxed) {
             tracing::info!(
