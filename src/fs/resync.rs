@@ -157,6 +157,10 @@ impl ChironFs {
             if batch.is_empty() {
                 break;
             }
+            if let Some(c) = self.cluster() {
+                // Paths other hosts wrote meanwhile, for the conflict checks.
+                c.gather();
+            }
             if !self.resync_lease() {
                 tracing::warn!(
                     "replica {}: lost the resync lease; resuming later",

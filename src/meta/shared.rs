@@ -637,6 +637,13 @@ impl SharedStore {
         let _ = self.block(self.put_async(key, None));
     }
 
+    /// Asks every node to publish what it owes now (before a resync batch
+    /// compares paths with the other hosts' recorded writes).
+    pub fn gather(&self) {
+        self.block(self.flush_outbox());
+        self.block(self.node.flush_all());
+    }
+
     /// Gives the lease back (only this host's own; never another's).
     pub fn release_lease(&self) {
         if self
