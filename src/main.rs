@@ -1,6 +1,7 @@
 //! chironfs: a replicated FUSE filesystem.
 
 mod cli;
+mod clock;
 mod config;
 mod ctl;
 mod daemon;

@@ -529,26 +529,10 @@ fn conflict_name(p: &RelPath, host: &str, mtime_ns: i128, attempt: u32) -> Resul
     Ok(parent.join(&crate::replica::Name::new(&n)?))
 }
 
-/// Seconds since the epoch as `YYYYMMDDTHHMMSSZ` (UTC), without a clock
-/// library: days to civil date (Howard Hinnant's algorithm).
+/// Seconds since the epoch as `YYYYMMDDTHHMMSSZ` (UTC).
 fn utc_stamp(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (y, m, d, hh, mm, ss) = crate::clock::utc(secs);
+    format!("{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z")
 }
 
 #[cfg(test)]
