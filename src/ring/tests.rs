@@ -107,6 +107,18 @@ impl Cluster {
         }
     }
 
+    /// Waits until every owner of every key in `keys` stores it.
+    async fn wait_owners_hold(&self, keys: &[String]) {
+        self.wait("every owner to hold every acknowledged key", || {
+            keys.iter().all(|k| {
+                self.owners(k.as_bytes())
+                    .iter()
+                    .all(|o| self.node(o).local(k.as_bytes()).is_some())
+            })
+        })
+        .await;
+    }
+
     /// Owners of `key` in the current layout.
     fn owners(&self, key: &[u8]) -> Vec<String> {
         let l = self.nodes[0].layout();
@@ -313,14 +325,7 @@ async fn a_partition_gives_siblings_and_loses_no_acknowledged_write() {
         vec![b"merged".to_vec()]
     );
     // Without intervention every owner ends up holding every key.
-    c.wait("owners converge", || {
-        acked.iter().all(|k| {
-            c.owners(k.as_bytes())
-                .iter()
-                .all(|o| c.node(o).local(k.as_bytes()).is_some())
-        })
-    })
-    .await;
+    c.wait_owners_hold(&acked).await;
     for k in &acked {
         for n in ["a", "c", "e"] {
             assert_eq!(
@@ -378,14 +383,7 @@ async fn random_kills_and_partitions_lose_no_acknowledged_write() {
         "only {} of 200 acknowledged",
         acked.len()
     );
-    c.wait("every owner holds every acknowledged key", || {
-        acked.iter().all(|k| {
-            c.owners(k.as_bytes())
-                .iter()
-                .all(|o| c.node(o).local(k.as_bytes()).is_some())
-        })
-    })
-    .await;
+    c.wait_owners_hold(&acked).await;
     for k in &acked {
         let via = names[next(5)];
         assert_eq!(
