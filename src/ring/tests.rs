@@ -221,6 +221,44 @@ async fn writes_to_a_dead_owner_wait_as_hints_and_are_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_repairs_an_owner_that_missed_the_write() {
+    // No hints, no anti-entropy: only the read can bring c up to date.
+    let t = Timing {
+        hints: false,
+        anti_entropy: false,
+    };
+    let c = Cluster::new(&["a", "b", "c"], t).await;
+    c.kill("c");
+    c.node("a")
+        .put(b"r", val("v"), &Context::new())
+        .await
+        .unwrap();
+    c.revive("c");
+    assert!(c.node("c").local(b"r").is_none());
+    // A read asks every owner, waits for R=2 answers and repairs, in the
+    // background, every owner that answered with less.
+    let start = Instant::now();
+    while c.node("c").local(b"r").is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "c never repaired"
+        );
+        assert_eq!(
+            c.node("b").get(b"r").await.unwrap().values(),
+            vec![b"v".to_vec()]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.node("c").local(b"r").unwrap().values(), vec![val("v")]);
+    assert!(c.nodes.iter().any(|n| {
+        n.stats()
+            .read_repairs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_entropy_repairs_missed_writes_and_a_wiped_store() {
     let t = Timing {
         hints: false,
