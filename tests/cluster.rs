@@ -535,6 +535,11 @@ fn keep_both_keeps_a_copy_of_each_version() {
     partition_conflict("keep-both", &["hosta", "hostb"]);
 }
 
+#[test]
+fn manual_keeps_both_versions_as_copies() {
+    partition_conflict("manual", &["hosta", "hostb"]);
+}
+
 /// Hosts A and B both write `doc` while a partition separates them and each
 /// reaches one replica; after the heal, with `policy`, the newer version
 /// (B's) is on the path and the versions of `copied` hosts are kept as
@@ -605,8 +610,20 @@ fn partition_conflict(policy: &str, copied: &[&str]) {
             b"written by B, later"
         }
     };
+    // Under `manual`, the path keeps the version of whichever replica the
+    // resync that met the conflict copied from: one of the two, the same
+    // on both replicas.
+    let kept = fs::read(r1.join("doc")).unwrap();
+    if policy == "manual" {
+        assert!(
+            kept == b"written by A" || kept == b"written by B, later",
+            "{kept:?}"
+        );
+    } else {
+        assert_eq!(kept, b"written by B, later");
+    }
     for r in [&r1, &r2] {
-        assert_eq!(fs::read(r.join("doc")).unwrap(), b"written by B, later");
+        assert_eq!(fs::read(r.join("doc")).unwrap(), kept);
         for host in copied {
             let copies: Vec<String> = fs::read_dir(r)
                 .unwrap()
@@ -628,7 +645,7 @@ fn partition_conflict(policy: &str, copied: &[&str]) {
             "{listed}"
         );
     }
-    assert_eq!(fs::read(mb.path("doc")).unwrap(), b"written by B, later");
+    assert_eq!(fs::read(mb.path("doc")).unwrap(), kept);
     drop(mb);
     drop(ma);
     drop(f1);
