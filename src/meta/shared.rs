@@ -317,7 +317,8 @@ impl SharedStore {
                 rec.id,
                 rec.state
             );
-            return;
+            // The nudge below carries the view itself: the hosts that can
+            // be reached learn it now all the same.
         }
         let version = Dvv::new_write(&Context::new(), Some(bytes)).update(&Dvv::default(), "nudge");
         let missing = self

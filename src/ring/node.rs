@@ -562,7 +562,8 @@ impl Node {
     /// Delivers `version` for `owner`'s slot: to the owner, or as a hint to
     /// a stand-in. True once some node holds it for that slot.
     async fn write_slot(&self, owner: &NodeId, key: &[u8], version: &Dvv, slots: &Slots) -> bool {
-        if self.inner.live.is_alive(owner) && self.send_write(owner, key, version, None).await {
+        let believed_alive = self.inner.live.is_alive(owner);
+        if believed_alive && self.send_write(owner, key, version, None).await {
             return true;
         }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
@@ -584,7 +585,9 @@ impl Node {
                 return true;
             }
         }
-        false
+        // No stand-in left: the failure detector may be wrong (it lags
+        // behind a loaded or recovering node), so ask the owner anyway.
+        !believed_alive && self.send_write(owner, key, version, None).await
     }
 
     /// Reads `owner`'s slot: from the owner, or from a stand-in that may
@@ -595,15 +598,18 @@ impl Node {
         key: &[u8],
         slots: &Slots,
     ) -> Option<(Option<Dvv>, bool)> {
-        if self.inner.live.is_alive(owner)
-            && let Some(v) = self.send_read(owner, key).await
-        {
+        let believed_alive = self.inner.live.is_alive(owner);
+        if believed_alive && let Some(v) = self.send_read(owner, key).await {
             return Some((v, true));
         }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
             if let Some(v) = self.send_read(&standin, key).await {
                 return Some((v, false));
             }
+        }
+        // No stand-in left: ask the owner even if believed down.
+        if !believed_alive && let Some(v) = self.send_read(owner, key).await {
+            return Some((v, true));
         }
         None
     }
