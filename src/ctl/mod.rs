@@ -40,3 +40,13 @@ pub fn mount_source(mountpoint: &Path) -> Option<String> {
         Some(post.split(' ').nth(1)?.to_string())
     })
 }
+
+/// The gid of `ctl_group`, if one is configured.
+pub fn group_gid(name: Option<&str>) -> Result<Option<u32>, String> {
+    let Some(g) = name else { return Ok(None) };
+    nix::unistd::Group::from_name(g)
+        .ok()
+        .flatten()
+        .map(|grp| Some(grp.gid.as_raw()))
+        .ok_or_else(|| format!("ctl_group '{g}': no such group"))
+}

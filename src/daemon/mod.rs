@@ -247,17 +247,7 @@ fn serve(
         .name("resync".into())
         .spawn(move || worker_fs.resync_loop(probe, bw))
         .map_err(|e| StartupError::Other(e.to_string()))?;
-    let group = match &cfg.ctl_group {
-        None => None,
-        Some(g) => Some(
-            nix::unistd::Group::from_name(g)
-                .ok()
-                .flatten()
-                .ok_or_else(|| StartupError::Other(format!("ctl_group '{g}': no such group")))?
-                .gid
-                .as_raw(),
-        ),
-    };
+    let group = crate::ctl::group_gid(cfg.ctl_group.as_deref()).map_err(StartupError::Other)?;
     let sock = cfg
         .ctl
         .clone()

@@ -68,17 +68,7 @@ fn run(args: &RingNodeArgs) -> Result<(), String> {
     // logs, so that a bad start is the one line above.
     let id = service::node_id(&ring_cfg)?;
     service::read_secret(&ring_cfg.secret_file)?;
-    let group = match &cfg.ctl_group {
-        None => None,
-        Some(g) => Some(
-            nix::unistd::Group::from_name(g)
-                .ok()
-                .flatten()
-                .ok_or_else(|| format!("ctl_group '{g}': no such group"))?
-                .gid
-                .as_raw(),
-        ),
-    };
+    let group = crate::ctl::group_gid(cfg.ctl_group.as_deref())?;
     let sock = cfg
         .ctl
         .clone()
