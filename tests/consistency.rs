@@ -1,0 +1,461 @@
+//! Guards against replicas that the daemon believes in sync but that hold
+//! other bytes than the mount serves (issue 9): a write handle held across a
+//! disable/enable, an mmap store beside a passthrough reader, a fresh state
+//! directory, a hard link or a directory swap made while a replica was out,
+//! and a setuid bit a write by another user must clear.
+//!
+//! Every test compares the replicas on their backing directories byte for
+//! byte and reads through the mount with fresh opens, so that neither a
+//! stale replica nor a stale read goes unnoticed.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Mount, TestRoot, run_as};
+
+const CHIRONFS: &str = env!("CARGO_BIN_EXE_chironfs");
+
+/// The unprivileged user of scripts/setup (and every Debian machine).
+const NOBODY: u32 = 65534;
+
+/// How long a re-enabled replica may take to be in sync again.
+const SYNC_WAIT: Duration = Duration::from_secs(20);
+
+/// A mount and the path of its status socket.
+struct Fixture {
+    m: Mount,
+    sock: PathBuf,
+}
+
+impl Fixture {
+    /// Two fresh replicas, a status socket in the test root, failed replicas
+    /// probed every 0.2 s, and `opts` added.
+    fn new(opts: &[&str]) -> Fixture {
+        let root = TestRoot::new();
+        let sock = root.path().join("ctl.sock");
+        let mut b = Mount::builder()
+            .root(root)
+            .fresh(2)
+            .option(&format!("ctl={}", sock.display()))
+            .option("probe_interval=0.2");
+        for o in opts {
+            b = b.option(o);
+        }
+        Fixture { m: b.mount(), sock }
+    }
+
+    /// `chironfs ctl ARGS... SOCKET`.
+    fn ctl(&self, args: &[&str]) -> Output {
+        ctl_at(&self.sock, args)
+    }
+
+    /// `chironctl disable|enable <replica i>`, which must succeed.
+    fn set_enabled(&self, i: usize, enabled: bool) {
+        let r = self.m.replicas[i].display().to_string();
+        let verb = if enabled { "enable" } else { "disable" };
+        let o = self.ctl(&[verb, &r]);
+        assert!(o.status.success(), "chironctl {verb} {r}: {o:?}");
+    }
+
+    fn wait_in_sync(&self, what: &str) {
+        wait_in_sync(&self.m, &self.sock, what);
+    }
+}
+
+fn ctl_at(sock: &Path, args: &[&str]) -> Output {
+    Command::new(CHIRONFS)
+        .arg("ctl")
+        .args(args)
+        .arg(sock)
+        .output()
+        .expect("run chironfs ctl")
+}
+
+/// `chironctl status --json`, parsed.
+fn status(sock: &Path) -> serde_json::Value {
+    let o = ctl_at(sock, &["status", "--json"]);
+    assert!(o.status.success(), "chironctl status --json: {o:?}");
+    serde_json::from_slice(&o.stdout).expect("status --json is JSON")
+}
+
+/// True when every replica is in-sync with nothing missed.
+fn all_in_sync(st: &serde_json::Value) -> bool {
+    st["replicas"].as_array().is_some_and(|rs| {
+        rs.iter()
+            .all(|r| r["state"] == "in-sync" && r["missed"] == 0)
+    })
+}
+
+/// Polls the status until every replica is in-sync with nothing missed;
+/// panics with the last status after [`SYNC_WAIT`].
+fn wait_in_sync(m: &Mount, sock: &Path, what: &str) {
+    let deadline = Instant::now() + SYNC_WAIT;
+    loop {
+        let st = status(sock);
+        if all_in_sync(&st) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{what}: replicas not all in-sync after {SYNC_WAIT:?}; last status:\n{}\n--- log ---\n{}",
+                serde_json::to_string_pretty(&st).unwrap(),
+                m.log()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn show(b: &[u8]) -> String {
+    if b.len() > 64 {
+        format!(
+            "{:?}... ({} bytes)",
+            String::from_utf8_lossy(&b[..64]),
+            b.len()
+        )
+    } else {
+        format!("{:?}", String::from_utf8_lossy(b))
+    }
+}
+
+/// Every replica holds exactly `expected` at `rel`.
+fn assert_on_replicas(m: &Mount, rel: &str, expected: &[u8]) {
+    let got: Vec<Vec<u8>> = (0..m.replicas.len())
+        .map(|i| read(&m.replica_path(i, rel)))
+        .collect();
+    if got.iter().any(|g| g != expected) {
+        let mut s = format!(
+            "{rel}: replicas differ from the expected {}:",
+            show(expected)
+        );
+        for (i, g) in got.iter().enumerate() {
+            s.push_str(&format!(
+                "\n  replica {i} ({}): {}",
+                m.replicas[i].display(),
+                show(g)
+            ));
+        }
+        panic!("{s}");
+    }
+}
+
+/// `n` fresh opens of `rel` through the mount all read `expected`.
+fn assert_reads(m: &Mount, rel: &str, expected: &[u8], n: usize) {
+    let mut stale = Vec::new();
+    for i in 0..n {
+        let got = read(&m.path(rel));
+        if got != expected {
+            stale.push(format!("read {i}: {}", show(&got)));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{rel}: {} of {n} reads through the mount were not {}:\n  {}",
+        stale.len(),
+        show(expected),
+        stale.join("\n  ")
+    );
+}
+
+/// A write handle opened while replica b was disabled and kept across its
+/// enable must reach b too (b in sync must mean b has every byte).
+#[test]
+fn held_write_handle_across_disable_enable() {
+    let fx = Fixture::new(&[]);
+    let m = &fx.m;
+    fx.set_enabled(1, false);
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(m.path("app.log"))
+        .expect("open app.log for append");
+    log.write_all(b"one\n").unwrap();
+    fx.set_enabled(1, true);
+    fx.wait_in_sync("after enable (app.log held open)");
+    log.write_all(b"two\n").unwrap();
+    drop(log);
+    fx.wait_in_sync("after closing app.log");
+    assert_on_replicas(m, "app.log", b"one\ntwo\n");
+    assert_reads(m, "app.log", b"one\ntwo\n", 10);
+    m.assert_replicas_identical();
+}
+
+/// A store through a shared writable mmap, while another process reads the
+/// file through FUSE passthrough, must reach every replica.
+#[test]
+fn mmap_store_beside_passthrough_reader() {
+    const LEN: usize = 8192;
+    let fx = Fixture::new(&[]);
+    let m = &fx.m;
+    let original = vec![b'a'; LEN];
+    fs::write(m.path("f"), &original).unwrap();
+    let reader = File::open(m.path("f")).expect("open f read-only");
+    let rw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .expect("open f O_RDWR beside a read-only (passthrough) open");
+    // Safe because the fd is valid and the length is the file's size.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            rw.as_raw_fd(),
+            0,
+        )
+    };
+    let mapped = if p == libc::MAP_FAILED {
+        let e = std::io::Error::last_os_error();
+        eprintln!(
+            "mmap(MAP_SHARED, PROT_WRITE) failed: {e} (errno {:?})",
+            e.raw_os_error()
+        );
+        false
+    } else {
+        // Safe because the mapping is LEN bytes long and stays mapped until
+        // munmap below; offsets 100..103 are inside it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b"XYZ".as_ptr(), (p as *mut u8).add(100), 3);
+            assert_eq!(
+                libc::msync(p, LEN, libc::MS_SYNC),
+                0,
+                "msync: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(libc::munmap(p, LEN), 0, "munmap");
+        }
+        true
+    };
+    drop(rw);
+    drop(reader);
+
+    let mut expected = original.clone();
+    if mapped {
+        expected[100..103].copy_from_slice(b"XYZ");
+    }
+    // Let the daemon settle after the releases, then require the store.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !(0..2).all(|i| read(&m.replica_path(i, "f")) == expected) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..2 {
+        let got = read(&m.replica_path(i, "f"));
+        assert!(
+            got == expected,
+            "replica {i} ({}): f {} the mmap store: bytes 96..108 are {}",
+            m.replicas[i].display(),
+            if mapped { "lacks" } else { "changed without" },
+            show(&got[96.min(got.len())..108.min(got.len())])
+        );
+    }
+    assert_reads(m, "f", &expected, 10);
+    m.assert_replicas_identical();
+}
+
+/// A new, empty state directory must not make a replica that missed writes
+/// look in sync: reads never come from it and check says OK only once the
+/// replicas are identical again.
+#[test]
+fn fresh_state_dir_knows_who_is_behind() {
+    let root = TestRoot::new();
+    let sock1 = root.path().join("ctl1.sock");
+    let s1 = root.path().join("s1");
+    let fx = Fixture {
+        m: Mount::builder()
+            .root(root)
+            .fresh(2)
+            .option(&format!("ctl={}", sock1.display()))
+            .option(&format!("state_dir={}", s1.display()))
+            .option("probe_interval=0.2")
+            .mount(),
+        sock: sock1,
+    };
+    fs::write(fx.m.path("g"), b"old").unwrap();
+    assert_on_replicas(&fx.m, "g", b"old");
+    fx.set_enabled(1, false);
+    fs::write(fx.m.path("g"), b"new").unwrap();
+    assert_eq!(
+        read(&fx.m.replica_path(1, "g")),
+        b"old",
+        "b was written while disabled"
+    );
+    let replicas = fx.m.replicas.clone();
+    let (status1, root) = fx.m.unmount();
+    assert!(status1.success(), "first daemon: {status1}");
+
+    // Same replicas, a new empty state directory, another mountpoint.
+    let s2 = root.path().join("s2");
+    let sock2 = root.path().join("ctl2.sock");
+    let m = Mount::builder()
+        .replica(&replicas[0])
+        .replica(&replicas[1])
+        .option(&format!("state_dir={}", s2.display()))
+        .option(&format!("ctl={}", sock2.display()))
+        .option("probe_interval=0.2")
+        .mount();
+    assert_reads(&m, "g", b"new", 20);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let check = ctl_at(&sock2, &["check"]);
+        let a = read(&m.replica_path(0, "g"));
+        let b = read(&m.replica_path(1, "g"));
+        if check.status.code() == Some(0) {
+            assert!(
+                a == b,
+                "chironctl check said OK while replica b holds {} and a {}: {}",
+                show(&b),
+                show(&a),
+                String::from_utf8_lossy(&check.stdout)
+            );
+        }
+        assert_eq!(read(&m.path("g")), b"new", "stale read through the mount");
+        let st = status(&sock2);
+        if a == b"new" && b == b"new" && all_in_sync(&st) {
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "after 30 s: replica a holds {}, b holds {}; status:\n{}",
+                show(&a),
+                show(&b),
+                serde_json::to_string_pretty(&st).unwrap()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_on_replicas(&m, "g", b"new");
+    assert_reads(&m, "g", b"new", 20);
+    m.assert_replicas_identical();
+    drop(m);
+    drop(root);
+}
+
+/// A hard link made while a replica was out must be a hard link on it after
+/// the resync, not a copy that later writes leave behind.
+#[test]
+fn hard_link_made_while_replica_out() {
+    let fx = Fixture::new(&[]);
+    let m = &fx.m;
+    fs::write(m.path("x"), b"1").unwrap();
+    fx.set_enabled(1, false);
+    fs::hard_link(m.path("x"), m.path("y")).expect("ln x y through the mount");
+    fx.set_enabled(1, true);
+    fx.wait_in_sync("after enable (link made while out)");
+    fs::write(m.path("x"), b"2").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    fx.wait_in_sync("after writing x");
+    let (ix, iy) = (
+        fs::metadata(m.replica_path(1, "x")).unwrap().ino(),
+        fs::metadata(m.replica_path(1, "y")).unwrap().ino(),
+    );
+    assert_eq!(
+        ix, iy,
+        "on replica b, x (ino {ix}) and y (ino {iy}) are not one inode"
+    );
+    assert_on_replicas(m, "y", b"2");
+    assert_on_replicas(m, "x", b"2");
+    assert_reads(m, "y", b"2", 10);
+    m.assert_replicas_identical();
+}
+
+/// Swapping two directories through a temporary name while a replica is
+/// out must leave it with the swapped contents after the resync.
+#[test]
+fn directory_swap_while_replica_out() {
+    let fx = Fixture::new(&[]);
+    let m = &fx.m;
+    fs::create_dir(m.path("d1")).unwrap();
+    fs::create_dir(m.path("d2")).unwrap();
+    fs::write(m.path("d1/f"), b"one").unwrap();
+    fs::write(m.path("d2/f"), b"two").unwrap();
+    fx.set_enabled(1, false);
+    fs::rename(m.path("d1"), m.path("tmp")).unwrap();
+    fs::rename(m.path("d2"), m.path("d1")).unwrap();
+    fs::rename(m.path("tmp"), m.path("d2")).unwrap();
+    fx.set_enabled(1, true);
+    fx.wait_in_sync("after enable (directories swapped while out)");
+    assert_on_replicas(m, "d1/f", b"two");
+    assert_on_replicas(m, "d2/f", b"one");
+    assert!(
+        !m.replica_path(1, "tmp").exists(),
+        "replica b still has tmp"
+    );
+    assert_reads(m, "d1/f", b"two", 10);
+    assert_reads(m, "d2/f", b"one", 10);
+    m.assert_replicas_identical();
+}
+
+/// Root's setuid file 04777, appended to by nobody (optionally while root
+/// holds a read-only, passthrough open): the mode must end 0777 through the
+/// mount and on every replica, and the bytes must be on every replica.
+fn setuid_cleared_on_write_by_other_user(with_reader: bool) {
+    let fx = Fixture::new(&["allow_other"]);
+    let m = &fx.m;
+    let f = m.path("f");
+    fs::write(&f, b"root's\n").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o4777)).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o4777);
+    let reader = with_reader.then(|| File::open(&f).expect("open f read-only"));
+    let out = run_as(
+        NOBODY,
+        NOBODY,
+        "sh",
+        &[
+            OsStr::new("-c"),
+            OsStr::new(&format!("echo x >> '{}'", f.display())),
+        ],
+    );
+    assert!(out.status.success(), "append as nobody: {out:?}");
+    drop(reader);
+
+    let modes = || -> Vec<u32> {
+        std::iter::once(f.clone())
+            .chain((0..2).map(|i| m.replica_path(i, "f")))
+            .map(|p| fs::metadata(&p).unwrap().mode() & 0o7777)
+            .collect()
+    };
+    // The kernel may cache attributes for attr_timeout (1 s).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut got = modes();
+    while got.iter().any(|&md| md != 0o777) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        got = modes();
+    }
+    assert!(
+        got.iter().all(|&md| md == 0o777),
+        "after a write by another user, modes (mount, replica a, replica b) are {:?}, expected 0777 everywhere",
+        got.iter().map(|md| format!("{md:04o}")).collect::<Vec<_>>()
+    );
+    assert_on_replicas(m, "f", b"root's\nx\n");
+    assert_reads(m, "f", b"root's\nx\n", 10);
+    m.assert_replicas_identical();
+}
+
+/// A write by another user clears setuid even while a passthrough reader
+/// holds the file open.
+#[test]
+fn setuid_cleared_on_write_by_other_user_with_reader_present() {
+    setuid_cleared_on_write_by_other_user(true);
+}
+
+/// Control: a write by another user clears setuid with no other open.
+#[test]
+fn setuid_cleared_on_write_by_other_user_without_reader() {
+    setuid_cleared_on_write_by_other_user(false);
+}
