@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use crate::meta::{MetaStore, PreviousShutdown, ReplicaId, ReplicaRecord, ReplicaState};
 use crate::replica::identity;
+use crate::replica::ledger::{self, Ledger};
 
 /// What one replica is bound to.
 #[derive(Debug, Clone)]
@@ -37,19 +38,25 @@ fn record(
     }
 }
 
-/// Binds each (canonical path, root fd) and writes the outcome to the store.
+/// Binds each (canonical path, root fd), reconciles the store with the
+/// ledgers found on the replicas (`replica::ledger`), writes the outcome
+/// to the store and a new ledger generation to the replicas in service.
+/// Returns the bindings and that generation.
 pub fn bind(
     store: &dyn MetaStore,
     replicas: &[(PathBuf, &OwnedFd)],
     add: &[PathBuf],
     previous: PreviousShutdown,
-) -> Result<Vec<Bound>, String> {
+    writer: &str,
+) -> Result<(Vec<Bound>, u64), String> {
     let known = store
         .list_replicas()
         .map_err(|e| format!("metadata store: {e}"))?;
     let new_set = known.is_empty();
     let mut out: Vec<Bound> = Vec::new();
     let mut records: Vec<ReplicaRecord> = Vec::new();
+    // Replicas whose marker is theirs (refused ones are neither read nor written).
+    let mut own: Vec<bool> = Vec::new();
     for (path, root) in replicas {
         let shown = path.display();
         let by_path = known.iter().find(|r| &r.path == path);
@@ -126,26 +133,28 @@ pub fn bind(
                 )
             }
         };
+        own.push(!cause.starts_with("refused: "));
         records.push(record(bound.id, path, bound.state, &cause));
         out.push(bound);
     }
+    let generation = reconcile_ledgers(replicas, &own, new_set, &mut out, &mut records)?;
     // Marks cannot vouch for the replicas after a machine crash: everything
     // but the first in-sync replica is compared. (A new store has no marks
     // to distrust: the replicas given at first use are taken as they are.)
+    // Every replica but the first in sync is compared, whatever its state:
+    // the marks of a failed or resyncing one may be incomplete too.
     if previous == PreviousShutdown::Unknown && !new_set && out.len() > 1 {
-        let mut first = true;
-        for (b, rec) in out.iter_mut().zip(records.iter_mut()) {
-            if b.state != ReplicaState::InSync {
+        let first = out.iter().position(|b| b.state == ReplicaState::InSync);
+        for (k, (b, rec)) in out.iter_mut().zip(records.iter_mut()).enumerate() {
+            if Some(k) == first || !own[k] {
                 continue;
             }
-            if first {
-                first = false;
-                continue;
-            }
-            b.state = ReplicaState::Resyncing;
             b.needs_full = true;
-            rec.state = ReplicaState::Resyncing;
-            rec.cause = "verification after an unclean shutdown".into();
+            if b.state == ReplicaState::InSync {
+                b.state = ReplicaState::Resyncing;
+                rec.state = ReplicaState::Resyncing;
+                rec.cause = "verification after an unclean shutdown".into();
+            }
         }
     }
     // After a daemon crash, paths with an intent mark may differ: every
@@ -189,5 +198,101 @@ pub fn bind(
             .map_err(|e| format!("metadata store: {e}"))?;
     }
     store.sync().map_err(|e| format!("metadata store: {e}"))?;
-    Ok(out)
+    let generation = generation + 1;
+    let ledger = Ledger {
+        generation,
+        behind: out
+            .iter()
+            .filter(|b| b.state != ReplicaState::InSync)
+            .map(|b| b.id)
+            .collect(),
+    };
+    for (k, ((path, root), b)) in replicas.iter().zip(out.iter()).enumerate() {
+        if own[k] && matches!(b.state, ReplicaState::InSync | ReplicaState::Resyncing) {
+            ledger::write(root.as_fd(), writer, &ledger).map_err(|e| {
+                format!("replica '{}': cannot write its ledger: {e}", path.display())
+            })?;
+        }
+    }
+    Ok((out, generation))
+}
+
+/// Takes as behind every replica the ledgers on the replicas name as
+/// behind (the store may be new, or another mount's): it is compared in
+/// full before it serves. With no ledger anywhere and a new store, the
+/// replicas were never mounted together by this version: the first serves
+/// and the others are compared, unless all are empty. Returns the highest
+/// ledger generation found.
+fn reconcile_ledgers(
+    replicas: &[(PathBuf, &OwnedFd)],
+    own: &[bool],
+    new_set: bool,
+    out: &mut [Bound],
+    records: &mut [ReplicaRecord],
+) -> Result<u64, String> {
+    let found: Vec<_> = replicas
+        .iter()
+        .zip(out.iter())
+        .zip(own)
+        .filter(|(_, own)| **own)
+        .map(|(((_, root), b), _)| (b.id, ledger::read(root.as_fd()).ok()))
+        .collect();
+    let verdict = ledger::judge(&found);
+    let behind = |k: usize, b: &Bound| -> bool {
+        if !own[k] {
+            return false;
+        }
+        if verdict.any {
+            verdict.behind.contains(&b.id)
+        } else {
+            new_set && !all_empty(replicas, own)
+        }
+    };
+    let first_current = out
+        .iter()
+        .enumerate()
+        .position(|(k, b)| own[k] && b.state == ReplicaState::InSync && !behind(k, b));
+    // Every replica named behind: the first one keeps serving (nothing
+    // better is known), the others are compared with it.
+    let keep = first_current.or_else(|| {
+        out.iter()
+            .enumerate()
+            .position(|(k, b)| own[k] && b.state == ReplicaState::InSync)
+    });
+    if first_current.is_none() && keep.is_some() && (verdict.any || new_set) {
+        tracing::warn!("every replica looks behind by the ledgers; the first in sync serves");
+    }
+    for (k, (b, rec)) in out.iter_mut().zip(records.iter_mut()).enumerate() {
+        if Some(k) == keep || !behind(k, b) {
+            continue;
+        }
+        b.needs_full = true;
+        if b.state == ReplicaState::InSync {
+            b.state = ReplicaState::Resyncing;
+            rec.state = ReplicaState::Resyncing;
+            rec.cause = if verdict.any {
+                "behind, by the replicas' ledgers".into()
+            } else {
+                "first mount of existing directories: compared before it serves".into()
+            };
+        }
+    }
+    Ok(verdict.generation)
+}
+
+/// Whether every usable replica holds nothing but its internal entry.
+fn all_empty(replicas: &[(PathBuf, &OwnedFd)], own: &[bool]) -> bool {
+    replicas
+        .iter()
+        .zip(own)
+        .filter(|(_, o)| **o)
+        .all(|((_, root), _)| {
+            crate::replica::ops::openat(root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .and_then(crate::replica::ops::read_dir)
+                .is_ok_and(|entries| {
+                    entries
+                        .iter()
+                        .all(|e| e.name.as_bytes() == crate::replica::INTERNAL_NAME.as_bytes())
+                })
+        })
 }

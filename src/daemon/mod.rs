@@ -178,7 +178,14 @@ fn serve(
         .iter()
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .collect();
-    let bound = bind::bind(&local, &pairs, &add, previous).map_err(StartupError::Other)?;
+    let writer = crate::replica::ledger::writer_name(
+        cfg.ring
+            .as_ref()
+            .and_then(|r| r.node.as_deref())
+            .unwrap_or("local"),
+    );
+    let (bound, ledger_generation) =
+        bind::bind(&local, &pairs, &add, previous, &writer).map_err(StartupError::Other)?;
     // With a [ring], the metadata the hosts sharing these replicas must
     // agree on goes to the ring; the rest stays in this host's store.
     let (store, ring, shared): (Arc<dyn MetaStore>, _, _) = match &cfg.ring {
@@ -219,6 +226,8 @@ fn serve(
         passthrough: cfg.passthrough,
         verify_content: cfg.verify == crate::config::Verify::Content,
         conflict_policy: cfg.conflict_policy,
+        ledger_writer: writer,
+        ledger_generation,
     };
     let fs = Arc::new(ChironFs::new(replicas, store.clone(), opts));
     if let Some(shared) = shared {

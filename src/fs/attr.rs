@@ -79,8 +79,9 @@ impl ChironFs {
     }
 
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Stat> {
-        if let Some(h) = self.handle_for(ino, fh) {
-            let r = h.reader();
+        if let Some(h) = self.handle_for(ino, fh)
+            && let Ok(r) = self.serving_reader(&h)
+        {
             if let Some(fd) = h.fd(r) {
                 let rep = &self.replicas[r];
                 match self.on_replica(r, move |_| ops::fstat(fd.as_fd())) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::ChironFs;
 use crate::config::ConflictPolicy;
 use crate::errno::{Errno, Result};
-use crate::meta::{ConflictRecord, PathWrite, ReplicaId, ReplicaState, SharedStore};
+use crate::meta::{ConflictRecord, PathWrite, ReplicaId, SharedStore};
 use crate::replica::{RelPath, Replica, ops};
 use crate::resync::{CopyControl, SyncMode, sync_path};
 
@@ -183,10 +183,11 @@ impl ChironFs {
             r.spec.path.display()
         );
         r.needs_full.store(true, Ordering::Relaxed);
-        r.set_state(crate::replica::State::Resyncing);
-        self.persist_state(
+        use crate::replica::State;
+        self.change_state(
             i,
-            ReplicaState::Resyncing,
+            &[State::InSync, State::Failed],
+            State::Resyncing,
             format!("resyncing for {hosts:?}"),
         );
         // The replica itself is the one excluded: read from the others.
@@ -247,14 +248,12 @@ impl ChironFs {
                         }
                     }
                 }
-                if r.state() == crate::replica::State::InSync {
-                    r.set_state(crate::replica::State::Resyncing);
-                    self.persist_state(
-                        r.index,
-                        ReplicaState::Resyncing,
-                        format!("healing paths host {h} was changing when it died"),
-                    );
-                }
+                self.change_state(
+                    r.index,
+                    &[crate::replica::State::InSync],
+                    crate::replica::State::Resyncing,
+                    format!("healing paths host {h} was changing when it died"),
+                );
             }
             shared.healed_pending_of(&h);
             self.end_resync_lease();

@@ -20,6 +20,7 @@ use super::namespace::{Owner, settle_new_entry};
 use super::{ChironFs, Entry};
 use crate::errno::{Errno, Result};
 use crate::replica::ops::{self, At, OMIT, fd_of};
+use crate::replica::{Name, RelPath};
 
 pub struct FileHandle {
     pub ino: u64,
@@ -31,6 +32,12 @@ pub struct FileHandle {
     /// The intent mark this open-for-write session holds until release;
     /// set exactly for writable handles.
     session: Option<crate::replica::RelPath>,
+    /// The flags a backing open of this handle uses (to open it on a
+    /// replica that comes back while it is open).
+    oflags: i32,
+    /// A writable open the kernel put in passthrough mode: an mmap of it
+    /// stores into this replica's file only (see `open`).
+    exposed: Option<usize>,
 }
 
 impl FileHandle {
@@ -61,6 +68,16 @@ pub enum IoMode {
     ShareBacking,
 }
 
+impl IoMode {
+    fn of(mode: Mode, fds: &[Option<Arc<OwnedFd>>]) -> Result<IoMode> {
+        Ok(match mode {
+            Mode::Cached => IoMode::Cached,
+            Mode::ShareBacking(_) => IoMode::ShareBacking,
+            Mode::Passthrough(p) => IoMode::Passthrough(fds[p].clone().ok_or(Errno::EIO)?),
+        })
+    }
+}
+
 pub struct Opened {
     pub fh: u64,
     pub io: IoMode,
@@ -83,87 +100,132 @@ impl ChironFs {
         let path = ppath.join(&name);
         let oflags = backing_flags(flags);
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if writable {
+            self.intend("open", std::slice::from_ref(&path))?;
+            let opened = self.open_writable(ino, &ppath, &name, oflags);
+            if opened.is_err() {
+                self.release_intent(std::slice::from_ref(&path));
+            }
+            return opened;
+        }
         let n = self.replicas.len();
         let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; n];
-        let session = writable.then(|| path.clone());
-        if let Some(s) = &session {
-            self.begin("open", std::slice::from_ref(s))?;
-        }
-        let (reader, mode) = if writable {
-            let (p, nm) = (ppath.clone(), name.clone());
-            let done = self.mutate("open", &path, move |rep| {
-                ops::openat(fd_of(&rep.dir(&p)?), nm.as_c(), oflags, 0).map(Arc::new)
+        let mut tried = Vec::new();
+        let (r, fd) = loop {
+            let r = self.choose_reader(&tried).ok_or(Errno::EIO)?;
+            let rep = &self.replicas[r];
+            let (p, n) = (ppath.clone(), name.clone());
+            let opened = self.on_replica(r, move |rep| {
+                ops::openat(fd_of(&rep.dir(&p)?), n.as_c(), oflags, 0)
             });
-            let done = match done {
-                Ok(d) => d,
+            match opened {
+                Ok(fd) => break (r, fd),
+                Err(e) if rep.is_failure(e) => {
+                    self.fail(r, "open", &path, e);
+                    tried.push(r);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        fds[r] = Some(Arc::new(fd));
+        let want = self.passthrough().then_some(r);
+        let mode = self
+            .iomodes
+            .open(ino, want, |i| self.replicas[i].is_serving());
+        let mut reader = r;
+        if let Mode::Passthrough(p) = mode
+            && p != r
+        {
+            // All passthrough opens of an inode share one backing replica.
+            let rep = &self.replicas[p];
+            match ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), oflags, 0) {
+                Ok(fd) => {
+                    fds[p] = Some(Arc::new(fd));
+                    fds[r] = None;
+                    reader = p;
+                }
                 Err(e) => {
-                    self.end(std::slice::from_ref(&path), &[]);
+                    self.iomodes.release(ino, mode);
                     return Err(e);
                 }
-            };
-            for (i, fd) in done {
-                fds[i] = Some(fd);
             }
-            let reader = self
-                .readers()
-                .into_iter()
-                .find(|&i| fds[i].is_some())
-                .ok_or(Errno::EIO)?;
-            (reader, self.iomodes.open(ino, None, |_| true))
-        } else {
-            let mut tried = Vec::new();
-            let (r, fd) = loop {
-                let r = self.choose_reader(&tried).ok_or(Errno::EIO)?;
-                let rep = &self.replicas[r];
-                let (p, n) = (ppath.clone(), name.clone());
-                let opened = self.on_replica(r, move |rep| {
-                    ops::openat(fd_of(&rep.dir(&p)?), n.as_c(), oflags, 0)
-                });
-                match opened {
-                    Ok(fd) => break (r, fd),
-                    Err(e) if rep.is_failure(e) => {
-                        self.fail(r, "open", &path, e);
-                        tried.push(r);
-                    }
-                    Err(e) => return Err(e),
-                }
-            };
-            fds[r] = Some(Arc::new(fd));
-            let want = self.passthrough().then_some(r);
-            let mode = self
-                .iomodes
-                .open(ino, want, |i| self.replicas[i].is_serving());
-            let mut reader = r;
-            if let Mode::Passthrough(p) = mode
-                && p != r
-            {
-                // All passthrough opens of an inode share one backing replica.
-                let rep = &self.replicas[p];
-                match ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), oflags, 0) {
-                    Ok(fd) => {
-                        fds[p] = Some(Arc::new(fd));
-                        fds[r] = None;
-                        reader = p;
-                    }
-                    Err(e) => {
-                        self.iomodes.release(ino, mode);
-                        return Err(e);
-                    }
-                }
-            }
-            (reader, mode)
-        };
-        let io = match mode {
-            Mode::Cached => IoMode::Cached,
-            Mode::ShareBacking => IoMode::ShareBacking,
-            Mode::Passthrough(p) => IoMode::Passthrough(fds[p].clone().ok_or(Errno::EIO)?),
-        };
-        let fh = self.new_handle(ino, fds, reader, mode, flags & libc::O_TRUNC != 0, session);
+        }
+        let io = IoMode::of(mode, &fds)?;
+        let fh = self.new_handle(Spec {
+            ino,
+            fds,
+            reader,
+            mode,
+            dirty: false,
+            session: None,
+            oflags,
+            exposed: None,
+        });
         Ok(Opened {
             fh,
             io,
-            keep_cache: !writable,
+            keep_cache: true,
         })
+    }
+
+    /// A writable open: an fd on every replica that receives mutations.
+    /// The caller holds the session's intent mark.
+    fn open_writable(&self, ino: u64, ppath: &RelPath, name: &Name, oflags: i32) -> Result<Opened> {
+        let path = ppath.join(name);
+        let (p, nm) = (ppath.clone(), name.clone());
+        let done = self.mutate("open", &path, move |rep| {
+            ops::openat(fd_of(&rep.dir(&p)?), nm.as_c(), oflags, 0).map(Arc::new)
+        })?;
+        let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; self.replicas.len()];
+        for (i, fd) in done {
+            fds[i] = Some(fd);
+        }
+        let mode = self.iomodes.open(ino, None, |_| true);
+        let reader = match mode {
+            // Reads go where an mmap of this open stores.
+            Mode::ShareBacking(b) if fds[b].is_some() => Some(b),
+            _ => self.readers().into_iter().find(|&i| fds[i].is_some()),
+        };
+        let Some(reader) = reader else {
+            self.iomodes.release(ino, mode);
+            return Err(Errno::EIO);
+        };
+        // The kernel sends an mmap of an open in passthrough mode to the
+        // backing file itself: its stores reach that replica only. Every
+        // other replica is marked for the path now (so a crash leaves them
+        // marked) and again at release, and no resync clears those marks
+        // while this handle is open.
+        let exposed = match mode {
+            Mode::ShareBacking(b) if fds[b].is_some() => Some(b),
+            _ => None,
+        };
+        if let Some(b) = exposed {
+            self.mark_exposed(&path, b);
+        }
+        let io = IoMode::of(mode, &fds)?;
+        let fh = self.new_handle(Spec {
+            ino,
+            fds,
+            reader,
+            mode,
+            dirty: oflags & libc::O_TRUNC != 0,
+            session: Some(path),
+            oflags,
+            exposed,
+        });
+        Ok(Opened {
+            fh,
+            io,
+            keep_cache: false,
+        })
+    }
+
+    /// Marks every replica but `backing` for `path`: an mmap may change
+    /// `path` on `backing` alone.
+    fn mark_exposed(&self, path: &RelPath, backing: usize) {
+        for r in self.replicas.iter().filter(|r| r.index != backing) {
+            self.record_missed(path, r.index);
+        }
     }
 
     pub fn create(
@@ -182,7 +244,7 @@ impl ChironFs {
         // an entry that exists after all must never be handed to the caller.
         let oflags = backing_flags(flags) | libc::O_CREAT | libc::O_EXCL;
         let n2 = name.clone();
-        self.begin("open", std::slice::from_ref(&path))?;
+        self.intend("open", std::slice::from_ref(&path))?;
         let done = self.mutate("create", &path, move |rep| {
             let dir = rep.dir(&ppath)?;
             let fd = ops::openat(fd_of(&dir), n2.as_c(), oflags, mode & 0o7777)?;
@@ -190,9 +252,13 @@ impl ChironFs {
             Ok((Arc::new(fd), st))
         });
         let done = match done {
-            Ok(d) => d,
+            Ok(d) if !d.is_empty() => d,
+            Ok(_) => {
+                self.release_intent(std::slice::from_ref(&path));
+                return Err(Errno::EIO);
+            }
             Err(e) => {
-                self.end(std::slice::from_ref(&path), &[]);
+                self.release_intent(std::slice::from_ref(&path));
                 return Err(e);
             }
         };
@@ -202,18 +268,24 @@ impl ChironFs {
         for (i, (fd, _)) in done {
             fds[i] = Some(fd);
         }
-        let reader = self
-            .readers()
-            .into_iter()
-            .find(|&i| fds[i].is_some())
-            .ok_or(Errno::EIO)?;
-        let mode = self.iomodes.open(entry.ino, None, |_| true);
-        let io = if mode == Mode::ShareBacking {
-            IoMode::ShareBacking
-        } else {
-            IoMode::Cached
+        let Some(reader) = self.readers().into_iter().find(|&i| fds[i].is_some()) else {
+            self.release_intent(std::slice::from_ref(&path));
+            return Err(Errno::EIO);
         };
-        let fh = self.new_handle(entry.ino, fds, reader, mode, false, Some(path));
+        let mode = self.iomodes.open(entry.ino, None, |_| true);
+        let io = IoMode::of(mode, &fds)?;
+        // Reopening must not create or truncate again.
+        let reopen = oflags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        let fh = self.new_handle(Spec {
+            ino: entry.ino,
+            fds,
+            reader,
+            mode,
+            dirty: false,
+            session: Some(path),
+            oflags: reopen,
+            exposed: None,
+        });
         Ok((
             entry,
             Opened {
@@ -224,26 +296,23 @@ impl ChironFs {
         ))
     }
 
-    fn new_handle(
-        &self,
-        ino: u64,
-        fds: Vec<Option<Arc<OwnedFd>>>,
-        reader: usize,
-        mode: Mode,
-        dirty: bool,
-        session: Option<crate::replica::RelPath>,
-    ) -> u64 {
-        self.inodes.write().opened(ino);
-        self.replicas[reader]
+    fn new_handle(&self, s: Spec) -> u64 {
+        self.inodes.write().opened(s.ino);
+        self.replicas[s.reader]
             .bound_handles
             .fetch_add(1, Ordering::Relaxed);
+        if s.session.is_some() {
+            self.writable_handles.fetch_add(1, Ordering::SeqCst);
+        }
         self.files.insert(FileHandle {
-            ino,
-            fds: Mutex::new(fds),
-            reader: AtomicUsize::new(reader),
-            dirty: AtomicBool::new(dirty),
-            mode: Mutex::new(mode),
-            session,
+            ino: s.ino,
+            fds: Mutex::new(s.fds),
+            reader: AtomicUsize::new(s.reader),
+            dirty: AtomicBool::new(s.dirty),
+            mode: Mutex::new(s.mode),
+            session: s.session,
+            oflags: s.oflags,
+            exposed: s.exposed,
         })
     }
 
@@ -255,11 +324,23 @@ impl ChironFs {
         }
     }
 
+    /// The replica a handle reads from, moved first to a serving one if
+    /// its replica stopped serving: a handle never reads a replica that
+    /// is out of service or behind.
+    pub(super) fn serving_reader(&self, h: &FileHandle) -> Result<usize> {
+        let r = h.reader();
+        if self.replicas[r].is_serving() {
+            return Ok(r);
+        }
+        self.fail_over_reader(h, &[r])?;
+        Ok(h.reader())
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         let mut tried = Vec::new();
         loop {
-            let r = h.reader();
+            let r = self.serving_reader(&h)?;
             let rep = &self.replicas[r];
             let res = match h.fd(r) {
                 Some(fd) => self.on_replica(r, move |_| {
@@ -280,13 +361,16 @@ impl ChironFs {
     }
 
     /// Moves a handle's reads to another serving replica.
-    fn fail_over_reader(&self, h: &FileHandle, tried: &[usize]) -> Result<()> {
+    pub(super) fn fail_over_reader(&self, h: &FileHandle, tried: &[usize]) -> Result<()> {
         let next = self.choose_reader(tried).ok_or(Errno::EIO)?;
         if h.fd(next).is_none() {
             let (ppath, name) = self.locate(h.ino)?.ok_or(Errno::EIO)?;
             let rep = &self.replicas[next];
             let fd = ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), libc::O_RDONLY, 0)?;
-            h.fds.lock()[next] = Some(Arc::new(fd));
+            let mut fds = h.fds.lock();
+            if fds[next].is_none() {
+                fds[next] = Some(Arc::new(fd));
+            }
         }
         let old = h.reader.swap(next, Ordering::Relaxed);
         self.replicas[old]
@@ -309,7 +393,9 @@ impl ChironFs {
         (targets, fds)
     }
 
-    /// Runs `f` with the handle's fd on every serving replica, as one mutation.
+    /// Runs `f` with the handle's fd on every replica that receives
+    /// mutations, as one mutation. A replica the handle has no fd on (it
+    /// was out when the file was opened) misses it and is marked.
     fn on_handle<T, F>(&self, op: &'static str, h: &FileHandle, f: F) -> Result<Vec<(usize, T)>>
     where
         T: Send + 'static,
@@ -329,7 +415,11 @@ impl ChironFs {
         )
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    /// `kill_priv`: the kernel asks that set-user-ID (and set-group-ID
+    /// with group execute) bits and file capabilities be removed, as any
+    /// write by an unprivileged user does (it sends this with direct I/O;
+    /// for cached writes it changes the mode itself).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_priv: bool) -> Result<u32> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         let data: Arc<[u8]> = data.into();
         let len = data.len();
@@ -338,6 +428,9 @@ impl ChironFs {
         let now = ops::now();
         h.dirty.store(true, Ordering::Relaxed);
         self.on_handle("write", &h, move |fd| {
+            if kill_priv {
+                kill_privileges(fd)?;
+            }
             let n = ops::pwrite_all(fd.as_fd(), &data, offset)?;
             At::Fd(fd.as_fd()).utimens(&[OMIT, now])?;
             Ok(n)
@@ -351,10 +444,10 @@ impl ChironFs {
             return Ok(());
         }
         let (targets, fds) = self.write_fds(h);
-        let Some((&first, rest)) = targets.split_first() else {
+        let Some(&first) = targets.first() else {
             return Ok(());
         };
-        if rest.is_empty() {
+        if targets.len() == 1 {
             return Ok(());
         }
         let Some(fd) = &fds[first] else {
@@ -367,7 +460,10 @@ impl ChironFs {
         };
         let path = self.describe(h.ino);
         // Copying a timestamp is housekeeping: one success is enough.
-        self.mutate_on("settle-mtime", &path, None, rest, 1, move |rep| {
+        self.mutate_on("settle-mtime", &path, None, &targets, 1, move |rep| {
+            if rep.index == first {
+                return Ok(());
+            }
             let fd = fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
             At::Fd(fd.as_fd()).utimens(&[OMIT, mtime])
         })?;
@@ -379,12 +475,33 @@ impl ChironFs {
         self.settle_mtime(&h)
     }
 
+    /// Syncs the file on every replica that receives mutations, through
+    /// any handle: a read-only one (`sync FILE`) opens it there.
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         self.settle_mtime(&h)?;
         // The marks describing this file reach the disk before its data does.
         self.sync_marks()?;
-        self.on_handle("fsync", &h, move |fd| ops::fsync(fd.as_fd(), datasync))?;
+        if h.is_writable() {
+            self.on_handle("fsync", &h, move |fd| ops::fsync(fd.as_fd(), datasync))?;
+            return Ok(());
+        }
+        let fds = h.fds.lock().clone();
+        let loc = self.locate(h.ino)?;
+        let path = self.describe(h.ino);
+        self.mutate("fsync", &path, move |rep| {
+            let fd = match (&fds[rep.index], &loc) {
+                (Some(fd), _) => fd.clone(),
+                (None, Some((ppath, name))) => Arc::new(ops::openat(
+                    fd_of(&rep.dir(ppath)?),
+                    name.as_c(),
+                    libc::O_RDONLY | libc::O_NOFOLLOW,
+                    0,
+                )?),
+                (None, None) => return Err(Errno::EBADF),
+            };
+            ops::fsync(fd.as_fd(), datasync)
+        })?;
         Ok(())
     }
 
@@ -399,7 +516,7 @@ impl ChironFs {
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
-        let r = h.reader();
+        let r = self.serving_reader(&h)?;
         let fd = h.fd(r).ok_or(Errno::EBADF)?;
         self.on_replica(r, move |_| ops::lseek(fd.as_fd(), offset, whence))
     }
@@ -414,9 +531,91 @@ impl ChironFs {
             .fetch_sub(1, Ordering::Relaxed);
         self.inodes.write().closed(h.ino);
         if let Some(s) = &h.session {
-            self.end(std::slice::from_ref(s), &[]);
+            if let Some(b) = h.exposed {
+                // What an mmap stored is on `b` alone: copy it to the others.
+                self.mark_exposed(s, b);
+            }
+            self.writable_handles.fetch_sub(1, Ordering::SeqCst);
+            self.release_intent(std::slice::from_ref(s));
         }
         settled?;
         Ok(())
+    }
+
+    /// Gives writable handles open on `path` that lack an fd on `replica`
+    /// (they were opened while it was out) one there, so their later
+    /// writes reach it. Called by the resync, under the path's lock, after
+    /// the file was copied to `replica`. Returns whether a handle of `path`
+    /// keeps `replica` behind for as long as it is open (an mmap exposure
+    /// to another replica).
+    pub(super) fn join_handles(&self, path: &RelPath, replica: usize) -> bool {
+        if self.writable_handles.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let mut held_back = false;
+        for h in self.files.all(|h| h.is_writable()) {
+            if self.describe(h.ino) != *path {
+                continue;
+            }
+            if h.exposed.is_some_and(|b| b != replica) {
+                held_back = true;
+            }
+            if h.fd(replica).is_some() {
+                continue;
+            }
+            let Ok(Some((ppath, name))) = self.locate(h.ino) else {
+                continue;
+            };
+            let rep = &self.replicas[replica];
+            let oflags = h.oflags & !libc::O_TRUNC;
+            match rep
+                .dir(&ppath)
+                .and_then(|d| ops::openat(fd_of(&d), name.as_c(), oflags, 0))
+            {
+                Ok(fd) => {
+                    let mut fds = h.fds.lock();
+                    if fds[replica].is_none() {
+                        fds[replica] = Some(Arc::new(fd));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        "cannot open {path} on a returning replica for a held handle: {e}"
+                    );
+                    held_back = true;
+                }
+            }
+        }
+        held_back
+    }
+}
+
+/// What a new handle holds (see [`FileHandle`]).
+struct Spec {
+    ino: u64,
+    fds: Vec<Option<Arc<OwnedFd>>>,
+    reader: usize,
+    mode: Mode,
+    dirty: bool,
+    session: Option<RelPath>,
+    oflags: i32,
+    exposed: Option<usize>,
+}
+
+/// Removes set-user-ID, set-group-ID (when group-executable) and the
+/// file capability attribute from an open file, as the kernel does when an
+/// unprivileged user writes to it.
+fn kill_privileges(fd: &OwnedFd) -> Result<()> {
+    let st = ops::fstat(fd.as_fd())?;
+    let mut kill = libc::S_ISUID;
+    if st.st_mode & libc::S_IXGRP != 0 {
+        kill |= libc::S_ISGID;
+    }
+    if st.st_mode & kill != 0 {
+        At::Fd(fd.as_fd()).chmod(st.st_mode & 0o7777 & !kill)?;
+    }
+    match At::Fd(fd.as_fd()).removexattr(c"security.capability") {
+        Err(e) if e.0 != libc::ENODATA && e.0 != libc::EOPNOTSUPP => Err(e),
+        _ => Ok(()),
     }
 }

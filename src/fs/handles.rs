@@ -36,6 +36,16 @@ impl<T> Table<T> {
         self.map.read().values().find(|h| pred(h)).cloned()
     }
 
+    /// Every open handle satisfying `pred` (a scan; for rare paths only).
+    pub fn all(&self, pred: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+        self.map
+            .read()
+            .values()
+            .filter(|h| pred(h))
+            .cloned()
+            .collect()
+    }
+
     pub fn remove(&self, fh: u64) -> Option<Arc<T>> {
         self.map.write().remove(&fh)
     }
@@ -86,9 +96,11 @@ pub enum Mode {
     Cached,
     /// Reads go straight to the backing file on this replica.
     Passthrough(usize),
-    /// The inode is in passthrough mode already: name its backing file, but
-    /// with direct I/O so that reads and writes still come to the daemon.
-    ShareBacking,
+    /// The inode is in passthrough mode already: name its backing file (on
+    /// this replica), but with direct I/O so that reads and writes still
+    /// come to the daemon. An mmap of such an open maps the backing file
+    /// itself: its stores reach that replica only.
+    ShareBacking(usize),
 }
 
 impl IoModes {
@@ -110,12 +122,12 @@ impl IoModes {
                 Mode::Passthrough(r)
             }
             Some(_) if serving(c.backing_replica) => Mode::Passthrough(c.backing_replica),
-            _ if c.backing > 0 => Mode::ShareBacking,
+            _ if c.backing > 0 => Mode::ShareBacking(c.backing_replica),
             _ => Mode::Cached,
         };
         match mode {
             Mode::Cached => c.cached += 1,
-            Mode::Passthrough(_) | Mode::ShareBacking => c.backing += 1,
+            Mode::Passthrough(_) | Mode::ShareBacking(_) => c.backing += 1,
         }
         mode
     }
@@ -135,7 +147,7 @@ impl IoModes {
         if let Some(c) = map.get_mut(&ino) {
             match mode {
                 Mode::Cached => c.cached = c.cached.saturating_sub(1),
-                Mode::Passthrough(_) | Mode::ShareBacking => {
+                Mode::Passthrough(_) | Mode::ShareBacking(_) => {
                     c.backing = c.backing.saturating_sub(1)
                 }
             }
@@ -157,10 +169,10 @@ mod tests {
         // A second reader shares the first one's backing replica.
         assert_eq!(m.open(7, Some(0), |_| true), Mode::Passthrough(1));
         // A writer while passthrough is active names the backing file.
-        assert_eq!(m.open(7, None, |_| true), Mode::ShareBacking);
+        assert_eq!(m.open(7, None, |_| true), Mode::ShareBacking(1));
         m.release(7, Mode::Passthrough(1));
         m.release(7, Mode::Passthrough(1));
-        m.release(7, Mode::ShareBacking);
+        m.release(7, Mode::ShareBacking(1));
         assert_eq!(m.open(7, None, |_| true), Mode::Cached);
         // A reader while a cached writer is open is cached too.
         assert_eq!(m.open(7, Some(0), |_| true), Mode::Cached);
@@ -170,7 +182,7 @@ mod tests {
     fn failed_backing_replica_is_not_read_through() {
         let m = IoModes::default();
         assert_eq!(m.open(3, Some(0), |_| true), Mode::Passthrough(0));
-        assert_eq!(m.open(3, Some(1), |r| r != 0), Mode::ShareBacking);
+        assert_eq!(m.open(3, Some(1), |r| r != 0), Mode::ShareBacking(0));
     }
 
     #[test]

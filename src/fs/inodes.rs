@@ -84,6 +84,25 @@ impl InodeTable {
         Some(p)
     }
 
+    /// The node `path` is known to name, walking from the root.
+    pub fn resolve(&self, path: &RelPath) -> Option<u64> {
+        let Some((parent, name)) = path.split() else {
+            return Some(ROOT);
+        };
+        self.child(self.resolve(&parent)?, &name)
+    }
+
+    /// Every path the node named by `path` is known by (its hard links).
+    pub fn names_of(&self, path: &RelPath) -> Vec<RelPath> {
+        let Some(node) = self.resolve(path).and_then(|ino| self.nodes.get(&ino)) else {
+            return Vec::new();
+        };
+        node.links
+            .iter()
+            .filter_map(|(parent, name)| Some(self.path(*parent)?.join(name)))
+            .collect()
+    }
+
     /// The node a (parent, name) is currently known to name.
     pub fn child(&self, parent: u64, name: &Name) -> Option<u64> {
         self.children.get(&(parent, name.clone())).copied()

@@ -1,33 +1,62 @@
 //! What the metadata store learns from the write path: intent marks before
-//! a mutation, missed marks for replicas that did not get it, and replica
-//! state changes (DESIGN.md section 5).
+//! a mutation, and missed marks for replicas that did not get it
+//! (src/DESIGN.md section 5).
 //!
 //! Intent marks are counted in memory per path, so the store sees one mark
 //! per path however many operations or open-for-write sessions overlap:
-//! `begin` writes it on the first, `end` clears it after the last.
+//! `intend` writes it on the first, `release_intent` clears it after the
+//! last.
+//!
+//! A missed mark comes from what an operation did: every replica it did
+//! not reach (not a target, no fd there, failed, timed out) is marked for
+//! the paths it changed, whatever state the replica is in. A replica that
+//! gets a mark while in sync stops serving (it is resyncing until the mark
+//! is copied). Marks are cleared only by the copy that covered them: each
+//! mark bumps a generation of its path (striped), and the resync clears a
+//! mark only if no mark of that path came after its copy began.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use super::ChironFs;
 use crate::errno::Errno;
-use crate::meta::{MetaStore, ReplicaRecord, ReplicaState};
-use crate::replica::RelPath;
+use crate::meta::MetaStore;
+use crate::replica::{RelPath, State};
+
+/// Path generation stripes: two paths sharing one only cost a retry.
+const STRIPES: usize = 4096;
 
 pub struct Marks {
     pub store: Arc<dyn MetaStore>,
     pending: Mutex<HashMap<RelPath, u32>>,
+    /// Per stripe of paths: bumped before every missed mark of a path in it.
+    stripes: Box<[AtomicU64]>,
+    /// The ledger's last generation; the lock orders ledger writes.
+    pub ledger: Mutex<u64>,
 }
 
 impl Marks {
-    pub fn new(store: Arc<dyn MetaStore>) -> Marks {
+    pub fn new(store: Arc<dyn MetaStore>, ledger_generation: u64) -> Marks {
         Marks {
             store,
             pending: Mutex::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            ledger: Mutex::new(ledger_generation),
         }
+    }
+
+    fn stripe(&self, p: &RelPath) -> &AtomicU64 {
+        let h = xxhash_rust::xxh3::xxh3_64(p.as_bytes());
+        &self.stripes[(h % STRIPES as u64) as usize]
+    }
+
+    /// The generation of `p`'s marks: read it before copying `p`, and
+    /// clear with [`ChironFs::clear_covered`].
+    pub fn generation(&self, p: &RelPath) -> u64 {
+        self.stripe(p).load(Ordering::SeqCst)
     }
 }
 
@@ -50,12 +79,11 @@ pub(super) fn marked_paths(op: &str, path: &RelPath) -> Vec<RelPath> {
 }
 
 impl ChironFs {
-    /// Records intent for `paths` before a mutation is issued, and a missed
-    /// mark for every replica that will not receive it. An error here
-    /// fails the operation (EIO): a mutation the store cannot vouch for is
-    /// not issued.
-    pub(super) fn begin(&self, op: &str, paths: &[RelPath]) -> crate::errno::Result<()> {
-        for p in paths {
+    /// Records intent for `paths` before a mutation is issued. An error
+    /// here fails the operation (EIO): a mutation the store cannot vouch
+    /// for is not issued.
+    pub(super) fn intend(&self, op: &str, paths: &[RelPath]) -> crate::errno::Result<()> {
+        for (k, p) in paths.iter().enumerate() {
             let first = {
                 let mut pending = self.marks.pending.lock();
                 let n = pending.entry(p.clone()).or_insert(0);
@@ -64,25 +92,16 @@ impl ChironFs {
             };
             if first && let Err(e) = self.marks.store.mark_pending(p.as_bytes()) {
                 tracing::error!("metadata store: cannot record intent for {op} {p}: {e}");
-                self.end(std::slice::from_ref(p), &[]);
+                self.release_intent(&paths[..=k]);
                 return Err(Errno::EIO);
-            }
-        }
-        for r in self.replicas.iter().filter(|r| !r.is_writable()) {
-            for p in paths {
-                self.record_missed(p, r.index);
             }
         }
         Ok(())
     }
 
-    /// The mutation is done: replicas in `failed` missed it; the intent for
-    /// `paths` is cleared once no other operation holds it.
-    pub(super) fn end(&self, paths: &[RelPath], failed: &[usize]) {
+    /// The intent for `paths` is cleared once no other operation holds it.
+    pub(super) fn release_intent(&self, paths: &[RelPath]) {
         for p in paths {
-            for &i in failed {
-                self.record_missed(p, i);
-            }
             let last = {
                 let mut pending = self.marks.pending.lock();
                 match pending.get_mut(p) {
@@ -103,46 +122,78 @@ impl ChironFs {
         }
     }
 
-    fn record_missed(&self, p: &RelPath, replica: usize) {
-        let id = self.replicas[replica].id;
-        if let Err(e) = self.marks.store.mark_missed(p.as_bytes(), &id) {
+    /// Intent for `paths`, and a missed mark for every replica that is not
+    /// among `targets` (it will not receive the mutation).
+    pub(super) fn begin(
+        &self,
+        op: &str,
+        paths: &[RelPath],
+        targets: &[usize],
+    ) -> crate::errno::Result<()> {
+        self.intend(op, paths)?;
+        for r in self.replicas.iter().filter(|r| !targets.contains(&r.index)) {
+            for p in paths {
+                self.record_missed(p, r.index);
+            }
+        }
+        Ok(())
+    }
+
+    /// The mutation is done: replicas in `missed` did not get it (marked
+    /// again now that it is applied, so a copy that began before it cannot
+    /// clear the mark); the intent is released.
+    pub(super) fn end(&self, paths: &[RelPath], missed: &[usize]) {
+        for p in paths {
+            for &i in missed {
+                self.record_missed(p, i);
+            }
+        }
+        self.release_intent(paths);
+    }
+
+    /// Replica `replica` lacks a change of `p`. Order matters (see the
+    /// module doc and `resync`): the path's generation is bumped before the
+    /// mark is written, the replica's after it, and only then does an
+    /// in-sync replica stop serving.
+    pub(super) fn record_missed(&self, p: &RelPath, replica: usize) {
+        let r = &self.replicas[replica];
+        self.marks.stripe(p).fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.marks.store.mark_missed(p.as_bytes(), &r.id) {
             // The replica cannot be trusted to be complete any more.
-            tracing::error!("metadata store: cannot record that replica {id} missed {p}: {e}");
-            self.replicas[replica]
-                .needs_full
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// Takes replica `i` out of service (logged once) and records why.
-    pub(super) fn fail(&self, i: usize, op: &str, path: &RelPath, err: Errno) {
-        let r = &self.replicas[i];
-        if r.mark_failed(op, path, err) {
-            self.persist_state(i, ReplicaState::Failed, format!("{op} {path}: {err}"));
-        }
-    }
-
-    /// Writes replica `i`'s record with `state` to the store.
-    pub fn persist_state(&self, i: usize, state: ReplicaState, cause: String) {
-        let r = &self.replicas[i];
-        let rec = ReplicaRecord {
-            id: r.id,
-            path: r.spec.path.clone(),
-            state,
-            since: SystemTime::now(),
-            cause,
-        };
-        if let Err(e) = self
-            .marks
-            .store
-            .put_replica(&rec)
-            .and_then(|_| self.marks.store.sync())
-        {
             tracing::error!(
-                "metadata store: cannot record replica {} as {state}: {e}",
+                "metadata store: cannot record that replica {} missed {p}: {e}",
                 r.id
             );
+            r.needs_full.store(true, Ordering::SeqCst);
         }
+        r.mark_generation.fetch_add(1, Ordering::SeqCst);
+        if r.state() == State::InSync {
+            self.change_state(
+                replica,
+                &[State::InSync],
+                State::Resyncing,
+                format!("missed a change of {p}"),
+            );
+        }
+    }
+
+    /// Clears replica `replica`'s mark of `p` after a copy that began at
+    /// generation `generation`; if a mark of `p` came after that, the mark
+    /// stays (is written again). Returns whether it was cleared.
+    pub(super) fn clear_covered(
+        &self,
+        raw: &[u8],
+        p: &RelPath,
+        replica: usize,
+        generation: u64,
+    ) -> crate::meta::Result<bool> {
+        let id = self.replicas[replica].id;
+        self.marks.store.clear_missed(raw, &id)?;
+        if self.marks.generation(p) != generation {
+            self.marks.store.mark_missed(raw, &id)?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Makes every mark written so far durable (the application fsynced).

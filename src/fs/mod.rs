@@ -13,6 +13,7 @@ mod marks;
 mod namespace;
 mod policy;
 mod resync;
+mod states;
 pub mod status;
 
 use std::ffi::OsStr;
@@ -49,6 +50,18 @@ pub struct FsOptions {
     pub verify_content: bool,
     /// What a conflict between hosts leaves on the path.
     pub conflict_policy: crate::config::ConflictPolicy,
+    /// This mount's name in the replicas' ledgers (`replica::ledger`), and
+    /// the highest ledger generation found on them at mount time.
+    pub ledger_writer: String,
+    pub ledger_generation: u64,
+}
+
+/// What one mutation comes to: the answer, the replicas to fail, and the
+/// replicas to mark for the path without failing them.
+struct Outcome {
+    answer: Result<()>,
+    failed: Vec<(usize, Errno)>,
+    behind: Vec<usize>,
 }
 
 /// A looked-up or created inode: our inode number and the backing attributes.
@@ -60,7 +73,7 @@ pub struct Entry {
 
 pub struct ChironFs {
     replicas: Arc<[Replica]>,
-    inodes: RwLock<InodeTable>,
+    inodes: Arc<RwLock<InodeTable>>,
     files: handles::Table<file::FileHandle>,
     dirs: handles::Table<handles::DirHandle>,
     iomodes: handles::IoModes,
@@ -71,6 +84,8 @@ pub struct ChironFs {
     opts: FsOptions,
     round_robin: AtomicUsize,
     passthrough_enabled: AtomicBool,
+    /// Open writable handles (the resync looks at them only if there are any).
+    writable_handles: AtomicUsize,
     /// The other hosts sharing these replicas, through the metadata ring.
     cluster: std::sync::OnceLock<Arc<crate::meta::SharedStore>>,
 }
@@ -78,17 +93,18 @@ pub struct ChironFs {
 impl ChironFs {
     pub fn new(replicas: Vec<Replica>, store: Arc<dyn MetaStore>, opts: FsOptions) -> ChironFs {
         ChironFs {
-            marks: marks::Marks::new(store),
+            marks: marks::Marks::new(store, opts.ledger_generation),
             locks: locks::PathLocks::new(),
             running: (0..replicas.len())
                 .map(|_| parking_lot::Mutex::new(None))
                 .collect(),
             replicas: replicas.into(),
-            inodes: RwLock::new(InodeTable::new()),
+            inodes: Arc::new(RwLock::new(InodeTable::new())),
             files: handles::Table::new(),
             dirs: handles::Table::new(),
             iomodes: handles::IoModes::default(),
             passthrough_enabled: AtomicBool::new(opts.passthrough),
+            writable_handles: AtomicUsize::new(0),
             opts,
             round_robin: AtomicUsize::new(0),
             cluster: std::sync::OnceLock::new(),
@@ -112,6 +128,13 @@ impl ChironFs {
     fn lock_fn(&self) -> impl Fn(&RelPath) -> crate::resync::ChunkGuard + Send + Sync + 'static {
         let stripes = self.locks.shared();
         move |p: &RelPath| -> crate::resync::ChunkGuard { Box::new(locks::lock_in(&stripes, p)) }
+    }
+
+    /// Other names of a file, as the inode table knows them (for the resync
+    /// to keep hard links).
+    fn link_hint(&self) -> impl Fn(&RelPath) -> Vec<RelPath> + Send + Sync + 'static {
+        let inodes = self.inodes.clone();
+        move |p: &RelPath| inodes.read().names_of(p)
     }
 
     /// Replicas that receive mutations (in sync or resyncing), in index order.
@@ -217,17 +240,21 @@ impl ChironFs {
         T: Send + 'static,
         F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
     {
-        if targets.is_empty() {
+        // write_quorum is checked before anything is applied.
+        if targets.is_empty() || targets.len() < needed {
             return Err(Errno::EIO);
         }
         let mut marked = marks::marked_paths(op, path);
         if let Some(a) = also {
             marked.extend(marks::marked_paths(op, a));
         }
-        self.begin(op, &marked)?;
-        let resyncing = targets
+        self.begin(op, &marked, targets)?;
+        // While any replica resyncs, a change and a copy of the same path
+        // never interleave (the copy engine takes the same locks).
+        let resyncing = self
+            .replicas
             .iter()
-            .any(|&i| self.replicas[i].state() == crate::replica::State::Resyncing);
+            .any(|r| r.state() == crate::replica::State::Resyncing);
         let guards = if resyncing {
             self.locks.lock_all(&marked)
         } else {
@@ -244,18 +271,71 @@ impl ChironFs {
             .iter()
             .map(|(i, r)| (*i, r.as_ref().err().copied()))
             .collect();
-        let decision = fanout::decide(&summary, needed);
-        for &(i, e) in &decision.failed {
+        let outcome = self.judge(op, &summary, needed);
+        for &(i, e) in &outcome.failed {
             self.fail(i, op, path, e);
         }
-        let failed: Vec<usize> = decision.failed.iter().map(|f| f.0).collect();
-        self.end(&marked, &failed);
-        decision.answer?;
+        let mut missed: Vec<usize> = (0..self.replicas.len())
+            .filter(|i| !targets.contains(i))
+            .collect();
+        missed.extend(outcome.failed.iter().map(|f| f.0));
+        missed.extend(outcome.behind.iter().copied());
+        self.end(&marked, &missed);
+        outcome.answer?;
         Ok(results
             .into_iter()
-            .filter(|(i, _)| !decision.failed.iter().any(|(f, _)| f == i))
+            .filter(|(i, _)| !missed.contains(i))
             .filter_map(|(i, r)| r.ok().map(|v| (i, v)))
             .collect())
+    }
+
+    /// Turns one mutation's results into an answer (see `fanout::decide`).
+    /// Only in-sync replicas vote when there are any: a resyncing replica
+    /// that answers differently (it lacks a path not copied yet) is marked
+    /// for the path, not failed, unless its error is a replica failure. A
+    /// data change that failed everywhere may have left different partial
+    /// effects: every replica but the first is marked for the path.
+    fn judge(&self, op: &str, summary: &[(usize, Option<Errno>)], needed: usize) -> Outcome {
+        let in_sync = |i: usize| self.replicas[i].state() == crate::replica::State::InSync;
+        let (voters, followers): (Vec<_>, Vec<_>) = if summary.iter().any(|&(i, _)| in_sync(i)) {
+            summary.iter().partition(|&&(i, _)| in_sync(i))
+        } else {
+            (summary.iter().collect(), Vec::new())
+        };
+        let voters: Vec<(usize, Option<Errno>)> = voters.into_iter().copied().collect();
+        let decision = fanout::decide(&voters, 0);
+        let winner = decision.answer.err();
+        let mut failed = decision.failed;
+        let mut behind = Vec::new();
+        for &&(i, r) in &followers {
+            match r {
+                _ if r == winner => {}
+                Some(e) if self.replicas[i].is_failure(e) => failed.push((i, e)),
+                _ => behind.push(i),
+            }
+        }
+        let agreeing = summary
+            .iter()
+            .filter(|(i, r)| {
+                r.is_none() && !failed.iter().any(|f| f.0 == *i) && !behind.contains(i)
+            })
+            .count();
+        let answer = match winner {
+            None if agreeing >= needed.max(1) => Ok(()),
+            None => Err(Errno::EIO),
+            Some(e) => {
+                if e.is_replica_failure() && matches!(op, "write" | "fallocate" | "setattr") {
+                    behind.extend(voters.iter().skip(1).map(|v| v.0));
+                    behind.extend(followers.iter().map(|v| v.0));
+                }
+                Err(e)
+            }
+        };
+        Outcome {
+            answer,
+            failed,
+            behind,
+        }
     }
 
     fn key(replica: usize, st: &Stat) -> inodes::BackingKey {

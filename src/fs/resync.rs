@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use super::ChironFs;
 use crate::errno::Errno;
-use crate::meta::ReplicaState;
 use crate::replica::{RelPath, Replica, State};
 use crate::resync::{CopyControl, SyncMode, Throttle, diff_tree, sync_path};
 
@@ -75,10 +74,15 @@ impl ChironFs {
             _ => Err(e),
         });
         let ok = healthy.and_then(|_| writable(r));
-        if ok.is_ok() {
-            r.set_state(State::Resyncing);
+        if ok.is_ok()
+            && self.change_state(
+                i,
+                &[State::Failed],
+                State::Resyncing,
+                "back after a failure".into(),
+            )
+        {
             tracing::info!("replica {} is back; resyncing it", r.spec.path.display());
-            self.persist_state(i, ReplicaState::Resyncing, "back after a failure".into());
         }
     }
 
@@ -113,7 +117,11 @@ impl ChironFs {
         let _lease = Lease(self);
         let src = &self.replicas[src];
         let me = self.lock_fn();
-        let ctl = Arc::new(CopyControl::with_throttle(throttle.clone()).with_chunk_guard(me));
+        let ctl = Arc::new(
+            CopyControl::with_throttle(throttle.clone())
+                .with_chunk_guard(me)
+                .with_link_hint(self.link_hint()),
+        );
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         *self.running[i].lock() = Some((Instant::now(), ctl.clone(), total.clone()));
         let _done = Finished(&self.running[i]);
@@ -143,11 +151,16 @@ impl ChironFs {
             r.needs_full.store(false, Ordering::Relaxed);
         }
         total.store(self.bytes_to_copy(src, r), Ordering::Relaxed);
+        // One pass over the marks, page by page; then again from the start
+        // for marks that came meanwhile, until none is left.
+        let mut after: Option<Vec<u8>> = None;
+        // A mark that cannot be cleared while a handle stays open.
+        let mut held = false;
         loop {
             if r.state() != State::Resyncing {
                 return;
             }
-            let batch = match store.missed(&r.id, None, BATCH) {
+            let batch = match store.missed(&r.id, after.as_deref(), BATCH) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!("metadata store: {e}");
@@ -155,8 +168,17 @@ impl ChironFs {
                 }
             };
             if batch.is_empty() {
-                break;
+                if after.is_none() {
+                    break;
+                }
+                if held {
+                    // Back next round, once the handle is closed.
+                    return;
+                }
+                after = None;
+                continue;
             }
+            after = batch.last().cloned();
             if let Some(c) = self.cluster() {
                 // Paths other hosts wrote meanwhile, for the conflict checks.
                 c.gather();
@@ -169,10 +191,14 @@ impl ChironFs {
                 return;
             }
             for raw in batch {
+                if r.state() != State::Resyncing {
+                    return;
+                }
                 let Some(p) = RelPath::from_bytes(&raw) else {
                     let _ = store.clear_missed(&raw, &r.id);
                     continue;
                 };
+                let generation = self.marks.generation(&p);
                 let settled = match self.settle_conflict(&p, src, r, &ctl) {
                     Ok(done) => done,
                     Err(e) => {
@@ -194,10 +220,20 @@ impl ChironFs {
                     }
                     Err(e) if r.is_failure(e) => return self.resync_failed(i, "resync", &p, e),
                     // Raced with a change through the mount: that change
-                    // reached this replica directly, so the mark is done.
+                    // reached this replica directly, or marked it again.
                     Err(e) => tracing::debug!("resync {p}: {e}"),
                 }
-                if let Err(e) = store.clear_missed(&raw, &r.id) {
+                // Handles opened while the replica was out get an fd on it
+                // now, under the path's lock, so their next writes reach it.
+                let held_back = {
+                    let _g = self.locks.lock_all(std::slice::from_ref(&p));
+                    self.join_handles(&p, i)
+                };
+                if held_back {
+                    held = true;
+                    continue;
+                }
+                if let Err(e) = self.clear_covered(&raw, &p, i, generation) {
                     tracing::error!("metadata store: {e}");
                     return;
                 }
@@ -209,14 +245,32 @@ impl ChironFs {
             let e = Errno::last();
             return self.resync_failed(i, "syncfs", &RelPath::root(), e);
         }
+        // In sync only if no mark came between the last look and the change
+        // of state (`record_missed` writes the mark, then bumps the
+        // generation, then moves an in-sync replica back).
+        let generation = r.mark_generation.load(Ordering::SeqCst);
+        if store.missed_count(&r.id).map_or(true, |n| n > 0) {
+            return;
+        }
+        if !self.change_state(i, &[State::Resyncing], State::InSync, String::new()) {
+            // Failed or disabled meanwhile: that change stands.
+            return;
+        }
+        if r.mark_generation.load(Ordering::SeqCst) != generation {
+            self.change_state(
+                i,
+                &[State::InSync],
+                State::Resyncing,
+                "a change came during the last check".into(),
+            );
+            return;
+        }
         let files = ctl.files_done.load(Ordering::Relaxed);
         let bytes = ctl.bytes_done.load(Ordering::Relaxed);
-        r.set_state(State::InSync);
         tracing::info!(
             "replica {} is in sync again ({files} entries, {bytes} bytes copied)",
             r.spec.path.display()
         );
-        self.persist_state(i, ReplicaState::InSync, String::new());
     }
 
     /// An estimate of the bytes a resync will copy: the sizes, on the

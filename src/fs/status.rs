@@ -132,8 +132,13 @@ impl ChironFs {
     /// Takes replica `i` out of service until enabled (operator's act).
     pub fn disable(&self, i: usize) -> Result<(), String> {
         let r = self.replicas.get(i).ok_or("no such replica")?;
-        r.set_state(State::Disabled);
-        self.persist_state(i, State::Disabled, "disabled by the operator".into());
+        let from = [State::InSync, State::Resyncing, State::Failed];
+        if !self.change_state(i, &from, State::Disabled, "disabled by the operator".into()) {
+            return Err(format!(
+                "replica {} is disabled already",
+                r.spec.path.display()
+            ));
+        }
         tracing::warn!("replica {} disabled by the operator", r.spec.path.display());
         Ok(())
     }
@@ -154,8 +159,14 @@ impl ChironFs {
         } else {
             State::Failed
         };
-        r.set_state(state);
-        self.persist_state(i, state, "enabled by the operator".into());
+        if !self.change_state(
+            i,
+            &[State::Disabled],
+            state,
+            "enabled by the operator".into(),
+        ) {
+            return Err(format!("replica {} is not disabled", r.spec.path.display()));
+        }
         tracing::info!("replica {} enabled by the operator", r.spec.path.display());
         Ok(())
     }
@@ -177,8 +188,8 @@ impl ChironFs {
             }
         }
         r.needs_full.store(false, Ordering::Relaxed);
-        r.set_state(State::InSync);
-        self.persist_state(i, State::InSync, "trusted by the operator".into());
+        let from = [State::Failed, State::Resyncing, State::Disabled];
+        self.change_state(i, &from, State::InSync, "trusted by the operator".into());
         tracing::warn!(
             "replica {} declared in sync by the operator, without copying",
             r.spec.path.display()
@@ -203,9 +214,9 @@ impl ChironFs {
                         r.spec.path.display()
                     )
                 })?;
-                r.set_state(State::Resyncing);
-                self.persist_state(
+                self.change_state(
                     i,
+                    &[State::Failed],
                     State::Resyncing,
                     "resync requested by the operator".into(),
                 );
@@ -217,9 +228,9 @@ impl ChironFs {
                 if r.state() == State::InSync && !self.readers().iter().any(|&j| j != i) {
                     return Err("it is the only in-sync replica: nothing to resync from".into());
                 }
-                r.set_state(State::Resyncing);
-                self.persist_state(
+                self.change_state(
                     i,
+                    &[State::InSync],
                     State::Resyncing,
                     "resync requested by the operator".into(),
                 );

@@ -37,8 +37,15 @@ pub fn read(root: BorrowedFd) -> Result<Option<ReplicaId>> {
     Ok(Some(text.trim().parse().map_err(|_| Errno(libc::EBADMSG))?))
 }
 
-/// Writes the marker durably (temporary file, fsync, rename, fsync dir).
+/// Writes the marker durably (see [`write_internal`]).
 pub fn write(root: BorrowedFd, id: &ReplicaId) -> Result<()> {
+    write_internal(root, MARKER, format!("{id}\n").as_bytes())
+}
+
+/// Writes `data` as file `name` of the replica's internal directory,
+/// durably and atomically: a temporary file, fsync, rename over the old
+/// one, fsync of the directory. The internal directory is made if missing.
+pub fn write_internal(root: BorrowedFd, name: &str, data: &[u8]) -> Result<()> {
     let iname = CString::new(INTERNAL_NAME).map_err(|_| Errno::EINVAL)?;
     match ops::mkdirat(root, &iname, 0o700) {
         Ok(()) => {}
@@ -47,20 +54,58 @@ pub fn write(root: BorrowedFd, id: &ReplicaId) -> Result<()> {
     }
     let dir = internal_dir(root)?;
     let d = ops::fd_of(&dir);
-    let tmp = CString::new(format!("{MARKER}.tmp")).map_err(|_| Errno::EINVAL)?;
-    let name = CString::new(MARKER).map_err(|_| Errno::EINVAL)?;
+    let tmp = CString::new(format!("{name}.tmp")).map_err(|_| Errno::EINVAL)?;
+    let final_name = CString::new(name).map_err(|_| Errno::EINVAL)?;
     let f = ops::openat(
         d,
         &tmp,
         libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
         0o600,
     )?;
-    ops::pwrite_all(ops::fd_of(&f), format!("{id}\n").as_bytes(), 0)?;
+    ops::pwrite_all(ops::fd_of(&f), data, 0)?;
     ops::fsync(ops::fd_of(&f), false)?;
-    ops::renameat2(d, &tmp, d, &name, 0)?;
+    ops::renameat2(d, &tmp, d, &final_name, 0)?;
     // Safe: plain syscall on a borrowed fd.
     check(unsafe { libc::fsync(d.as_raw_fd()) })?;
     Ok(())
+}
+
+/// The internal directory's entries whose names start with `prefix`, with
+/// their contents (at most `max` bytes each). Missing directory: none.
+pub fn read_internal(root: BorrowedFd, prefix: &str, max: usize) -> Result<Vec<(String, Vec<u8>)>> {
+    let dir = match internal_dir(root) {
+        Ok(d) => d,
+        Err(e) if e.0 == libc::ENOENT => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let again = ops::openat(
+        ops::fd_of(&dir),
+        c".",
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
+    let mut out = Vec::new();
+    for e in ops::read_dir(again)? {
+        let Ok(name) = std::str::from_utf8(e.name.as_bytes()) else {
+            continue;
+        };
+        if !name.starts_with(prefix) || name.ends_with(".tmp") {
+            continue;
+        }
+        let f = match ops::openat(
+            ops::fd_of(&dir),
+            &e.name,
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(f) => f,
+            Err(e) if e.0 == libc::ENOENT => continue,
+            Err(e) => return Err(e),
+        };
+        out.push((name.to_string(), ops::pread_full(ops::fd_of(&f), max, 0)?));
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! door to its files (safe path resolution, syscalls, a worker pool).
 
 pub mod identity;
+pub mod ledger;
 pub mod ops;
 pub mod path;
 mod pool;
@@ -68,6 +69,9 @@ pub struct Replica {
     pub id: ReplicaId,
     /// Its marks cannot be trusted: a full compare must precede resync.
     pub needs_full: AtomicBool,
+    /// Bumped after every missed mark recorded for this replica: a resync
+    /// declares it in sync only if no mark came during its last check.
+    pub mark_generation: AtomicU64,
     /// Another host sharing this replica (through the metadata ring) sees
     /// it out of sync: it missed writes made there, so it serves no reads.
     pub stale_elsewhere: AtomicBool,
@@ -108,6 +112,7 @@ impl Replica {
             id,
             inline,
             needs_full: AtomicBool::new(false),
+            mark_generation: AtomicU64::new(0),
             stale_elsewhere: AtomicBool::new(false),
             verify_content: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
@@ -136,8 +141,16 @@ impl Replica {
         state_of(self.state.load(Ordering::Acquire))
     }
 
-    pub fn set_state(&self, s: State) {
-        self.state.store(state_code(s), Ordering::Release);
+    /// Moves the replica to `to` if it is in one of `from` (compare and
+    /// swap: a transition never overwrites one that came meanwhile).
+    /// Returns whether it moved.
+    pub fn transition(&self, from: &[State], to: State) -> bool {
+        let new = state_code(to);
+        from.iter().any(|&f| {
+            self.state
+                .compare_exchange(state_code(f), new, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
     }
 
     /// Whether this replica serves reads (only when in sync, for this host
@@ -154,16 +167,7 @@ impl Replica {
     /// Takes the replica out of service. Returns true (and logs) only for
     /// the call that made the transition, so each failure is logged once.
     pub fn mark_failed(&self, op: &str, path: &RelPath, err: crate::errno::Errno) -> bool {
-        let (ins, res) = (state_code(State::InSync), state_code(State::Resyncing));
-        let failed = state_code(State::Failed);
-        let moved = self
-            .state
-            .compare_exchange(ins, failed, Ordering::AcqRel, Ordering::Acquire)
-            .or_else(|_| {
-                self.state
-                    .compare_exchange(res, failed, Ordering::AcqRel, Ordering::Acquire)
-            });
-        if moved.is_err() {
+        if !self.transition(&[State::InSync, State::Resyncing], State::Failed) {
             return false;
         }
         let cause = format!("{op} {path}: {err}");

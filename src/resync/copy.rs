@@ -314,7 +314,7 @@ impl Job<'_> {
             let needed = match dst_kinds.get(&e.name) {
                 None => true,
                 Some(_) if self.mode == SyncMode::Tree => true,
-                Some(&dk) => self.kinds_differ(sd, dd, name.as_c(), e.kind, dk)?,
+                Some(_) => self.entry_differs(sd, dd, name.as_c())?,
             };
             if needed {
                 let r = self.sync_entry(sd, dd, &child, &name);
@@ -322,6 +322,26 @@ impl Job<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether an entry present on both sides differs in what a stat shows
+    /// (type, size, mtime, mode, owner): Entries mode syncs such an entry,
+    /// and so a directory renamed or swapped while the destination was out
+    /// is descended into. Replicas keep identical mtimes, so an entry whose
+    /// stat matches is taken as equal.
+    fn entry_differs(&self, sd: BorrowedFd, dd: BorrowedFd, name: &CStr) -> Result<bool> {
+        Ok(match (stat_opt(sd, name)?, stat_opt(dd, name)?) {
+            (Some(s), Some(d)) => {
+                kind(&s) != kind(&d)
+                    || !same_mtime(&s, &d)
+                    || s.st_mode != d.st_mode
+                    || s.st_uid != d.st_uid
+                    || s.st_gid != d.st_gid
+                    || (kind(&s) == libc::S_IFREG && s.st_size != d.st_size)
+                    || (kind(&s) == libc::S_IFREG && s.st_nlink != d.st_nlink)
+            }
+            _ => true,
+        })
     }
 
     /// Whether an entry present on both sides has different types there
@@ -423,6 +443,51 @@ impl Job<'_> {
         Ok(true)
     }
 
+    /// A source inode with several links not seen yet in this pass: finds
+    /// another name of it (in the same directory, or one the filesystem
+    /// knows) that the destination already has as a regular file, and takes
+    /// it as the first copy, so `path` becomes a link to it rather than an
+    /// independent copy.
+    fn seed_first(&self, sdir: BorrowedFd, path: &RelPath, sst: &Stat) {
+        let key = inode_key(sst);
+        if self.ctl.links.lock().first.contains_key(&key) {
+            return;
+        }
+        let Some((parent, own)) = path.split() else {
+            return;
+        };
+        let mut names = (self.ctl.link_hint)(path);
+        let here = sys::reopen_dir(sdir)
+            .and_then(ops::read_dir)
+            .unwrap_or_default();
+        for e in here.iter().filter(|e| e.ino == sst.st_ino) {
+            if let Ok(n) = entry_name(e)
+                && n != own
+            {
+                names.push(parent.join(&n));
+            }
+        }
+        for other in names.into_iter().filter(|n| n != path) {
+            let Some((op, on)) = other.split() else {
+                continue;
+            };
+            let same_on_src = self
+                .src
+                .dir(&op)
+                .and_then(|d| ops::stat_at(fd_of(&d), on.as_c()))
+                .is_ok_and(|s| same_inode(&s, sst));
+            let on_dst = self
+                .dst
+                .dir(&op)
+                .and_then(|d| ops::stat_at(fd_of(&d), on.as_c()))
+                .is_ok_and(|d| kind(&d) == libc::S_IFREG);
+            if same_on_src && on_dst {
+                self.ctl.links.lock().first.insert(key, other);
+                return;
+            }
+        }
+    }
+
     fn forget_first(&self, key: (u64, u64)) -> bool {
         self.ctl.links.lock().first.remove(&key);
         false
@@ -440,6 +505,9 @@ impl Job<'_> {
         dst_st: Option<Stat>,
         g: ChunkGuard,
     ) -> Result<()> {
+        if sst.st_nlink > 1 {
+            self.seed_first(sdir, path, sst);
+        }
         if sst.st_nlink > 1 && self.link_to_first(ddir, path, name, sst, dst_st.as_ref())? {
             drop(g);
             self.count_entry();

@@ -120,7 +120,10 @@ pub struct CopyControl {
     cancelled: AtomicBool,
     guard: Box<GuardFn>,
     links: Mutex<LinkMap>,
+    link_hint: Box<HintFn>,
 }
+
+type HintFn = dyn Fn(&RelPath) -> Vec<RelPath> + Send + Sync;
 
 /// Hard-link bookkeeping across the calls of one pass.
 #[derive(Default)]
@@ -150,7 +153,22 @@ impl CopyControl {
             cancelled: AtomicBool::new(false),
             guard: Box::new(|_| Box::new(())),
             links: Mutex::new(LinkMap::default()),
+            link_hint: Box::new(|_| Vec::new()),
         }
+    }
+
+    /// Sets where other names of a file may be learnt: `f(path)` returns
+    /// names the filesystem knows for the same file. A file with several
+    /// links whose other names were not synced in this pass (a hard link
+    /// made while the destination was out) is linked to one of them on the
+    /// destination instead of copied. Names in the same directory are
+    /// always looked for.
+    pub fn with_link_hint(
+        mut self,
+        f: impl Fn(&RelPath) -> Vec<RelPath> + Send + Sync + 'static,
+    ) -> CopyControl {
+        self.link_hint = Box::new(f);
+        self
     }
 
     /// Sets the filesystem's lock: `f(path)` must return once the file (or

@@ -1,0 +1,100 @@
+//! Replica state changes (src/DESIGN.md section 2): every change is a
+//! compare-and-swap on the replica's state, is written to the metadata
+//! store, and, when a replica leaves or rejoins the in-sync set, to the
+//! ledger on the replicas themselves (`replica::ledger`), before whatever
+//! caused it is acknowledged.
+
+use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+use std::time::SystemTime;
+
+use super::{ChironFs, fanout};
+use crate::errno::Errno;
+use crate::meta::{ReplicaRecord, ReplicaState};
+use crate::replica::ledger::{self, Ledger};
+use crate::replica::{RelPath, State};
+
+impl ChironFs {
+    /// Moves replica `i` from one of `from` to `to` (compare and swap: a
+    /// change that came meanwhile is never overwritten), records it, and
+    /// returns whether it moved.
+    pub(super) fn change_state(&self, i: usize, from: &[State], to: State, cause: String) -> bool {
+        if !self.replicas[i].transition(from, to) {
+            return false;
+        }
+        self.persist_state(i, to, cause);
+        self.record_ledger();
+        true
+    }
+
+    /// Takes replica `i` out of service (logged once) and records why.
+    pub(super) fn fail(&self, i: usize, op: &str, path: &RelPath, err: Errno) {
+        let r = &self.replicas[i];
+        if r.mark_failed(op, path, err) {
+            self.persist_state(i, ReplicaState::Failed, format!("{op} {path}: {err}"));
+            self.record_ledger();
+        }
+    }
+
+    /// Writes replica `i`'s record with `state` to the store.
+    pub fn persist_state(&self, i: usize, state: ReplicaState, cause: String) {
+        let r = &self.replicas[i];
+        let rec = ReplicaRecord {
+            id: r.id,
+            path: r.spec.path.clone(),
+            state,
+            since: SystemTime::now(),
+            cause,
+        };
+        if let Err(e) = self
+            .marks
+            .store
+            .put_replica(&rec)
+            .and_then(|_| self.marks.store.sync())
+        {
+            tracing::error!(
+                "metadata store: cannot record replica {} as {state}: {e}",
+                r.id
+            );
+        }
+    }
+
+    /// Writes, durably, on every replica in service, which replicas are
+    /// not in sync, with the next ledger generation. A replica that cannot
+    /// take the write is failed, and the ledger is written again without it.
+    pub(super) fn record_ledger(&self) {
+        let mut generation = self.marks.ledger.lock();
+        loop {
+            *generation += 1;
+            let record = std::sync::Arc::new(Ledger {
+                generation: *generation,
+                behind: self
+                    .replicas
+                    .iter()
+                    .filter(|r| r.state() != State::InSync)
+                    .map(|r| r.id)
+                    .collect::<BTreeSet<_>>(),
+            });
+            let writer = self.opts.ledger_writer.clone();
+            let targets = self.writers();
+            let results = fanout::run(
+                &self.replicas,
+                &targets,
+                self.opts.replica_timeout,
+                move |rep| ledger::write(rep.root().as_fd(), &writer, &record),
+            );
+            let mut again = false;
+            for (i, res) in results {
+                if let Err(e) = res
+                    && self.replicas[i].mark_failed("ledger", &RelPath::root(), e)
+                {
+                    self.persist_state(i, ReplicaState::Failed, format!("ledger: {e}"));
+                    again = true;
+                }
+            }
+            if !again {
+                return;
+            }
+        }
+    }
+}
