@@ -128,6 +128,12 @@ pub fn render_table(st: &FsStatus) -> String {
             r.path
         ));
         out.push_str(&format!("   id {}\n", r.id));
+        if r.kernel_opens > 0 && r.state != "in-sync" {
+            out.push_str(&format!(
+                "   {} passthrough opens still read it (until closed)\n",
+                r.kernel_opens
+            ));
+        }
         if let Some(p) = &r.resync {
             let eta = p.eta_seconds.map_or("?".into(), |s| format!("{s:.0}s"));
             out.push_str(&format!(

@@ -134,9 +134,13 @@ where
     });
     for &i in &pooled {
         let (g, f, reps) = (gather.clone(), f.clone(), replicas.clone());
+        replicas[i]
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         replicas[i].submit(move || {
             let r = &reps[i];
             let res = r.track(|| f(r));
+            r.queued.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             if let Ok(mut v) = g.results.lock() {
                 v.push((i, res));
             }

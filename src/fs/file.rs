@@ -53,6 +53,15 @@ impl FileHandle {
         self.session.is_some()
     }
 
+    /// The replica the kernel reads this open's backing file on, if it was
+    /// answered with passthrough.
+    pub fn kernel_backing(&self) -> Option<usize> {
+        match *self.mode.lock() {
+            Mode::Passthrough(p) | Mode::ShareBacking(p) => Some(p),
+            Mode::Cached => None,
+        }
+    }
+
     pub fn mark_clean(&self) {
         self.dirty.store(false, Ordering::Relaxed);
     }
@@ -316,6 +325,11 @@ impl ChironFs {
         })
     }
 
+    /// How many open files the kernel reads on replica `i` directly.
+    pub(super) fn kernel_opens(&self, i: usize) -> u64 {
+        self.files.all(|h| h.kernel_backing() == Some(i)).len() as u64
+    }
+
     /// The adapter could not register the passthrough backing file; returns
     /// how the open should be answered instead.
     pub fn passthrough_refused(&self, fh: u64) {
@@ -557,7 +571,11 @@ impl ChironFs {
             if self.describe(h.ino) != *path {
                 continue;
             }
-            if h.exposed.is_some_and(|b| b != replica) {
+            // (Once the backing replica is out of service itself, what an
+            // mmap stores there is out of reach anyway.)
+            if h.exposed
+                .is_some_and(|b| b != replica && self.replicas[b].is_writable())
+            {
                 held_back = true;
             }
             if h.fd(replica).is_some() {

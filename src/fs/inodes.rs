@@ -6,7 +6,7 @@
 //! backing identity (replica, st_dev, st_ino) it was seen with, which is how
 //! a second name of an existing hard link is recognised on lookup.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::replica::{Name, RelPath};
 
@@ -34,8 +34,15 @@ pub struct InodeTable {
     /// looked up again gets the number it had: inode numbers are stable for
     /// the life of the mount, not just while the kernel caches them.
     retired: HashMap<BackingKey, u64>,
+    /// `retired`'s keys, oldest first: past [`RETIRED_MAX`] the oldest
+    /// numbers are forgotten, so memory stays bounded however many files
+    /// a walk touches (a file looked up again after that gets a new number).
+    retired_order: VecDeque<BackingKey>,
     next: u64,
 }
+
+/// Forgotten nodes whose numbers are kept (about 80 bytes each).
+const RETIRED_MAX: usize = 1 << 17;
 
 /// Nesting deeper than this is treated as a corrupt table, not walked.
 const MAX_DEPTH: usize = 4096;
@@ -58,6 +65,7 @@ impl InodeTable {
             children: HashMap::new(),
             keys: HashMap::new(),
             retired: HashMap::new(),
+            retired_order: VecDeque::new(),
             next: ROOT + 1,
         }
     }
@@ -164,10 +172,26 @@ impl InodeTable {
         if let Some(&ino) = self.keys.get(&key) {
             return ino;
         }
-        *self.retired.entry(key).or_insert_with(|| {
-            self.next += 1;
-            self.next - 1
-        })
+        if let Some(&ino) = self.retired.get(&key) {
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.retire(key, ino);
+        ino
+    }
+
+    /// Keeps `ino` as the number of backing inode `key` while no node has it.
+    fn retire(&mut self, key: BackingKey, ino: u64) {
+        if self.retired.insert(key, ino).is_none() {
+            self.retired_order.push_back(key);
+        }
+        while self.retired_order.len() > RETIRED_MAX {
+            if let Some(old) = self.retired_order.pop_front() {
+                self.retired.remove(&old);
+            }
+        }
+        shrink(&mut self.retired);
     }
 
     /// A new name for an existing node (link(2)); counts as a lookup.
@@ -273,8 +297,11 @@ impl InodeTable {
                 && self.keys.get(&k) == Some(&ino)
             {
                 self.keys.remove(&k);
-                self.retired.insert(k, ino);
+                self.retire(k, ino);
             }
+            shrink(&mut self.nodes);
+            shrink(&mut self.children);
+            shrink(&mut self.keys);
         }
     }
 
@@ -286,6 +313,14 @@ impl InodeTable {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+}
+
+/// Gives memory back once a map is mostly empty (a walk of a large tree
+/// grows the maps; nothing else would shrink them).
+fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 4096 && m.len() * 4 < m.capacity() {
+        m.shrink_to(m.len() * 2);
     }
 }
 

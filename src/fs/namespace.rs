@@ -300,6 +300,7 @@ impl ChironFs {
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {
         let path = self.path(ino)?;
         let p = path.clone();
+        self.sync_marks()?;
         self.mutate("fsyncdir", &path, move |rep| {
             ops::fsync(fd_of(&rep.dir(&p)?), datasync)
         })?;

@@ -73,7 +73,15 @@ impl ChironFs {
             Ok(true) => r.check_health(),
             _ => Err(e),
         });
-        let ok = healthy.and_then(|_| writable(r));
+        // A request that timed out may still be running on the replica's
+        // pool: it could land after the resync copied its path. The replica
+        // comes back only once none is left.
+        let idle = if r.queued.load(Ordering::SeqCst) == 0 {
+            Ok(())
+        } else {
+            Err(Errno(libc::EBUSY))
+        };
+        let ok = healthy.and_then(|_| idle).and_then(|_| writable(r));
         if ok.is_ok()
             && self.change_state(
                 i,
@@ -88,20 +96,14 @@ impl ChironFs {
 
     pub(super) fn resync(&self, i: usize, throttle: &Arc<Throttle>) {
         let r = &self.replicas[i];
-        // The source: a replica in sync for this host. Another host may see
-        // it out of sync, but what this resync copies is what this host
-        // wrote and `r` missed, which the source has (paths that another
-        // host changed on other replicas meanwhile are conflicts, settled
-        // below). A full compare copies everything, so it needs a source
-        // that no host sees out of sync.
+        // The source of a full compare: a replica no host sees out of sync
+        // (it copies everything). An incremental resync picks a source per
+        // path (`source_for`).
         let full = r.needs_full.load(Ordering::Relaxed);
         let src = if full {
             self.readers().into_iter().find(|&s| s != i)
         } else {
-            self.replicas
-                .iter()
-                .find(|s| s.index != i && s.state() == State::InSync)
-                .map(|s| s.index)
+            self.source_for(i, None)
         };
         let Some(src) = src else {
             return;
@@ -199,6 +201,9 @@ impl ChironFs {
                     continue;
                 };
                 let generation = self.marks.generation(&p);
+                let Some(src) = self.source_for(i, Some(&p)).map(|s| &self.replicas[s]) else {
+                    return;
+                };
                 let settled = match self.settle_conflict(&p, src, r, &ctl) {
                     Ok(done) => done,
                     Err(e) => {
@@ -271,6 +276,32 @@ impl ChironFs {
             "replica {} is in sync again ({files} entries, {bytes} bytes copied)",
             r.spec.path.display()
         );
+    }
+
+    /// The replica replica `i` copies `p` from: an in-sync replica for this
+    /// host, else a resyncing one whose marks are complete, preferring one
+    /// not marked for `p` (it holds every change of `p`). With `p` = None:
+    /// the first such replica.
+    fn source_for(&self, i: usize, p: Option<&RelPath>) -> Option<usize> {
+        let in_sync = self
+            .replicas
+            .iter()
+            .filter(|s| s.index != i && s.state() == State::InSync);
+        let catching_up = self.replicas.iter().filter(|s| {
+            s.index != i && s.state() == State::Resyncing && !s.needs_full.load(Ordering::Relaxed)
+        });
+        let candidates: Vec<usize> = in_sync.chain(catching_up).map(|s| s.index).collect();
+        let Some(p) = p else {
+            return candidates.first().copied();
+        };
+        let current = candidates.iter().copied().find(|&s| {
+            !self
+                .marks
+                .store
+                .is_missed(p.as_bytes(), &self.replicas[s].id)
+                .unwrap_or(true)
+        });
+        current.or_else(|| candidates.first().copied())
     }
 
     /// An estimate of the bytes a resync will copy: the sizes, on the

@@ -38,6 +38,12 @@ pub struct ReplicaStatus {
     /// Mean time a request to this replica took, in microseconds.
     pub latency_us: f64,
     pub open_handles: u64,
+    /// Open files whose reads (and mmaps) the kernel sends straight to this
+    /// replica (FUSE passthrough). The kernel cannot take such an open
+    /// away: if the replica stops serving, they keep reading it until they
+    /// are closed (chironfs(8), "Passthrough").
+    #[serde(default)]
+    pub kernel_opens: u64,
     pub missed: u64,
     pub resync: Option<ResyncProgress>,
     /// Other hosts sharing the replica (through the metadata ring) that do
@@ -108,6 +114,7 @@ impl ChironFs {
                         }
                     },
                     open_handles: r.bound_handles.load(Ordering::Relaxed),
+                    kernel_opens: self.kernel_opens(r.index),
                     missed,
                     resync,
                     stale_for: self

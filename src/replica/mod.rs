@@ -85,6 +85,9 @@ pub struct Replica {
     state: AtomicU8,
     /// Requests issued to this replica and not yet answered.
     pub in_flight: AtomicU64,
+    /// Jobs handed to its pool and not finished (queued or running; a
+    /// timed-out one stays here until it ends).
+    pub queued: AtomicU64,
     /// Requests answered, and the time they took in all (for the latency).
     pub calls: AtomicU64,
     pub busy_ns: AtomicU64,
@@ -120,6 +123,7 @@ impl Replica {
             root: parking_lot::RwLock::new(std::sync::Arc::new(root)),
             state: AtomicU8::new(state_code(state)),
             in_flight: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             reads: AtomicU64::new(0),

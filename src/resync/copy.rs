@@ -445,7 +445,8 @@ impl Job<'_> {
 
     /// A source inode with several links not seen yet in this pass: finds
     /// another name of it (in the same directory, or one the filesystem
-    /// knows) that the destination already has as a regular file, and takes
+    /// knows) that the destination already has as a regular file with fewer
+    /// links, and takes
     /// it as the first copy, so `path` becomes a link to it rather than an
     /// independent copy.
     fn seed_first(&self, sdir: BorrowedFd, path: &RelPath, sst: &Stat) {
@@ -480,7 +481,9 @@ impl Job<'_> {
                 .dst
                 .dir(&op)
                 .and_then(|d| ops::stat_at(fd_of(&d), on.as_c()))
-                .is_ok_and(|d| kind(&d) == libc::S_IFREG);
+                // Fewer links there than on the source: a name is missing
+                // from its group, not part of another group.
+                .is_ok_and(|d| kind(&d) == libc::S_IFREG && d.st_nlink < sst.st_nlink);
             if same_on_src && on_dst {
                 self.ctl.links.lock().first.insert(key, other);
                 return;
