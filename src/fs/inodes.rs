@@ -321,6 +321,13 @@ impl InodeTable {
 fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
     if m.capacity() > 4096 && m.len() * 4 < m.capacity() {
         m.shrink_to(m.len() * 2);
+        // The names and nodes freed on the way sit in the allocator's
+        // per-thread arenas; hand the empty pages back to the system.
+        // Safe: malloc_trim only releases free memory.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
 
