@@ -121,7 +121,7 @@ impl ChironFs {
         let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; n];
         let mut tried = Vec::new();
         let (r, fd) = loop {
-            let r = self.choose_reader(&tried).ok_or(Errno::EIO)?;
+            let r = self.choose_reader(&path, &tried).ok_or(Errno::EIO)?;
             let rep = &self.replicas[r];
             let (p, n) = (ppath.clone(), name.clone());
             let opened = self.on_replica(r, move |rep| {
@@ -138,9 +138,7 @@ impl ChironFs {
         };
         fds[r] = Some(Arc::new(fd));
         let want = self.passthrough().then_some(r);
-        let mode = self
-            .iomodes
-            .open(ino, want, |i| self.replicas[i].is_serving());
+        let mode = self.iomodes.open(ino, want, |i| self.serves(i, &path));
         let mut reader = r;
         if let Mode::Passthrough(p) = mode
             && p != r
@@ -193,7 +191,10 @@ impl ChironFs {
         let reader = match mode {
             // Reads go where an mmap of this open stores.
             Mode::ShareBacking(b) if fds[b].is_some() => Some(b),
-            _ => self.readers().into_iter().find(|&i| fds[i].is_some()),
+            _ => self
+                .readers()
+                .into_iter()
+                .find(|&i| fds[i].is_some() && self.serves(i, &path)),
         };
         let Some(reader) = reader else {
             self.iomodes.release(ino, mode);
@@ -277,7 +278,11 @@ impl ChironFs {
         for (i, (fd, _)) in done {
             fds[i] = Some(fd);
         }
-        let Some(reader) = self.readers().into_iter().find(|&i| fds[i].is_some()) else {
+        let Some(reader) = self
+            .readers()
+            .into_iter()
+            .find(|&i| fds[i].is_some() && self.serves(i, &path))
+        else {
             self.release_intent(std::slice::from_ref(&path));
             return Err(Errno::EIO);
         };
@@ -343,11 +348,18 @@ impl ChironFs {
     /// is out of service or behind.
     pub(super) fn serving_reader(&self, h: &FileHandle) -> Result<usize> {
         let r = h.reader();
-        if self.replicas[r].is_serving() {
+        let path = self.describe(h.ino);
+        if self.serves(r, &path) {
             return Ok(r);
         }
-        self.fail_over_reader(h, &[r])?;
-        Ok(h.reader())
+        match self.fail_over_reader(h, &[r]) {
+            Ok(()) => Ok(h.reader()),
+            // Nowhere else to read it (an unlinked file no other open
+            // reaches there): a replica still reachable keeps serving this
+            // open rather than fail it.
+            Err(_) if self.replicas[r].state() != crate::replica::State::Failed => Ok(r),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -376,11 +388,17 @@ impl ChironFs {
 
     /// Moves a handle's reads to another serving replica.
     pub(super) fn fail_over_reader(&self, h: &FileHandle, tried: &[usize]) -> Result<()> {
-        let next = self.choose_reader(tried).ok_or(Errno::EIO)?;
+        let path = self.describe(h.ino);
+        let next = self.choose_reader(&path, tried).ok_or(Errno::EIO)?;
         if h.fd(next).is_none() {
-            let (ppath, name) = self.locate(h.ino)?.ok_or(Errno::EIO)?;
-            let rep = &self.replicas[next];
-            let fd = ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), libc::O_RDONLY, 0)?;
+            let fd = match self.locate(h.ino) {
+                Ok(Some((ppath, name))) => {
+                    let rep = &self.replicas[next];
+                    ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), libc::O_RDONLY, 0)?
+                }
+                // Unlinked: reopen what another open of the inode holds there.
+                _ => self.reopen_held(h.ino, next)?,
+            };
             let mut fds = h.fds.lock();
             if fds[next].is_none() {
                 fds[next] = Some(Arc::new(fd));
@@ -394,6 +412,29 @@ impl ChironFs {
             .bound_handles
             .fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A new read-only fd of inode `ino` on `replica`, through an fd another
+    /// open of it holds there (how an unlinked file is reached).
+    fn reopen_held(&self, ino: u64, replica: usize) -> Result<OwnedFd> {
+        let held = self
+            .files
+            .all(|h| h.ino == ino)
+            .into_iter()
+            .find_map(|h| h.fd(replica))
+            .ok_or(Errno::ENOENT)?;
+        let link = std::ffi::CString::new(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&*held)
+        ))
+        .map_err(|_| Errno::EINVAL)?;
+        // Safe: a valid C string; the fd returned is owned right below.
+        let fd = unsafe { libc::open(link.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        // Safe: the kernel just returned this fd.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
     }
 
     /// The serving replicas this handle can write to, with their fds.
@@ -501,7 +542,11 @@ impl ChironFs {
             return Ok(());
         }
         let fds = h.fds.lock().clone();
-        let loc = self.locate(h.ino)?;
+        // Unlinked: only the replicas this open reaches can be synced.
+        let Ok(loc) = self.locate(h.ino) else {
+            self.on_handle("fsync", &h, move |fd| ops::fsync(fd.as_fd(), datasync))?;
+            return Ok(());
+        };
         let path = self.describe(h.ino);
         self.mutate("fsync", &path, move |rep| {
             let fd = match (&fds[rep.index], &loc) {

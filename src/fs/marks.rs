@@ -10,13 +10,16 @@
 //! A missed mark comes from what an operation did: every replica it did
 //! not reach (not a target, no fd there, failed, timed out) is marked for
 //! the paths it changed, whatever state the replica is in. A replica that
-//! gets a mark while in sync stops serving (it is resyncing until the mark
-//! is copied). Marks are cleared only by the copy that covered them: each
-//! mark bumps a generation of its path (striped), and the resync clears a
-//! mark only if no mark of that path came after its copy began.
+//! gets a mark while in sync keeps serving everything else, but not that
+//! path or anything beneath it (`stale`), until the mark is copied; it is
+//! named behind in the ledger meanwhile. Marks are cleared only by the copy
+//! that covered them: each mark bumps a generation of its path (striped),
+//! and the resync clears a mark only if no mark of that path came after its
+//! copy began.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -36,6 +39,12 @@ pub struct Marks {
     stripes: Box<[AtomicU64]>,
     /// The ledger's last generation; the lock orders ledger writes.
     pub ledger: Mutex<u64>,
+    /// Paths marked for replicas that were in sync when marked: those
+    /// replicas serve no read of the path (or beneath it) until the mark
+    /// is copied. Replica indices per path.
+    stale: Mutex<HashMap<RelPath, Vec<usize>>>,
+    /// Entries of `stale` (reads skip the lookup while it is 0).
+    stale_paths: AtomicUsize,
 }
 
 impl Marks {
@@ -45,7 +54,67 @@ impl Marks {
             pending: Mutex::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             ledger: Mutex::new(ledger_generation),
+            stale: Mutex::new(HashMap::new()),
+            stale_paths: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether replica `i` must not serve `p`: `p` or a directory above it
+    /// is marked for it while it is in sync.
+    pub fn is_stale(&self, i: usize, p: &RelPath) -> bool {
+        if self.stale_paths.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let stale = self.stale.lock();
+        let mut cur = Some(p.clone());
+        while let Some(q) = cur {
+            if stale.get(&q).is_some_and(|v| v.contains(&i)) {
+                return true;
+            }
+            cur = q.split().map(|(parent, _)| parent);
+        }
+        false
+    }
+
+    /// Whether replica `i` has stale paths (its resync must copy them).
+    pub fn has_stale(&self, i: usize) -> bool {
+        self.stale_paths.load(Ordering::SeqCst) != 0
+            && self.stale.lock().values().any(|v| v.contains(&i))
+    }
+
+    /// Adds (`p`, `i`) to the stale set; returns whether `i` had none before.
+    fn add_stale(&self, p: &RelPath, i: usize) -> bool {
+        let mut stale = self.stale.lock();
+        let first = !stale.values().any(|v| v.contains(&i));
+        let v = stale.entry(p.clone()).or_default();
+        if v.is_empty() {
+            self.stale_paths.fetch_add(1, Ordering::SeqCst);
+        }
+        if !v.contains(&i) {
+            v.push(i);
+        }
+        first
+    }
+
+    /// Removes (`p`, `i`); returns whether `i` has none left.
+    fn remove_stale(&self, p: &RelPath, i: usize) -> bool {
+        if self.stale_paths.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let mut stale = self.stale.lock();
+        let Some(v) = stale.get_mut(p) else {
+            return false;
+        };
+        let before = v.len();
+        v.retain(|&r| r != i);
+        if v.len() == before {
+            return false;
+        }
+        if v.is_empty() {
+            stale.remove(p);
+            self.stale_paths.fetch_sub(1, Ordering::SeqCst);
+        }
+        !stale.values().any(|v| v.contains(&i))
     }
 
     fn stripe(&self, p: &RelPath) -> &AtomicU64 {
@@ -67,6 +136,12 @@ fn is_namespace_op(op: &str) -> bool {
         op,
         "create" | "mkdir" | "mknod" | "symlink" | "link" | "unlink" | "rmdir" | "rename"
     )
+}
+
+/// Whether `op` changes what it reaches (a sync does not: a replica it
+/// does not reach misses nothing).
+pub(super) fn is_change(op: &str) -> bool {
+    !matches!(op, "fsync" | "fsyncdir")
 }
 
 /// The paths an operation on `path` must mark.
@@ -131,7 +206,11 @@ impl ChironFs {
         targets: &[usize],
     ) -> crate::errno::Result<()> {
         self.intend(op, paths)?;
-        for r in self.replicas.iter().filter(|r| !targets.contains(&r.index)) {
+        let skipped = self
+            .replicas
+            .iter()
+            .filter(|r| is_change(op) && !targets.contains(&r.index));
+        for r in skipped {
             for p in paths {
                 self.record_missed(p, r.index);
             }
@@ -153,8 +232,8 @@ impl ChironFs {
 
     /// Replica `replica` lacks a change of `p`. Order matters (see the
     /// module doc and `resync`): the path's generation is bumped before the
-    /// mark is written, the replica's after it, and only then does an
-    /// in-sync replica stop serving.
+    /// mark is written, the replica's after it, and only then is the path
+    /// taken from an in-sync replica's reads.
     pub(super) fn record_missed(&self, p: &RelPath, replica: usize) {
         let r = &self.replicas[replica];
         self.marks.stripe(p).fetch_add(1, Ordering::SeqCst);
@@ -167,13 +246,9 @@ impl ChironFs {
             r.needs_full.store(true, Ordering::SeqCst);
         }
         r.mark_generation.fetch_add(1, Ordering::SeqCst);
-        if r.state() == State::InSync {
-            self.change_state(
-                replica,
-                &[State::InSync],
-                State::Resyncing,
-                format!("missed a change of {p}"),
-            );
+        if r.state() == State::InSync && self.marks.add_stale(p, replica) {
+            // Its first: the ledger names it behind until its marks are copied.
+            self.record_ledger();
         }
     }
 
@@ -192,6 +267,9 @@ impl ChironFs {
         if self.marks.generation(p) != generation {
             self.marks.store.mark_missed(raw, &id)?;
             return Ok(false);
+        }
+        if self.marks.remove_stale(p, replica) {
+            self.record_ledger();
         }
         Ok(true)
     }

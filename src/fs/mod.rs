@@ -146,6 +146,12 @@ impl ChironFs {
             .collect()
     }
 
+    /// Whether replica `i` may serve a read of `path`: it is serving, and
+    /// neither `path` nor a directory above it is marked for it.
+    fn serves(&self, i: usize, path: &RelPath) -> bool {
+        self.replicas[i].is_serving() && !self.marks.is_stale(i, path)
+    }
+
     /// Replicas that may serve reads, best first: high priority in the
     /// order given, then low priority ones.
     fn readers(&self) -> Vec<usize> {
@@ -204,6 +210,9 @@ impl ChironFs {
     {
         let f = Arc::new(f);
         for i in self.readers() {
+            if self.marks.is_stale(i, path) {
+                continue;
+            }
             let r = &self.replicas[i];
             r.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let g = f.clone();
@@ -276,7 +285,7 @@ impl ChironFs {
             self.fail(i, op, path, e);
         }
         let mut missed: Vec<usize> = (0..self.replicas.len())
-            .filter(|i| !targets.contains(i))
+            .filter(|i| marks::is_change(op) && !targets.contains(i))
             .collect();
         missed.extend(outcome.failed.iter().map(|f| f.0));
         missed.extend(outcome.behind.iter().copied());

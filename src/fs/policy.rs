@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 
 use super::ChironFs;
 use crate::config::ReadPolicy;
+use crate::replica::RelPath;
 
 /// A replica that could serve a read.
 #[derive(Debug, Clone, Copy)]
@@ -35,12 +36,12 @@ pub fn pick(policy: ReadPolicy, candidates: &[Candidate], turn: usize) -> Option
 }
 
 impl ChironFs {
-    /// The replica a new open should read from, skipping `exclude`.
-    pub(super) fn choose_reader(&self, exclude: &[usize]) -> Option<usize> {
+    /// The replica a new open of `path` should read from, skipping `exclude`.
+    pub(super) fn choose_reader(&self, path: &RelPath, exclude: &[usize]) -> Option<usize> {
         let candidates: Vec<Candidate> = self
             .replicas
             .iter()
-            .filter(|r| r.is_serving() && !exclude.contains(&r.index))
+            .filter(|r| self.serves(r.index, path) && !exclude.contains(&r.index))
             .map(|r| Candidate {
                 index: r.index,
                 low_priority: r.spec.low_priority,

@@ -41,6 +41,8 @@ impl ChironFs {
                             _ => {}
                         }
                     }
+                    // Paths it missed while in sync (it serves the rest).
+                    State::InSync if self.marks.has_stale(i) => self.resync(i, &throttle),
                     State::Resyncing => {
                         self.resync(i, &throttle);
                         match self.replicas[i].state() {
@@ -158,8 +160,11 @@ impl ChironFs {
         let mut after: Option<Vec<u8>> = None;
         // A mark that cannot be cleared while a handle stays open.
         let mut held = false;
+        // An in-sync replica is resynced only for the paths it missed while
+        // in sync; it stays in sync (and serves everything else) meanwhile.
+        let copying = || matches!(r.state(), State::Resyncing | State::InSync);
         loop {
-            if r.state() != State::Resyncing {
+            if !copying() {
                 return;
             }
             let batch = match store.missed(&r.id, after.as_deref(), BATCH) {
@@ -193,7 +198,7 @@ impl ChironFs {
                 return;
             }
             for raw in batch {
-                if r.state() != State::Resyncing {
+                if !copying() {
                     return;
                 }
                 let Some(p) = RelPath::from_bytes(&raw) else {
@@ -253,8 +258,15 @@ impl ChironFs {
         // In sync only if no mark came between the last look and the change
         // of state (`record_missed` writes the mark, then bumps the
         // generation, then moves an in-sync replica back).
+        if r.state() == State::InSync {
+            tracing::info!(
+                "replica {}: the paths it missed while in sync are copied",
+                r.spec.path.display()
+            );
+            return;
+        }
         let generation = r.mark_generation.load(Ordering::SeqCst);
-        if store.missed_count(&r.id).map_or(true, |n| n > 0) {
+        if store.missed_count(&r.id).ok().is_none_or(|n| n > 0) {
             return;
         }
         if !self.change_state(i, &[State::Resyncing], State::InSync, String::new()) {

@@ -71,7 +71,7 @@ impl ChironFs {
                 behind: self
                     .replicas
                     .iter()
-                    .filter(|r| r.state() != State::InSync)
+                    .filter(|r| r.state() != State::InSync || self.marks.has_stale(r.index))
                     .map(|r| r.id)
                     .collect::<BTreeSet<_>>(),
             });
