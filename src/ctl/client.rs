@@ -165,7 +165,10 @@ pub fn render_table(st: &FsStatus) -> String {
 pub fn check(st: &FsStatus) -> (String, i32) {
     let total = st.replicas.len();
     // A replica another host sees out of sync serves no reads: not in sync.
-    let good = |r: &&crate::fs::ReplicaStatus| r.state == "in-sync" && r.stale_for.is_empty();
+    // Nor is one with missed paths (it serves the others, not those).
+    let good = |r: &&crate::fs::ReplicaStatus| {
+        r.state == "in-sync" && r.stale_for.is_empty() && r.missed == 0
+    };
     let in_sync = st.replicas.iter().filter(good).count();
     let missed: u64 = st.replicas.iter().map(|r| r.missed).sum();
     let (word, code) = if in_sync == 0 || in_sync < st.write_quorum {
@@ -180,8 +183,10 @@ pub fn check(st: &FsStatus) -> (String, i32) {
         .iter()
         .filter(|r| !good(r))
         .map(|r| {
-            if r.state == "in-sync" {
+            if r.state == "in-sync" && !r.stale_for.is_empty() {
                 format!("{} out of sync for {}", r.path, r.stale_for.join("; "))
+            } else if r.state == "in-sync" {
+                format!("{} in sync but for {} paths being copied", r.path, r.missed)
             } else {
                 format!("{} {}", r.path, r.state)
             }

@@ -52,7 +52,16 @@ pub fn bind(
     let known = store
         .list_replicas()
         .map_err(|e| format!("metadata store: {e}"))?;
-    let new_set = known.is_empty();
+    // A new store, and no replica carries a marker: a set never mounted.
+    // A new store beside replicas with markers (a fresh state_dir) binds
+    // them by their markers and asks their ledgers who is behind; a
+    // directory without a marker among them is refused (an NFS mount that
+    // did not come up), unless it is named by add_replica.
+    let fresh = known.is_empty();
+    let markers_seen = replicas
+        .iter()
+        .any(|(_, root)| matches!(identity::read(root.as_fd()), Ok(Some(_))));
+    let new_set = fresh && !markers_seen;
     let mut out: Vec<Bound> = Vec::new();
     let mut records: Vec<ReplicaRecord> = Vec::new();
     // Replicas whose marker is theirs (refused ones are neither read nor written).
@@ -76,7 +85,7 @@ pub fn bind(
                     cause,
                 )
             }
-            Ok(Some(id)) if !taken(&id) && new_set => (
+            Ok(Some(id)) if !taken(&id) && fresh => (
                 Bound {
                     id,
                     state: ReplicaState::InSync,
@@ -84,7 +93,7 @@ pub fn bind(
                 },
                 String::new(),
             ),
-            Ok(None) if new_set || add.contains(path) => {
+            Ok(None) if new_set || (add.contains(path) && by_path.is_none()) => {
                 let id = ReplicaId::random();
                 identity::write(root.as_fd(), &id).map_err(|e| {
                     format!("replica '{shown}': cannot write its identity marker: {e}")
@@ -121,13 +130,14 @@ pub fn bind(
                     "replica {shown} refused: it {why}; it is neither read nor written"
                 );
                 // Keep the identity it should have, so a probe can bring it
-                // back once the right directory (marker) is there.
+                // back once the right directory (marker) is there; its ledger
+                // was not read, so it is compared in full then.
                 let id = by_path.map_or_else(ReplicaId::random, |r| r.id);
                 (
                     Bound {
                         id,
                         state: ReplicaState::Failed,
-                        needs_full: false,
+                        needs_full: true,
                     },
                     format!("refused: {why}"),
                 )
@@ -137,7 +147,19 @@ pub fn bind(
         records.push(record(bound.id, path, bound.state, &cause));
         out.push(bound);
     }
-    let generation = reconcile_ledgers(replicas, &own, new_set, &mut out, &mut records)?;
+    // An in-sync replica with missed marks (recorded while it was in sync,
+    // which only the last session's memory kept from its reads) is behind.
+    for (k, (b, rec)) in out.iter_mut().zip(records.iter_mut()).enumerate() {
+        if own[k]
+            && b.state == ReplicaState::InSync
+            && store.missed(&b.id, None, 1).map_or(true, |m| !m.is_empty())
+        {
+            b.state = ReplicaState::Resyncing;
+            rec.state = ReplicaState::Resyncing;
+            rec.cause = "missed changes while in sync".into();
+        }
+    }
+    let generation = reconcile_ledgers(replicas, &own, fresh, &mut out, &mut records)?;
     // Marks cannot vouch for the replicas after a machine crash: everything
     // but the first in-sync replica is compared. (A new store has no marks
     // to distrust: the replicas given at first use are taken as they are.)
@@ -192,12 +214,8 @@ pub fn bind(
             }
         }
     }
-    for rec in &records {
-        store
-            .put_replica(rec)
-            .map_err(|e| format!("metadata store: {e}"))?;
-    }
-    store.sync().map_err(|e| format!("metadata store: {e}"))?;
+    // The ledger goes first: a replica that cannot take it is failed (its
+    // older ledger, or none, makes the next mount compare it).
     let generation = generation + 1;
     let ledger = Ledger {
         generation,
@@ -207,13 +225,30 @@ pub fn bind(
             .map(|b| b.id)
             .collect(),
     };
-    for (k, ((path, root), b)) in replicas.iter().zip(out.iter()).enumerate() {
+    for (k, ((path, root), (b, rec))) in replicas
+        .iter()
+        .zip(out.iter_mut().zip(records.iter_mut()))
+        .enumerate()
+    {
         if own[k] && matches!(b.state, ReplicaState::InSync | ReplicaState::Resyncing) {
-            ledger::write(root.as_fd(), writer, &ledger).map_err(|e| {
-                format!("replica '{}': cannot write its ledger: {e}", path.display())
-            })?;
+            if let Err(e) = ledger::write(root.as_fd(), writer, &ledger) {
+                tracing::error!(
+                    "replica {} failed: cannot write its ledger: {e}",
+                    path.display()
+                );
+                b.state = ReplicaState::Failed;
+                b.needs_full = true;
+                rec.state = ReplicaState::Failed;
+                rec.cause = format!("cannot write its ledger: {e}");
+            }
         }
     }
+    for rec in &records {
+        store
+            .put_replica(rec)
+            .map_err(|e| format!("metadata store: {e}"))?;
+    }
+    store.sync().map_err(|e| format!("metadata store: {e}"))?;
     Ok((out, generation))
 }
 
@@ -252,15 +287,36 @@ fn reconcile_ledgers(
         .iter()
         .enumerate()
         .position(|(k, b)| own[k] && b.state == ReplicaState::InSync && !behind(k, b));
-    // Every replica named behind: the first one keeps serving (nothing
-    // better is known), the others are compared with it.
-    let keep = first_current.or_else(|| {
-        out.iter()
-            .enumerate()
-            .position(|(k, b)| own[k] && b.state == ReplicaState::InSync)
-    });
-    if first_current.is_none() && keep.is_some() && (verdict.any || new_set) {
-        tracing::warn!("every replica looks behind by the ledgers; the first in sync serves");
+    // No replica is current by both the store and the ledgers: the ledgers
+    // are the replicas' own word (this store may be an older one), so the
+    // first replica they name current serves; failing that, the first the
+    // store has in sync. The others are compared with it.
+    let keep = first_current
+        .or_else(|| {
+            verdict.any.then(|| {
+                out.iter()
+                    .enumerate()
+                    .position(|(k, b)| own[k] && !verdict.behind.contains(&b.id))
+            })?
+        })
+        .or_else(|| {
+            out.iter()
+                .enumerate()
+                .position(|(k, b)| own[k] && b.state == ReplicaState::InSync)
+        });
+    if first_current.is_none()
+        && let Some(k) = keep
+    {
+        tracing::warn!(
+            "no replica is in sync by both the metadata store and the ledgers; {} serves",
+            replicas[k].0.display()
+        );
+        if out[k].state != ReplicaState::InSync {
+            out[k].state = ReplicaState::InSync;
+            out[k].needs_full = false;
+            records[k].state = ReplicaState::InSync;
+            records[k].cause = "current by the replicas' ledgers".into();
+        }
     }
     for (k, (b, rec)) in out.iter_mut().zip(records.iter_mut()).enumerate() {
         if Some(k) == keep || !behind(k, b) {

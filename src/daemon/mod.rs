@@ -178,12 +178,14 @@ fn serve(
         .iter()
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .collect();
-    let writer = crate::replica::ledger::writer_name(
-        cfg.ring
-            .as_ref()
-            .and_then(|r| r.node.as_deref())
-            .unwrap_or("local"),
-    );
+    // This mount's name in the ledgers: its ring node's (every host its
+    // own), or `local`.
+    let writer = crate::replica::ledger::writer_name(&match &cfg.ring {
+        Some(r) => crate::ring::service::node_id(r)
+            .map_err(StartupError::Other)?
+            .to_string(),
+        None => "local".to_string(),
+    });
     let (bound, ledger_generation) =
         bind::bind(&local, &pairs, &add, previous, &writer).map_err(StartupError::Other)?;
     // With a [ring], the metadata the hosts sharing these replicas must

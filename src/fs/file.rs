@@ -190,7 +190,7 @@ impl ChironFs {
         let mode = self.iomodes.open(ino, None, |_| true);
         let reader = match mode {
             // Reads go where an mmap of this open stores.
-            Mode::ShareBacking(b) if fds[b].is_some() => Some(b),
+            Mode::ShareBacking(b) if fds[b].is_some() && self.serves(b, &path) => Some(b),
             _ => self
                 .readers()
                 .into_iter()
@@ -206,7 +206,7 @@ impl ChironFs {
         // marked) and again at release, and no resync clears those marks
         // while this handle is open.
         let exposed = match mode {
-            Mode::ShareBacking(b) if fds[b].is_some() => Some(b),
+            Mode::ShareBacking(b) if fds[b].is_some() && self.serves(b, &path) => Some(b),
             _ => None,
         };
         if let Some(b) = exposed {
@@ -394,7 +394,13 @@ impl ChironFs {
             let fd = match self.locate(h.ino) {
                 Ok(Some((ppath, name))) => {
                     let rep = &self.replicas[next];
-                    ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), libc::O_RDONLY, 0)?
+                    // A writable open's fds serve its writes too.
+                    let flags = if h.is_writable() {
+                        h.oflags & !libc::O_TRUNC
+                    } else {
+                        libc::O_RDONLY
+                    };
+                    ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), flags, 0)?
                 }
                 // Unlinked: reopen what another open of the inode holds there.
                 _ => self.reopen_held(h.ino, next)?,
@@ -601,6 +607,29 @@ impl ChironFs {
         Ok(())
     }
 
+    /// Replica `replica` left service: writable opens drop their fds on it
+    /// (what they point to may be replaced or moved by the time it is back;
+    /// `join_handles` gives them a fresh one then).
+    pub(super) fn forget_fds(&self, replica: usize) {
+        if self.writable_handles.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        for h in self.files.all(|h| h.is_writable()) {
+            h.fds.lock()[replica] = None;
+        }
+    }
+
+    /// Whether a writable open of `path` may change it through an mmap on a
+    /// replica other than `replica` alone (see `open_writable`).
+    pub(super) fn exposed_elsewhere(&self, path: &RelPath, replica: usize) -> bool {
+        self.writable_handles.load(Ordering::SeqCst) != 0
+            && self.files.all(|h| h.is_writable()).into_iter().any(|h| {
+                h.exposed
+                    .is_some_and(|b| b != replica && self.replicas[b].is_writable())
+                    && self.describe(h.ino) == *path
+            })
+    }
+
     /// Gives writable handles open on `path` that lack an fd on `replica`
     /// (they were opened while it was out) one there, so their later
     /// writes reach it. Called by the resync, under the path's lock, after
@@ -623,13 +652,24 @@ impl ChironFs {
             {
                 held_back = true;
             }
-            if h.fd(replica).is_some() {
-                continue;
-            }
             let Ok(Some((ppath, name))) = self.locate(h.ino) else {
                 continue;
             };
             let rep = &self.replicas[replica];
+            if let Some(fd) = h.fd(replica) {
+                // Still the file at the path there (not one the resync
+                // replaced): keep it.
+                let now = rep
+                    .dir(&ppath)
+                    .and_then(|d| ops::stat_at(fd_of(&d), name.as_c()));
+                let held = ops::fstat(fd.as_fd());
+                if let (Ok(a), Ok(b)) = (now, held)
+                    && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+                {
+                    continue;
+                }
+                h.fds.lock()[replica] = None;
+            }
             let oflags = h.oflags & !libc::O_TRUNC;
             match rep
                 .dir(&ppath)

@@ -117,8 +117,16 @@ impl InodeTable {
     }
 
     /// Records that the kernel looked up `name` in `parent` and found an
-    /// inode of type `kind` with backing identity `key`; returns its number.
-    pub fn lookup(&mut self, parent: u64, name: &Name, kind: u32, key: BackingKey) -> u64 {
+    /// inode of type `kind` with backing identity `key` and `nlink` links;
+    /// returns its number.
+    pub fn lookup(
+        &mut self,
+        parent: u64,
+        name: &Name,
+        kind: u32,
+        key: BackingKey,
+        nlink: u64,
+    ) -> u64 {
         let link = (parent, name.clone());
         if let Some(&ino) = self.children.get(&link) {
             let node = self.nodes.get_mut(&ino);
@@ -140,8 +148,11 @@ impl InodeTable {
             && let Some(node) = self.nodes.get_mut(&ino)
             && node.kind == kind
             && !node.links.is_empty()
+            && (nlink > 1 || kind == libc::S_IFDIR)
         {
-            // Another name of an inode we know: a hard link.
+            // Another name of an inode we know: a hard link. (With one link
+            // it is not: the backing filesystem reused the number of a file
+            // deleted there behind this table's back, by a resync.)
             node.links.push(link.clone());
             node.lookups += 1;
             self.children.insert(link, ino);
@@ -345,9 +356,9 @@ mod tests {
     #[test]
     fn lookups_are_stable_and_paths_follow_renames() {
         let mut t = InodeTable::new();
-        let d = t.lookup(ROOT, &n("d"), DIR, (0, 1, 10));
-        let f = t.lookup(d, &n("f"), REG, (0, 1, 11));
-        assert_eq!(t.lookup(d, &n("f"), REG, (0, 1, 11)), f);
+        let d = t.lookup(ROOT, &n("d"), DIR, (0, 1, 10), 1);
+        let f = t.lookup(d, &n("f"), REG, (0, 1, 11), 1);
+        assert_eq!(t.lookup(d, &n("f"), REG, (0, 1, 11), 1), f);
         assert_eq!(t.path(f).unwrap().as_bytes(), b"d/f");
         t.rename(ROOT, &n("d"), ROOT, &n("e"), false);
         assert_eq!(t.path(f).unwrap().as_bytes(), b"e/f");
@@ -358,8 +369,8 @@ mod tests {
     #[test]
     fn hard_links_share_a_node() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 20));
-        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 20));
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 20), 2);
+        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 20), 2);
         assert_eq!(a, b);
         t.unlink(ROOT, &n("a"));
         assert_eq!(t.path(a).unwrap().as_bytes(), b"b");
@@ -368,27 +379,37 @@ mod tests {
     #[test]
     fn forgotten_inodes_keep_their_number() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 60));
-        t.lookup(ROOT, &n("b"), REG, (0, 1, 61));
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 60), 1);
+        t.lookup(ROOT, &n("b"), REG, (0, 1, 61), 1);
         t.forget(a, 1);
         assert_eq!(t.len(), 2);
-        assert_eq!(t.lookup(ROOT, &n("a"), REG, (0, 1, 60)), a);
+        assert_eq!(t.lookup(ROOT, &n("a"), REG, (0, 1, 60), 1), a);
+    }
+
+    #[test]
+    fn a_single_link_with_a_known_backing_number_is_a_new_node() {
+        // The backing filesystem reused a number behind the table's back
+        // (a resync replaced the file): one link means no hard link.
+        let mut t = InodeTable::new();
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 70), 1);
+        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 70), 1);
+        assert_ne!(a, b);
     }
 
     #[test]
     fn reused_backing_inode_is_a_new_node() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 30));
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 30), 1);
         t.unlink(ROOT, &n("a"));
-        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 30));
+        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 30), 1);
         assert_ne!(a, b);
     }
 
     #[test]
     fn rename_over_and_exchange() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 40));
-        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 41));
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 40), 1);
+        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 41), 1);
         t.rename(ROOT, &n("a"), ROOT, &n("b"), true);
         assert_eq!(t.child(ROOT, &n("a")), Some(b));
         assert_eq!(t.child(ROOT, &n("b")), Some(a));
@@ -400,7 +421,7 @@ mod tests {
     #[test]
     fn forget_drops_unreferenced_nodes_only() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 50));
+        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 50), 1);
         t.opened(a);
         t.forget(a, 1);
         assert_eq!(t.len(), 2);

@@ -35,7 +35,8 @@ const STRIPES: usize = 4096;
 pub struct Marks {
     pub store: Arc<dyn MetaStore>,
     pending: Mutex<HashMap<RelPath, u32>>,
-    /// Per stripe of paths: bumped before every missed mark of a path in it.
+    /// Per replica, per stripe of paths: bumped before every missed mark
+    /// of a path in it for that replica.
     stripes: Box<[AtomicU64]>,
     /// The ledger's last generation; the lock orders ledger writes.
     pub ledger: Mutex<u64>,
@@ -48,11 +49,11 @@ pub struct Marks {
 }
 
 impl Marks {
-    pub fn new(store: Arc<dyn MetaStore>, ledger_generation: u64) -> Marks {
+    pub fn new(store: Arc<dyn MetaStore>, replicas: usize, ledger_generation: u64) -> Marks {
         Marks {
             store,
             pending: Mutex::new(HashMap::new()),
-            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripes: (0..STRIPES * replicas).map(|_| AtomicU64::new(0)).collect(),
             ledger: Mutex::new(ledger_generation),
             stale: Mutex::new(HashMap::new()),
             stale_paths: AtomicUsize::new(0),
@@ -117,15 +118,15 @@ impl Marks {
         !stale.values().any(|v| v.contains(&i))
     }
 
-    fn stripe(&self, p: &RelPath) -> &AtomicU64 {
-        let h = xxhash_rust::xxh3::xxh3_64(p.as_bytes());
-        &self.stripes[(h % STRIPES as u64) as usize]
+    fn stripe(&self, p: &RelPath, replica: usize) -> &AtomicU64 {
+        let h = (xxhash_rust::xxh3::xxh3_64(p.as_bytes()) % STRIPES as u64) as usize;
+        &self.stripes[replica * STRIPES + h]
     }
 
-    /// The generation of `p`'s marks: read it before copying `p`, and
-    /// clear with [`ChironFs::clear_covered`].
-    pub fn generation(&self, p: &RelPath) -> u64 {
-        self.stripe(p).load(Ordering::SeqCst)
+    /// The generation of replica `replica`'s marks of `p`: read it before
+    /// copying `p`, and clear with [`ChironFs::clear_covered`].
+    pub fn generation(&self, p: &RelPath, replica: usize) -> u64 {
+        self.stripe(p, replica).load(Ordering::SeqCst)
     }
 }
 
@@ -236,7 +237,7 @@ impl ChironFs {
     /// taken from an in-sync replica's reads.
     pub(super) fn record_missed(&self, p: &RelPath, replica: usize) {
         let r = &self.replicas[replica];
-        self.marks.stripe(p).fetch_add(1, Ordering::SeqCst);
+        self.marks.stripe(p, replica).fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.marks.store.mark_missed(p.as_bytes(), &r.id) {
             // The replica cannot be trusted to be complete any more.
             tracing::error!(
@@ -252,6 +253,45 @@ impl ChironFs {
         }
     }
 
+    /// What the marks at or beneath `from` say a replica lacks is now (also)
+    /// at `to`: a rename or a link moved it there on every replica that
+    /// applied it, stale copies included. Marks are copied, never moved.
+    pub(super) fn carry_marks(&self, from: &RelPath, to: &RelPath) {
+        let store = &self.marks.store;
+        let mut prefix = from.as_bytes().to_vec();
+        prefix.push(b'/');
+        for r in self.replicas.iter() {
+            if store.missed(&r.id, None, 1).map_or(true, |m| m.is_empty()) {
+                continue;
+            }
+            if store.is_missed(from.as_bytes(), &r.id).unwrap_or(true) {
+                self.record_missed(to, r.index);
+            }
+            let mut after = prefix.clone();
+            loop {
+                let Ok(batch) = store.missed(&r.id, Some(&after), 256) else {
+                    // Cannot tell what is beneath: the replica is compared.
+                    r.needs_full.store(true, Ordering::SeqCst);
+                    break;
+                };
+                let under: Vec<&Vec<u8>> = batch
+                    .iter()
+                    .take_while(|m| m.starts_with(&prefix))
+                    .collect();
+                for m in &under {
+                    let moved = [to.as_bytes(), &m[from.as_bytes().len()..]].concat();
+                    if let Some(q) = RelPath::from_bytes(&moved) {
+                        self.record_missed(&q, r.index);
+                    }
+                }
+                match under.last() {
+                    Some(last) if under.len() == batch.len() => after = (*last).clone(),
+                    _ => break,
+                }
+            }
+        }
+    }
+
     /// Clears replica `replica`'s mark of `p` after a copy that began at
     /// generation `generation`; if a mark of `p` came after that, the mark
     /// stays (is written again). Returns whether it was cleared.
@@ -264,7 +304,7 @@ impl ChironFs {
     ) -> crate::meta::Result<bool> {
         let id = self.replicas[replica].id;
         self.marks.store.clear_missed(raw, &id)?;
-        if self.marks.generation(p) != generation {
+        if self.marks.generation(p, replica) != generation {
             self.marks.store.mark_missed(raw, &id)?;
             return Ok(false);
         }

@@ -93,7 +93,7 @@ pub struct ChironFs {
 impl ChironFs {
     pub fn new(replicas: Vec<Replica>, store: Arc<dyn MetaStore>, opts: FsOptions) -> ChironFs {
         ChironFs {
-            marks: marks::Marks::new(store, opts.ledger_generation),
+            marks: marks::Marks::new(store, replicas.len(), opts.ledger_generation),
             locks: locks::PathLocks::new(),
             running: (0..replicas.len())
                 .map(|_| parking_lot::Mutex::new(None))
@@ -258,17 +258,10 @@ impl ChironFs {
             marked.extend(marks::marked_paths(op, a));
         }
         self.begin(op, &marked, targets)?;
-        // While any replica resyncs, a change and a copy of the same path
-        // never interleave (the copy engine takes the same locks).
-        let resyncing = self
-            .replicas
-            .iter()
-            .any(|r| r.state() == crate::replica::State::Resyncing);
-        let guards = if resyncing {
-            self.locks.lock_all(&marked)
-        } else {
-            Vec::new()
-        };
+        // A change and a copy of the same path never interleave (the copy
+        // engine takes the same locks). Always taken: a replica may start
+        // resyncing while this change is in flight.
+        let guards = self.locks.lock_all(&marked);
         for &i in targets {
             self.replicas[i]
                 .writes
@@ -311,8 +304,21 @@ impl ChironFs {
         } else {
             (summary.iter().collect(), Vec::new())
         };
-        let voters: Vec<(usize, Option<Errno>)> = voters.into_iter().copied().collect();
-        let decision = fanout::decide(&voters, 0);
+        let mut voters: Vec<(usize, Option<Errno>)> = voters.into_iter().copied().collect();
+        let mut followers = followers;
+        let mut decision = fanout::decide(&voters, 0);
+        // The in-sync replicas failed (an I/O error, not an answer about
+        // the path) where a resyncing one succeeded: they are the ones to
+        // fail, so everyone votes.
+        if decision
+            .answer
+            .is_err_and(|e| e.is_replica_failure() && decision.failed.is_empty())
+            && followers.iter().any(|f| f.1.is_none())
+        {
+            voters = summary.to_vec();
+            followers.clear();
+            decision = fanout::decide(&voters, 0);
+        }
         let winner = decision.answer.err();
         let mut failed = decision.failed;
         let mut behind = Vec::new();
@@ -333,7 +339,7 @@ impl ChironFs {
             None if agreeing >= needed.max(1) => Ok(()),
             None => Err(Errno::EIO),
             Some(e) => {
-                if e.is_replica_failure() && matches!(op, "write" | "fallocate" | "setattr") {
+                if e.is_replica_failure() && marks::is_change(op) {
                     behind.extend(voters.iter().skip(1).map(|v| v.0));
                     behind.extend(followers.iter().map(|v| v.0));
                 }
@@ -358,6 +364,7 @@ impl ChironFs {
             name,
             st.st_mode & libc::S_IFMT,
             Self::key(replica, st),
+            st.st_nlink as u64,
         );
         Entry { ino, attr: *st }
     }

@@ -156,11 +156,16 @@ impl ChironFs {
         let path = ppath.join(&name);
         let now = ops::now();
         let n2 = name.clone();
+        // A file's other names keep what this one's marks say it lacks.
+        let others = self.inodes.read().names_of(&path);
         self.mutate(op, &path, move |rep| {
             let dir = rep.dir(&ppath)?;
             ops::unlinkat(fd_of(&dir), n2.as_c(), flags)?;
             At::Fd(fd_of(&dir)).utimens(&[OMIT, now])
         })?;
+        for other in others.iter().filter(|o| **o != path) {
+            self.carry_marks(&path, other);
+        }
         self.inodes.write().unlink(parent, &name);
         Ok(())
     }
@@ -196,6 +201,10 @@ impl ChironFs {
             },
         )?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        self.carry_marks(&path, &dest);
+        if exchange {
+            self.carry_marks(&dest, &path);
+        }
         self.inodes
             .write()
             .rename(parent, &name, newparent, &newname, exchange);
@@ -211,6 +220,7 @@ impl ChironFs {
         let path = dp.join(&newname);
         let now = ops::now();
         let n2 = newname.clone();
+        let source = sp.join(&sn);
         let done = self.mutate("link", &path, move |rep| {
             let sd = rep.dir(&sp)?;
             let dd = rep.dir(&dp)?;
@@ -219,6 +229,7 @@ impl ChironFs {
             ops::stat_at(fd_of(&dd), n2.as_c())
         })?;
         let attr = done[0].1;
+        self.carry_marks(&source, &path);
         if !self.inodes.write().add_link(ino, newparent, &newname) {
             return Err(Errno::ENOENT);
         }

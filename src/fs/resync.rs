@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::ChironFs;
 use crate::errno::Errno;
+use crate::meta::ReplicaState;
 use crate::replica::{RelPath, Replica, State};
 use crate::resync::{CopyControl, SyncMode, Throttle, diff_tree, sync_path};
 
@@ -158,8 +159,12 @@ impl ChironFs {
         // One pass over the marks, page by page; then again from the start
         // for marks that came meanwhile, until none is left.
         let mut after: Option<Vec<u8>> = None;
-        // A mark that cannot be cleared while a handle stays open.
+        // A mark that cannot be cleared yet (a handle stays open, no source
+        // holds the path, the copy did not finish): the pass ends without
+        // declaring the replica in sync, and the next round tries again.
         let mut held = false;
+        // A pass that cleared nothing is not repeated at once.
+        let mut cleared = false;
         // An in-sync replica is resynced only for the paths it missed while
         // in sync; it stays in sync (and serves everything else) meanwhile.
         let copying = || matches!(r.state(), State::Resyncing | State::InSync);
@@ -178,11 +183,12 @@ impl ChironFs {
                 if after.is_none() {
                     break;
                 }
-                if held {
-                    // Back next round, once the handle is closed.
+                if held || !cleared {
+                    // Back next round.
                     return;
                 }
                 after = None;
+                cleared = false;
                 continue;
             }
             after = batch.last().cloned();
@@ -205,10 +211,18 @@ impl ChironFs {
                     let _ = store.clear_missed(&raw, &r.id);
                     continue;
                 };
-                let generation = self.marks.generation(&p);
+                let generation = self.marks.generation(&p, i);
                 let Some(src) = self.source_for(i, Some(&p)).map(|s| &self.replicas[s]) else {
-                    return;
+                    // Every other replica lacks a change of it too: nothing
+                    // to copy from; the mark stays and status shows it.
+                    held = true;
+                    continue;
                 };
+                if self.exposed_elsewhere(&p, i) {
+                    // An mmap may still change it on another replica alone.
+                    held = true;
+                    continue;
+                }
                 let settled = match self.settle_conflict(&p, src, r, &ctl) {
                     Ok(done) => done,
                     Err(e) => {
@@ -229,9 +243,14 @@ impl ChironFs {
                         return;
                     }
                     Err(e) if r.is_failure(e) => return self.resync_failed(i, "resync", &p, e),
-                    // Raced with a change through the mount: that change
-                    // reached this replica directly, or marked it again.
-                    Err(e) => tracing::debug!("resync {p}: {e}"),
+                    // Not a replica failure (a racing change, an attribute
+                    // the destination refuses): the mark stays, the next
+                    // round tries again.
+                    Err(e) => {
+                        tracing::debug!("resync {p}: {e}");
+                        held = true;
+                        continue;
+                    }
                 }
                 // Handles opened while the replica was out get an fd on it
                 // now, under the path's lock, so their next writes reach it.
@@ -243,9 +262,12 @@ impl ChironFs {
                     held = true;
                     continue;
                 }
-                if let Err(e) = self.clear_covered(&raw, &p, i, generation) {
-                    tracing::error!("metadata store: {e}");
-                    return;
+                match self.clear_covered(&raw, &p, i, generation) {
+                    Ok(done) => cleared |= done,
+                    Err(e) => {
+                        tracing::error!("metadata store: {e}");
+                        return;
+                    }
                 }
             }
         }
@@ -269,18 +291,21 @@ impl ChironFs {
         if store.missed_count(&r.id).ok().is_none_or(|n| n > 0) {
             return;
         }
-        if !self.change_state(i, &[State::Resyncing], State::InSync, String::new()) {
-            // Failed or disabled meanwhile: that change stands.
-            return;
-        }
-        if r.mark_generation.load(Ordering::SeqCst) != generation {
-            self.change_state(
-                i,
-                &[State::InSync],
-                State::Resyncing,
-                "a change came during the last check".into(),
-            );
-            return;
+        {
+            let _recording = r.recording.lock();
+            if !r.transition(&[State::Resyncing], State::InSync) {
+                // Failed or disabled meanwhile: that change stands.
+                return;
+            }
+            if r.mark_generation.load(Ordering::SeqCst) != generation {
+                // A mark came during the last check: not in sync after all
+                // (nothing was recorded, and reads of it never began).
+                r.transition(&[State::InSync], State::Resyncing);
+                return;
+            }
+            r.needs_full.store(false, Ordering::SeqCst);
+            self.persist_state(i, ReplicaState::InSync, String::new());
+            self.record_ledger();
         }
         let files = ctl.files_done.load(Ordering::Relaxed);
         let bytes = ctl.bytes_done.load(Ordering::Relaxed);
@@ -302,18 +327,25 @@ impl ChironFs {
         let catching_up = self.replicas.iter().filter(|s| {
             s.index != i && s.state() == State::Resyncing && !s.needs_full.load(Ordering::Relaxed)
         });
-        let candidates: Vec<usize> = in_sync.chain(catching_up).map(|s| s.index).collect();
+        let mut candidates = in_sync.chain(catching_up).map(|s| s.index);
         let Some(p) = p else {
-            return candidates.first().copied();
+            return candidates.next();
         };
-        let current = candidates.iter().copied().find(|&s| {
-            !self
-                .marks
-                .store
-                .is_missed(p.as_bytes(), &self.replicas[s].id)
-                .unwrap_or(true)
-        });
-        current.or_else(|| candidates.first().copied())
+        candidates.find(|&s| !self.marked_at_or_above(s, p))
+    }
+
+    /// Whether replica `s` is marked for `p` or a directory above it (it
+    /// may lack a change of `p`, or `p` itself).
+    fn marked_at_or_above(&self, s: usize, p: &RelPath) -> bool {
+        let id = &self.replicas[s].id;
+        let mut cur = Some(p.clone());
+        while let Some(q) = cur {
+            if self.marks.store.is_missed(q.as_bytes(), id).unwrap_or(true) {
+                return true;
+            }
+            cur = q.split().map(|(parent, _)| parent);
+        }
+        false
     }
 
     /// An estimate of the bytes a resync will copy: the sizes, on the

@@ -19,8 +19,12 @@ impl ChironFs {
     /// change that came meanwhile is never overwritten), records it, and
     /// returns whether it moved.
     pub(super) fn change_state(&self, i: usize, from: &[State], to: State, cause: String) -> bool {
+        let _recording = self.replicas[i].recording.lock();
         if !self.replicas[i].transition(from, to) {
             return false;
+        }
+        if !matches!(to, State::InSync | State::Resyncing) {
+            self.forget_fds(i);
         }
         self.persist_state(i, to, cause);
         self.record_ledger();
@@ -28,9 +32,18 @@ impl ChironFs {
     }
 
     /// Takes replica `i` out of service (logged once) and records why.
+    /// Returns once the failure is durable, whoever recorded it. An I/O
+    /// error may have cost the replica data it had acknowledged (a dying
+    /// disk drops dirty pages): it is compared in full when it is back.
     pub(super) fn fail(&self, i: usize, op: &str, path: &RelPath, err: Errno) {
         let r = &self.replicas[i];
+        let _recording = r.recording.lock();
+        if !matches!(err.0, libc::ENOSPC | libc::EDQUOT | libc::ETIMEDOUT) {
+            r.needs_full
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         if r.mark_failed(op, path, err) {
+            self.forget_fds(i);
             self.persist_state(i, ReplicaState::Failed, format!("{op} {path}: {err}"));
             self.record_ledger();
         }
@@ -85,6 +98,18 @@ impl ChironFs {
             );
             let mut again = false;
             for (i, res) in results {
+                if let Err(e) = &res
+                    && matches!(e.0, libc::ENOSPC | libc::EDQUOT)
+                {
+                    // A full disk is no reason to take a replica out: its
+                    // older ledger still names fewer replicas current, and
+                    // a mount reading it compares them.
+                    tracing::warn!(
+                        "replica {}: cannot write its ledger: {e}",
+                        self.replicas[i].spec.path.display()
+                    );
+                    continue;
+                }
                 if let Err(e) = res
                     && self.replicas[i].mark_failed("ledger", &RelPath::root(), e)
                 {

@@ -160,8 +160,9 @@ impl ChironFs {
                 r.state()
             ));
         }
-        // Back in service at once if it is reachable; else the probe retries.
-        let state = if r.check_health().is_ok() {
+        // Back in service at once if it is reachable and no request that
+        // timed out on it still runs; else the probe retries.
+        let state = if r.check_health().is_ok() && r.queued.load(Ordering::SeqCst) == 0 {
             State::Resyncing
         } else {
             State::Failed

@@ -69,6 +69,10 @@ pub struct Replica {
     pub id: ReplicaId,
     /// Its marks cannot be trusted: a full compare must precede resync.
     pub needs_full: AtomicBool,
+    /// Held while a state change of this replica is recorded (store and
+    /// ledger): whoever loses the race to change it waits here, so nothing
+    /// is acknowledged before the change is durable.
+    pub recording: parking_lot::Mutex<()>,
     /// Bumped after every missed mark recorded for this replica: a resync
     /// declares it in sync only if no mark came during its last check.
     pub mark_generation: AtomicU64,
@@ -116,6 +120,7 @@ impl Replica {
             inline,
             needs_full: AtomicBool::new(false),
             mark_generation: AtomicU64::new(0),
+            recording: parking_lot::Mutex::new(()),
             stale_elsewhere: AtomicBool::new(false),
             verify_content: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
@@ -230,6 +235,8 @@ impl Replica {
             return Ok(false);
         }
         *self.root.write() = std::sync::Arc::new(fresh);
+        // What it holds is whatever survived where it was: compare it all.
+        self.needs_full.store(true, Ordering::SeqCst);
         tracing::info!(
             "replica {} reattached: its directory is back",
             self.spec.path.display()
