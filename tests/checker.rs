@@ -2069,13 +2069,18 @@ fn run_seed(settings: &Settings, seed: u64) -> Result<(), String> {
     let root = TestRoot::new();
     let sock = root.path().join("ctl.sock");
     let limit = Duration::from_secs_f64(settings.secs) + Duration::from_secs(600);
-    let mount = Mount::builder()
+    let mut builder = Mount::builder()
         .root(root)
         .fresh(nrep)
         .option(&format!("ctl={}", sock.display()))
         .option("probe_interval=0.2")
-        .watchdog(limit)
-        .mount();
+        .watchdog(limit);
+    if let Ok(extra) = std::env::var("CHIRONFS_CHECKER_OPTS") {
+        for o in extra.split(',').filter(|o| !o.is_empty()) {
+            builder = builder.option(o);
+        }
+    }
+    let mount = builder.mount();
     let shared = Arc::new(Shared::new(settings.clients, Ctl { sock }));
     let clients = Clients::start(settings, seed, &mount.mountpoint, &shared);
     let mut op = Operator {

@@ -201,17 +201,15 @@ impl ChironFs {
             return Err(Errno::EIO);
         };
         // The kernel sends an mmap of an open in passthrough mode to the
-        // backing file itself: its stores reach that replica only. Every
-        // other replica is marked for the path now (so a crash leaves them
-        // marked) and again at release, and no resync clears those marks
-        // while this handle is open.
+        // backing file itself: its stores reach that replica only. While it
+        // is open every read of the file goes there (passthrough opens share
+        // that backing file, and this open reads from it); when it is
+        // released (after the last munmap: a mapping holds the file) the
+        // file is copied from there to the others.
         let exposed = match mode {
             Mode::ShareBacking(b) if fds[b].is_some() && self.serves(b, &path) => Some(b),
             _ => None,
         };
-        if let Some(b) = exposed {
-            self.mark_exposed(&path, b);
-        }
         let io = IoMode::of(mode, &fds)?;
         let fh = self.new_handle(Spec {
             ino,
@@ -230,11 +228,29 @@ impl ChironFs {
         })
     }
 
-    /// Marks every replica but `backing` for `path`: an mmap may change
-    /// `path` on `backing` alone.
-    fn mark_exposed(&self, path: &RelPath, backing: usize) {
-        for r in self.replicas.iter().filter(|r| r.index != backing) {
-            self.record_missed(path, r.index);
+    /// Copies `ino`'s file from `backing`, where an mmap may have changed
+    /// it alone, to every other replica in service (only the chunks that
+    /// differ are written). A replica the copy fails on is marked.
+    fn copy_exposed(&self, ino: u64, backing: usize) {
+        let path = self.describe(ino);
+        if self.locate(ino).ok().flatten().is_none() {
+            return; // unlinked: no name left to copy to
+        }
+        let ctl = crate::resync::CopyControl::new(0)
+            .with_chunk_guard(self.lock_fn())
+            .verifying(true);
+        let src = &self.replicas[backing];
+        for i in self.writers().into_iter().filter(|&i| i != backing) {
+            let dst = &self.replicas[i];
+            match crate::resync::sync_path(src, dst, &path, crate::resync::SyncMode::Entries, &ctl)
+            {
+                Ok(_) => {}
+                Err(e) if dst.is_failure(e) => self.fail(i, "copy after mmap", &path, e),
+                Err(e) => {
+                    tracing::warn!("{path}: cannot copy what an mmap stored: {e}");
+                    self.record_missed(&path, i);
+                }
+            }
         }
     }
 
@@ -352,14 +368,10 @@ impl ChironFs {
         if self.serves(r, &path) {
             return Ok(r);
         }
-        match self.fail_over_reader(h, &[r]) {
-            Ok(()) => Ok(h.reader()),
-            // Nowhere else to read it (an unlinked file no other open
-            // reaches there): a replica still reachable keeps serving this
-            // open rather than fail it.
-            Err(_) if self.replicas[r].state() != crate::replica::State::Failed => Ok(r),
-            Err(e) => Err(e),
-        }
+        // Nowhere else to read it (an unlinked file no open reaches on a
+        // serving replica): EIO, never what a replica that is behind holds.
+        self.fail_over_reader(h, &[r])?;
+        Ok(h.reader())
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -418,6 +430,45 @@ impl ChironFs {
             .bound_handles
             .fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The file `name` in `parent` may be about to lose its last name
+    /// (unlink, rename over it): every open of it gets an fd on every
+    /// replica that receives changes, while the name still reaches it
+    /// there, so that it can fail over (or write everywhere) once nothing
+    /// can be opened by name.
+    pub(super) fn pin_open(&self, parent: u64, name: &Name) {
+        let Some(ino) = self.inodes.read().child(parent, name) else {
+            return;
+        };
+        let held = self.files.all(|h| h.ino == ino);
+        if held.is_empty() {
+            return;
+        }
+        let Ok(ppath) = self.path(parent) else {
+            return;
+        };
+        for i in self.writers() {
+            let rep = &self.replicas[i];
+            for h in held.iter().filter(|h| h.fd(i).is_none()) {
+                let flags = if h.is_writable() {
+                    h.oflags & !libc::O_TRUNC
+                } else {
+                    libc::O_RDONLY
+                };
+                // Only if it is the same file there (same type; the inode
+                // numbers differ between replicas).
+                if let Ok(fd) = rep
+                    .dir(&ppath)
+                    .and_then(|d| ops::openat(fd_of(&d), name.as_c(), flags | libc::O_NOFOLLOW, 0))
+                {
+                    let mut fds = h.fds.lock();
+                    if fds[i].is_none() {
+                        fds[i] = Some(Arc::new(fd));
+                    }
+                }
+            }
+        }
     }
 
     /// A new read-only fd of inode `ino` on `replica`, through an fd another
@@ -548,9 +599,12 @@ impl ChironFs {
             return Ok(());
         }
         let fds = h.fds.lock().clone();
-        // Unlinked: only the replicas this open reaches can be synced.
+        // Unlinked: only what this open holds can be synced (whatever the
+        // state of its replicas: a sync changes nothing).
         let Ok(loc) = self.locate(h.ino) else {
-            self.on_handle("fsync", &h, move |fd| ops::fsync(fd.as_fd(), datasync))?;
+            for fd in fds.iter().flatten() {
+                ops::fsync(fd.as_fd(), datasync)?;
+            }
             return Ok(());
         };
         let path = self.describe(h.ino);
@@ -588,6 +642,14 @@ impl ChironFs {
 
     pub fn release(&self, fh: u64) -> Result<()> {
         let h = self.files.remove(fh).ok_or(Errno::EBADF)?;
+        if let Some(b) = h.exposed
+            && self.replicas[b].is_writable()
+        {
+            // What an mmap stored is on `b` alone: copy it to the others,
+            // before the inode may leave passthrough mode (and reads go
+            // elsewhere).
+            self.copy_exposed(h.ino, b);
+        }
         let settled = self.settle_mtime(&h);
         let mode = *h.mode.lock();
         self.iomodes.release(h.ino, mode);
@@ -596,10 +658,6 @@ impl ChironFs {
             .fetch_sub(1, Ordering::Relaxed);
         self.inodes.write().closed(h.ino);
         if let Some(s) = &h.session {
-            if let Some(b) = h.exposed {
-                // What an mmap stored is on `b` alone: copy it to the others.
-                self.mark_exposed(s, b);
-            }
             self.writable_handles.fetch_sub(1, Ordering::SeqCst);
             self.release_intent(std::slice::from_ref(s));
         }
@@ -619,23 +677,11 @@ impl ChironFs {
         }
     }
 
-    /// Whether a writable open of `path` may change it through an mmap on a
-    /// replica other than `replica` alone (see `open_writable`).
-    pub(super) fn exposed_elsewhere(&self, path: &RelPath, replica: usize) -> bool {
-        self.writable_handles.load(Ordering::SeqCst) != 0
-            && self.files.all(|h| h.is_writable()).into_iter().any(|h| {
-                h.exposed
-                    .is_some_and(|b| b != replica && self.replicas[b].is_writable())
-                    && self.describe(h.ino) == *path
-            })
-    }
-
     /// Gives writable handles open on `path` that lack an fd on `replica`
     /// (they were opened while it was out) one there, so their later
     /// writes reach it. Called by the resync, under the path's lock, after
     /// the file was copied to `replica`. Returns whether a handle of `path`
-    /// keeps `replica` behind for as long as it is open (an mmap exposure
-    /// to another replica).
+    /// could not be given one (the mark stays).
     pub(super) fn join_handles(&self, path: &RelPath, replica: usize) -> bool {
         if self.writable_handles.load(Ordering::SeqCst) == 0 {
             return false;
@@ -644,13 +690,6 @@ impl ChironFs {
         for h in self.files.all(|h| h.is_writable()) {
             if self.describe(h.ino) != *path {
                 continue;
-            }
-            // (Once the backing replica is out of service itself, what an
-            // mmap stores there is out of reach anyway.)
-            if h.exposed
-                .is_some_and(|b| b != replica && self.replicas[b].is_writable())
-            {
-                held_back = true;
             }
             let Ok(Some((ppath, name))) = self.locate(h.ino) else {
                 continue;

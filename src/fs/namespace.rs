@@ -158,6 +158,8 @@ impl ChironFs {
         let n2 = name.clone();
         // A file's other names keep what this one's marks say it lacks.
         let others = self.inodes.read().names_of(&path);
+        // Open files about to lose their last name get fds everywhere now.
+        self.pin_open(parent, &name);
         self.mutate(op, &path, move |rep| {
             let dir = rep.dir(&ppath)?;
             ops::unlinkat(fd_of(&dir), n2.as_c(), flags)?;
@@ -185,6 +187,9 @@ impl ChironFs {
         let dest = p2.join(&newname);
         let now = ops::now();
         let (n1, n2) = (name.clone(), newname.clone());
+        if flags & libc::RENAME_EXCHANGE == 0 {
+            self.pin_open(newparent, &newname);
+        }
         let targets = self.writers();
         self.mutate_on(
             "rename",

@@ -218,11 +218,6 @@ impl ChironFs {
                     held = true;
                     continue;
                 };
-                if self.exposed_elsewhere(&p, i) {
-                    // An mmap may still change it on another replica alone.
-                    held = true;
-                    continue;
-                }
                 let settled = match self.settle_conflict(&p, src, r, &ctl) {
                     Ok(done) => done,
                     Err(e) => {

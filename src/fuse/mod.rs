@@ -350,8 +350,11 @@ impl Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let res = self.fs.release(fh.0);
+        // The backing file registration goes first: while the filesystem
+        // still counts this open, no new open can pick another replica as
+        // the inode's backing one and then be handed this one's file.
         self.release_backing(fh.0);
+        let res = self.fs.release(fh.0);
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
