@@ -93,7 +93,7 @@ pub fn bind(
                 },
                 String::new(),
             ),
-            Ok(None) if new_set || (add.contains(path) && by_path.is_none()) => {
+            Ok(None) if new_set || add.contains(path) => {
                 let id = ReplicaId::random();
                 identity::write(root.as_fd(), &id).map_err(|e| {
                     format!("replica '{shown}': cannot write its identity marker: {e}")
@@ -165,7 +165,8 @@ pub fn bind(
     // to distrust: the replicas given at first use are taken as they are.)
     // Every replica but the first in sync is compared, whatever its state:
     // the marks of a failed or resyncing one may be incomplete too.
-    if previous == PreviousShutdown::Unknown && !new_set && out.len() > 1 {
+    // (A new store has no marks to distrust: the ledgers spoke above.)
+    if previous == PreviousShutdown::Unknown && !fresh && out.len() > 1 {
         let first = out.iter().position(|b| b.state == ReplicaState::InSync);
         for (k, (b, rec)) in out.iter_mut().zip(records.iter_mut()).enumerate() {
             if Some(k) == first || !own[k] {

@@ -148,11 +148,14 @@ impl InodeTable {
             && let Some(node) = self.nodes.get_mut(&ino)
             && node.kind == kind
             && !node.links.is_empty()
-            && (nlink > 1 || kind == libc::S_IFDIR)
+            && nlink > 1
+            && kind != libc::S_IFDIR
         {
-            // Another name of an inode we know: a hard link. (With one link
-            // it is not: the backing filesystem reused the number of a file
-            // deleted there behind this table's back, by a resync.)
+            // Another name of an inode we know: a hard link. (With one link,
+            // or for a directory, it is not: the backing filesystem reused
+            // the number of an entry a resync deleted behind this table's
+            // back; joining a directory to another's node makes the kernel
+            // refuse it with ESTALE.)
             node.links.push(link.clone());
             node.lookups += 1;
             self.children.insert(link, ino);

@@ -33,12 +33,13 @@ impl ChironFs {
 
     /// Takes replica `i` out of service (logged once) and records why.
     /// Returns once the failure is durable, whoever recorded it. An I/O
-    /// error may have cost the replica data it had acknowledged (a dying
-    /// disk drops dirty pages): it is compared in full when it is back.
+    /// error from a local filesystem may have cost the replica data it had
+    /// acknowledged (a dying disk drops dirty pages; no mark says which):
+    /// it is compared in full when it is back.
     pub(super) fn fail(&self, i: usize, op: &str, path: &RelPath, err: Errno) {
         let r = &self.replicas[i];
         let _recording = r.recording.lock();
-        if !matches!(err.0, libc::ENOSPC | libc::EDQUOT | libc::ETIMEDOUT) {
+        if !matches!(err.0, libc::ENOSPC | libc::EDQUOT | libc::ETIMEDOUT) && r.is_local_fs() {
             r.needs_full
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
