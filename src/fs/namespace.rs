@@ -62,10 +62,25 @@ impl ChironFs {
         let ppath = self.path(parent)?;
         let path = ppath.join(&name);
         let n2 = name.clone();
-        let (r, st) = self.read_meta("lookup", &path, move |rep| {
+        let (p2, n3) = (ppath.clone(), name.clone());
+        let (mut r, mut st) = self.read_meta("lookup", &path, move |rep| {
             let name = &n2;
             ops::stat_at(fd_of(&rep.dir(&ppath)?), name.as_c())
         })?;
+        // A file with several links is recognised by its backing number on
+        // one replica: every name of it is looked up on the same one (the
+        // first that serves it), or two names of one file would be two
+        // inodes to the kernel, each with its own cached size.
+        if st.st_nlink > 1
+            && st.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && let Some(canon) = self.readers().into_iter().find(|&i| self.serves(i, &path))
+            && canon != r
+            && let Ok(st2) = self.on_replica(canon, move |rep| {
+                ops::stat_at(fd_of(&rep.dir(&p2)?), n3.as_c())
+            })
+        {
+            (r, st) = (canon, st2);
+        }
         Ok(self.remember(parent, &name, r, &st))
     }
 
