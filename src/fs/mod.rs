@@ -353,6 +353,15 @@ impl ChironFs {
         }
     }
 
+    /// Of a mutation's results, the one to answer with: from a replica
+    /// that serves `path` (a resyncing one may still hold an old size),
+    /// else the first.
+    fn answer_of<'a, T>(&self, done: &'a [(usize, T)], path: &RelPath) -> &'a (usize, T) {
+        done.iter()
+            .find(|(i, _)| self.serves(*i, path))
+            .unwrap_or(&done[0])
+    }
+
     fn key(replica: usize, st: &Stat) -> inodes::BackingKey {
         (replica, st.st_dev, st.st_ino)
     }

@@ -248,7 +248,7 @@ impl ChironFs {
             At::Fd(fd_of(&dd)).utimens(&[OMIT, now])?;
             ops::stat_at(fd_of(&dd), n2.as_c())
         })?;
-        let attr = done[0].1;
+        let attr = self.answer_of(&done, &path).1;
         self.carry_marks(&source, &path);
         if !self.inodes.write().add_link(ino, newparent, &newname) {
             return Err(Errno::ENOENT);
