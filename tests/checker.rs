@@ -49,7 +49,7 @@
 //! failure of the seeds is the filesystem's, not the model's.
 //!
 //! Run:
-//!   cargo test --release --test checker -- --nocapture          (seeds 1,2,3, 8 s each)
+//!   cargo test --release --test checker -- --nocapture          (seeds 1,2,3, 4 s each)
 //!   CHIRONFS_CHECKER_SEEDS=1,2,...,20 CHIRONFS_CHECKER_SECS=60 \
 //!       cargo test --release --test checker -- --nocapture      (soak)
 //! Replay a failing seed: CHIRONFS_CHECKER_SEEDS=<seed> (same SECS). Also:
@@ -89,7 +89,7 @@ use std::time::{Duration, Instant};
 use common::{Mount, TestRoot};
 
 const DEFAULT_SEEDS: &[u64] = &[1, 2, 3];
-const DEFAULT_SECS: f64 = 8.0;
+const DEFAULT_SECS: f64 = 4.0;
 const DEFAULT_CLIENTS: usize = 3;
 /// How long clients may take to reach a quiescent point, or to stop.
 const PARK_TIMEOUT: Duration = Duration::from_secs(60);
