@@ -448,7 +448,12 @@ impl ChironFs {
         let Ok(ppath) = self.path(parent) else {
             return;
         };
+        let path = ppath.join(name);
         for i in self.writers() {
+            // A replica behind for the path may hold another file there.
+            if self.marked_at_or_above(i, &path) {
+                continue;
+            }
             let rep = &self.replicas[i];
             for h in held.iter().filter(|h| h.fd(i).is_none()) {
                 let flags = if h.is_writable() {
@@ -682,7 +687,7 @@ impl ChironFs {
     /// writes reach it. Called by the resync, under the path's lock, after
     /// the file was copied to `replica`. Returns whether a handle of `path`
     /// could not be given one (the mark stays).
-    pub(super) fn join_handles(&self, path: &RelPath, replica: usize) -> bool {
+    pub(super) fn join_handles(&self, path: &RelPath, replica: usize, src: usize) -> bool {
         if self.writable_handles.load(Ordering::SeqCst) == 0 {
             return false;
         }
@@ -694,6 +699,20 @@ impl ChironFs {
             let Ok(Some((ppath, name))) = self.locate(h.ino) else {
                 continue;
             };
+            // The path on `replica` was just copied from `src`: it is this
+            // open's file only if the path on `src` is the file this open
+            // holds there.
+            let on_src = self.replicas[src]
+                .dir(&ppath)
+                .and_then(|d| ops::stat_at(fd_of(&d), name.as_c()));
+            let held_src = h.fd(src).map(|fd| ops::fstat(fd.as_fd()));
+            match (on_src, held_src) {
+                (Ok(a), Some(Ok(b))) if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) => {}
+                _ => {
+                    held_back = true;
+                    continue;
+                }
+            }
             let rep = &self.replicas[replica];
             if let Some(fd) = h.fd(replica) {
                 // Still the file at the path there (not one the resync

@@ -251,7 +251,7 @@ impl ChironFs {
                 // now, under the path's lock, so their next writes reach it.
                 let held_back = {
                     let _g = self.locks.lock_all(std::slice::from_ref(&p));
-                    self.join_handles(&p, i)
+                    self.join_handles(&p, i, src.index)
                 };
                 if held_back {
                     held = true;
@@ -331,7 +331,7 @@ impl ChironFs {
 
     /// Whether replica `s` is marked for `p` or a directory above it (it
     /// may lack a change of `p`, or `p` itself).
-    fn marked_at_or_above(&self, s: usize, p: &RelPath) -> bool {
+    pub(super) fn marked_at_or_above(&self, s: usize, p: &RelPath) -> bool {
         let id = &self.replicas[s].id;
         let mut cur = Some(p.clone());
         while let Some(q) = cur {
