@@ -373,7 +373,7 @@ impl ChironFs {
             name,
             st.st_mode & libc::S_IFMT,
             Self::key(replica, st),
-            st.st_nlink as u64,
+            st.st_nlink,
         );
         Entry { ino, attr: *st }
     }

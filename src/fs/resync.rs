@@ -84,7 +84,7 @@ impl ChironFs {
         } else {
             Err(Errno(libc::EBUSY))
         };
-        let ok = healthy.and_then(|_| idle).and_then(|_| writable(r));
+        let ok = healthy.and(idle).and_then(|_| writable(r));
         if ok.is_ok()
             && self.change_state(
                 i,
