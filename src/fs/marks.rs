@@ -97,6 +97,16 @@ impl Marks {
         first
     }
 
+    /// Forgets every stale path of replica `i` (its marks were dropped).
+    pub fn clear_stale(&self, i: usize) {
+        let mut stale = self.stale.lock();
+        stale.retain(|_, v| {
+            v.retain(|&r| r != i);
+            !v.is_empty()
+        });
+        self.stale_paths.store(stale.len(), Ordering::SeqCst);
+    }
+
     /// Removes (`p`, `i`); returns whether `i` has none left.
     fn remove_stale(&self, p: &RelPath, i: usize) -> bool {
         if self.stale_paths.load(Ordering::SeqCst) == 0 {

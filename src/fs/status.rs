@@ -196,6 +196,7 @@ impl ChironFs {
             }
         }
         r.needs_full.store(false, Ordering::Relaxed);
+        self.marks.clear_stale(i);
         let from = [State::Failed, State::Resyncing, State::Disabled];
         self.change_state(i, &from, State::InSync, "trusted by the operator".into());
         tracing::warn!(
@@ -222,6 +223,12 @@ impl ChironFs {
                         r.spec.path.display()
                     )
                 })?;
+                if r.queued.load(Ordering::SeqCst) != 0 {
+                    return Err(format!(
+                        "replica {} still has requests that timed out running; the probe brings it back once they end",
+                        r.spec.path.display()
+                    ));
+                }
                 self.change_state(
                     i,
                     &[State::Failed],
