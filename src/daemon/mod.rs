@@ -155,7 +155,6 @@ fn serve(
     // Safe: umask has no failure mode.
     unsafe { libc::umask(0) };
     raise_fd_limit();
-    limit_malloc_arenas();
 
     let state_dir = cfg
         .state_dir
@@ -404,18 +403,6 @@ fn open_root(c: &CheckedReplica) -> Result<OwnedFd, StartupError> {
     // Safe because the fd was just returned to us.
     let root = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(root)
-}
-
-/// Two malloc arenas instead of one per FUSE thread: a walk of a large
-/// tree allocates names and nodes on every thread, and memory freed in many
-/// arenas fragments and stays with the process once the kernel forgets the
-/// inodes (src/DESIGN.md section 9, memory).
-fn limit_malloc_arenas() {
-    // Safe: mallopt only sets an allocator parameter.
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
 }
 
 fn raise_fd_limit() {
