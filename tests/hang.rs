@@ -16,8 +16,8 @@
 mod common;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::io::{self, Write};
+use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -159,17 +159,6 @@ fn write_file(p: &Path, data: &[u8]) -> io::Result<()> {
         result = Err(io::Error::last_os_error());
     }
     result
-}
-
-/// Reads `p` through a fresh open, after dropping its cached pages so the
-/// bytes come from the daemon (or its passthrough backing file).
-fn read_uncached(p: &Path) -> io::Result<Vec<u8>> {
-    let mut f = File::open(p)?;
-    // Safe because the fd is valid while `f` lives.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    let mut v = Vec::new();
-    f.read_to_end(&mut v)?;
-    Ok(v)
 }
 
 fn list(dir: &Path) -> io::Result<Vec<String>> {

@@ -33,7 +33,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -592,16 +592,6 @@ fn close(f: File, result: io::Result<()>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     result
-}
-
-/// Reads `p` through a fresh open after dropping its cached pages.
-fn read_uncached(p: &Path) -> io::Result<Vec<u8>> {
-    let mut f = File::open(p)?;
-    // Safe because the fd is valid while `f` lives.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    let mut v = Vec::new();
-    f.read_to_end(&mut v)?;
-    Ok(v)
 }
 
 fn ok<T>(what: &str, r: io::Result<T>) -> T {
