@@ -449,13 +449,14 @@ impl Job<'_> {
     /// links, and takes
     /// it as the first copy, so `path` becomes a link to it rather than an
     /// independent copy.
-    fn seed_first(&self, sdir: BorrowedFd, path: &RelPath, sst: &Stat) {
+    /// Returns whether it took one.
+    fn seed_first(&self, sdir: BorrowedFd, path: &RelPath, sst: &Stat) -> bool {
         let key = inode_key(sst);
         if self.ctl.links.lock().first.contains_key(&key) {
-            return;
+            return false;
         }
         let Some((parent, own)) = path.split() else {
-            return;
+            return false;
         };
         let mut names = (self.ctl.link_hint)(path);
         let here = sys::reopen_dir(sdir)
@@ -486,9 +487,10 @@ impl Job<'_> {
                 .is_ok_and(|d| kind(&d) == libc::S_IFREG && d.st_nlink < sst.st_nlink);
             if same_on_src && on_dst {
                 self.ctl.links.lock().first.insert(key, other);
-                return;
+                return true;
             }
         }
+        false
     }
 
     fn forget_first(&self, key: (u64, u64)) -> bool {
@@ -508,13 +510,17 @@ impl Job<'_> {
         dst_st: Option<Stat>,
         g: ChunkGuard,
     ) -> Result<()> {
-        if sst.st_nlink > 1 {
-            self.seed_first(sdir, path, sst);
-        }
+        let seeded = sst.st_nlink > 1 && self.seed_first(sdir, path, sst);
+        let mut linked = None;
         if sst.st_nlink > 1 && self.link_to_first(ddir, path, name, sst, dst_st.as_ref())? {
-            drop(g);
-            self.count_entry();
-            return Ok(());
+            if !seeded {
+                drop(g);
+                self.count_entry();
+                return Ok(());
+            }
+            // Linked to a name this pass did not copy: its content is not
+            // known to be current, so it is copied into the shared inode.
+            linked = Some(ops::stat_at(ddir, name)?);
         }
         let sfd = sys::open_read(sdir, name).map_err(raced_if_absent)?;
         let sst2 = ops::fstat(fd_of(&sfd))?;
@@ -526,7 +532,8 @@ impl Job<'_> {
         } else {
             libc::O_WRONLY
         };
-        let reuse = dst_st.as_ref().is_some_and(|d| self.reusable(sst, d));
+        let dst_st = linked.or(dst_st);
+        let reuse = linked.is_some() || dst_st.as_ref().is_some_and(|d| self.reusable(sst, d));
         let dfd = if reuse {
             let f =
                 ops::openat(ddir, name, access | libc::O_NONBLOCK, 0).map_err(raced_if_absent)?;
