@@ -206,7 +206,7 @@ impl ChironFs {
             self.pin_open(newparent, &newname);
         }
         let targets = self.writers();
-        self.mutate_on(
+        let done = self.mutate_on(
             "rename",
             &path,
             Some(&dest),
@@ -215,11 +215,24 @@ impl ChironFs {
             move |rep| {
                 let d1 = rep.dir(&p1)?;
                 let d2 = rep.dir(&p2)?;
+                // Two names of one file: rename(2) does nothing (POSIX).
+                let a = ops::stat_at(fd_of(&d1), n1.as_c());
+                let b = ops::stat_at(fd_of(&d2), n2.as_c());
+                if let (Ok(a), Ok(b)) = (a, b)
+                    && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+                {
+                    return Ok(false);
+                }
                 ops::renameat2(fd_of(&d1), n1.as_c(), fd_of(&d2), n2.as_c(), flags)?;
                 At::Fd(fd_of(&d1)).utimens(&[OMIT, now])?;
-                At::Fd(fd_of(&d2)).utimens(&[OMIT, now])
+                At::Fd(fd_of(&d2)).utimens(&[OMIT, now])?;
+                Ok(true)
             },
         )?;
+        if !self.answer_of(&done, &dest).1 {
+            // Both names stay; the table must not lose the first.
+            return Ok(());
+        }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         self.carry_marks(&path, &dest);
         if exchange {
