@@ -364,8 +364,11 @@ impl ChironFs {
     /// is out of service or behind.
     pub(super) fn serving_reader(&self, h: &FileHandle) -> Result<usize> {
         let r = h.reader();
-        let path = self.describe(h.ino);
-        if self.serves(r, &path) {
+        // Every read comes here: the path is built only if some replica
+        // has stale paths.
+        if self.replicas[r].is_serving()
+            && (!self.marks.any_stale() || !self.marks.is_stale(r, &self.describe(h.ino)))
+        {
             return Ok(r);
         }
         // Nowhere else to read it (an unlinked file no open reaches on a

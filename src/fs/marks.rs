@@ -60,6 +60,12 @@ impl Marks {
         }
     }
 
+    /// Whether any in-sync replica has a stale path (one atomic load: the
+    /// read path asks this before it builds a path to look up).
+    pub fn any_stale(&self) -> bool {
+        self.stale_paths.load(Ordering::SeqCst) != 0
+    }
+
     /// Whether replica `i` must not serve `p`: `p` or a directory above it
     /// is marked for it while it is in sync.
     pub fn is_stale(&self, i: usize, p: &RelPath) -> bool {

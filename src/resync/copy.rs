@@ -344,26 +344,6 @@ impl Job<'_> {
         })
     }
 
-    /// Whether an entry present on both sides has different types there
-    /// (Entries mode replaces such an entry), asking the kernel when the
-    /// directory listing did not say.
-    fn kinds_differ(
-        &self,
-        sd: BorrowedFd,
-        dd: BorrowedFd,
-        name: &CStr,
-        sk: u8,
-        dk: u8,
-    ) -> Result<bool> {
-        if sk != libc::DT_UNKNOWN && dk != libc::DT_UNKNOWN {
-            return Ok(sk != dk);
-        }
-        match (stat_opt(sd, name)?, stat_opt(dd, name)?) {
-            (Some(s), Some(d)) => Ok(kind(&s) != kind(&d)),
-            _ => Ok(true),
-        }
-    }
-
     /// Whether the destination inode `d` may be written in place for the
     /// source inode `s`: it has no other name, or it looks like the same
     /// link group and no other source inode was copied into it this pass.
