@@ -59,17 +59,18 @@
 //! look past a known bug; it changes every client's sequence),
 //! CHIRONFS_CHECKER_VERBOSE=1 (print the operator's actions and the checks
 //! of passing seeds too), CHIRONFS_CHECKER_OPTS (extra -o options, comma
-//! separated; default `passthrough=false`, see [`DEFAULT_OPTS`]; set it to
+//! separated; none by default, see [`DEFAULT_OPTS`]; set it to
 //! `passthrough=true` to include passthrough's documented limits).
 
 mod common;
 
 /// Mount options the seeds run with unless CHIRONFS_CHECKER_OPTS says
-/// otherwise. Passthrough is off: the kernel keeps a passthrough open (and
-/// an mmap of a writable open sharing its backing file) on its replica
-/// after that replica leaves service, a limit chironfs(8) documents
-/// ("Passthrough") that this checker would report as stale reads.
-const DEFAULT_OPTS: &str = "passthrough=false";
+/// otherwise: the product's defaults. (With `passthrough=true` the kernel
+/// keeps a passthrough open, and an mmap of a writable open sharing its
+/// backing file, on its replica after that replica leaves service, a limit
+/// chironfs(8) documents ("Passthrough") that this checker reports as stale
+/// reads.)
+const DEFAULT_OPTS: &str = "";
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ffi::CString;

@@ -194,11 +194,21 @@ fn held_write_handle_across_disable_enable() {
 }
 
 /// A store through a shared writable mmap, while another process reads the
-/// file through FUSE passthrough, must reach every replica.
+/// file through FUSE passthrough (opt-in), must reach every replica.
 #[test]
 fn mmap_store_beside_passthrough_reader() {
+    mmap_store_beside_reader(&["passthrough=true"]);
+}
+
+/// The same with the default options: the reader's open is a cached one.
+#[test]
+fn mmap_store_beside_reader_default_options() {
+    mmap_store_beside_reader(&[]);
+}
+
+fn mmap_store_beside_reader(opts: &[&str]) {
     const LEN: usize = 8192;
-    let fx = Fixture::new(&[]);
+    let fx = Fixture::new(opts);
     let m = &fx.m;
     let original = vec![b'a'; LEN];
     fs::write(m.path("f"), &original).unwrap();
@@ -405,7 +415,7 @@ fn directory_swap_while_replica_out() {
 /// holds a read-only, passthrough open): the mode must end 0777 through the
 /// mount and on every replica, and the bytes must be on every replica.
 fn setuid_cleared_on_write_by_other_user(with_reader: bool) {
-    let fx = Fixture::new(&["allow_other"]);
+    let fx = Fixture::new(&["allow_other", "passthrough=true"]);
     let m = &fx.m;
     let f = m.path("f");
     fs::write(&f, b"root's\n").unwrap();

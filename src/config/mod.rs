@@ -74,7 +74,9 @@ pub struct Config {
     /// replica's own threads with `replica_timeout` for network and FUSE
     /// filesystems, which can hang), `pooled` (always the latter). Default: auto.
     pub replica_io: ReplicaIo,
-    /// Use FUSE passthrough for read-only opens where the kernel supports it. Default: true.
+    /// Use FUSE passthrough for read-only opens where the kernel supports it. Default: false
+    /// (the kernel cannot take a passthrough open away from a replica that leaves service;
+    /// src/DESIGN.md, "Passthrough").
     pub passthrough: bool,
     /// Kernel-side permission checks; always on (accepted for compatibility).
     pub default_permissions: bool,
@@ -113,7 +115,7 @@ impl Default for Config {
             threads: 8,
             replica_threads: 8,
             replica_timeout: 10.0,
-            passthrough: true,
+            passthrough: false,
             replica_io: ReplicaIo::Auto,
             probe_interval: 2.0,
             verify: Verify::Metadata,

@@ -9,7 +9,7 @@ fn defaults_match_the_documentation() {
     let c = opts("").unwrap();
     assert_eq!(c.read_policy, ReadPolicy::RoundRobin);
     assert_eq!(c.write_quorum, WriteQuorum::Count(1));
-    assert!(c.passthrough);
+    assert!(!c.passthrough);
     assert_eq!(c.replica_timeout, 10.0);
 }
 
