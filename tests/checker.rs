@@ -63,6 +63,8 @@
 //! `passthrough=true` to include passthrough's documented limits).
 
 mod common;
+#[path = "checker/rig.rs"]
+mod rig;
 
 /// Mount options the seeds run with unless CHIRONFS_CHECKER_OPTS says
 /// otherwise: the product's defaults. (With `passthrough=true` the kernel
@@ -82,12 +84,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestRoot};
+use common::TestRoot;
+use rig::{Fault, Rig};
 
 const DEFAULT_SEEDS: &[u64] = &[1, 2, 3];
 const DEFAULT_SECS: f64 = 4.0;
@@ -172,7 +175,16 @@ struct Settings {
     skip: Vec<String>,
     /// Print the operator's and the checks' history of passing seeds too.
     verbose: bool,
+    /// Kinds of fault the operator makes (names as in [`FAULTS`]).
+    faults: Vec<String>,
 }
+
+/// What the operator may do besides `chironctl disable`, `enable` and
+/// `resync --full` (always on): fill a replica's disk, make its directory
+/// vanish, make it return EIO or hang (one replica of even seeds, through
+/// faultfs), `kill -9` the daemon and mount again (same or fresh
+/// `state_dir`), and add a replica on such a mount.
+const FAULTS: &[&str] = &["full", "vanish", "eio", "hang", "crash", "add"];
 
 impl Settings {
     fn from_env() -> Settings {
@@ -202,6 +214,20 @@ impl Settings {
             clients: var("CHIRONFS_CHECKER_CLIENTS").unwrap_or(DEFAULT_CLIENTS),
             replicas: var("CHIRONFS_CHECKER_REPLICAS"),
             verbose: std::env::var_os("CHIRONFS_CHECKER_VERBOSE").is_some(),
+            faults: match std::env::var("CHIRONFS_CHECKER_FAULTS") {
+                Ok(v) => v
+                    .split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .inspect(|x| {
+                        assert!(
+                            FAULTS.contains(&x.as_str()),
+                            "CHIRONFS_CHECKER_FAULTS: no fault {x:?} (known: {FAULTS:?})"
+                        )
+                    })
+                    .collect(),
+                Err(_) => FAULTS.iter().map(|x| x.to_string()).collect(),
+            },
             skip: std::env::var("CHIRONFS_CHECKER_SKIP")
                 .unwrap_or_default()
                 .split(',')
@@ -240,11 +266,28 @@ impl Settings {
         if !self.skip.is_empty() {
             env.push_str(&format!(" CHIRONFS_CHECKER_SKIP={}", self.skip.join(",")));
         }
+        if self.faults.len() != FAULTS.len() {
+            env.push_str(&format!(
+                " CHIRONFS_CHECKER_FAULTS={}",
+                self.faults.join(",")
+            ));
+        }
         format!("{env} cargo test --release --test checker -- --nocapture")
     }
 
     fn replicas_for(&self, seed: u64) -> usize {
         self.replicas.unwrap_or(if seed % 3 == 0 { 3 } else { 2 })
+    }
+
+    fn fault_on(&self, name: &str) -> bool {
+        self.faults.iter().any(|f| f == name)
+    }
+
+    /// The replica put behind faultfs (EIO and hangs): the last one of
+    /// even seeds.
+    fn faulty_for(&self, seed: u64) -> Option<usize> {
+        let eio_or_hang = self.fault_on("eio") || self.fault_on("hang");
+        (eio_or_hang && seed % 2 == 0).then(|| self.replicas_for(seed) - 1)
     }
 }
 
@@ -383,6 +426,9 @@ struct Shared {
     /// For the replica states a failure report shows.
     ctl: Ctl,
     stop: AtomicBool,
+    /// Bumped by each `kill -9` of the daemon: clients then drop the
+    /// handles they held on the dead mount.
+    crash_epoch: AtomicU64,
     gate: Gate,
     history: Mutex<History>,
     /// (who, what) of every failure, in order.
@@ -403,6 +449,7 @@ impl Shared {
             start: Instant::now(),
             ctl,
             stop: AtomicBool::new(false),
+            crash_epoch: AtomicU64::new(0),
             gate: Gate::default(),
             history: Mutex::default(),
             failures: Mutex::default(),
@@ -1213,6 +1260,8 @@ struct Client {
     held: Vec<Held>,
     next_handle: u64,
     ops: u64,
+    /// The crash epoch this client's handles belong to.
+    epoch: u64,
     shared: Arc<Shared>,
 }
 
@@ -1222,6 +1271,20 @@ impl Client {
             self.shared.gate.checkpoint();
             if self.shared.stopped() {
                 break;
+            }
+            let epoch = self.shared.crash_epoch.load(Ordering::SeqCst);
+            if epoch != self.epoch {
+                // The daemon was killed: the held handles are dead (an
+                // unlinked file they kept is gone with them).
+                let n = self.held.len();
+                self.held.clear();
+                lock(&self.model).forget_unreachable(&BTreeSet::new());
+                self.epoch = epoch;
+                let who = format!("c{}", self.id);
+                self.shared.log(
+                    &who,
+                    &format!("the daemon was killed: dropped {n} held handles"),
+                );
             }
             self.step();
         }
@@ -1847,11 +1910,18 @@ struct Stats {
 }
 
 struct Operator<'a> {
-    mount: &'a Mount,
+    rig: Rig,
+    settings: &'a Settings,
     rng: Rng,
     shared: Arc<Shared>,
     models: Vec<Arc<Mutex<Model>>>,
     stats: Stats,
+    /// Per replica: when its fault (if any) is cleared.
+    fault_until: Vec<Option<Instant>>,
+    /// Replicas given a fault and not seen healthy since: they may be
+    /// failed.
+    touched: BTreeSet<usize>,
+    added: bool,
 }
 
 impl Operator<'_> {
@@ -1873,35 +1943,103 @@ impl Operator<'_> {
         }
     }
 
-    /// One random operator action; never leaves no replica in sync.
+    /// Clears the faults whose time is up.
+    fn clear_due(&mut self) -> Result<(), String> {
+        for i in 0..self.fault_until.len() {
+            if self.fault_until[i].is_some_and(|t| Instant::now() >= t) {
+                let f = self.rig.fault(i).map_or("?", Fault::name);
+                self.rig.clear(i)?;
+                self.fault_until[i] = None;
+                self.shared
+                    .log("operator", &format!("cleared fault {f} of replica {i}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears every fault now.
+    fn clear_all(&mut self) -> Result<(), String> {
+        for t in &mut self.fault_until {
+            if t.is_some() {
+                *t = Some(Instant::now());
+            }
+        }
+        self.clear_due()
+    }
+
+    /// One random operator action; never leaves no replica healthy (in
+    /// sync, nothing marked, no fault).
     fn fault_step(&mut self) -> Result<(), String> {
+        self.clear_due()?;
         let states = self.shared.ctl.states()?;
-        if let Some((i, s)) = states.iter().enumerate().find(|(_, s)| s.state == "failed") {
+        self.fault_until.resize(states.len(), None);
+        let healthy = |j: usize, s: &ReplicaState| {
+            s.state == "in-sync" && s.missed == 0 && self.rig.fault(j).is_none()
+        };
+        let seen_healthy: Vec<usize> = states
+            .iter()
+            .enumerate()
+            .filter(|(j, s)| healthy(*j, s))
+            .map(|(j, _)| j)
+            .collect();
+        for j in &seen_healthy {
+            self.touched.remove(j);
+        }
+        if let Some((i, s)) = states
+            .iter()
+            .enumerate()
+            .find(|(i, s)| s.state == "failed" && !self.touched.contains(i))
+        {
             return Err(format!(
                 "replica {i} failed although nothing failed it: {}",
                 s.cause
             ));
         }
         let i = self.rng.below(states.len());
-        let others_in_sync = states
-            .iter()
-            .enumerate()
-            .any(|(j, s)| j != i && s.state == "in-sync");
+        let others_healthy = seen_healthy.iter().any(|&j| j != i);
+        let roll = self.rng.below(100);
+        if roll < 4 && self.settings.fault_on("crash") {
+            return self.crash(&states);
+        }
+        let faults: Vec<Fault> = self
+            .rig
+            .faults_for(i)
+            .into_iter()
+            .filter(|f| self.settings.fault_on(f.name()))
+            .collect();
+        if roll < 14 && others_healthy && self.rig.fault(i).is_none() && !faults.is_empty() {
+            let f = *self.rng.pick(&faults);
+            self.rig.inject(i, f)?;
+            self.touched.insert(i);
+            self.fault_until[i] = Some(Instant::now() + self.rng.millis(300, 4000));
+            self.stats.faults += 1;
+            self.shared.log(
+                "operator",
+                &format!(
+                    "fault {} on replica {i} (states before: {})",
+                    f.name(),
+                    show_states(&states)
+                ),
+            );
+            return Ok(());
+        }
         let roll = self.rng.below(100);
         let action = match states[i].state.as_str() {
+            _ if self.rig.fault(i).is_some() => "",
             "disabled" if roll < 60 => "enable",
-            "in-sync" if others_in_sync && roll < 30 => "disable",
-            "in-sync" if others_in_sync && roll < 50 => "resync",
-            "resyncing" if others_in_sync && roll < 25 => "disable",
+            "in-sync" if others_healthy && roll < 30 => "disable",
+            "in-sync" if others_healthy && roll < 50 => "resync",
+            "resyncing" if others_healthy && roll < 25 => "disable",
             "resyncing" if roll < 45 => "resync",
-            _ => {
-                self.shared.log(
-                    "operator",
-                    &format!("states {}: no action", show_states(&states)),
-                );
-                return Ok(());
-            }
+            _ => "",
         };
+        if action.is_empty() {
+            self.shared.log(
+                "operator",
+                &format!("states {}: no action", show_states(&states)),
+            );
+            return Ok(());
+        }
         let idx = i.to_string();
         let args: Vec<&str> = match action {
             "resync" => vec!["resync", &idx, "--full"],
@@ -1918,6 +2056,38 @@ impl Operator<'_> {
         if code != 0 {
             return Err(format!("{what}: {out} {err}"));
         }
+        Ok(())
+    }
+
+    /// Parks the clients, kills the daemon and mounts the replicas again;
+    /// the clients drop their dead handles when they go on.
+    fn crash(&mut self, states: &[ReplicaState]) -> Result<(), String> {
+        if !self.shared.gate.pause(PARK_TIMEOUT) {
+            self.shared.gate.resume();
+            return Err(format!(
+                "clients did not reach a quiescent point within {PARK_TIMEOUT:?} (a hung operation?); in progress: {}",
+                self.shared.in_progress()
+            ));
+        }
+        let fresh = self.rng.percent(50);
+        let add = !self.added
+            && self.rig.len() == 2
+            && self.settings.fault_on("add")
+            && self.rng.percent(40);
+        let cleared = self.clear_all();
+        let r = cleared.and_then(|()| self.rig.crash(fresh, add));
+        self.shared.crash_epoch.fetch_add(1, Ordering::SeqCst);
+        self.shared.gate.resume();
+        let what = r?;
+        if add {
+            self.added = true;
+            self.fault_until.push(None);
+        }
+        self.stats.faults += 1;
+        self.shared.log(
+            "operator",
+            &format!("{what} (states before: {})", show_states(states)),
+        );
         Ok(())
     }
 
@@ -1952,11 +2122,14 @@ impl Operator<'_> {
         let mut problems = Vec::new();
         let mut compared = Vec::new();
         for (i, s) in states.iter().enumerate() {
-            if code != 0 && s.state != "in-sync" {
+            // An in-sync replica with marks (stale paths, which it does
+            // not serve) claims nothing about them.
+            if code != 0 && (s.state != "in-sync" || s.missed > 0) {
                 continue;
             }
             compared.push(i);
-            let got = scan(&self.mount.replicas[i], true)?;
+            // The content, even where a fault hides it from the daemon.
+            let got = scan(self.rig.data(i), true)?;
             let diffs = diff_trees(&want, &got);
             if diffs.is_empty() {
                 continue;
@@ -1971,7 +2144,7 @@ impl Operator<'_> {
             };
             problems.push(format!(
                 "{claim} with every client idle, but replica {i} ({}) differs from the model:\n    {}",
-                self.mount.replicas[i].display(),
+                self.rig.data(i).display(),
                 diffs.join("\n    ")
             ));
         }
@@ -1994,8 +2167,10 @@ impl Operator<'_> {
         }
     }
 
-    /// Enables every replica and waits until all are in sync.
+    /// Clears every fault, enables every replica and waits until all are
+    /// in sync.
     fn converge(&mut self) -> Result<(), String> {
+        self.clear_all()?;
         for (i, s) in self.shared.ctl.states()?.iter().enumerate() {
             let args = match s.state.as_str() {
                 "disabled" => vec!["enable".to_string(), i.to_string()],
@@ -2017,7 +2192,7 @@ impl Operator<'_> {
         let deadline = Instant::now() + limit;
         loop {
             let states = self.shared.ctl.states()?;
-            if states.iter().all(|s| s.state == "in-sync") {
+            if states.iter().all(|s| s.state == "in-sync" && s.missed == 0) {
                 self.shared
                     .log("final", &format!("all in sync: {}", show_states(&states)));
                 return Ok(());
@@ -2036,14 +2211,13 @@ impl Operator<'_> {
     /// and, like the mount, to the model.
     fn final_compare(&self) {
         let want = expected_tree(&self.models);
-        let mut trees: Vec<(String, &Path, bool)> = self
-            .mount
-            .replicas
+        let paths = self.rig.replica_paths();
+        let mut trees: Vec<(String, &Path, bool)> = paths
             .iter()
             .enumerate()
             .map(|(i, r)| (format!("replica {i} ({})", r.display()), r.as_path(), true))
             .collect();
-        trees.push(("the mount".into(), &self.mount.mountpoint, false));
+        trees.push(("the mount".into(), self.rig.mountpoint(), false));
         for (label, root, replica) in trees {
             match scan(root, replica) {
                 Ok(got) => {
@@ -2061,7 +2235,7 @@ impl Operator<'_> {
                 Err(e) => self.shared.fail("final", format!("scanning {label}: {e}")),
             }
         }
-        let replicas = self.mount.replicas.clone();
+        let replicas = paths.clone();
         let r = std::panic::catch_unwind(move || common::assert_replicas_identical(&replicas));
         if let Err(p) = r {
             self.shared.fail(
@@ -2076,28 +2250,34 @@ impl Operator<'_> {
 fn run_seed(settings: &Settings, seed: u64) -> Result<(), String> {
     let began = Instant::now();
     let nrep = settings.replicas_for(seed);
-    let root = TestRoot::new();
-    let sock = root.path().join("ctl.sock");
+    // The status socket outlives each daemon of the seed.
+    let ctl_root = TestRoot::new();
+    let sock = ctl_root.path().join("ctl.sock");
     let limit = Duration::from_secs_f64(settings.secs) + Duration::from_secs(600);
-    let mut builder = Mount::builder()
-        .root(root)
-        .fresh(nrep)
-        .option(&format!("ctl={}", sock.display()))
-        .option("probe_interval=0.2")
-        .watchdog(limit);
-    let extra = std::env::var("CHIRONFS_CHECKER_OPTS").unwrap_or_else(|_| DEFAULT_OPTS.to_string());
-    for o in extra.split(',').filter(|o| !o.is_empty()) {
-        builder = builder.option(o);
+    let faulty = settings.faulty_for(seed);
+    let mut opts = vec![
+        format!("ctl={}", sock.display()),
+        "probe_interval=0.2".to_string(),
+    ];
+    if faulty.is_some() {
+        // Only the faultfs replica runs on worker threads with a deadline.
+        opts.push("replica_timeout=1".to_string());
     }
-    let mount = builder.mount();
+    let extra = std::env::var("CHIRONFS_CHECKER_OPTS").unwrap_or_else(|_| DEFAULT_OPTS.to_string());
+    opts.extend(extra.split(',').filter(|o| !o.is_empty()).map(String::from));
+    let rig = Rig::new(nrep, faulty, opts, limit);
     let shared = Arc::new(Shared::new(settings.clients, Ctl { sock }));
-    let clients = Clients::start(settings, seed, &mount.mountpoint, &shared);
+    let clients = Clients::start(settings, seed, rig.mountpoint(), &shared);
     let mut op = Operator {
-        mount: &mount,
+        rig,
+        settings,
         rng: Rng::new(seed, 0),
         shared: Arc::clone(&shared),
         models: clients.models.clone(),
         stats: Stats::default(),
+        fault_until: vec![None; nrep],
+        touched: BTreeSet::new(),
+        added: false,
     };
     op.run_until(Instant::now() + Duration::from_secs_f64(settings.secs));
     shared.stop.store(true, Ordering::SeqCst);
@@ -2132,7 +2312,7 @@ fn run_seed(settings: &Settings, seed: u64) -> Result<(), String> {
     if failures.is_empty() {
         return Ok(());
     }
-    let log = mount.log();
+    let log = op.rig.log();
     let log_lines: Vec<&str> = log.lines().collect();
     let log_tail = log_lines[log_lines.len().saturating_sub(80)..].join("\n");
     let (first_who, first) = &failures[0];
@@ -2191,6 +2371,7 @@ impl Clients {
                 held: Vec::new(),
                 next_handle: 0,
                 ops: 0,
+                epoch: 0,
                 shared: Arc::clone(shared),
             };
             let tx = tx.clone();

@@ -262,6 +262,15 @@ impl ChironFs {
         // engine takes the same locks). Always taken: a replica may start
         // resyncing while this change is in flight.
         let guards = self.locks.lock_all(&marked);
+        // An in-sync replica marked for the path may lack it (it is copied
+        // later): like a resyncing one, it follows rather than votes.
+        let stale: Vec<usize> = targets
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.marks.is_stale(i, path) || also.is_some_and(|a| self.marks.is_stale(i, a))
+            })
+            .collect();
         for &i in targets {
             self.replicas[i]
                 .writes
@@ -273,7 +282,7 @@ impl ChironFs {
             .iter()
             .map(|(i, r)| (*i, r.as_ref().err().copied()))
             .collect();
-        let outcome = self.judge(op, &summary, needed);
+        let outcome = self.judge(op, &summary, needed, &stale);
         for &(i, e) in &outcome.failed {
             self.fail(i, op, path, e);
         }
@@ -292,13 +301,22 @@ impl ChironFs {
     }
 
     /// Turns one mutation's results into an answer (see `fanout::decide`).
-    /// Only in-sync replicas vote when there are any: a resyncing replica
-    /// that answers differently (it lacks a path not copied yet) is marked
-    /// for the path, not failed, unless its error is a replica failure. A
+    /// Only in-sync replicas vote when there are any: a resyncing replica,
+    /// or an in-sync one in `stale` (marked for the path), that answers
+    /// differently (it lacks a path not copied yet) is marked for the path,
+    /// not failed, unless its error is a replica failure. A
     /// data change that failed everywhere may have left different partial
     /// effects: every replica but the first is marked for the path.
-    fn judge(&self, op: &str, summary: &[(usize, Option<Errno>)], needed: usize) -> Outcome {
-        let in_sync = |i: usize| self.replicas[i].state() == crate::replica::State::InSync;
+    fn judge(
+        &self,
+        op: &str,
+        summary: &[(usize, Option<Errno>)],
+        needed: usize,
+        stale: &[usize],
+    ) -> Outcome {
+        let in_sync = |i: usize| {
+            self.replicas[i].state() == crate::replica::State::InSync && !stale.contains(&i)
+        };
         let (voters, followers): (Vec<_>, Vec<_>) = if summary.iter().any(|&(i, _)| in_sync(i)) {
             summary.iter().partition(|&&(i, _)| in_sync(i))
         } else {

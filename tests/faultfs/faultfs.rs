@@ -319,6 +319,22 @@ impl FaultFs {
             .ok_or(Errno::from_i32(libc::EBADF))
     }
 
+    /// The open file `fh`, or else any open file of inode `ino`: the
+    /// kernel sends `futimens` and `fchmod` of an open file without its
+    /// handle, and its path may be gone (unlinked) or show another file.
+    fn file_of(&self, ino: u64, fh: Option<u64>) -> Option<Arc<File>> {
+        if let Some(f) = fh.and_then(|fh| self.file(fh).ok()) {
+            return Some(f);
+        }
+        if ino == ROOT {
+            return None;
+        }
+        lock(&self.files)
+            .values()
+            .find(|f| f.metadata().is_ok_and(|md| md.ino() == ino))
+            .cloned()
+    }
+
     fn add_file(&self, f: File) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(fh, Arc::new(f));
@@ -339,7 +355,7 @@ impl FaultFs {
     // ----- the operations, as Results --------------------------------------
 
     fn do_getattr(&self, ino: u64, fh: Option<u64>) -> Res<FileAttr> {
-        if let Some(f) = fh.and_then(|fh| self.file(fh).ok()) {
+        if let Some(f) = self.file_of(ino, fh) {
             let md = f.metadata().map_err(errno)?;
             return Ok(self.attr_of(&md, ino == ROOT));
         }
@@ -360,7 +376,7 @@ impl FaultFs {
         mtime: Option<TimeOrNow>,
         fh: Option<u64>,
     ) -> Res<FileAttr> {
-        let file = fh.and_then(|fh| self.file(fh).ok());
+        let file = self.file_of(ino, fh);
         let path = self.path(ino);
         let path = match (&file, path) {
             (_, Ok(p)) => Some(p),
