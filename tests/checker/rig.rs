@@ -240,6 +240,18 @@ impl Rig {
         for i in 0..self.reps.len() {
             self.clear(i)?;
         }
+        // A request faultfs held is still applied after the daemon that
+        // sent it died, behind the back of the next daemon's compare; a
+        // real crash beside a hung server can do the same, but the model
+        // cannot follow it. Let them land first.
+        for r in &self.reps {
+            if let Some(f) = &r.faultfs {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while f.waiting().is_some_and(|n| n > 0) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
         let m = self.mount.take().ok_or("no mount")?;
         let log = m.log();
         let root = m.crash();

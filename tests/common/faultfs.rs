@@ -40,6 +40,23 @@ pub fn faultfs_bin() -> PathBuf {
     bin
 }
 
+/// Mounts the FUSE control filesystem if it is not (it counts a
+/// connection's unanswered requests, and can abort one).
+fn ensure_fusectl() {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    let mounted = fs::read_to_string("/proc/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(2) == Some("fusectl")));
+    if !mounted && dir.is_dir() {
+        let _ = nix::mount::mount(
+            Some("fusectl"),
+            dir,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+}
+
 /// A running faultfs mount over its own temporary backing directory.
 ///
 /// On drop (also when the test panics): mode `ok` (so every blocked request
@@ -66,6 +83,7 @@ impl FaultFs {
     /// A faultfs mount showing `backing` (an existing directory), with its
     /// mountpoint and control file in `root`.
     pub fn over(root: TestRoot, backing: PathBuf) -> FaultFs {
+        ensure_fusectl();
         let bin = faultfs_bin();
         let mountpoint = root.mkdir("mnt");
         let control = root.path().join("control");
@@ -128,6 +146,14 @@ impl FaultFs {
         let tmp = self.control.with_extension("tmp");
         fs::write(&tmp, mode).expect("write faultfs control file");
         fs::rename(&tmp, &self.control).expect("rename faultfs control file");
+    }
+
+    /// Requests the kernel has sent to faultfs that are not answered yet
+    /// (None if the connection's counter cannot be read).
+    #[allow(dead_code)]
+    pub fn waiting(&self) -> Option<u64> {
+        let p = format!("/sys/fs/fuse/connections/{}/waiting", self.conn);
+        fs::read_to_string(p).ok()?.trim().parse().ok()
     }
 
     /// `backing/rel`: the replica's files, bypassing faultfs.
