@@ -5,6 +5,7 @@ mod bind;
 pub mod checks;
 pub mod log;
 pub mod ring_node;
+mod syslog;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -147,7 +148,7 @@ fn serve(
     let target = match (&cfg.log, inv.foreground) {
         (Some(p), _) => log::Target::File(p),
         (None, true) => log::Target::Stderr,
-        (None, false) => log::Target::Syslog,
+        (None, false) => log::Target::System,
     };
     log::init(target, level)
         .map_err(|e| StartupError::Other(format!("cannot open the log: {e}")))?;
