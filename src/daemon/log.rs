@@ -100,16 +100,21 @@ pub fn init(target: Target, level: LogLevel) -> io::Result<()> {
     let registry = tracing_subscriber::registry().with(filter);
     let res = match target {
         // Colours only on a terminal: a journal or a file gets plain text.
-        Target::Stderr => registry
-            .with(
-                fmt::layer()
-                    .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-                    .with_writer(io::stderr),
-            )
-            .try_init(),
+        Target::Stderr => match syslog::stderr_is_journal().then(syslog::journald).flatten() {
+            Some(journal) => registry.with(journal).try_init(),
+            None => registry
+                .with(
+                    fmt::layer()
+                        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+                        .with_writer(io::stderr),
+                )
+                .try_init(),
+        },
         Target::File(p) => {
             let f = open_log(p)?;
-            let _ = LOG_FILE.set((p.to_path_buf(), Mutex::new(f)));
+            // Absolute: it is reopened on SIGHUP, after the daemon moved to "/".
+            let p = std::path::absolute(p).unwrap_or(p.to_path_buf());
+            let _ = LOG_FILE.set((p, Mutex::new(f)));
             registry
                 .with(fmt::layer().with_ansi(false).with_writer(FileMaker))
                 .try_init()

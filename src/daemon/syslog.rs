@@ -2,7 +2,9 @@
 //! event's fields as journal fields, where systemd's journal socket exists;
 //! syslog(3) elsewhere. Either way each line carries the severity of its
 //! level (`severity`), so `journalctl -p err` or a syslog filter on
-//! `LOG_ERR` shows a replica failure and nothing routine.
+//! `LOG_ERR` shows a replica failure and nothing routine. A daemon in the
+//! foreground whose standard error is the journal (a systemd unit) logs to
+//! journald too.
 
 use std::ffi::CString;
 use std::io::{self, Write};
@@ -55,6 +57,24 @@ pub fn journald() -> Option<tracing_journald::Layer> {
             None
         }
     }
+}
+
+/// Whether standard error is systemd's journal stream (the daemon runs in
+/// the foreground in a unit): `$JOURNAL_STREAM` names its device and inode.
+/// Lines written there would all get the unit's default severity, so the
+/// daemon then logs to journald directly.
+pub fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let v = v.to_string_lossy();
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(io::stderr()) else {
+        return false;
+    };
+    dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
 }
 
 /// Opens the syslog connection (ident `chironfs`, facility daemon).
