@@ -396,3 +396,29 @@ fn default_socket_is_named_after_the_fsname_and_found_from_the_mountpoint() {
     let (_, _root) = m.unmount();
     assert!(!sock.exists(), "the socket outlived the daemon");
 }
+
+/// The command line is clap's: help, completions, usage errors (exit 2),
+/// and for `check` the Nagios UNKNOWN (3) with a status line.
+#[test]
+fn usage_help_and_completions() {
+    let o = ctl(&["--help"]);
+    assert!(o.status.success(), "{o:?}");
+    for word in ["Usage: chironctl", "status", "check", "resync", "ring"] {
+        assert!(stdout(&o).contains(word), "--help lacks {word}: {o:?}");
+    }
+    let o = ctl(&["check", "--bogus"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(stdout(&o).starts_with("CHIRONFS UNKNOWN"), "{o:?}");
+    let o = ctl(&["check", "/a", "/b"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let o = ctl(&["status", "--bogus"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--bogus"),
+        "{o:?}"
+    );
+    assert_eq!(ctl(&[]).status.code(), Some(2));
+    let o = ctl(&["completions", "bash"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("complete -F _chironctl"), "{o:?}");
+}

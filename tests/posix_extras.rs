@@ -1,6 +1,7 @@
 //! Guards the parts of the POSIX surface the suites touch only lightly:
 //! POSIX ACLs enforced by the kernel, statfs of the fullest replica,
-//! SEEK_DATA/SEEK_HOLE, and local flock/POSIX locks.
+//! SEEK_DATA/SEEK_HOLE, local flock/POSIX locks, and ioctls the filesystem
+//! does not support (ENOTTY, and no log line per request).
 
 mod common;
 
@@ -170,4 +171,40 @@ fn flock_and_posix_locks_work_between_processes() {
         Some(0),
         "the POSIX lock was not released with its fd"
     );
+}
+
+/// Python's open() asks isatty (ioctl TCGETS) of every file it opens: each
+/// such ioctl must get ENOTTY and leave nothing in the log (it used to log
+/// a fuser "[Not Implemented]" warning per call, flooding syslog).
+#[test]
+fn unsupported_ioctls_get_enotty_quietly() {
+    let m = Mount::new(2);
+    let p = m.path("file");
+    fs::write(&p, b"data").unwrap();
+    let f = fs::File::open(&p).unwrap();
+    for _ in 0..50 {
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // Safe: TCGETS writes at most one termios into the buffer given.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, termios.as_mut_ptr()) };
+        let e = std::io::Error::last_os_error();
+        assert_eq!(rc, -1, "TCGETS on a regular file succeeded");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "TCGETS: {e}");
+    }
+    drop(f);
+    let script = format!(
+        "import sys\nfor _ in range(50):\n    f=open({:?})\n    assert f.read()=='data'\n    assert not f.isatty()\n    f.close()\n",
+        p.display().to_string()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python3: {out:?}");
+    let log = m.log();
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Not Implemented") || l.contains("ioctl"))
+        .collect();
+    assert!(noisy.is_empty(), "per-request log lines: {noisy:#?}");
 }

@@ -359,6 +359,8 @@ fn check_fsname_and_allow_other(mount: &Mount, fsname: Option<&str>, allow_other
     );
 }
 
+/// The options parse together and fsname and allow_other apply; each other
+/// option's effect has its own test in tests/options.rs.
 #[test]
 fn options_on_command_line_take_effect() {
     let mount = Mount::builder()

@@ -1,22 +1,5 @@
-//! `chironctl`: talks to a daemon's status socket.
-//!
-//!   chironctl status  [MOUNTPOINT|SOCKET] [--json]
-//!   chironctl check   [MOUNTPOINT|SOCKET]      Nagios/Icinga plugin
-//!   chironctl metrics [MOUNTPOINT|SOCKET]      Prometheus text format
-//!   chironctl disable|enable REPLICA [MOUNTPOINT|SOCKET]
-//!   chironctl resync REPLICA [--full|--verify] [--wait] [MOUNTPOINT|SOCKET]
-//!   chironctl trust REPLICA --confirm [MOUNTPOINT|SOCKET]
-//!   chironctl log-level LEVEL [MOUNTPOINT|SOCKET]
-//!   chironctl conflicts [MOUNTPOINT|SOCKET] [--json]
-//!   chironctl ring status [MOUNTPOINT|SOCKET] [--json]
-//!   chironctl ring join NODE HOST:PORT [MOUNTPOINT|SOCKET]
-//!   chironctl ring leave NODE [MOUNTPOINT|SOCKET]
-//!   chironctl ring apply [MOUNTPOINT|SOCKET]
-//!   chironctl ring get KEY [MOUNTPOINT|SOCKET] [--json]
-//!   chironctl ring put KEY VALUE [MOUNTPOINT|SOCKET] [--json]
-//!
-//! The socket is also given with `-s SOCKET` (`--socket SOCKET`): the
-//! only way to reach a ring node, which has no mountpoint.
+//! `chironctl`: talks to a daemon's status socket. The command line is
+//! `args.rs`; here, what each command asks and how the answer is shown.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -24,29 +7,16 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::args::{self, Command, Ring, UNKNOWN};
 use super::protocol::{Request, Response};
 use crate::fs::FsStatus;
 use crate::meta::ConflictRecord;
 use crate::ring::node::RingStatus;
 
-const USAGE: &str = "usage: chironctl [-s SOCKET] status|check|metrics [MOUNTPOINT|SOCKET] [--json]
-       chironctl [-s SOCKET] disable|enable REPLICA [MOUNTPOINT|SOCKET]
-       chironctl [-s SOCKET] resync REPLICA [--full|--verify] [--wait] [MOUNTPOINT|SOCKET]
-       chironctl [-s SOCKET] trust REPLICA --confirm [MOUNTPOINT|SOCKET]
-       chironctl [-s SOCKET] log-level error|warn|info|debug|trace [MOUNTPOINT|SOCKET]
-       chironctl [-s SOCKET] conflicts [MOUNTPOINT|SOCKET] [--json]
-       chironctl [-s SOCKET] ring status [MOUNTPOINT|SOCKET] [--json]
-       chironctl [-s SOCKET] ring join NODE HOST:PORT [MOUNTPOINT|SOCKET]
-       chironctl [-s SOCKET] ring leave NODE [MOUNTPOINT|SOCKET]
-       chironctl [-s SOCKET] ring apply [MOUNTPOINT|SOCKET]
-       chironctl [-s SOCKET] ring get KEY [MOUNTPOINT|SOCKET] [--json]
-       chironctl [-s SOCKET] ring put KEY VALUE [MOUNTPOINT|SOCKET] [--json]";
-
 /// Nagios exit codes.
 const OK: i32 = 0;
 const WARNING: i32 = 1;
 const CRITICAL: i32 = 2;
-const UNKNOWN: i32 = 3;
 
 fn socket_for(target: Option<&str>) -> Result<PathBuf, String> {
     match target {
@@ -480,94 +450,109 @@ fn utc(ms: u64) -> String {
     format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
 }
 
-/// The command line split into options and words.
-struct Args<'a> {
-    socket: Option<&'a str>,
-    flags: Vec<&'a str>,
-    words: Vec<&'a str>,
+/// What a filesystem command sends, and how its answer is shown.
+#[derive(Default)]
+struct Plan {
+    cmd: &'static str,
+    replica: Option<String>,
+    level: Option<String>,
+    target: Option<String>,
+    json: bool,
+    full: bool,
+    verify: bool,
+    wait: bool,
+    confirm: bool,
 }
 
-/// Takes `-s SOCKET`, `--socket SOCKET`, `--socket=SOCKET` and the `--x`
-/// flags out of the arguments; after `--` everything is a word.
-fn split_args(argv: &[String]) -> Result<Args<'_>, String> {
-    let mut a = Args {
-        socket: None,
-        flags: Vec::new(),
-        words: Vec::new(),
-    };
-    let mut it = argv.iter().skip(1).map(String::as_str);
-    while let Some(arg) = it.next() {
-        match arg {
-            "--" => {
-                a.words.extend(it.by_ref());
-            }
-            "-s" | "--socket" => {
-                a.socket = Some(it.next().ok_or(format!("{arg} needs a socket path"))?);
-            }
-            _ if arg.starts_with("--socket=") => a.socket = Some(&arg["--socket=".len()..]),
-            _ if arg.starts_with("--") => a.flags.push(arg),
-            _ => a.words.push(arg),
-        }
+fn plan(command: Command) -> Plan {
+    match command {
+        Command::Status { target, json } => Plan {
+            cmd: "status",
+            target: target.target,
+            json: json.json,
+            ..Plan::default()
+        },
+        Command::Check { target, .. } => Plan {
+            cmd: "check",
+            target: target.target,
+            ..Plan::default()
+        },
+        Command::Metrics { target, .. } => Plan {
+            cmd: "metrics",
+            target: target.target,
+            ..Plan::default()
+        },
+        Command::Disable { replica, target } => Plan {
+            cmd: "disable",
+            replica: Some(replica),
+            target: target.target,
+            ..Plan::default()
+        },
+        Command::Enable { replica, target } => Plan {
+            cmd: "enable",
+            replica: Some(replica),
+            target: target.target,
+            ..Plan::default()
+        },
+        Command::Resync {
+            replica,
+            full,
+            verify,
+            wait,
+            target,
+        } => Plan {
+            cmd: "resync",
+            replica: Some(replica),
+            target: target.target,
+            full,
+            verify,
+            wait,
+            ..Plan::default()
+        },
+        Command::Trust {
+            replica,
+            confirm,
+            target,
+        } => Plan {
+            cmd: "trust",
+            replica: Some(replica),
+            target: target.target,
+            confirm,
+            ..Plan::default()
+        },
+        Command::LogLevel { level, target } => Plan {
+            cmd: "log-level",
+            level: Some(level.as_str().to_string()),
+            target: target.target,
+            ..Plan::default()
+        },
+        Command::Conflicts { target, json } => Plan {
+            cmd: "conflicts",
+            target: target.target,
+            json: json.json,
+            ..Plan::default()
+        },
+        // Dispatched before.
+        Command::Ring(_) | Command::Completions { .. } => Plan::default(),
     }
-    Ok(a)
 }
 
 /// Runs chironctl; returns the exit code.
 pub fn main(argv: &[String]) -> i32 {
-    let a = match split_args(argv) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("chironctl: {e}\n{USAGE}");
-            return 2;
-        }
+    let cli = match args::parse(argv) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let has = |f: &str| a.flags.contains(&f);
-    let (json, full, confirm, wait, verify) = (
-        has("--json"),
-        has("--full"),
-        has("--confirm"),
-        has("--wait"),
-        has("--verify"),
-    );
-    let Some((&cmd, rest)) = a.words.split_first() else {
-        eprintln!("{USAGE}");
-        return 2;
-    };
-    if let Some(bad) = a.flags.iter().find(|f| {
-        !matches!(
-            **f,
-            "--json" | "--full" | "--confirm" | "--wait" | "--verify"
-        )
-    }) {
-        eprintln!("chironctl: unknown option '{bad}'\n{USAGE}");
-        return if cmd == "check" { UNKNOWN } else { 2 };
-    }
-    if cmd == "ring" {
-        return ring_main(rest, a.socket, json);
-    }
-    let (replica, target) = match cmd {
-        "disable" | "enable" | "resync" | "trust" | "log-level" => match rest {
-            [r, t @ ..] if t.len() <= 1 => (Some(r.to_string()), t.first().copied()),
-            _ => {
-                eprintln!("chironctl {cmd}: name a replica (path, index or id)\n{USAGE}");
-                return 2;
-            }
-        },
-        "status" | "check" | "metrics" | "conflicts" if rest.len() <= 1 => {
-            (None, rest.first().copied())
+    let socket = cli.socket.as_deref();
+    let p = match cli.command {
+        Command::Completions { shell } => {
+            args::completions(shell);
+            return 0;
         }
-        _ => {
-            eprintln!(
-                "chironctl: unknown command or arguments '{}'\n{USAGE}",
-                argv.iter()
-                    .skip(1)
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-            return 2;
-        }
+        Command::Ring(r) => return ring_main(r, socket),
+        other => plan(other),
     };
+    let cmd = p.cmd;
     let fail = |e: String| {
         if cmd == "check" {
             println!("CHIRONFS UNKNOWN - {e}");
@@ -577,7 +562,7 @@ pub fn main(argv: &[String]) -> i32 {
             1
         }
     };
-    let sock = match pick_socket(a.socket, target) {
+    let sock = match pick_socket(socket, p.target.as_deref()) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -586,17 +571,12 @@ pub fn main(argv: &[String]) -> i32 {
     } else {
         cmd
     };
-    let (replica, level) = if cmd == "log-level" {
-        (None, replica)
-    } else {
-        (replica, None)
-    };
     let req = Request {
-        replica: replica.clone(),
-        full,
-        confirm,
-        verify,
-        level,
+        replica: p.replica.clone(),
+        full: p.full,
+        confirm: p.confirm,
+        verify: p.verify,
+        level: p.level,
         ..Request::new(command)
     };
     let resp = match call(&sock, &req) {
@@ -608,21 +588,21 @@ pub fn main(argv: &[String]) -> i32 {
     }
     if cmd == "conflicts" {
         let list = resp.conflicts.unwrap_or_default();
-        if json {
+        if p.json {
             return print_json(&list);
         }
         print!("{}", render_conflicts(&list));
         return 0;
     }
     let Some(st) = resp.status else {
-        if cmd == "resync" && wait {
-            return wait_for_resync(&sock, replica.as_deref().unwrap_or(""));
+        if cmd == "resync" && p.wait {
+            return wait_for_resync(&sock, p.replica.as_deref().unwrap_or(""));
         }
         println!("ok");
         return 0;
     };
     match cmd {
-        "status" if json => return print_json(&st),
+        "status" if p.json => return print_json(&st),
         "status" => print!("{}", render_table(&st)),
         "check" => {
             let (line, code) = check(&st);
@@ -658,60 +638,81 @@ fn print_json<T: serde::Serialize>(v: &T) -> i32 {
 }
 
 /// `chironctl ring ...`.
-fn ring_main(words: &[&str], socket: Option<&str>, json: bool) -> i32 {
-    let usage = |why: &str| {
-        eprintln!("chironctl ring: {why}\n{USAGE}");
-        2
+fn ring_main(ring: Ring, socket: Option<&str>) -> i32 {
+    let (sub, req, target, json, key) = match ring {
+        Ring::Status { target, json } => (
+            "status",
+            Request::new("ring-status"),
+            target,
+            json,
+            String::new(),
+        ),
+        Ring::Join {
+            node,
+            addr,
+            target,
+            json,
+        } => (
+            "join",
+            Request {
+                node: Some(node),
+                addr: Some(addr),
+                ..Request::new("ring-join")
+            },
+            target,
+            json,
+            String::new(),
+        ),
+        Ring::Leave { node, target, json } => (
+            "leave",
+            Request {
+                node: Some(node),
+                ..Request::new("ring-leave")
+            },
+            target,
+            json,
+            String::new(),
+        ),
+        Ring::Apply { target, json } => (
+            "apply",
+            Request::new("ring-apply"),
+            target,
+            json,
+            String::new(),
+        ),
+        Ring::Get { key, target, json } => (
+            "get",
+            Request {
+                key: Some(key.clone()),
+                ..Request::new("ring-get")
+            },
+            target,
+            json,
+            key,
+        ),
+        Ring::Put {
+            key,
+            value,
+            target,
+            json,
+        } => (
+            "put",
+            Request {
+                key: Some(key.clone()),
+                value: Some(value),
+                ..Request::new("ring-put")
+            },
+            target,
+            json,
+            key,
+        ),
     };
-    let Some((&sub, rest)) = words.split_first() else {
-        return usage("name a subcommand: status, join, leave, apply, get or put");
-    };
-    // Arguments the subcommand takes, then at most one MOUNTPOINT|SOCKET.
-    let takes = match sub {
-        "status" | "apply" => 0,
-        "leave" | "get" => 1,
-        "join" | "put" => 2,
-        other => return usage(&format!("unknown subcommand '{other}'")),
-    };
-    if rest.len() < takes || rest.len() > takes + 1 {
-        let args = match sub {
-            "leave" => " NODE",
-            "get" => " KEY",
-            "join" => " NODE HOST:PORT",
-            "put" => " KEY VALUE",
-            _ => "",
-        };
-        eprintln!("chironctl ring {sub}: expected {sub}{args} [MOUNTPOINT|SOCKET]");
-        return 2;
-    }
-    let (args, target) = (&rest[..takes], rest.get(takes).copied());
-    let arg = |i: usize| args.get(i).map(|s| s.to_string());
-    let req = match sub {
-        "join" => Request {
-            node: arg(0),
-            addr: arg(1),
-            ..Request::new("ring-join")
-        },
-        "leave" => Request {
-            node: arg(0),
-            ..Request::new("ring-leave")
-        },
-        "get" => Request {
-            key: arg(0),
-            ..Request::new("ring-get")
-        },
-        "put" => Request {
-            key: arg(0),
-            value: arg(1),
-            ..Request::new("ring-put")
-        },
-        _ => Request::new(&format!("ring-{sub}")),
-    };
+    let (target, json) = (target.target, json.json);
     let fail = |e: String| {
         eprintln!("chironctl: {e}");
         1
     };
-    let sock = match pick_socket(socket, target) {
+    let sock = match pick_socket(socket, target.as_deref()) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -732,7 +733,7 @@ fn ring_main(words: &[&str], socket: Option<&str>, json: bool) -> i32 {
                 }));
             }
             if sub == "get" && values.is_empty() {
-                return fail(format!("key '{}' not found", args[0]));
+                return fail(format!("key '{key}' not found"));
             }
             if values.len() > 1 {
                 eprintln!(

@@ -1,6 +1,7 @@
 //! The status socket: a line-delimited JSON protocol (versioned) between
 //! the daemon and `chironctl`.
 
+mod args;
 pub mod client;
 pub mod http;
 pub mod protocol;

@@ -1,51 +1,26 @@
-//! Where log lines go: stderr in the foreground, `log=FILE`, or syslog when
-//! in the background.
+//! Where log lines go: stderr in the foreground, `log=FILE`, or the system
+//! log (journald or syslog, `daemon/syslog.rs`) when in the background.
 
-use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, fmt, reload};
 
+use super::syslog;
 use crate::config::LogLevel;
 
 /// Log target chosen at startup.
 pub enum Target<'a> {
     Stderr,
     File(&'a Path),
-    Syslog,
+    /// journald where it runs, else syslog.
+    System,
 }
-
-/// A writer that sends each formatted line to syslog(3).
-struct Syslog;
-
-impl Write for Syslog {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let msg = CString::new(line.replace('\0', " ")).unwrap_or_default();
-            // Safe because both strings are valid C strings and "%s" takes one.
-            unsafe { libc::syslog(libc::LOG_INFO, c"%s".as_ptr(), msg.as_ptr()) };
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for SyslogMaker {
-    type Writer = Syslog;
-    fn make_writer(&'a self) -> Syslog {
-        Syslog
-    }
-}
-
-struct SyslogMaker;
 
 /// The `log=FILE` target, reopened on SIGHUP (for logrotate).
 static LOG_FILE: OnceLock<(PathBuf, Mutex<std::fs::File>)> = OnceLock::new();
@@ -117,41 +92,47 @@ pub fn set_level(level: &str) -> Result<(), String> {
     Ok(())
 }
 
-macro_rules! install {
-    ($builder:expr) => {{
-        let b = $builder.with_filter_reloading();
-        let handle = b.reload_handle();
-        let _ = SET_LEVEL.set(Box::new(move |level: &str| {
-            handle.reload(filter_for(level)).map_err(|e| e.to_string())
-        }));
-        b.try_init()
-    }};
-}
-
 pub fn init(target: Target, level: LogLevel) -> io::Result<()> {
-    let builder = tracing_subscriber::fmt().with_env_filter(filter_for(level.as_str()));
+    let (filter, handle) = reload::Layer::new(filter_for(level.as_str()));
+    let _ = SET_LEVEL.set(Box::new(move |level: &str| {
+        handle.reload(filter_for(level)).map_err(|e| e.to_string())
+    }));
+    let registry = tracing_subscriber::registry().with(filter);
     let res = match target {
         // Colours only on a terminal: a journal or a file gets plain text.
-        Target::Stderr => install!(
-            builder
-                .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-                .with_writer(io::stderr)
-        ),
+        Target::Stderr => match syslog::stderr_is_journal().then(syslog::journald).flatten() {
+            Some(journal) => registry.with(journal).try_init(),
+            None => registry
+                .with(
+                    fmt::layer()
+                        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+                        .with_writer(io::stderr),
+                )
+                .try_init(),
+        },
         Target::File(p) => {
             let f = open_log(p)?;
-            let _ = LOG_FILE.set((p.to_path_buf(), Mutex::new(f)));
-            install!(builder.with_ansi(false).with_writer(FileMaker))
+            // Absolute: it is reopened on SIGHUP, after the daemon moved to "/".
+            let p = std::path::absolute(p).unwrap_or(p.to_path_buf());
+            let _ = LOG_FILE.set((p, Mutex::new(f)));
+            registry
+                .with(fmt::layer().with_ansi(false).with_writer(FileMaker))
+                .try_init()
         }
-        Target::Syslog => {
-            // Safe because the ident is a 'static C string.
-            unsafe { libc::openlog(c"chironfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
-            install!(
-                builder
-                    .with_ansi(false)
-                    .without_time()
-                    .with_writer(SyslogMaker)
-            )
-        }
+        Target::System => match syslog::journald() {
+            Some(journal) => registry.with(journal).try_init(),
+            None => {
+                syslog::open();
+                registry
+                    .with(
+                        fmt::layer()
+                            .with_ansi(false)
+                            .without_time()
+                            .with_writer(syslog::SyslogMaker::new()),
+                    )
+                    .try_init()
+            }
+        },
     };
     res.map_err(|e| io::Error::other(e.to_string()))
 }

@@ -5,6 +5,8 @@ mod bind;
 pub mod checks;
 pub mod log;
 pub mod ring_node;
+mod syslog;
+mod systemd;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -147,7 +149,7 @@ fn serve(
     let target = match (&cfg.log, inv.foreground) {
         (Some(p), _) => log::Target::File(p),
         (None, true) => log::Target::Stderr,
-        (None, false) => log::Target::Syslog,
+        (None, false) => log::Target::System,
     };
     log::init(target, level)
         .map_err(|e| StartupError::Other(format!("cannot open the log: {e}")))?;
@@ -156,10 +158,13 @@ fn serve(
     unsafe { libc::umask(0) };
     raise_fd_limit();
 
+    // Absolute: the store opens files under it for as long as it runs,
+    // and a daemon in the background works from "/".
     let state_dir = cfg
         .state_dir
         .clone()
         .unwrap_or_else(|| default_state_dir(cfg.fsname.as_deref(), &inv.mountpoint));
+    let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
     let local = EmbeddedStore::open(&state_dir).map_err(|e| StartupError::Other(e.to_string()))?;
     let previous = local
         .open_session()
@@ -263,6 +268,7 @@ fn serve(
         .ctl
         .clone()
         .unwrap_or_else(|| crate::ctl::default_socket(Some(&fsname), &inv.mountpoint));
+    let sock = std::path::absolute(&sock).unwrap_or(sock);
     let serving_ctl = match crate::ctl::server::start(
         crate::ctl::server::Target::mount(fs.clone(), ring.as_ref()),
         &sock,
@@ -277,7 +283,11 @@ fn serve(
     if let Some(addr) = &cfg.metrics_listen {
         crate::ctl::http::start(fs.clone(), addr).map_err(StartupError::Other)?;
     }
-    let mut session = fuser::Session::new(adapter, &inv.mountpoint, &session_cfg)
+    // Absolute, and made so before the mount: the session unmounts by
+    // this path after the daemon moved to "/", and once mounted, resolving
+    // it would ask the filesystem, which answers only once the session runs.
+    let live = std::path::absolute(&inv.mountpoint).unwrap_or(inv.mountpoint.clone());
+    let mut session = fuser::Session::new(adapter, &live, &session_cfg)
         .map_err(|e| StartupError::Mount(inv.mountpoint.display().to_string(), e.to_string()))?;
     tracing::info!(
         "mounted {} on {} ({} replicas)",
@@ -290,7 +300,14 @@ fn serve(
         let _ = tx.write_all(b"O");
         drop(tx);
         detach_stdio();
+        // A daemon holds no directory busy (every path it keeps is
+        // absolute).
+        if let Err(e) = nix::unistd::chdir("/") {
+            tracing::warn!("cannot chdir to /: {e}");
+        }
     }
+    // systemd (Type=notify): ready once the mount answers a request.
+    systemd::ready_when_answering(live);
     let mut unmounter = session.unmount_callable();
     let mountpoint = inv.mountpoint.clone();
     let grace_store = store.clone();
@@ -304,6 +321,7 @@ fn serve(
                     Ok(Signal::SIGHUP) => log::reopen(),
                     Ok(sig) => {
                         tracing::info!("{sig:?}: unmounting {}", mountpoint.display());
+                        systemd::stopping();
                         if let Err(e) = unmounter.unmount() {
                             tracing::error!("unmount failed: {e}");
                             continue;
@@ -329,9 +347,9 @@ fn serve(
             }
         })
         .map_err(|e| StartupError::Other(e.to_string()))?;
-    session
-        .run()
-        .map_err(|e| StartupError::Other(format!("FUSE session ended: {e}")))?;
+    let ended = session.run();
+    systemd::stopping();
+    ended.map_err(|e| StartupError::Other(format!("FUSE session ended: {e}")))?;
     if serving_ctl {
         let _ = std::fs::remove_file(&sock);
     }

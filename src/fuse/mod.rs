@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, BackingId, Errno as FErrno, FileHandle, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, CopyFileRangeFlags, Errno as FErrno, FileHandle, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -527,6 +528,112 @@ impl Filesystem for Adapter {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
         }
+    }
+
+    // What follows the filesystem does not support. fuser's defaults answer
+    // the same errors but log a warning for every request, and some come
+    // once per open of a file (Python's open() asks isatty, an ioctl): the
+    // answers here are silent (DESIGN.md section 6).
+
+    /// No ioctl is supported. ENOTTY is what an ioctl a file does not
+    /// know gets (isatty() then says "not a terminal"); the kernel itself
+    /// turns ENOSYS into ENOTTY, and asks again each time.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        tracing::trace!("ioctl {cmd:#x}: not supported");
+        reply.error(FErrno::from_i32(libc::ENOTTY));
+    }
+
+    /// ENOSYS: the kernel stops asking and reports every file always
+    /// readable and writable, which a regular file is.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        reply.error(FErrno::ENOSYS);
+    }
+
+    /// ENOSYS: the kernel then copies through read and write (and stops
+    /// asking).
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(FErrno::ENOSYS);
+    }
+
+    // Not sent by the kernel to this filesystem: locks stay local (no
+    // FUSE_POSIX_LOCKS), there is no READDIRPLUS (not negotiated) and no
+    // block device (bmap). Answered quietly should a kernel send them.
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        reply.error(FErrno::ENOSYS);
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        _sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(FErrno::ENOSYS);
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        reply.error(FErrno::ENOSYS);
+    }
+
+    fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: ReplyBmap) {
+        reply.error(FErrno::ENOSYS);
     }
 }
 

@@ -179,15 +179,7 @@ impl Replica {
         if !self.transition(&[State::InSync, State::Resyncing], State::Failed) {
             return false;
         }
-        let cause = format!("{op} {path}: {err}");
-        tracing::error!(
-            replica = %self.spec.path.display(),
-            op,
-            path = %path,
-            errno = err.0,
-            "replica {} failed: {cause}",
-            self.spec.path.display()
-        );
+        log_failure(&self.spec.path, op, path, err);
         true
     }
 
@@ -297,4 +289,18 @@ impl Replica {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         r
     }
+}
+
+/// The one log line of a replica failure: at error severity (syslog
+/// `LOG_ERR`, `journalctl -p err`), with the replica, the operation, the
+/// path and the errno as fields (journald: `REPLICA`, `OP`, `PATH`, `ERRNO`).
+pub fn log_failure(replica: &std::path::Path, op: &str, path: &RelPath, err: Errno) {
+    tracing::error!(
+        replica = %replica.display(),
+        op,
+        path = %path,
+        errno = err.0,
+        "replica {} failed: {op} {path}: {err}",
+        replica.display()
+    );
 }
