@@ -8,23 +8,34 @@
 //! - `version`: dotted version vector sets (siblings, no last-write-wins);
 //! - `msg`: what nodes say to each other;
 //! - `storage`: one node's share, on the same engine as the single-host store;
+//! - `commit`: group commit: a write is fsynced before it is acknowledged,
+//!   one fsync for every writer waiting;
+//! - `epoch`: the actor epoch and the clean-shutdown flag (a node that did
+//!   not close cleanly takes a new epoch, so it reuses no dot);
 //! - `merkle`: per-partition hash trees for anti-entropy;
 //! - `node`: one ring member: quorum reads and writes, read repair, hinted
 //!   handoff, anti-entropy, layout changes;
 //! - `wire`, `transport`: authenticated, length-limited frames over TCP;
 //! - `gossip`: membership (foca, SWIM) and phi-accrual failure detection;
-//! - `sim`: an in-process network with kills and partitions, for tests.
+//! - `sim`: an in-process network with kills and partitions, for tests;
+//! - `power_loss`: a store's copy as a power loss would leave it, for tests.
 //!
 //! The ring knows nothing of the filesystem: keys and values are bytes.
 
 #![allow(dead_code)]
 
+pub mod commit;
+#[cfg(test)]
+mod durability_tests;
+pub mod epoch;
 pub mod gossip;
 pub mod hash;
 pub mod layout;
 pub mod merkle;
 pub mod msg;
 pub mod node;
+#[cfg(test)]
+pub mod power_loss;
 pub mod service;
 #[cfg(test)]
 pub mod sim;

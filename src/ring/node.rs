@@ -26,6 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::commit::Ticket;
 use super::hash::{self, PARTITIONS, Partition};
 use super::layout::LayoutHistory;
 use super::merkle::{self, FANOUT, Tree};
@@ -138,6 +139,10 @@ pub struct Stats {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RingStatus {
     pub node: String,
+    /// The actor id this node's writes carry (`node:EPOCH`); a new epoch
+    /// after every unclean shutdown.
+    #[serde(default)]
+    pub actor: String,
     pub layout_version: u64,
     pub transition_from: Option<u64>,
     pub n: u8,
@@ -330,6 +335,29 @@ impl Node {
         self.inner.store.get(key).ok().flatten()
     }
 
+    /// The store as a power loss now would leave it (tests).
+    #[cfg(test)]
+    pub fn power_loss_copy(&self, to: &Path) -> std::io::Result<()> {
+        self.inner.store.power_loss_copy(to)
+    }
+
+    /// What a power loss now would leave (tests): see `power_loss_at`.
+    #[cfg(test)]
+    pub fn power_loss_point(&self) -> super::power_loss::Point {
+        self.inner.store.power_loss_point()
+    }
+
+    /// The store as a power loss at `p` would have left it (tests).
+    #[cfg(test)]
+    pub fn power_loss_at(&self, p: super::power_loss::Point, to: &Path) -> std::io::Result<()> {
+        self.inner.store.power_loss_at(p, to)
+    }
+
+    /// The actor id this node's coordinated writes carry (tests, status).
+    pub fn actor(&self) -> String {
+        self.inner.store.actor().to_string()
+    }
+
     pub fn hint_count(&self) -> u64 {
         self.inner.store.hint_count().unwrap_or(0)
     }
@@ -366,12 +394,14 @@ impl Node {
         }));
     }
 
-    /// Stops the background loops and makes the store durable.
+    /// Stops the background loops and closes the store in order (every
+    /// write durable, the clean shutdown recorded); requests that come
+    /// after are refused.
     pub fn stop(&self) {
         for t in self.inner.tasks.lock().drain(..) {
             t.abort();
         }
-        if let Err(e) = self.inner.store.sync() {
+        if let Err(e) = self.inner.store.close() {
             tracing::warn!("ring: {e}");
         }
     }
@@ -507,7 +537,7 @@ impl Node {
         let sets = self.owner_sets(p)?;
         let actor = self.inner.store.actor().to_string();
         let write = Dvv::new_write(context, value);
-        let version = self
+        let (version, ticket) = self
             .inner
             .store
             .update(key, |cur| write.update(cur, &actor))
@@ -517,7 +547,22 @@ impl Node {
         let me = self.inner.cfg.id.clone();
         let slots = Slots::new(&sets, self.fallbacks(p, &sets));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut acked: Vec<NodeId> = vec![me.clone()];
+        let mut acked: Vec<NodeId> = Vec::new();
+        // This node counts once its own copy is durable; its fsync runs
+        // while the other owners are written.
+        {
+            let (n, tx, me) = (self.clone(), tx.clone(), me.clone());
+            tokio::spawn(async move {
+                let ok = match n.inner.store.durable(ticket).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("ring: {e}");
+                        false
+                    }
+                };
+                let _ = tx.send((me, ok));
+            });
+        }
         for owner in slots.owners() {
             if owner == me {
                 continue;
@@ -568,7 +613,7 @@ impl Node {
         }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
             if standin == self.inner.cfg.id {
-                if self.inner.store.hint(owner, key, version).is_ok() {
+                if self.hint_local(owner, key, version).await.is_ok() {
                     self.inner
                         .stats
                         .hints_stored
@@ -644,7 +689,10 @@ impl Node {
         hint_for: Option<&NodeId>,
     ) -> bool {
         if *to == self.inner.cfg.id && hint_for.is_none() {
-            return self.write_local(key, version).is_ok();
+            return match self.write_local(key, version) {
+                Ok(t) => self.inner.store.durable(t).await.is_ok(),
+                Err(_) => false,
+            };
         }
         let req = Request::Write {
             key: key.to_vec(),
@@ -676,12 +724,24 @@ impl Node {
         Ok(v)
     }
 
-    fn write_local(&self, key: &[u8], version: &Dvv) -> Result<()> {
-        let (_, changed) = self.inner.store.merge(key, version).map_err(storage_err)?;
+    /// Merges `version` into this node's store; the ticket says when it
+    /// is durable (wait for it before acknowledging the write).
+    fn write_local(&self, key: &[u8], version: &Dvv) -> Result<Ticket> {
+        let (_, changed, ticket) = self.inner.store.merge(key, version).map_err(storage_err)?;
         if changed {
             self.changed(hash::partition_of(key));
         }
-        Ok(())
+        Ok(ticket)
+    }
+
+    /// Keeps `version` as a hint for `owner`, durably.
+    async fn hint_local(&self, owner: &NodeId, key: &[u8], version: &Dvv) -> Result<()> {
+        let t = self
+            .inner
+            .store
+            .hint(owner, key, version)
+            .map_err(storage_err)?;
+        self.inner.store.durable(t).await.map_err(storage_err)
     }
 
     fn changed(&self, p: Partition) {
@@ -870,7 +930,9 @@ impl Node {
                 if k.len() > MAX_KEY || !v.is_valid() || hash::partition_of(&k) != p {
                     continue;
                 }
-                self.write_local(&k, &v)?;
+                // Not waited for: a repair acknowledges nothing, and a
+                // layout's sync mark is saved with an fsync of everything.
+                let _repair: Ticket = self.write_local(&k, &v)?;
                 their_map.insert(k, v);
             }
             for (k, v) in self.leaf_entries(p, *leaf)? {
@@ -1087,6 +1149,7 @@ impl Node {
         let s = &self.inner.stats;
         RingStatus {
             node: self.inner.cfg.id.to_string(),
+            actor: self.inner.store.actor().to_string(),
             layout_version: l.current.version,
             transition_from: l.old.as_ref().map(|o| o.version),
             n: q.n,
@@ -1136,14 +1199,15 @@ impl Node {
                 if !version.is_valid() {
                     return Err(RingError::Refused("malformed version".into()));
                 }
+                // Acknowledged only once durable.
                 match hint_for {
                     Some(owner) if owner != self.inner.cfg.id => {
-                        self.inner
-                            .store
-                            .hint(&owner, &key, &version)
-                            .map_err(storage_err)?;
+                        self.hint_local(&owner, &key, &version).await?;
                     }
-                    _ => self.write_local(&key, &version)?,
+                    _ => {
+                        let t = self.write_local(&key, &version)?;
+                        self.inner.store.durable(t).await.map_err(storage_err)?;
+                    }
                 }
                 Response::Done
             }

@@ -5,22 +5,31 @@
 //! |-----------|---------------------------------------|-----------------|
 //! | `kv`      | ring partition (u16 BE) ++ key        | Dvv (postcard)  |
 //! | `hints`   | len(owner) (u8) ++ owner ++ key       | Dvv (postcard)  |
-//! | `sys`     | `layout` / `actor`                    | postcard        |
+//! | `sys`     | `layout`, `actor`, `shutdown`, `retired` | see `epoch`  |
 //! | `purged`  | as `kv`                               | the counters of a collected tombstone |
 //!
 //! `kv` keys start with the ring partition, so a partition is one range
 //! scan (for Merkle trees and anti-entropy). Every change to one key goes
 //! through a striped lock, so a read-merge-write is atomic per key.
-//! Durability is the single-host store's: each write reaches the OS before
-//! the call returns (survives kill -9); `sync` fsyncs.
+//!
+//! Durability: each write reaches the OS before the call returns (it
+//! survives kill -9) and hands back a [`Ticket`]; a caller that
+//! acknowledges the write to anyone first waits for it ([`Storage::durable`]),
+//! which group-commits an fsync of the journal (`commit`). `close` is the
+//! orderly end: everything synced, then the clean-shutdown flag. A store
+//! opened without that flag takes a new actor epoch (`epoch`).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::NodeId;
+use super::commit::{GroupCommit, Ticket};
+use super::epoch;
 use super::hash::{self, Partition};
 use super::layout::LayoutHistory;
 use super::version::Dvv;
@@ -35,7 +44,7 @@ pub struct StorageError {
     pub reason: String,
 }
 
-fn err(step: &'static str) -> impl Fn(fjall::Error) -> StorageError {
+pub(super) fn err(step: &'static str) -> impl Fn(fjall::Error) -> StorageError {
     move |e| StorageError {
         step,
         reason: e.to_string(),
@@ -53,10 +62,39 @@ pub struct Storage {
     purged: PartitionHandle,
     hints: PartitionHandle,
     sys: PartitionHandle,
-    keyspace: Keyspace,
+    journal: Arc<Journal>,
+    commit: GroupCommit,
+    /// Set by `close`: writes are refused from then on. Every write holds
+    /// it shared, so none lands between the last sync and the flag.
+    closed: RwLock<bool>,
     stripes: Vec<Mutex<()>>,
     actor: String,
     _lock: StateLock,
+}
+
+/// What makes the store durable: fjall's journal.
+struct Journal {
+    keyspace: Keyspace,
+    /// The active journal as far as the last completed sync covered it:
+    /// what a power loss leaves (`power_loss_copy`).
+    #[cfg(test)]
+    durable: Mutex<Option<(std::path::PathBuf, Vec<u8>)>>,
+    #[cfg(test)]
+    dir: std::path::PathBuf,
+}
+
+impl Journal {
+    /// Makes every write that returned before the call durable.
+    fn persist(&self, mode: PersistMode) -> Result<()> {
+        #[cfg(test)]
+        let before = super::power_loss::active_journal(&self.dir);
+        self.keyspace.persist(mode).map_err(err("sync"))?;
+        #[cfg(test)]
+        if let Some(j) = before {
+            *self.durable.lock() = Some(j);
+        }
+        Ok(())
+    }
 }
 
 fn kv_key(key: &[u8]) -> Vec<u8> {
@@ -91,8 +129,10 @@ fn encode(v: &Dvv) -> Vec<u8> {
 impl Storage {
     /// Opens (creating it, mode 0700) the store in `dir`. `node` names the
     /// node; the actor id that node's writes carry in version vectors is
-    /// `node:EPOCH`, with an epoch drawn when the store is created, so a
-    /// node whose store was wiped never reuses a dot it issued before.
+    /// `node:EPOCH`, with an epoch drawn when the store is created and
+    /// again whenever it was not closed cleanly (`epoch`), so no dot it
+    /// issued before a crash, or before its store was wiped, is issued
+    /// again.
     pub fn open(dir: &Path, node: &NodeId) -> Result<Storage> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -121,33 +161,74 @@ impl Storage {
                 .max_memtable_size(4 << 20);
             keyspace.open_partition(name, opts).map_err(err("open"))
         };
+        let journal = Arc::new(Journal {
+            keyspace: keyspace.clone(),
+            #[cfg(test)]
+            durable: Mutex::new(None),
+            #[cfg(test)]
+            dir: dir.to_path_buf(),
+        });
         let sys = open("sys")?;
-        let actor = match sys.get("actor").map_err(err("read actor"))? {
-            Some(a) => String::from_utf8_lossy(&a).into_owned(),
-            None => {
-                let mut epoch = [0u8; 4];
-                getrandom::fill(&mut epoch).map_err(|e| StorageError {
-                    step: "draw actor epoch",
-                    reason: e.to_string(),
-                })?;
-                let a = format!("{node}:{:08x}", u32::from_be_bytes(epoch));
-                sys.insert("actor", a.as_bytes())
-                    .map_err(err("write actor"))?;
-                keyspace
-                    .persist(PersistMode::SyncAll)
-                    .map_err(err("sync"))?;
-                a
-            }
-        };
+        let actor = epoch::begin(&sys, node)?;
+        // The actor and the "open" flag are durable before any write that
+        // could carry them.
+        journal.persist(PersistMode::SyncAll)?;
+        let j = journal.clone();
+        let commit = GroupCommit::start(Box::new(move || {
+            j.persist(PersistMode::SyncData).map_err(|e| e.to_string())
+        }))
+        .map_err(|e| StorageError {
+            step: "start the sync thread",
+            reason: e.to_string(),
+        })?;
         Ok(Storage {
             kv: open("kv")?,
             purged: open("purged")?,
             hints: open("hints")?,
             sys,
-            keyspace,
+            journal,
+            commit,
+            closed: RwLock::new(false),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             actor,
             _lock: lock,
+        })
+    }
+
+    /// The orderly end: refuses writes from now on, makes everything
+    /// durable, then records the clean shutdown that lets the next open
+    /// keep the actor epoch. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        let mut closed = self.closed.write();
+        if *closed {
+            return Ok(());
+        }
+        *closed = true;
+        self.journal.persist(PersistMode::SyncAll)?;
+        self.commit.settle_all();
+        self.commit.stop();
+        epoch::end(&self.sys)?;
+        self.journal.persist(PersistMode::SyncAll)
+    }
+
+    /// Shared hold on the store for one write; refused once closed.
+    fn writing(&self) -> Result<parking_lot::RwLockReadGuard<'_, bool>> {
+        let g = self.closed.read();
+        if *g {
+            return Err(StorageError {
+                step: "write",
+                reason: "the store is closed".into(),
+            });
+        }
+        Ok(g)
+    }
+
+    /// Waits, without blocking the thread, until the write that gave
+    /// `t` is durable. Call before acknowledging it.
+    pub async fn durable(&self, t: Ticket) -> Result<()> {
+        self.commit.wait(t).await.map_err(|reason| StorageError {
+            step: "sync",
+            reason,
         })
     }
 
@@ -168,23 +249,27 @@ impl Storage {
     }
 
     /// Merges `incoming` into the stored version of `key`; returns the
-    /// result and whether the store changed.
-    pub fn merge(&self, key: &[u8], incoming: &Dvv) -> Result<(Dvv, bool)> {
+    /// result, whether the store changed, and the ticket to wait for
+    /// before saying the store holds it (also when nothing changed: what
+    /// it holds may be another writer's change, not yet durable).
+    pub fn merge(&self, key: &[u8], incoming: &Dvv) -> Result<(Dvv, bool, Ticket)> {
+        let _w = self.writing()?;
         let _g = self.stripe(key);
         let current = self.get(key)?.unwrap_or_default();
         let merged = current.sync(incoming);
         if merged == current {
-            return Ok((merged, false));
+            return Ok((merged, false, self.commit.latest()));
         }
         self.kv
             .insert(kv_key(key), encode(&merged))
             .map_err(err("write"))?;
-        Ok((merged, true))
+        Ok((merged, true, self.commit.issue()))
     }
 
     /// The coordinator's step, atomic per key: `make` computes the new
     /// version from the stored one, which it replaces.
-    pub fn update(&self, key: &[u8], make: impl FnOnce(&Dvv) -> Dvv) -> Result<Dvv> {
+    pub fn update(&self, key: &[u8], make: impl FnOnce(&Dvv) -> Dvv) -> Result<(Dvv, Ticket)> {
+        let _w = self.writing()?;
         let _g = self.stripe(key);
         let current = match self.get(key)? {
             Some(v) => v,
@@ -197,11 +282,12 @@ impl Storage {
         self.kv
             .insert(kv_key(key), encode(&new))
             .map_err(err("write"))?;
-        Ok(new)
+        Ok((new, self.commit.issue()))
     }
 
     /// Deletes `key` if it holds exactly `version`; true if it did.
     pub fn purge(&self, key: &[u8], version: &Dvv) -> Result<bool> {
+        let _w = self.writing()?;
         let _g = self.stripe(key);
         if self.get(key)?.as_ref() != Some(version) {
             return Ok(false);
@@ -245,8 +331,10 @@ impl Storage {
         Ok(n)
     }
 
-    /// Keeps `version` of `key` for `owner`, which is down.
-    pub fn hint(&self, owner: &NodeId, key: &[u8], version: &Dvv) -> Result<()> {
+    /// Keeps `version` of `key` for `owner`, which is down; the ticket
+    /// says when the hint is durable.
+    pub fn hint(&self, owner: &NodeId, key: &[u8], version: &Dvv) -> Result<Ticket> {
+        let _w = self.writing()?;
         let k = hint_key(owner, key);
         let _g = self.stripe(&k);
         let current = match self.hints.get(&k).map_err(err("read hint"))? {
@@ -254,12 +342,13 @@ impl Storage {
             None => Dvv::default(),
         };
         let merged = current.sync(version);
-        if merged != current {
-            self.hints
-                .insert(&k, encode(&merged))
-                .map_err(err("write hint"))?;
+        if merged == current {
+            return Ok(self.commit.latest());
         }
-        Ok(())
+        self.hints
+            .insert(&k, encode(&merged))
+            .map_err(err("write hint"))?;
+        Ok(self.commit.issue())
     }
 
     /// The hint kept for `owner` on `key`.
@@ -317,6 +406,7 @@ impl Storage {
 
     /// Drops the hint for `owner` on `key` if it is still `delivered`.
     pub fn hint_delivered(&self, owner: &NodeId, key: &[u8], delivered: &Dvv) -> Result<()> {
+        let _w = self.writing()?;
         let k = hint_key(owner, key);
         let _g = self.stripe(&k);
         if let Some(b) = self.hints.get(&k).map_err(err("read hint"))?
@@ -344,16 +434,46 @@ impl Storage {
             step: "write layout",
             reason: e.to_string(),
         })?;
-        self.sys
-            .insert("layout", bytes)
-            .map_err(err("write layout"))?;
+        {
+            let _w = self.writing()?;
+            self.sys
+                .insert("layout", bytes)
+                .map_err(err("write layout"))?;
+        }
         self.sync()
     }
 
-    /// Makes every write that returned durable.
+    /// Makes every write that returned durable, blocking the thread.
     pub fn sync(&self) -> Result<()> {
-        self.keyspace
-            .persist(PersistMode::SyncAll)
-            .map_err(err("sync"))
+        let t = {
+            let _w = self.writing()?;
+            self.commit.issue()
+        };
+        self.commit.wait_blocking(t).map_err(|reason| StorageError {
+            step: "sync",
+            reason,
+        })
+    }
+
+    /// Copies the store to `to` as a power loss would leave it: every file
+    /// as it is, but the active journal only as far as the last completed
+    /// sync reached (the page cache's unsynced tail lost). Assumes no
+    /// journal rotation and no memtable flush since that sync (tests
+    /// write far less than a memtable).
+    #[cfg(test)]
+    pub fn power_loss_copy(&self, to: &Path) -> std::io::Result<()> {
+        self.power_loss_at(self.power_loss_point(), to)
+    }
+
+    /// What a power loss now would leave of the journal (tests): pass it
+    /// to `power_loss_at` to copy the store as of this instant.
+    #[cfg(test)]
+    pub fn power_loss_point(&self) -> super::power_loss::Point {
+        super::power_loss::Point(self.journal.durable.lock().clone())
+    }
+
+    #[cfg(test)]
+    pub fn power_loss_at(&self, p: super::power_loss::Point, to: &Path) -> std::io::Result<()> {
+        super::power_loss::copy(&self.journal.dir, to, p.0)
     }
 }
