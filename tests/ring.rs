@@ -407,6 +407,25 @@ fn three_nodes_build_a_layout_and_read_anywhere_what_was_written_anywhere() {
         stderr(&missing)
     );
 
+    // N, R, W are the layout's: an unsafe quorum is refused when staged,
+    // a safe one is committed by `apply` and counted by every node.
+    let o = ctl(ring.sock("n2"), &["ring", "quorum", "3", "1", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("N=3 R=1 W=1") && stderr(&o).contains("R + W"),
+        "{}",
+        stderr(&o)
+    );
+    let staged = ok(&ctl(ring.sock("n2"), &["ring", "quorum", "3", "1", "3"]));
+    assert!(staged.contains("quorum N=3 R=1 W=3"), "{staged}");
+    ok(&ctl(ring.sock("n2"), &["ring", "apply"]));
+    wait_for("every node counts R=1 W=3", || {
+        ["n1", "n2", "n3"].iter().all(|n| {
+            let st = status(ring.sock(n));
+            st["layout_version"] == 2 && st["r"] == 1 && st["w"] == 3
+        })
+    });
+
     // Filesystem commands get a clear refusal from a ring node.
     let o = ctl(ring.sock("n1"), &["status"]);
     assert_eq!(o.status.code(), Some(1));

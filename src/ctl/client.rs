@@ -11,6 +11,7 @@
 //!   chironctl ring status [MOUNTPOINT|SOCKET] [--json]
 //!   chironctl ring join NODE HOST:PORT [MOUNTPOINT|SOCKET]
 //!   chironctl ring leave NODE [MOUNTPOINT|SOCKET]
+//!   chironctl ring quorum N R W [MOUNTPOINT|SOCKET]
 //!   chironctl ring apply [MOUNTPOINT|SOCKET]
 //!   chironctl ring get KEY [MOUNTPOINT|SOCKET] [--json]
 //!   chironctl ring put KEY VALUE [MOUNTPOINT|SOCKET] [--json]
@@ -38,6 +39,7 @@ const USAGE: &str = "usage: chironctl [-s SOCKET] status|check|metrics [MOUNTPOI
        chironctl [-s SOCKET] ring status [MOUNTPOINT|SOCKET] [--json]
        chironctl [-s SOCKET] ring join NODE HOST:PORT [MOUNTPOINT|SOCKET]
        chironctl [-s SOCKET] ring leave NODE [MOUNTPOINT|SOCKET]
+       chironctl [-s SOCKET] ring quorum N R W [MOUNTPOINT|SOCKET]
        chironctl [-s SOCKET] ring apply [MOUNTPOINT|SOCKET]
        chironctl [-s SOCKET] ring get KEY [MOUNTPOINT|SOCKET] [--json]
        chironctl [-s SOCKET] ring put KEY VALUE [MOUNTPOINT|SOCKET] [--json]";
@@ -433,7 +435,7 @@ pub fn render_ring(st: &RingStatus) -> String {
             peers.join(", ")
         ));
     }
-    if st.staged_join.is_empty() && st.staged_leave.is_empty() {
+    if st.staged_join.is_empty() && st.staged_leave.is_empty() && st.staged_quorum.is_none() {
         if st.layout_version == 0 {
             out.push_str(
                 "nothing staged: stage the nodes with `chironctl ring join NODE HOST:PORT`, then `chironctl ring apply`\n",
@@ -664,13 +666,14 @@ fn ring_main(words: &[&str], socket: Option<&str>, json: bool) -> i32 {
         2
     };
     let Some((&sub, rest)) = words.split_first() else {
-        return usage("name a subcommand: status, join, leave, apply, get or put");
+        return usage("name a subcommand: status, join, leave, quorum, apply, get or put");
     };
     // Arguments the subcommand takes, then at most one MOUNTPOINT|SOCKET.
     let takes = match sub {
         "status" | "apply" => 0,
         "leave" | "get" => 1,
         "join" | "put" => 2,
+        "quorum" => 3,
         other => return usage(&format!("unknown subcommand '{other}'")),
     };
     if rest.len() < takes || rest.len() > takes + 1 {
@@ -679,6 +682,7 @@ fn ring_main(words: &[&str], socket: Option<&str>, json: bool) -> i32 {
             "get" => " KEY",
             "join" => " NODE HOST:PORT",
             "put" => " KEY VALUE",
+            "quorum" => " N R W",
             _ => "",
         };
         eprintln!("chironctl ring {sub}: expected {sub}{args} [MOUNTPOINT|SOCKET]");
@@ -705,6 +709,20 @@ fn ring_main(words: &[&str], socket: Option<&str>, json: bool) -> i32 {
             value: arg(1),
             ..Request::new("ring-put")
         },
+        "quorum" => {
+            let num = |i: usize| args[i].parse::<u8>().ok().filter(|v| (1..=7).contains(v));
+            let (Some(n), Some(r), Some(w)) = (num(0), num(1), num(2)) else {
+                eprintln!(
+                    "chironctl ring quorum: N, R and W are numbers from 1 to 7, not '{}'",
+                    args.join(" ")
+                );
+                return 2;
+            };
+            Request {
+                quorum: Some(crate::ring::layout::Quorum { n, r, w }),
+                ..Request::new("ring-quorum")
+            }
+        }
         _ => Request::new(&format!("ring-{sub}")),
     };
     let fail = |e: String| {
@@ -753,7 +771,7 @@ fn ring_main(words: &[&str], socket: Option<&str>, json: bool) -> i32 {
                 return print_json(&st);
             }
             match sub {
-                "join" | "leave" => {
+                "join" | "leave" | "quorum" => {
                     println!(
                         "staged; commit with `chironctl ring apply` (staged now: {})",
                         staged_summary(&st)
@@ -780,6 +798,9 @@ fn staged_summary(st: &RingStatus) -> String {
         .map(|(n, a)| format!("join {n} at {a}"))
         .collect();
     v.extend(st.staged_leave.iter().map(|n| format!("leave {n}")));
+    if let Some(q) = &st.staged_quorum {
+        v.push(format!("quorum {q}"));
+    }
     if v.is_empty() {
         "nothing".into()
     } else {

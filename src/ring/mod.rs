@@ -3,8 +3,9 @@
 //! same replica set must agree on.
 //!
 //! - `hash`: the stable hash that places keys on fixed partitions;
-//! - `layout`: the operator-committed, versioned partition assignment and
-//!   the preference lists it gives;
+//! - `layout`: the operator-committed, versioned partition assignment, the
+//!   preference lists it gives and each version's N, R, W (`layout_v1`:
+//!   layouts stored before those were part of it);
 //! - `version`: dotted version vector sets (siblings, no last-write-wins);
 //! - `msg`: what nodes say to each other;
 //! - `storage`: one node's share, on the same engine as the single-host store;
@@ -31,11 +32,14 @@ pub mod epoch;
 pub mod gossip;
 pub mod hash;
 pub mod layout;
+pub mod layout_v1;
 pub mod merkle;
 pub mod msg;
 pub mod node;
 #[cfg(test)]
 pub mod power_loss;
+#[cfg(test)]
+mod quorum_tests;
 pub mod service;
 #[cfg(test)]
 pub mod sim;

@@ -35,23 +35,14 @@ use super::storage::Storage;
 use super::version::{Context, Dvv, Val};
 use super::{BoxFuture, Handler, Liveness, Net, NodeId};
 
-/// N, R, W.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quorum {
-    pub n: u8,
-    pub r: u8,
-    pub w: u8,
-}
-
-impl Default for Quorum {
-    fn default() -> Quorum {
-        Quorum { n: 3, r: 2, w: 2 }
-    }
-}
+pub use super::layout::Quorum;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub id: NodeId,
+    /// The quorum of a ring's first layout, and the R and W of a layout
+    /// stored before they were part of it; a committed layout's own N, R,
+    /// W are what the node counts.
     pub quorum: Quorum,
     /// Nodes asked for the layout until this node has one of its own.
     pub seeds: Vec<NodeId>,
@@ -151,6 +142,9 @@ pub struct RingStatus {
     pub members: Vec<MemberStatus>,
     pub staged_join: Vec<(String, String)>,
     pub staged_leave: Vec<String>,
+    /// A new N, R, W staged for the next layout version.
+    #[serde(default)]
+    pub staged_quorum: Option<Quorum>,
     /// Nodes the gossip sees alive that are not in the layout (node,
     /// address): candidates for `chironctl ring join`.
     #[serde(default)]
@@ -225,22 +219,25 @@ impl Node {
         net: Arc<dyn Net>,
         live: Arc<dyn Liveness>,
     ) -> std::result::Result<Node, String> {
-        if cfg.quorum.n == 0
-            || cfg.quorum.r == 0
-            || cfg.quorum.w == 0
-            || cfg.quorum.r > cfg.quorum.n
-            || cfg.quorum.w > cfg.quorum.n
-        {
-            return Err(format!(
-                "bad quorum n={} r={} w={}: need 1 <= r, w <= n",
-                cfg.quorum.n, cfg.quorum.r, cfg.quorum.w
-            ));
-        }
+        cfg.quorum
+            .check()
+            .map_err(|e| format!("configured n, r, w: {e}"))?;
         let store = Storage::open(dir, &cfg.id).map_err(|e| e.to_string())?;
         let layout = store
-            .load_layout()
+            .load_layout(cfg.quorum)
             .map_err(|e| e.to_string())?
-            .unwrap_or_else(|| LayoutHistory::empty(cfg.quorum.n));
+            .unwrap_or_else(|| LayoutHistory::empty(cfg.quorum));
+        layout
+            .check()
+            .map_err(|e| format!("the stored layout: {e}"))?;
+        if layout.current.version > 0 && layout.current.quorum() != cfg.quorum {
+            tracing::info!(
+                "ring: layout version {} counts {}; the configured {} only seeds a ring's first layout (`chironctl ring quorum` stages a change)",
+                layout.current.version,
+                layout.current.quorum(),
+                cfg.quorum
+            );
+        }
         Ok(Node {
             inner: Arc::new(Inner {
                 listener: RwLock::new(None),
@@ -414,7 +411,6 @@ impl Node {
         self.inner.stats.gets.fetch_add(1, Ordering::Relaxed);
         let p = hash::partition_of(key);
         let sets = self.owner_sets(p)?;
-        let r = self.inner.cfg.quorum.r as usize;
         let slots = Slots::new(&sets, self.fallbacks(p, &sets));
         let (tx, mut rx) = mpsc::unbounded_channel();
         for owner in slots.owners() {
@@ -434,22 +430,18 @@ impl Node {
                 answers.push((owner, version, from_owner));
             }
             let ok: Vec<&NodeId> = answers.iter().map(|a| &a.0).collect();
-            if sets.iter().all(|s| count_in(s, &ok) >= need(r, s)) {
+            if shortfall(&sets, &ok, |q| q.r).is_none() {
                 done = true;
                 break;
             }
         }
         if !done {
             let ok: Vec<&NodeId> = answers.iter().map(|a| &a.0).collect();
-            let worst = sets
-                .iter()
-                .min_by_key(|s| count_in(s, &ok) as isize - need(r, s) as isize)
-                .cloned()
-                .unwrap_or_default();
+            let (needed, got) = shortfall(&sets, &ok, |q| q.r).unwrap_or((1, 0));
             return Err(RingError::NoQuorum {
                 op: "read",
-                needed: need(r, &worst),
-                got: count_in(&worst, &ok),
+                needed,
+                got,
             });
         }
         // Read repair, in the background: everyone who answered (now or
@@ -495,10 +487,10 @@ impl Node {
         };
         // The coordinator: this node if it owns the key, else the first
         // owner that takes the job.
-        if sets[0].contains(me) {
+        if sets[0].nodes.contains(me) {
             return self.coordinate(key, value, context).await;
         }
-        for owner in sets[0].clone() {
+        for owner in sets[0].nodes.clone() {
             if !self.inner.live.is_alive(&owner) {
                 last = RingError::Refused(format!(
                     "no owner of the key can coordinate the write: {owner} is not alive"
@@ -543,7 +535,6 @@ impl Node {
             .update(key, |cur| write.update(cur, &actor))
             .map_err(storage_err)?;
         self.changed(p);
-        let w = self.inner.cfg.quorum.w as usize;
         let me = self.inner.cfg.id.clone();
         let slots = Slots::new(&sets, self.fallbacks(p, &sets));
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -582,22 +573,17 @@ impl Node {
         drop(tx);
         loop {
             let ok: Vec<&NodeId> = acked.iter().collect();
-            if sets.iter().all(|s| count_in(s, &ok) >= need(w, s)) {
+            let Some((needed, got)) = shortfall(&sets, &ok, |q| q.w) else {
                 return Ok(version);
-            }
+            };
             match rx.recv().await {
                 Some((owner, true)) => acked.push(owner),
                 Some((_, false)) => {}
                 None => {
-                    let worst = sets
-                        .iter()
-                        .min_by_key(|s| count_in(s, &ok) as isize - need(w, s) as isize)
-                        .cloned()
-                        .unwrap_or_default();
                     return Err(RingError::NoQuorum {
                         op: "write",
-                        needed: need(w, &worst),
-                        got: count_in(&worst, &ok),
+                        needed,
+                        got,
                     });
                 }
             }
@@ -635,8 +621,9 @@ impl Node {
         !believed_alive && self.send_write(owner, key, version, None).await
     }
 
-    /// Reads `owner`'s slot: from the owner, or from a stand-in that may
-    /// hold a hint for it. The bool tells whether the owner itself answered.
+    /// Reads `owner`'s slot: from the owner, or from a stand-in that holds
+    /// something for the key (a hint). The bool tells whether the owner
+    /// itself answered.
     async fn read_slot(
         &self,
         owner: &NodeId,
@@ -648,8 +635,12 @@ impl Node {
             return Some((v, true));
         }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
-            if let Some(v) = self.send_read(&standin, key).await {
-                return Some((v, false));
+            // A stand-in that holds nothing for the key says nothing of
+            // what the owner holds: its "not found" must not count toward
+            // R, or a read could miss an acknowledged write with most of
+            // the key's owners down.
+            if let Some(Some(v)) = self.send_read(&standin, key).await {
+                return Some((Some(v), false));
             }
         }
         // No stand-in left: ask the owner even if believed down.
@@ -753,26 +744,34 @@ impl Node {
         self.inner.generations.lock().get(&p).copied().unwrap_or(0)
     }
 
-    fn owner_sets(&self, p: Partition) -> Result<Vec<Vec<NodeId>>> {
+    /// The preference lists of partition `p`, each with the quorum of its
+    /// layout version: the current one first.
+    fn owner_sets(&self, p: Partition) -> Result<Vec<OwnerSet>> {
         let layout = self.inner.layout.read();
         if layout.current.version == 0 {
             return Err(RingError::NoLayout);
         }
-        Ok(layout
-            .owner_sets(p)
-            .into_iter()
-            .map(<[NodeId]>::to_vec)
-            .collect())
+        let mut sets = vec![OwnerSet {
+            nodes: layout.current.owners(p).to_vec(),
+            quorum: layout.current.quorum(),
+        }];
+        if let Some(old) = &layout.old {
+            sets.push(OwnerSet {
+                nodes: old.owners(p).to_vec(),
+                quorum: old.quorum(),
+            });
+        }
+        Ok(sets)
     }
 
     /// Stand-ins for partition `p`: every known node outside its
     /// preference lists, in an order fixed per partition.
-    fn fallbacks(&self, p: Partition, sets: &[Vec<NodeId>]) -> Vec<NodeId> {
+    fn fallbacks(&self, p: Partition, sets: &[OwnerSet]) -> Vec<NodeId> {
         let layout = self.inner.layout.read();
         let mut others: Vec<NodeId> = layout
             .addresses()
             .into_keys()
-            .filter(|n| !sets.iter().any(|s| s.contains(n)))
+            .filter(|n| !sets.iter().any(|s| s.nodes.contains(n)))
             .collect();
         others.sort_by_key(|n| {
             let mut k = p.to_be_bytes().to_vec();
@@ -870,7 +869,7 @@ impl Node {
                 // Writes under the old layout reached W of its owners: after
                 // exchanging with all but W-1 of them, this node has them all.
                 let old_owners = old.owners(p);
-                let w = self.inner.cfg.quorum.w as usize;
+                let w = old.w as usize;
                 let got = old_owners
                     .iter()
                     .filter(|o| **o == me || exchanged.contains(o))
@@ -1115,9 +1114,15 @@ impl Node {
         self.change_layout(|l| l.stage_leave(node)).await
     }
 
+    /// Stages a new N, R, W for the next layout version (refused if it
+    /// breaks the quorum rules).
+    pub async fn stage_quorum(&self, q: Quorum) -> std::result::Result<LayoutHistory, String> {
+        self.change_layout(|l| l.stage_quorum(q)).await
+    }
+
     pub async fn apply(&self) -> std::result::Result<LayoutHistory, String> {
-        let n = self.inner.cfg.quorum.n;
-        self.change_layout(|l| l.apply(n).map(|_| ())).await
+        let first = self.inner.cfg.quorum;
+        self.change_layout(|l| l.apply(first).map(|_| ())).await
     }
 
     async fn mark_synced(&self, version: u64) {
@@ -1132,7 +1137,12 @@ impl Node {
 
     pub fn status(&self) -> RingStatus {
         let l = self.layout();
-        let q = self.inner.cfg.quorum;
+        // What the node counts: the layout's, or what its first will get.
+        let q = if l.current.version > 0 {
+            l.current.quorum()
+        } else {
+            l.next_quorum(self.inner.cfg.quorum)
+        };
         let members = l
             .current
             .nodes
@@ -1163,6 +1173,7 @@ impl Node {
                 .map(|(n, a)| (n.to_string(), a.clone()))
                 .collect(),
             staged_leave: l.staged.leave.iter().map(|n| n.to_string()).collect(),
+            staged_quorum: l.staged.quorum,
             peers: Vec::new(),
             keys: self.inner.store.key_count().unwrap_or(0),
             hints: self.hint_count(),
@@ -1218,7 +1229,7 @@ impl Node {
             } => {
                 check_key(&key)?;
                 let p = hash::partition_of(&key);
-                if !self.owner_sets(p)?[0].contains(&self.inner.cfg.id) {
+                if !self.owner_sets(p)?[0].nodes.contains(&self.inner.cfg.id) {
                     return Err(RingError::Refused(format!(
                         "{} does not own partition {p} in layout {}",
                         self.inner.cfg.id,
@@ -1311,9 +1322,9 @@ struct Slots {
 }
 
 impl Slots {
-    fn new(sets: &[Vec<NodeId>], fallbacks: Vec<NodeId>) -> Slots {
+    fn new(sets: &[OwnerSet], fallbacks: Vec<NodeId>) -> Slots {
         let mut owners: Vec<NodeId> = Vec::new();
-        for n in sets.iter().flatten() {
+        for n in sets.iter().flat_map(|s| &s.nodes) {
             if !owners.contains(n) {
                 owners.push(n.clone());
             }
@@ -1356,4 +1367,28 @@ fn need(q: usize, set: &[NodeId]) -> usize {
 
 fn count_in(set: &[NodeId], acked: &[&NodeId]) -> usize {
     set.iter().filter(|n| acked.contains(n)).count()
+}
+
+/// One preference list of a key and the quorum of its layout version.
+struct OwnerSet {
+    nodes: Vec<NodeId>,
+    quorum: Quorum,
+}
+
+/// `None` if `acked` holds the quorum `pick` names (R or W) of every
+/// list; else (needed, got) in the list furthest from it.
+fn shortfall(
+    sets: &[OwnerSet],
+    acked: &[&NodeId],
+    pick: impl Fn(&Quorum) -> u8,
+) -> Option<(usize, usize)> {
+    sets.iter()
+        .map(|s| {
+            (
+                need(pick(&s.quorum) as usize, &s.nodes),
+                count_in(&s.nodes, acked),
+            )
+        })
+        .filter(|(needed, got)| got < needed)
+        .max_by_key(|(needed, got)| needed - got)
 }

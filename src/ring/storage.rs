@@ -5,7 +5,8 @@
 //! |-----------|---------------------------------------|-----------------|
 //! | `kv`      | ring partition (u16 BE) ++ key        | Dvv (postcard)  |
 //! | `hints`   | len(owner) (u8) ++ owner ++ key       | Dvv (postcard)  |
-//! | `sys`     | `layout`, `actor`, `shutdown`, `retired` | see `epoch`  |
+//! | `sys`     | `layout.v2` (`layout`: `layout_v1`)   | postcard        |
+//! | `sys`     | `actor`, `shutdown`, `retired`        | see `epoch`     |
 //! | `purged`  | as `kv`                               | the counters of a collected tombstone |
 //!
 //! `kv` keys start with the ring partition, so a partition is one range
@@ -31,11 +32,16 @@ use super::NodeId;
 use super::commit::{GroupCommit, Ticket};
 use super::epoch;
 use super::hash::{self, Partition};
-use super::layout::LayoutHistory;
+use super::layout::{LayoutHistory, Quorum};
 use super::version::Dvv;
 use crate::meta::lock::StateLock;
 
 const STRIPES: usize = 64;
+
+/// The layout, with N, R and W in each version.
+const LAYOUT: &str = "layout.v2";
+/// A layout stored before they were (read once, replaced at the next save).
+const LAYOUT_V1: &str = "layout";
 
 #[derive(Debug, thiserror::Error)]
 #[error("ring store: {step}: {reason}")]
@@ -417,14 +423,22 @@ impl Storage {
         Ok(())
     }
 
-    pub fn load_layout(&self) -> Result<Option<LayoutHistory>> {
-        match self.sys.get("layout").map_err(err("read layout"))? {
-            Some(b) => postcard::from_bytes(&b)
+    /// The stored layout. One stored before N, R and W were part of the
+    /// layout takes its R and W from `configured` (`layout_v1`).
+    pub fn load_layout(&self, configured: Quorum) -> Result<Option<LayoutHistory>> {
+        let bad = |reason: String| StorageError {
+            step: "read layout",
+            reason,
+        };
+        if let Some(b) = self.sys.get(LAYOUT).map_err(err("read layout"))? {
+            return postcard::from_bytes(&b)
                 .map(Some)
-                .map_err(|e| StorageError {
-                    step: "read layout",
-                    reason: format!("malformed stored layout: {e}"),
-                }),
+                .map_err(|e| bad(format!("malformed stored layout: {e}")));
+        }
+        match self.sys.get(LAYOUT_V1).map_err(err("read layout"))? {
+            Some(b) => super::layout_v1::decode(&b, configured)
+                .map(Some)
+                .map_err(bad),
             None => Ok(None),
         }
     }
@@ -437,9 +451,21 @@ impl Storage {
         {
             let _w = self.writing()?;
             self.sys
-                .insert("layout", bytes)
+                .insert(LAYOUT, bytes)
                 .map_err(err("write layout"))?;
+            self.sys.remove(LAYOUT_V1).map_err(err("write layout"))?;
         }
+        self.sync()
+    }
+
+    /// Stores a layout as a version before N, R and W were part of it
+    /// did (tests).
+    #[cfg(test)]
+    pub fn save_layout_v1(&self, bytes: &[u8]) -> Result<()> {
+        self.sys
+            .insert(LAYOUT_V1, bytes)
+            .map_err(err("write layout"))?;
+        self.sys.remove(LAYOUT).map_err(err("write layout"))?;
         self.sync()
     }
 

@@ -88,11 +88,11 @@ impl Cluster {
         self.nodes.iter().find(|n| n.id().as_str() == name).unwrap()
     }
 
-    fn kill(&self, name: &str) {
+    pub(super) fn kill(&self, name: &str) {
         self.world.set_down(&id(name), true);
     }
 
-    fn revive(&self, name: &str) {
+    pub(super) fn revive(&self, name: &str) {
         self.world.set_down(&id(name), false);
     }
 
