@@ -83,6 +83,10 @@ pub struct LayoutVersion {
     pub w: u8,
     /// Members and their ring addresses (`host:port`).
     pub nodes: BTreeMap<NodeId, String>,
+    /// For each member, the version since which it has been one without a
+    /// break: a node that finds this changed for itself was out of the
+    /// ring meanwhile (`membership`).
+    pub joined: BTreeMap<NodeId, u64>,
     /// For each partition, its preference list: min(n, members) distinct
     /// nodes.
     pub owners: Vec<Vec<NodeId>>,
@@ -124,6 +128,7 @@ impl LayoutVersion {
             r: q.r,
             w: q.w,
             nodes: BTreeMap::new(),
+            joined: BTreeMap::new(),
             owners: vec![Vec::new(); PARTITIONS as usize],
         }
     }
@@ -199,12 +204,24 @@ impl LayoutVersion {
                 *load.entry(min_node).or_default() += 1;
             }
         }
+        let version = prev.version + 1;
+        let joined = nodes
+            .keys()
+            .map(|n| {
+                let since = match prev.nodes.contains_key(n) {
+                    true => prev.joined.get(n).copied().unwrap_or(prev.version),
+                    false => version,
+                };
+                (n.clone(), since)
+            })
+            .collect();
         LayoutVersion {
-            version: prev.version + 1,
+            version,
             n: q.n,
             r: q.r,
             w: q.w,
             nodes,
+            joined,
             owners,
         }
     }
@@ -221,6 +238,14 @@ impl LayoutVersion {
             return Err(format!(
                 "{} partitions, expected {PARTITIONS}",
                 self.owners.len()
+            ));
+        }
+        if !self.joined.keys().eq(self.nodes.keys())
+            || self.joined.values().any(|&v| v > self.version)
+        {
+            return Err(format!(
+                "layout version {}: bad membership versions",
+                self.version
             ));
         }
         let want = (self.n as usize).min(self.nodes.len());
@@ -627,5 +652,34 @@ mod tests {
         l.current.r = 3;
         let e = l.check().unwrap_err();
         assert!(e.contains("W = 1 must exceed"), "{e}");
+    }
+
+    #[test]
+    fn a_member_keeps_its_joined_version_until_it_leaves_and_comes_back() {
+        let mut l = ring(&["a", "b", "c"], 3);
+        assert!(l.current.joined.values().all(|&v| v == 1));
+        let settle = |l: &mut LayoutHistory| {
+            let v = l.current.version;
+            for n in l.current.nodes.keys().cloned().collect::<Vec<_>>() {
+                l.mark_synced(&n, v);
+            }
+        };
+        l.stage_join(id("d"), "x:1".into());
+        l.apply(Quorum::default()).unwrap();
+        settle(&mut l);
+        assert_eq!(l.current.joined.get(&id("a")), Some(&1));
+        assert_eq!(l.current.joined.get(&id("d")), Some(&2));
+        l.stage_leave(id("a")).unwrap();
+        l.apply(Quorum::default()).unwrap();
+        settle(&mut l);
+        assert_eq!(l.current.joined.get(&id("a")), None);
+        l.stage_join(id("a"), "x:2".into());
+        l.apply(Quorum::default()).unwrap();
+        assert_eq!(l.current.joined.get(&id("a")), Some(&4), "back, as of 4");
+        assert_eq!(l.current.joined.get(&id("d")), Some(&2));
+        l.current.check().unwrap();
+        let mut bad = l.clone();
+        bad.current.joined.remove(&id("b"));
+        assert!(bad.check().is_err());
     }
 }

@@ -1,6 +1,7 @@
-//! Layouts as stores written before N, R and W were part of the layout
-//! (`layout` in `sys`; now `layout.v2`): decoded, and given the R and W
-//! this node is configured with. N was there already (the preference
+//! Layouts as stores written before N, R and W (and the version each
+//! member joined at) were part of the layout (`layout` in `sys`; now
+//! `layout.v2`): decoded, and given the R and W this node is configured
+//! with; every member counts as one from the start. N was there already (the preference
 //! lists were built with it) and stays. The result is checked like any
 //! layout, so a configured R or W that does not fit it is a startup error
 //! naming the values.
@@ -43,6 +44,8 @@ fn upgrade(v: VersionV1, configured: Quorum) -> LayoutVersion {
         n,
         r: configured.r,
         w: configured.w,
+        // Since when each was a member was not kept: "from the start".
+        joined: v.nodes.keys().map(|n| (n.clone(), 0)).collect(),
         nodes: v.nodes,
         owners: v.owners,
     }

@@ -6,6 +6,8 @@
 //! - `layout`: the operator-committed, versioned partition assignment, the
 //!   preference lists it gives and each version's N, R, W (`layout_v1`:
 //!   layouts stored before those were part of it);
+//! - `membership`: a node added back to the layout drops what it stored
+//!   before (it may hold values deleted while it was away);
 //! - `version`: dotted version vector sets (siblings, no last-write-wins);
 //! - `msg`: what nodes say to each other;
 //! - `storage`: one node's share, on the same engine as the single-host store;
@@ -33,6 +35,7 @@ pub mod gossip;
 pub mod hash;
 pub mod layout;
 pub mod layout_v1;
+pub mod membership;
 pub mod merkle;
 pub mod msg;
 pub mod node;
@@ -46,6 +49,8 @@ pub mod sim;
 pub mod storage;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tombstone_tests;
 pub mod transport;
 pub mod version;
 pub mod wire;

@@ -230,6 +230,7 @@ impl Node {
         layout
             .check()
             .map_err(|e| format!("the stored layout: {e}"))?;
+        super::membership::settle(&store, &layout, &cfg.id).map_err(|e| e.to_string())?;
         if layout.current.version > 0 && layout.current.quorum() != cfg.quorum {
             tracing::info!(
                 "ring: layout version {} counts {}; the configured {} only seeds a ring's first layout (`chironctl ring quorum` stages a change)",
@@ -1052,16 +1053,41 @@ impl Node {
         }
         let changed = {
             let mut l = self.inner.layout.write();
-            let changed = l.merge(other);
-            if changed && let Err(e) = self.inner.store.save_layout(&l) {
+            let mut next = l.clone();
+            if !next.merge(other) {
+                return false;
+            }
+            if let Err(e) = self.settle_membership(&next) {
+                tracing::warn!(
+                    "ring: layout version {} not taken: {e}",
+                    next.current.version
+                );
+                return false;
+            }
+            if let Err(e) = self.inner.store.save_layout(&next) {
                 tracing::warn!("ring: {e}");
             }
-            changed
+            *l = next;
+            true
         };
         if changed {
             self.inner.trees.lock().clear();
         }
         changed
+    }
+
+    /// Before this node takes `layout`: if it was out of the ring since it
+    /// last was a member, it drops what it stored (`membership`).
+    fn settle_membership(&self, layout: &LayoutHistory) -> Result<()> {
+        let dropped = super::membership::settle(&self.inner.store, layout, &self.inner.cfg.id)
+            .map_err(storage_err)?;
+        if dropped {
+            for p in 0..PARTITIONS {
+                self.changed(p);
+            }
+            self.inner.tombstones.lock().clear();
+        }
+        Ok(())
     }
 
     /// Sends our layout to every node it names.
@@ -1086,6 +1112,7 @@ impl Node {
             let mut l = self.inner.layout.write();
             let mut copy = l.clone();
             f(&mut copy)?;
+            self.settle_membership(&copy).map_err(|e| e.to_string())?;
             self.inner
                 .store
                 .save_layout(&copy)

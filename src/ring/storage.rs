@@ -7,6 +7,7 @@
 //! | `hints`   | len(owner) (u8) ++ owner ++ key       | Dvv (postcard)  |
 //! | `sys`     | `layout.v2` (`layout`: `layout_v1`)   | postcard        |
 //! | `sys`     | `actor`, `shutdown`, `retired`        | see `epoch`     |
+//! | `sys`     | `member_since`                        | u64 BE, see `membership` |
 //! | `purged`  | as `kv`                               | the counters of a collected tombstone |
 //!
 //! `kv` keys start with the ring partition, so a partition is one range
@@ -42,6 +43,8 @@ const STRIPES: usize = 64;
 const LAYOUT: &str = "layout.v2";
 /// A layout stored before they were (read once, replaced at the next save).
 const LAYOUT_V1: &str = "layout";
+/// The layout version since which this node has been a member (u64 BE).
+const MEMBER_SINCE: &str = "member_since";
 
 #[derive(Debug, thiserror::Error)]
 #[error("ring store: {step}: {reason}")]
@@ -258,10 +261,17 @@ impl Storage {
     /// result, whether the store changed, and the ticket to wait for
     /// before saying the store holds it (also when nothing changed: what
     /// it holds may be another writer's change, not yet durable).
+    ///
+    /// A key whose tombstone was collected merges from what the tombstone
+    /// had seen (its `purged` record): a late copy of a value it deleted
+    /// (read repair, anti-entropy, a hint delivered) changes nothing.
     pub fn merge(&self, key: &[u8], incoming: &Dvv) -> Result<(Dvv, bool, Ticket)> {
         let _w = self.writing()?;
         let _g = self.stripe(key);
-        let current = self.get(key)?.unwrap_or_default();
+        let current = match self.get(key)? {
+            Some(v) => v,
+            None => self.purged(key)?.unwrap_or_default(),
+        };
         let merged = current.sync(incoming);
         if merged == current {
             return Ok((merged, false, self.commit.latest()));
@@ -279,10 +289,7 @@ impl Storage {
         let _g = self.stripe(key);
         let current = match self.get(key)? {
             Some(v) => v,
-            None => match self.purged.get(kv_key(key)).map_err(err("read"))? {
-                Some(b) => decode("read", &b)?,
-                None => Dvv::default(),
-            },
+            None => self.purged(key)?.unwrap_or_default(),
         };
         let new = make(&current);
         self.kv
@@ -291,9 +298,55 @@ impl Storage {
         Ok((new, self.commit.issue()))
     }
 
-    /// Deletes `key` if it holds exactly `version`; true if it did.
+    /// What the collected tombstone of `key` had seen, if it was purged.
+    fn purged(&self, key: &[u8]) -> Result<Option<Dvv>> {
+        match self.purged.get(kv_key(key)).map_err(err("read"))? {
+            Some(b) => decode("read", &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes `key` if it holds exactly `version`; true if it did. The
+    /// hints it keeps on the key, for any owner (in the layout or not: a
+    /// node added back gets its hints), lose what the tombstone deleted
+    /// (a hint holding nothing newer is dropped), so no hint delivered
+    /// later brings a deleted value back.
     pub fn purge(&self, key: &[u8], version: &Dvv) -> Result<bool> {
         let _w = self.writing()?;
+        if !self.purge_key(key, version)? {
+            return Ok(false);
+        }
+        // After the key's stripe is released (a hint's stripe may be the
+        // same one): `hint` filters against the record from now on.
+        for owner in self.hint_owners()? {
+            let k = hint_key(&owner, key);
+            let _g = self.stripe(&k);
+            let Some(b) = self.hints.get(&k).map_err(err("read hint"))? else {
+                continue;
+            };
+            let hint = decode("read hint", &b)?;
+            match self.without_purged(key, &hint)? {
+                None => self.hints.remove(&k).map_err(err("purge"))?,
+                Some(kept) if kept != hint => {
+                    self.hints.insert(&k, encode(&kept)).map_err(err("purge"))?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// `v` without what the collected tombstone of `key` deleted; `None`
+    /// if nothing is left.
+    fn without_purged(&self, key: &[u8], v: &Dvv) -> Result<Option<Dvv>> {
+        let Some(purged) = self.purged(key)? else {
+            return Ok(Some(v.clone()));
+        };
+        let kept = purged.sync(v);
+        Ok((!kept.values().is_empty()).then_some(kept))
+    }
+
+    fn purge_key(&self, key: &[u8], version: &Dvv) -> Result<bool> {
         let _g = self.stripe(key);
         if self.get(key)?.as_ref() != Some(version) {
             return Ok(false);
@@ -339,6 +392,9 @@ impl Storage {
 
     /// Keeps `version` of `key` for `owner`, which is down; the ticket
     /// says when the hint is durable.
+    ///
+    /// What a collected tombstone of the key deleted is left out: a hint
+    /// holding nothing else is not kept.
     pub fn hint(&self, owner: &NodeId, key: &[u8], version: &Dvv) -> Result<Ticket> {
         let _w = self.writing()?;
         let k = hint_key(owner, key);
@@ -347,7 +403,12 @@ impl Storage {
             Some(b) => decode("read hint", &b)?,
             None => Dvv::default(),
         };
-        let merged = current.sync(version);
+        let Some(merged) = self.without_purged(key, &current.sync(version))? else {
+            if self.hints.get(&k).map_err(err("read hint"))?.is_some() {
+                self.hints.remove(&k).map_err(err("write hint"))?;
+            }
+            return Ok(self.commit.latest());
+        };
         if merged == current {
             return Ok(self.commit.latest());
         }
@@ -399,6 +460,33 @@ impl Storage {
             out.push((k[prefix.len()..].to_vec(), decode("scan hints", &v)?));
         }
         Ok(out)
+    }
+
+    /// Every owner this node keeps hints for (one seek per owner).
+    pub fn hint_owners(&self) -> Result<Vec<NodeId>> {
+        let mut owners = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(item) = self.hints.range(from.clone()..).next() {
+            let (k, _) = item.map_err(err("scan hints"))?;
+            let len = k.first().copied().unwrap_or(0) as usize;
+            let Some(prefix) = k.get(..1 + len) else {
+                break;
+            };
+            if let Ok(o) = NodeId::new(&String::from_utf8_lossy(&prefix[1..])) {
+                owners.push(o);
+            }
+            // The first key past every key with this prefix.
+            let mut next = prefix.to_vec();
+            while next.last() == Some(&0xff) {
+                next.pop();
+            }
+            match next.last_mut() {
+                Some(b) => *b += 1,
+                None => break,
+            }
+            from = next;
+        }
+        Ok(owners)
     }
 
     pub fn hint_count(&self) -> Result<u64> {
@@ -456,6 +544,51 @@ impl Storage {
             self.sys.remove(LAYOUT_V1).map_err(err("write layout"))?;
         }
         self.sync()
+    }
+
+    /// The layout version since which this node has been a member, as
+    /// it last recorded it (`membership`).
+    pub fn member_since(&self) -> Result<Option<u64>> {
+        match self.sys.get(MEMBER_SINCE).map_err(err("read membership"))? {
+            Some(b) => <[u8; 8]>::try_from(&*b)
+                .map(|a| Some(u64::from_be_bytes(a)))
+                .map_err(|_| StorageError {
+                    step: "read membership",
+                    reason: format!("malformed stored membership ({} bytes)", b.len()),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Records `since` durably.
+    pub fn set_member_since(&self, since: u64) -> Result<()> {
+        {
+            let _w = self.writing()?;
+            self.sys
+                .insert(MEMBER_SINCE, since.to_be_bytes())
+                .map_err(err("write membership"))?;
+        }
+        self.sync()
+    }
+
+    /// Drops every key this node stores as an owner (not the hints it
+    /// keeps for others, nor the records of collected tombstones), durably.
+    pub fn drop_owned(&self) -> Result<u64> {
+        let mut n = 0;
+        {
+            let _w = self.writing()?;
+            let keys: Vec<_> = self
+                .kv
+                .keys()
+                .collect::<std::result::Result<_, _>>()
+                .map_err(err("drop keys"))?;
+            for k in keys {
+                self.kv.remove(k).map_err(err("drop keys"))?;
+                n += 1;
+            }
+        }
+        self.sync()?;
+        Ok(n)
     }
 
     /// Stores a layout as a version before N, R and W were part of it
