@@ -16,6 +16,7 @@
 //! - `epoch`: the actor epoch and the clean-shutdown flag (a node that did
 //!   not close cleanly takes a new epoch, so it reuses no dot);
 //! - `merkle`: per-partition hash trees for anti-entropy;
+//! - `quorum`: counting R and W over a key's preference lists;
 //! - `node`: one ring member: quorum reads and writes, read repair, hinted
 //!   handoff, anti-entropy, layout changes;
 //! - `wire`, `transport`: authenticated, length-limited frames over TCP;
@@ -41,6 +42,7 @@ pub mod msg;
 pub mod node;
 #[cfg(test)]
 pub mod power_loss;
+pub mod quorum;
 #[cfg(test)]
 mod quorum_tests;
 pub mod service;

@@ -31,6 +31,7 @@ use super::hash::{self, PARTITIONS, Partition};
 use super::layout::LayoutHistory;
 use super::merkle::{self, FANOUT, Tree};
 use super::msg::{MAX_KEY, MAX_VALUE, Request, Response};
+use super::quorum::{OwnerSet, need, shortfall};
 use super::storage::Storage;
 use super::version::{Context, Dvv, Val};
 use super::{BoxFuture, Handler, Liveness, Net, NodeId};
@@ -1384,38 +1385,4 @@ fn merge_opt(a: Option<Dvv>, b: Option<&Dvv>) -> Option<Dvv> {
         (None, Some(b)) => Some(b.clone()),
         (a, None) => a,
     }
-}
-
-/// Quorum needed in a preference list of `set.len()` nodes (a ring smaller
-/// than N asks all of them at most).
-fn need(q: usize, set: &[NodeId]) -> usize {
-    q.min(set.len()).max(1)
-}
-
-fn count_in(set: &[NodeId], acked: &[&NodeId]) -> usize {
-    set.iter().filter(|n| acked.contains(n)).count()
-}
-
-/// One preference list of a key and the quorum of its layout version.
-struct OwnerSet {
-    nodes: Vec<NodeId>,
-    quorum: Quorum,
-}
-
-/// `None` if `acked` holds the quorum `pick` names (R or W) of every
-/// list; else (needed, got) in the list furthest from it.
-fn shortfall(
-    sets: &[OwnerSet],
-    acked: &[&NodeId],
-    pick: impl Fn(&Quorum) -> u8,
-) -> Option<(usize, usize)> {
-    sets.iter()
-        .map(|s| {
-            (
-                need(pick(&s.quorum) as usize, &s.nodes),
-                count_in(&s.nodes, acked),
-            )
-        })
-        .filter(|(needed, got)| got < needed)
-        .max_by_key(|(needed, got)| needed - got)
 }
