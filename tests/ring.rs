@@ -407,6 +407,25 @@ fn three_nodes_build_a_layout_and_read_anywhere_what_was_written_anywhere() {
         stderr(&missing)
     );
 
+    // N, R, W are the layout's: an unsafe quorum is refused when staged,
+    // a safe one is committed by `apply` and counted by every node.
+    let o = ctl(ring.sock("n2"), &["ring", "quorum", "3", "1", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("N=3 R=1 W=1") && stderr(&o).contains("R + W"),
+        "{}",
+        stderr(&o)
+    );
+    let staged = ok(&ctl(ring.sock("n2"), &["ring", "quorum", "3", "1", "3"]));
+    assert!(staged.contains("quorum N=3 R=1 W=3"), "{staged}");
+    ok(&ctl(ring.sock("n2"), &["ring", "apply"]));
+    wait_for("every node counts R=1 W=3", || {
+        ["n1", "n2", "n3"].iter().all(|n| {
+            let st = status(ring.sock(n));
+            st["layout_version"] == 2 && st["r"] == 1 && st["w"] == 3
+        })
+    });
+
     // Filesystem commands get a clear refusal from a ring node.
     let o = ctl(ring.sock("n1"), &["status"]);
     assert_eq!(o.status.code(), Some(1));
@@ -438,6 +457,20 @@ fn a_node_killed_and_restarted_gets_its_keys_back() {
     // N=3: every key on three nodes.
     wait_for("45 copies of 15 keys", || total(&ring) == 45);
     let had = ring.keys("n5");
+    let actor = |ring: &Ring| {
+        status(ring.sock("n5"))["actor"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // An orderly stop keeps the actor epoch; kill -9 retires it, so that
+    // no dot n5 issued before is issued again.
+    let first = actor(&ring);
+    assert!(first.starts_with("n5:"), "{first}");
+    assert!(ring.terminate("n5").success());
+    ring.start("n5");
+    wait_for("n5 back", || status(ring.sock("n5"))["layout_version"] == 1);
+    assert_eq!(actor(&ring), first, "a clean stop keeps the epoch");
 
     ring.kill9("n5");
     for i in 0..15 {
@@ -448,6 +481,8 @@ fn a_node_killed_and_restarted_gets_its_keys_back() {
         ok(&o);
     }
     ring.start("n5");
+    wait_for("n5 back", || status(ring.sock("n5"))["layout_version"] == 1);
+    assert_ne!(actor(&ring), first, "kill -9 must retire the epoch");
     // Hinted handoff and anti-entropy bring back what n5 missed.
     wait_for("90 copies of 30 keys, n5's included", || {
         total(&ring) == 90 && ring.keys("n5") > had

@@ -39,6 +39,9 @@ struct BenchArgs {
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
+    /// Operations in flight at once (1: one at a time).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: u16,
     /// Seconds to wait for the ring's layout and every member alive.
     #[arg(long, default_value_t = 30.0)]
     wait: f64,
@@ -71,6 +74,7 @@ pub fn ring_bench(argv: &[String]) -> i32 {
             config: a.config,
             ops: a.ops,
             value_size: a.value_size,
+            concurrency: a.concurrency as usize,
             wait: std::time::Duration::from_secs_f64(a.wait.clamp(0.0, 3600.0)),
         }),
         Err(code) => code,

@@ -3,11 +3,13 @@
 //! section names the ring's nodes as seeds; it is in no layout, so it owns
 //! nothing), waits until it has the layout and sees every member alive,
 //! then times N quorum puts of fresh keys and N quorum gets of them, one at
-//! a time, and prints one line per operation:
+//! a time (or `--concurrency C` at once), and prints one line per operation
+//! (ops/s over the wall time of the run):
 //!
 //! `put ops=N seconds=S ops_per_sec=X p50_us=A p99_us=B errors=E`
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::ring::node::Node;
@@ -17,6 +19,8 @@ pub struct BenchOptions {
     pub config: PathBuf,
     pub ops: usize,
     pub value_size: usize,
+    /// Operations in flight at once.
+    pub concurrency: usize,
     pub wait: Duration,
 }
 
@@ -64,61 +68,109 @@ fn bench(ring: &RingService, opts: &BenchOptions) -> Result<usize, String> {
     let waited = wait_ready(&node, opts.wait)?;
     let st = node.status();
     println!(
-        "ring layout version {}, {} members, N={} R={} W={}; all alive after {:.1} s",
+        "ring layout version {}, {} members, N={} R={} W={}; all alive after {:.1} s; {} in flight",
         st.layout_version,
         st.members.len(),
         st.n,
         st.r,
         st.w,
-        waited.as_secs_f64()
+        waited.as_secs_f64(),
+        opts.concurrency
     );
     // Keys of this run only: a put of an existing key would add a sibling.
     let mut salt = [0u8; 8];
     let _ = getrandom::fill(&mut salt);
     let prefix = format!("ring-bench/{:016x}/", u64::from_le_bytes(salt));
-    let key = |i: usize| format!("{prefix}{i}").into_bytes();
-    let value = |i: usize| {
+    let key = std::sync::Arc::new(move |i: usize| format!("{prefix}{i}").into_bytes());
+    let size = opts.value_size;
+    let value = std::sync::Arc::new(move |i: usize| {
         let mut v = format!("{i}:").into_bytes();
-        v.resize(opts.value_size.max(v.len()), b'x');
+        v.resize(size.max(v.len()), b'x');
         v
-    };
-    let (puts, put_errors) = ring.block_on(async {
-        let (mut times, mut errors) = (Vec::with_capacity(opts.ops), 0);
-        for i in 0..opts.ops {
-            let t = Instant::now();
-            let ok = node.put(&key(i), Some(value(i)), &Default::default()).await;
-            times.push(t.elapsed());
-            if let Err(e) = ok {
-                errors += 1;
-                if errors <= 3 {
-                    eprintln!("put {i}: {e}");
-                }
-            }
+    });
+    let (k, v, n) = (key.clone(), value.clone(), node.clone());
+    let (puts, put_errors) = run_ops(ring, opts, "put", move |i| {
+        let (key, value, node) = (k(i), v(i), n.clone());
+        async move {
+            node.put(&key, Some(value), &Default::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
-        (times, errors)
     });
     report("put", &puts, put_errors);
-    let (gets, get_errors) = ring.block_on(async {
-        let (mut times, mut errors) = (Vec::with_capacity(opts.ops), 0);
-        for i in 0..opts.ops {
-            let t = Instant::now();
-            let got = node.get(&key(i)).await;
-            times.push(t.elapsed());
-            let why = match got {
-                Ok(f) if f.values() == vec![value(i)] => continue,
-                Ok(f) => format!("read {} siblings, not the value written", f.values().len()),
-                Err(e) => e.to_string(),
-            };
-            errors += 1;
-            if errors <= 3 {
-                eprintln!("get {i}: {why}");
+    let (k, v, n) = (key.clone(), value.clone(), node.clone());
+    let (gets, get_errors) = run_ops(ring, opts, "get", move |i| {
+        let (key, want, node) = (k(i), v(i), n.clone());
+        async move {
+            match node.get(&key).await {
+                Ok(f) if f.values() == vec![want] => Ok(()),
+                Ok(f) => Err(format!(
+                    "read {} siblings, not the value written",
+                    f.values().len()
+                )),
+                Err(e) => Err(e.to_string()),
             }
         }
-        (times, errors)
     });
     report("get", &gets, get_errors);
     Ok(put_errors + get_errors)
 }
+
+/// Runs `op(0..ops)` with `concurrency` operations in flight; returns the
+/// wall time, each operation's latency, and the number that failed.
+fn run_ops<F, Fut>(ring: &RingService, opts: &BenchOptions, what: &str, op: F) -> (Timed, usize)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let op = std::sync::Arc::new(op);
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    let ops = opts.ops;
+    let start = Instant::now();
+    let results = ring.block_on(async {
+        let workers: Vec<_> = (0..opts.concurrency.max(1))
+            .map(|_| {
+                let (op, next) = (op.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= ops {
+                            return out;
+                        }
+                        let t = Instant::now();
+                        let r = op(i).await;
+                        out.push((i, t.elapsed(), r));
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(ops);
+        for w in workers {
+            if let Ok(r) = w.await {
+                all.extend(r);
+            }
+        }
+        all
+    });
+    let wall = start.elapsed();
+    let mut errors = ops.saturating_sub(results.len());
+    let mut times = Vec::with_capacity(results.len());
+    for (i, t, r) in results {
+        times.push(t);
+        if let Err(e) = r {
+            errors += 1;
+            if errors <= 3 {
+                eprintln!("{what} {i}: {e}");
+            }
+        }
+    }
+    ((wall, times), errors)
+}
+
+/// Wall time of a run, and the latency of each operation.
+type Timed = (Duration, Vec<Duration>);
 
 /// Waits until this node has a layout and sees each of its members alive.
 fn wait_ready(node: &Node, limit: Duration) -> Result<Duration, String> {
@@ -152,9 +204,9 @@ fn wait_ready(node: &Node, limit: Duration) -> Result<Duration, String> {
     }
 }
 
-/// One result line: throughput over the whole run, latency percentiles.
-fn report(op: &str, times: &[Duration], errors: usize) {
-    let total: Duration = times.iter().sum();
+/// One result line: throughput over the run's wall time, latency
+/// percentiles.
+fn report(op: &str, (total, times): &Timed, errors: usize) {
     let mut us: Vec<u128> = times.iter().map(Duration::as_micros).collect();
     us.sort_unstable();
     let pct = |p: f64| {

@@ -23,7 +23,10 @@ pub struct RingConfig {
     /// File holding the ring's shared secret (at least 16 bytes), readable
     /// by its owner only. Every node of the ring has the same. Required.
     pub secret_file: PathBuf,
-    /// Copies of each key. Default: 3.
+    /// Copies of each key. Default: 3. With `r` and `w`: the quorum of a
+    /// ring's first layout (a committed layout keeps its own), and the R
+    /// and W of a layout stored before layouts kept them. R + W > N and
+    /// W > N/2 are required.
     pub n: u8,
     /// Answers a read waits for. Default: 2.
     pub r: u8,
@@ -98,6 +101,20 @@ impl RingConfig {
             if v == 0 || v > self.n {
                 return bad(k, v.to_string(), "expected 1 to n");
             }
+        }
+        let q = crate::ring::layout::Quorum {
+            n: self.n,
+            r: self.r,
+            w: self.w,
+        };
+        if let Err(why) = q.check() {
+            let r_and_w_meet = u16::from(self.r) + u16::from(self.w) > u16::from(self.n);
+            let (k, v) = if r_and_w_meet {
+                ("w", self.w)
+            } else {
+                ("r", self.r)
+            };
+            return bad(k, v.to_string(), &why);
         }
         for (k, v) in [
             ("timeout", self.timeout),

@@ -126,6 +126,15 @@ fn ring_section_is_checked_key_by_key() {
             "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nn = 2\nw = 3\n",
             "ring.w",
         ),
+        // R + W must exceed N, and W must exceed N/2.
+        (
+            "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nn = 3\nr = 1\nw = 1\n",
+            "ring.r",
+        ),
+        (
+            "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nn = 4\nr = 3\nw = 2\n",
+            "ring.w",
+        ),
     ] {
         let e = Config::build(Some(("c.toml", text)), &[])
             .unwrap_err()
@@ -139,6 +148,17 @@ fn ring_section_is_checked_key_by_key() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("bogus"), "{e}");
+    // The quorum error names the values and the rule.
+    let e = Config::build(
+        Some((
+            "c.toml",
+            "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nn = 3\nr = 1\nw = 1\n",
+        )),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("N=3 R=1 W=1") && e.contains("R + W"), "{e}");
     let c = Config::build(None, &["conflict_policy=keep-both".into()]).unwrap();
     assert_eq!(c.conflict_policy, ConflictPolicy::KeepBoth);
     assert!(Config::build(None, &["conflict_policy=oldest".into()]).is_err());

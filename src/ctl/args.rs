@@ -190,6 +190,20 @@ pub enum Ring {
         #[command(flatten)]
         json: Json,
     },
+    /// Stage new quorum rules: N copies of each key, R of them answer a
+    /// read, W acknowledge a write (R + W > N and W > N/2 are checked).
+    Quorum {
+        #[arg(value_parser = clap::value_parser!(u8).range(1..=7))]
+        n: u8,
+        #[arg(value_parser = clap::value_parser!(u8).range(1..=7))]
+        r: u8,
+        #[arg(value_parser = clap::value_parser!(u8).range(1..=7))]
+        w: u8,
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        json: Json,
+    },
     /// Commit what is staged as the next layout version.
     Apply {
         #[command(flatten)]

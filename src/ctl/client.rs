@@ -403,7 +403,7 @@ pub fn render_ring(st: &RingStatus) -> String {
             peers.join(", ")
         ));
     }
-    if st.staged_join.is_empty() && st.staged_leave.is_empty() {
+    if st.staged_join.is_empty() && st.staged_leave.is_empty() && st.staged_quorum.is_none() {
         if st.layout_version == 0 {
             out.push_str(
                 "nothing staged: stage the nodes with `chironctl ring join NODE HOST:PORT`, then `chironctl ring apply`\n",
@@ -706,6 +706,22 @@ fn ring_main(ring: Ring, socket: Option<&str>) -> i32 {
             json,
             key,
         ),
+        Ring::Quorum {
+            n,
+            r,
+            w,
+            target,
+            json,
+        } => (
+            "quorum",
+            Request {
+                quorum: Some(crate::ring::layout::Quorum { n, r, w }),
+                ..Request::new("ring-quorum")
+            },
+            target,
+            json,
+            String::new(),
+        ),
     };
     let (target, json) = (target.target, json.json);
     let fail = |e: String| {
@@ -754,7 +770,7 @@ fn ring_main(ring: Ring, socket: Option<&str>) -> i32 {
                 return print_json(&st);
             }
             match sub {
-                "join" | "leave" => {
+                "join" | "leave" | "quorum" => {
                     println!(
                         "staged; commit with `chironctl ring apply` (staged now: {})",
                         staged_summary(&st)
@@ -781,6 +797,9 @@ fn staged_summary(st: &RingStatus) -> String {
         .map(|(n, a)| format!("join {n} at {a}"))
         .collect();
     v.extend(st.staged_leave.iter().map(|n| format!("leave {n}")));
+    if let Some(q) = &st.staged_quorum {
+        v.push(format!("quorum {q}"));
+    }
     if v.is_empty() {
         "nothing".into()
     } else {

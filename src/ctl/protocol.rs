@@ -10,6 +10,7 @@
 //! Ring:     `{"version":1,"command":"ring-status"}`,
 //!           `{"version":1,"command":"ring-join","node":"b","addr":"10.0.0.2:7100"}`,
 //!           `{"version":1,"command":"ring-leave","node":"b"}`,
+//!           `{"version":1,"command":"ring-quorum","quorum":{"n":3,"r":2,"w":2}}`,
 //!           `{"version":1,"command":"ring-apply"}`,
 //!           `{"version":1,"command":"ring-get","key":"k"}`,
 //!           `{"version":1,"command":"ring-put","key":"k","value":"v"}` (with
@@ -67,6 +68,9 @@ pub struct Request {
     /// For `ring-put`: the context a `ring-get` returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Context>,
+    /// For `ring-quorum`: the N, R, W to stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<crate::ring::layout::Quorum>,
 }
 
 impl Request {

@@ -1,5 +1,5 @@
 //! The ring commands of the status socket (`ring-status`, `ring-join`,
-//! `ring-leave`, `ring-apply`, `ring-get`, `ring-put`), served by mounts
+//! `ring-leave`, `ring-quorum`, `ring-apply`, `ring-get`, `ring-put`), served by mounts
 //! with a `[ring]` section and by `chironfs ring-node`.
 
 use std::time::Duration;
@@ -91,6 +91,15 @@ impl RingHandle {
                 let node = node_arg()?;
                 status(
                     self.run("ring-leave", self.node.stage_leave(node))?
+                        .map(drop),
+                )
+            }
+            "ring-quorum" => {
+                let q = req
+                    .quorum
+                    .ok_or("ring-quorum needs the quorum (n, r and w)")?;
+                status(
+                    self.run("ring-quorum", self.node.stage_quorum(q))?
                         .map(drop),
                 )
             }

@@ -2,11 +2,19 @@
 //! layout (the lesson of Dynamo's descendants: ownership decided by gossip
 //! alone is unsafe; Riak's claimant, Garage's layout versions).
 //!
-//! The operator stages changes (`chironctl ring join|leave`) and commits
-//! them (`chironctl ring apply`), which makes layout version v+1. Until
-//! every node of v+1 has synced its new partitions from the owners of v,
-//! both versions are active: writes need a quorum of each, reads consult
-//! both. Layouts travel whole between nodes and merge deterministically.
+//! The operator stages changes (`chironctl ring join|leave|quorum`) and
+//! commits them (`chironctl ring apply`), which makes layout version v+1.
+//! Until every node of v+1 has synced its new partitions from the owners of
+//! v, both versions are active: writes need a quorum of each, reads consult
+//! both, each version with its own N, R and W. Layouts travel whole between
+//! nodes and merge deterministically.
+//!
+//! N, R and W are part of each committed version, so every node counts the
+//! same quorums: a node's configured `n`, `r`, `w` only seed a ring's first
+//! layout (and stand in for R and W in a layout stored before they were
+//! kept, `layout_v1`). Every quorum must satisfy `R + W > N` (a read meets
+//! the last write) and `W > N/2` (two writes meet), checked when staged,
+//! for every layout from the network, and at startup.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +23,53 @@ use serde::{Deserialize, Serialize};
 use super::NodeId;
 use super::hash::{self, PARTITIONS, Partition};
 
+/// N, R, W: copies of each key, answers a read waits for,
+/// acknowledgements a write waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quorum {
+    pub n: u8,
+    pub r: u8,
+    pub w: u8,
+}
+
+impl Default for Quorum {
+    fn default() -> Quorum {
+        Quorum { n: 3, r: 2, w: 2 }
+    }
+}
+
+impl std::fmt::Display for Quorum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "N={} R={} W={}", self.n, self.r, self.w)
+    }
+}
+
+impl Quorum {
+    /// The rules every quorum of the ring must keep; the error names the
+    /// values and the rule they break.
+    pub fn check(&self) -> Result<(), String> {
+        let Quorum { n, r, w } = *self;
+        if n == 0 || r == 0 || w == 0 || r > n || w > n {
+            return Err(format!(
+                "quorum {self} is impossible: need 1 <= R <= N and 1 <= W <= N"
+            ));
+        }
+        if u16::from(r) + u16::from(w) <= u16::from(n) {
+            return Err(format!(
+                "quorum {self} is unsafe: R + W = {} must exceed N = {n}, or a read can miss the last acknowledged write",
+                u16::from(r) + u16::from(w)
+            ));
+        }
+        if 2 * u16::from(w) <= u16::from(n) {
+            return Err(format!(
+                "quorum {self} is unsafe: W = {w} must exceed N/2 = {}, or two writes can miss each other",
+                f64::from(n) / 2.0
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One committed assignment of partitions to nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayoutVersion {
@@ -22,8 +77,16 @@ pub struct LayoutVersion {
     pub version: u64,
     /// Replicas per key (the N of N, R, W).
     pub n: u8,
+    /// Answers a read of a key waits for in this version's owners.
+    pub r: u8,
+    /// Acknowledgements a write waits for in this version's owners.
+    pub w: u8,
     /// Members and their ring addresses (`host:port`).
     pub nodes: BTreeMap<NodeId, String>,
+    /// For each member, the version since which it has been one without a
+    /// break: a node that finds this changed for itself was out of the
+    /// ring meanwhile (`membership`).
+    pub joined: BTreeMap<NodeId, u64>,
     /// For each partition, its preference list: min(n, members) distinct
     /// nodes.
     pub owners: Vec<Vec<NodeId>>,
@@ -36,6 +99,14 @@ pub struct Staged {
     pub counter: u64,
     pub join: BTreeMap<NodeId, String>,
     pub leave: BTreeSet<NodeId>,
+    /// A new N, R, W for the next version.
+    pub quorum: Option<Quorum>,
+}
+
+impl Staged {
+    fn is_empty(&self) -> bool {
+        self.join.is_empty() && self.leave.is_empty() && self.quorum.is_none()
+    }
 }
 
 /// What every node keeps: the current layout, the previous one while a
@@ -50,12 +121,23 @@ pub struct LayoutHistory {
 }
 
 impl LayoutVersion {
-    fn empty(n: u8) -> LayoutVersion {
+    fn empty(q: Quorum) -> LayoutVersion {
         LayoutVersion {
             version: 0,
-            n,
+            n: q.n,
+            r: q.r,
+            w: q.w,
             nodes: BTreeMap::new(),
+            joined: BTreeMap::new(),
             owners: vec![Vec::new(); PARTITIONS as usize],
+        }
+    }
+
+    pub fn quorum(&self) -> Quorum {
+        Quorum {
+            n: self.n,
+            r: self.r,
+            w: self.w,
         }
     }
 
@@ -69,9 +151,9 @@ impl LayoutVersion {
     /// Assigns every partition to min(n, members) distinct members, keeping
     /// the assignments of `prev` where the node is still a member (so a
     /// change moves as little data as it can), then evening out the load.
-    fn assign(prev: &LayoutVersion, nodes: BTreeMap<NodeId, String>, n: u8) -> LayoutVersion {
+    fn assign(prev: &LayoutVersion, nodes: BTreeMap<NodeId, String>, q: Quorum) -> LayoutVersion {
         let members: Vec<NodeId> = nodes.keys().cloned().collect();
-        let want = (n as usize).min(members.len());
+        let want = (q.n as usize).min(members.len());
         let mut load: BTreeMap<NodeId, usize> = members.iter().map(|m| (m.clone(), 0)).collect();
         let mut owners: Vec<Vec<NodeId>> = Vec::with_capacity(PARTITIONS as usize);
         for p in 0..PARTITIONS {
@@ -122,10 +204,24 @@ impl LayoutVersion {
                 *load.entry(min_node).or_default() += 1;
             }
         }
+        let version = prev.version + 1;
+        let joined = nodes
+            .keys()
+            .map(|n| {
+                let since = match prev.nodes.contains_key(n) {
+                    true => prev.joined.get(n).copied().unwrap_or(prev.version),
+                    false => version,
+                };
+                (n.clone(), since)
+            })
+            .collect();
         LayoutVersion {
-            version: prev.version + 1,
-            n,
+            version,
+            n: q.n,
+            r: q.r,
+            w: q.w,
             nodes,
+            joined,
             owners,
         }
     }
@@ -135,13 +231,21 @@ impl LayoutVersion {
         if self.version >= u64::MAX / 2 {
             return Err(format!("layout version {} out of range", self.version));
         }
-        if self.n == 0 {
-            return Err("n is 0".into());
-        }
+        self.quorum()
+            .check()
+            .map_err(|e| format!("layout version {}: {e}", self.version))?;
         if self.owners.len() != PARTITIONS as usize {
             return Err(format!(
                 "{} partitions, expected {PARTITIONS}",
                 self.owners.len()
+            ));
+        }
+        if !self.joined.keys().eq(self.nodes.keys())
+            || self.joined.values().any(|&v| v > self.version)
+        {
+            return Err(format!(
+                "layout version {}: bad membership versions",
+                self.version
             ));
         }
         let want = (self.n as usize).min(self.nodes.len());
@@ -178,9 +282,10 @@ fn least_loaded(load: &BTreeMap<NodeId, usize>, taken: &[NodeId], p: Partition) 
 }
 
 impl LayoutHistory {
-    pub fn empty(n: u8) -> LayoutHistory {
+    /// A ring never applied; its first layout will have quorum `q`.
+    pub fn empty(q: Quorum) -> LayoutHistory {
         LayoutHistory {
-            current: LayoutVersion::empty(n),
+            current: LayoutVersion::empty(q),
             old: None,
             synced: BTreeMap::new(),
             staged: Staged::default(),
@@ -234,11 +339,35 @@ impl LayoutHistory {
         Ok(())
     }
 
-    /// Commits the staged changes as a new layout version.
-    pub fn apply(&mut self, n: u8) -> Result<u64, String> {
-        if self.staged.join.is_empty() && self.staged.leave.is_empty() {
-            return Err("nothing is staged (chironctl ring join|leave first)".into());
+    /// Stages a new N, R, W for the next version, if it keeps the rules.
+    pub fn stage_quorum(&mut self, q: Quorum) -> Result<(), String> {
+        q.check()?;
+        if q.n > 7 {
+            return Err(format!("quorum {q}: N is at most 7 copies of each key"));
         }
+        self.staged.quorum = Some(q);
+        self.staged.counter += 1;
+        Ok(())
+    }
+
+    /// The quorum the next version gets: the one staged, else the current
+    /// version's, else (the ring's first layout) `first`.
+    pub fn next_quorum(&self, first: Quorum) -> Quorum {
+        match self.staged.quorum {
+            Some(q) => q,
+            None if self.current.version > 0 => self.current.quorum(),
+            None => first,
+        }
+    }
+
+    /// Commits the staged changes as a new layout version. `first` is the
+    /// quorum of a ring's first layout, unless one was staged.
+    pub fn apply(&mut self, first: Quorum) -> Result<u64, String> {
+        if self.staged.is_empty() {
+            return Err("nothing is staged (chironctl ring join|leave|quorum first)".into());
+        }
+        let q = self.next_quorum(first);
+        q.check()?;
         if self.old.is_some() {
             return Err(format!(
                 "layout version {} is still being synced; apply again when `chironctl ring status` shows no transition",
@@ -253,7 +382,7 @@ impl LayoutHistory {
         if nodes.is_empty() {
             return Err("the ring would have no node left".into());
         }
-        let next = LayoutVersion::assign(&self.current, nodes, n);
+        let next = LayoutVersion::assign(&self.current, nodes, q);
         let prev = std::mem::replace(&mut self.current, next);
         // A ring's first layout has nothing to sync from.
         self.old = (prev.version > 0).then_some(prev);
@@ -347,12 +476,17 @@ mod tests {
         NodeId::new(s).unwrap()
     }
 
+    fn q(n: u8, r: u8, w: u8) -> Quorum {
+        Quorum { n, r, w }
+    }
+
     fn ring(names: &[&str], n: u8) -> LayoutHistory {
-        let mut l = LayoutHistory::empty(n);
+        let quorum = q(n, n / 2 + 1, n / 2 + 1);
+        let mut l = LayoutHistory::empty(quorum);
         for (i, name) in names.iter().enumerate() {
             l.stage_join(id(name), format!("127.0.0.1:{}", 7000 + i));
         }
-        l.apply(n).unwrap();
+        l.apply(quorum).unwrap();
         l
     }
 
@@ -385,7 +519,7 @@ mod tests {
     fn a_join_moves_few_partitions_and_opens_a_transition() {
         let mut l = ring(&["a", "b", "c"], 3);
         l.stage_join(id("d"), "127.0.0.1:7010".into());
-        assert_eq!(l.apply(3).unwrap(), 2);
+        assert_eq!(l.apply(Quorum::default()).unwrap(), 2);
         let old = l.old.clone().expect("transition");
         let moved: usize = (0..PARTITIONS)
             .map(|p| {
@@ -395,7 +529,10 @@ mod tests {
             .sum();
         // d takes its fair share (3*256/4 = 192 slots), nothing more.
         assert!((150..=200).contains(&moved), "moved {moved}");
-        assert!(l.apply(3).is_err(), "no second change during a transition");
+        assert!(
+            l.apply(Quorum::default()).is_err(),
+            "no second change during a transition"
+        );
         for n in ["a", "b", "c"] {
             l.mark_synced(&id(n), 2);
         }
@@ -409,7 +546,7 @@ mod tests {
         let mut a = ring(&["a", "b", "c"], 3);
         let mut b = a.clone();
         a.stage_join(id("d"), "x:1".into());
-        a.apply(3).unwrap();
+        a.apply(Quorum::default()).unwrap();
         assert!(b.merge(&a));
         assert_eq!(b, a);
         a.mark_synced(&id("a"), 2);
@@ -429,9 +566,9 @@ mod tests {
         let base = ring(&["a", "b", "c"], 3);
         let (mut x, mut y) = (base.clone(), base.clone());
         x.stage_join(id("d"), "x:1".into());
-        x.apply(3).unwrap();
+        x.apply(Quorum::default()).unwrap();
         y.stage_join(id("e"), "y:1".into());
-        y.apply(3).unwrap();
+        y.apply(Quorum::default()).unwrap();
         assert_eq!(x.current.version, y.current.version);
         let (x0, y0) = (x.clone(), y.clone());
         x.merge(&y0);
@@ -443,9 +580,106 @@ mod tests {
     fn leave_removes_the_node_everywhere() {
         let mut l = ring(&["a", "b", "c", "d"], 3);
         l.stage_leave(id("b")).unwrap();
-        l.apply(3).unwrap();
+        l.apply(Quorum::default()).unwrap();
         assert!(l.current.owners.iter().all(|o| !o.contains(&id("b"))));
         l.current.check().unwrap();
         assert!(l.stage_leave(id("zz")).is_err());
+    }
+
+    #[test]
+    fn quorum_rules_name_the_values_and_the_rule() {
+        for good in [
+            q(3, 2, 2),
+            q(1, 1, 1),
+            q(3, 1, 3),
+            q(5, 3, 3),
+            q(2, 1, 2),
+            q(4, 2, 3),
+        ] {
+            good.check().unwrap();
+        }
+        for (bad, rule) in [
+            (q(3, 1, 1), "R + W = 2 must exceed N = 3"),
+            (q(3, 1, 2), "R + W = 3 must exceed N = 3"),
+            (q(4, 3, 2), "W = 2 must exceed N/2 = 2"),
+            (q(2, 2, 1), "W = 1 must exceed N/2 = 1"),
+            (q(3, 4, 2), "impossible"),
+            (q(0, 1, 1), "impossible"),
+        ] {
+            let e = bad.check().unwrap_err();
+            assert!(
+                e.contains(rule) && e.contains(&bad.to_string()),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_quorum_is_checked_when_staged_and_kept_by_later_versions() {
+        let mut l = ring(&["a", "b", "c", "d"], 3);
+        assert_eq!(l.current.quorum(), q(3, 2, 2));
+        // Staging an unsafe quorum is refused and stages nothing.
+        let e = l.stage_quorum(q(3, 1, 1)).unwrap_err();
+        assert!(e.contains("R + W"), "{e}");
+        assert!(l.apply(q(3, 2, 2)).is_err(), "nothing staged");
+        // A join keeps the current quorum, whatever the applying node's
+        // configuration says.
+        l.stage_join(id("e"), "x:1".into());
+        l.apply(q(5, 3, 3)).unwrap();
+        assert_eq!(l.current.quorum(), q(3, 2, 2));
+        l.current.check().unwrap();
+        for n in ["a", "b", "c", "d", "e"] {
+            l.mark_synced(&id(n), l.current.version);
+        }
+        // A staged quorum alone makes a new version, with N copies.
+        l.stage_quorum(q(5, 2, 4)).unwrap();
+        let v = l.apply(q(3, 2, 2)).unwrap();
+        assert_eq!(l.current.version, v);
+        assert_eq!(l.current.quorum(), q(5, 2, 4));
+        assert!(l.current.owners.iter().all(|o| o.len() == 5));
+        assert_eq!(l.old.as_ref().map(LayoutVersion::quorum), Some(q(3, 2, 2)));
+        assert_eq!(l.staged.quorum, None, "applied, no longer staged");
+    }
+
+    #[test]
+    fn a_layout_from_the_network_with_an_unsafe_quorum_is_refused() {
+        let mut l = ring(&["a", "b", "c"], 3);
+        l.current.r = 1;
+        let e = l.check().unwrap_err();
+        assert!(e.contains("layout version 1") && e.contains("R + W"), "{e}");
+        let mut l = ring(&["a", "b", "c"], 3);
+        l.current.w = 1;
+        l.current.r = 3;
+        let e = l.check().unwrap_err();
+        assert!(e.contains("W = 1 must exceed"), "{e}");
+    }
+
+    #[test]
+    fn a_member_keeps_its_joined_version_until_it_leaves_and_comes_back() {
+        let mut l = ring(&["a", "b", "c"], 3);
+        assert!(l.current.joined.values().all(|&v| v == 1));
+        let settle = |l: &mut LayoutHistory| {
+            let v = l.current.version;
+            for n in l.current.nodes.keys().cloned().collect::<Vec<_>>() {
+                l.mark_synced(&n, v);
+            }
+        };
+        l.stage_join(id("d"), "x:1".into());
+        l.apply(Quorum::default()).unwrap();
+        settle(&mut l);
+        assert_eq!(l.current.joined.get(&id("a")), Some(&1));
+        assert_eq!(l.current.joined.get(&id("d")), Some(&2));
+        l.stage_leave(id("a")).unwrap();
+        l.apply(Quorum::default()).unwrap();
+        settle(&mut l);
+        assert_eq!(l.current.joined.get(&id("a")), None);
+        l.stage_join(id("a"), "x:2".into());
+        l.apply(Quorum::default()).unwrap();
+        assert_eq!(l.current.joined.get(&id("a")), Some(&4), "back, as of 4");
+        assert_eq!(l.current.joined.get(&id("d")), Some(&2));
+        l.current.check().unwrap();
+        let mut bad = l.clone();
+        bad.current.joined.remove(&id("b"));
+        assert!(bad.check().is_err());
     }
 }

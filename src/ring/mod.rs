@@ -3,34 +3,56 @@
 //! same replica set must agree on.
 //!
 //! - `hash`: the stable hash that places keys on fixed partitions;
-//! - `layout`: the operator-committed, versioned partition assignment and
-//!   the preference lists it gives;
+//! - `layout`: the operator-committed, versioned partition assignment, the
+//!   preference lists it gives and each version's N, R, W (`layout_v1`:
+//!   layouts stored before those were part of it);
+//! - `membership`: a node added back to the layout drops what it stored
+//!   before (it may hold values deleted while it was away);
 //! - `version`: dotted version vector sets (siblings, no last-write-wins);
 //! - `msg`: what nodes say to each other;
 //! - `storage`: one node's share, on the same engine as the single-host store;
+//! - `commit`: group commit: a write is fsynced before it is acknowledged,
+//!   one fsync for every writer waiting;
+//! - `epoch`: the actor epoch and the clean-shutdown flag (a node that did
+//!   not close cleanly takes a new epoch, so it reuses no dot);
 //! - `merkle`: per-partition hash trees for anti-entropy;
+//! - `quorum`: counting R and W over a key's preference lists;
 //! - `node`: one ring member: quorum reads and writes, read repair, hinted
 //!   handoff, anti-entropy, layout changes;
 //! - `wire`, `transport`: authenticated, length-limited frames over TCP;
 //! - `gossip`: membership (foca, SWIM) and phi-accrual failure detection;
-//! - `sim`: an in-process network with kills and partitions, for tests.
+//! - `sim`: an in-process network with kills and partitions, for tests;
+//! - `power_loss`: a store's copy as a power loss would leave it, for tests.
 //!
 //! The ring knows nothing of the filesystem: keys and values are bytes.
 
 #![allow(dead_code)]
 
+pub mod commit;
+#[cfg(test)]
+mod durability_tests;
+pub mod epoch;
 pub mod gossip;
 pub mod hash;
 pub mod layout;
+pub mod layout_v1;
+pub mod membership;
 pub mod merkle;
 pub mod msg;
 pub mod node;
+#[cfg(test)]
+pub mod power_loss;
+pub mod quorum;
+#[cfg(test)]
+mod quorum_tests;
 pub mod service;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tombstone_tests;
 pub mod transport;
 pub mod version;
 pub mod wire;

@@ -26,31 +26,24 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::commit::Ticket;
 use super::hash::{self, PARTITIONS, Partition};
 use super::layout::LayoutHistory;
 use super::merkle::{self, FANOUT, Tree};
 use super::msg::{MAX_KEY, MAX_VALUE, Request, Response};
+use super::quorum::{OwnerSet, need, shortfall};
 use super::storage::Storage;
 use super::version::{Context, Dvv, Val};
 use super::{BoxFuture, Handler, Liveness, Net, NodeId};
 
-/// N, R, W.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quorum {
-    pub n: u8,
-    pub r: u8,
-    pub w: u8,
-}
-
-impl Default for Quorum {
-    fn default() -> Quorum {
-        Quorum { n: 3, r: 2, w: 2 }
-    }
-}
+pub use super::layout::Quorum;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub id: NodeId,
+    /// The quorum of a ring's first layout, and the R and W of a layout
+    /// stored before they were part of it; a committed layout's own N, R,
+    /// W are what the node counts.
     pub quorum: Quorum,
     /// Nodes asked for the layout until this node has one of its own.
     pub seeds: Vec<NodeId>,
@@ -138,6 +131,10 @@ pub struct Stats {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RingStatus {
     pub node: String,
+    /// The actor id this node's writes carry (`node:EPOCH`); a new epoch
+    /// after every unclean shutdown.
+    #[serde(default)]
+    pub actor: String,
     pub layout_version: u64,
     pub transition_from: Option<u64>,
     pub n: u8,
@@ -146,6 +143,9 @@ pub struct RingStatus {
     pub members: Vec<MemberStatus>,
     pub staged_join: Vec<(String, String)>,
     pub staged_leave: Vec<String>,
+    /// A new N, R, W staged for the next layout version.
+    #[serde(default)]
+    pub staged_quorum: Option<Quorum>,
     /// Nodes the gossip sees alive that are not in the layout (node,
     /// address): candidates for `chironctl ring join`.
     #[serde(default)]
@@ -220,22 +220,26 @@ impl Node {
         net: Arc<dyn Net>,
         live: Arc<dyn Liveness>,
     ) -> std::result::Result<Node, String> {
-        if cfg.quorum.n == 0
-            || cfg.quorum.r == 0
-            || cfg.quorum.w == 0
-            || cfg.quorum.r > cfg.quorum.n
-            || cfg.quorum.w > cfg.quorum.n
-        {
-            return Err(format!(
-                "bad quorum n={} r={} w={}: need 1 <= r, w <= n",
-                cfg.quorum.n, cfg.quorum.r, cfg.quorum.w
-            ));
-        }
+        cfg.quorum
+            .check()
+            .map_err(|e| format!("configured n, r, w: {e}"))?;
         let store = Storage::open(dir, &cfg.id).map_err(|e| e.to_string())?;
         let layout = store
-            .load_layout()
+            .load_layout(cfg.quorum)
             .map_err(|e| e.to_string())?
-            .unwrap_or_else(|| LayoutHistory::empty(cfg.quorum.n));
+            .unwrap_or_else(|| LayoutHistory::empty(cfg.quorum));
+        layout
+            .check()
+            .map_err(|e| format!("the stored layout: {e}"))?;
+        super::membership::settle(&store, &layout, &cfg.id).map_err(|e| e.to_string())?;
+        if layout.current.version > 0 && layout.current.quorum() != cfg.quorum {
+            tracing::info!(
+                "ring: layout version {} counts {}; the configured {} only seeds a ring's first layout (`chironctl ring quorum` stages a change)",
+                layout.current.version,
+                layout.current.quorum(),
+                cfg.quorum
+            );
+        }
         Ok(Node {
             inner: Arc::new(Inner {
                 listener: RwLock::new(None),
@@ -330,6 +334,29 @@ impl Node {
         self.inner.store.get(key).ok().flatten()
     }
 
+    /// The store as a power loss now would leave it (tests).
+    #[cfg(test)]
+    pub fn power_loss_copy(&self, to: &Path) -> std::io::Result<()> {
+        self.inner.store.power_loss_copy(to)
+    }
+
+    /// What a power loss now would leave (tests): see `power_loss_at`.
+    #[cfg(test)]
+    pub fn power_loss_point(&self) -> super::power_loss::Point {
+        self.inner.store.power_loss_point()
+    }
+
+    /// The store as a power loss at `p` would have left it (tests).
+    #[cfg(test)]
+    pub fn power_loss_at(&self, p: super::power_loss::Point, to: &Path) -> std::io::Result<()> {
+        self.inner.store.power_loss_at(p, to)
+    }
+
+    /// The actor id this node's coordinated writes carry (tests, status).
+    pub fn actor(&self) -> String {
+        self.inner.store.actor().to_string()
+    }
+
     pub fn hint_count(&self) -> u64 {
         self.inner.store.hint_count().unwrap_or(0)
     }
@@ -366,12 +393,14 @@ impl Node {
         }));
     }
 
-    /// Stops the background loops and makes the store durable.
+    /// Stops the background loops and closes the store in order (every
+    /// write durable, the clean shutdown recorded); requests that come
+    /// after are refused.
     pub fn stop(&self) {
         for t in self.inner.tasks.lock().drain(..) {
             t.abort();
         }
-        if let Err(e) = self.inner.store.sync() {
+        if let Err(e) = self.inner.store.close() {
             tracing::warn!("ring: {e}");
         }
     }
@@ -384,7 +413,6 @@ impl Node {
         self.inner.stats.gets.fetch_add(1, Ordering::Relaxed);
         let p = hash::partition_of(key);
         let sets = self.owner_sets(p)?;
-        let r = self.inner.cfg.quorum.r as usize;
         let slots = Slots::new(&sets, self.fallbacks(p, &sets));
         let (tx, mut rx) = mpsc::unbounded_channel();
         for owner in slots.owners() {
@@ -404,22 +432,18 @@ impl Node {
                 answers.push((owner, version, from_owner));
             }
             let ok: Vec<&NodeId> = answers.iter().map(|a| &a.0).collect();
-            if sets.iter().all(|s| count_in(s, &ok) >= need(r, s)) {
+            if shortfall(&sets, &ok, |q| q.r).is_none() {
                 done = true;
                 break;
             }
         }
         if !done {
             let ok: Vec<&NodeId> = answers.iter().map(|a| &a.0).collect();
-            let worst = sets
-                .iter()
-                .min_by_key(|s| count_in(s, &ok) as isize - need(r, s) as isize)
-                .cloned()
-                .unwrap_or_default();
+            let (needed, got) = shortfall(&sets, &ok, |q| q.r).unwrap_or((1, 0));
             return Err(RingError::NoQuorum {
                 op: "read",
-                needed: need(r, &worst),
-                got: count_in(&worst, &ok),
+                needed,
+                got,
             });
         }
         // Read repair, in the background: everyone who answered (now or
@@ -465,10 +489,10 @@ impl Node {
         };
         // The coordinator: this node if it owns the key, else the first
         // owner that takes the job.
-        if sets[0].contains(me) {
+        if sets[0].nodes.contains(me) {
             return self.coordinate(key, value, context).await;
         }
-        for owner in sets[0].clone() {
+        for owner in sets[0].nodes.clone() {
             if !self.inner.live.is_alive(&owner) {
                 last = RingError::Refused(format!(
                     "no owner of the key can coordinate the write: {owner} is not alive"
@@ -507,17 +531,31 @@ impl Node {
         let sets = self.owner_sets(p)?;
         let actor = self.inner.store.actor().to_string();
         let write = Dvv::new_write(context, value);
-        let version = self
+        let (version, ticket) = self
             .inner
             .store
             .update(key, |cur| write.update(cur, &actor))
             .map_err(storage_err)?;
         self.changed(p);
-        let w = self.inner.cfg.quorum.w as usize;
         let me = self.inner.cfg.id.clone();
         let slots = Slots::new(&sets, self.fallbacks(p, &sets));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut acked: Vec<NodeId> = vec![me.clone()];
+        let mut acked: Vec<NodeId> = Vec::new();
+        // This node counts once its own copy is durable; its fsync runs
+        // while the other owners are written.
+        {
+            let (n, tx, me) = (self.clone(), tx.clone(), me.clone());
+            tokio::spawn(async move {
+                let ok = match n.inner.store.durable(ticket).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("ring: {e}");
+                        false
+                    }
+                };
+                let _ = tx.send((me, ok));
+            });
+        }
         for owner in slots.owners() {
             if owner == me {
                 continue;
@@ -537,22 +575,17 @@ impl Node {
         drop(tx);
         loop {
             let ok: Vec<&NodeId> = acked.iter().collect();
-            if sets.iter().all(|s| count_in(s, &ok) >= need(w, s)) {
+            let Some((needed, got)) = shortfall(&sets, &ok, |q| q.w) else {
                 return Ok(version);
-            }
+            };
             match rx.recv().await {
                 Some((owner, true)) => acked.push(owner),
                 Some((_, false)) => {}
                 None => {
-                    let worst = sets
-                        .iter()
-                        .min_by_key(|s| count_in(s, &ok) as isize - need(w, s) as isize)
-                        .cloned()
-                        .unwrap_or_default();
                     return Err(RingError::NoQuorum {
                         op: "write",
-                        needed: need(w, &worst),
-                        got: count_in(&worst, &ok),
+                        needed,
+                        got,
                     });
                 }
             }
@@ -568,7 +601,7 @@ impl Node {
         }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
             if standin == self.inner.cfg.id {
-                if self.inner.store.hint(owner, key, version).is_ok() {
+                if self.hint_local(owner, key, version).await.is_ok() {
                     self.inner
                         .stats
                         .hints_stored
@@ -590,8 +623,9 @@ impl Node {
         !believed_alive && self.send_write(owner, key, version, None).await
     }
 
-    /// Reads `owner`'s slot: from the owner, or from a stand-in that may
-    /// hold a hint for it. The bool tells whether the owner itself answered.
+    /// Reads `owner`'s slot: from the owner, or from a stand-in that holds
+    /// something for the key (a hint). The bool tells whether the owner
+    /// itself answered.
     async fn read_slot(
         &self,
         owner: &NodeId,
@@ -603,8 +637,12 @@ impl Node {
             return Some((v, true));
         }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
-            if let Some(v) = self.send_read(&standin, key).await {
-                return Some((v, false));
+            // A stand-in that holds nothing for the key says nothing of
+            // what the owner holds: its "not found" must not count toward
+            // R, or a read could miss an acknowledged write with most of
+            // the key's owners down.
+            if let Some(Some(v)) = self.send_read(&standin, key).await {
+                return Some((Some(v), false));
             }
         }
         // No stand-in left: ask the owner even if believed down.
@@ -644,7 +682,10 @@ impl Node {
         hint_for: Option<&NodeId>,
     ) -> bool {
         if *to == self.inner.cfg.id && hint_for.is_none() {
-            return self.write_local(key, version).is_ok();
+            return match self.write_local(key, version) {
+                Ok(t) => self.inner.store.durable(t).await.is_ok(),
+                Err(_) => false,
+            };
         }
         let req = Request::Write {
             key: key.to_vec(),
@@ -676,12 +717,24 @@ impl Node {
         Ok(v)
     }
 
-    fn write_local(&self, key: &[u8], version: &Dvv) -> Result<()> {
-        let (_, changed) = self.inner.store.merge(key, version).map_err(storage_err)?;
+    /// Merges `version` into this node's store; the ticket says when it
+    /// is durable (wait for it before acknowledging the write).
+    fn write_local(&self, key: &[u8], version: &Dvv) -> Result<Ticket> {
+        let (_, changed, ticket) = self.inner.store.merge(key, version).map_err(storage_err)?;
         if changed {
             self.changed(hash::partition_of(key));
         }
-        Ok(())
+        Ok(ticket)
+    }
+
+    /// Keeps `version` as a hint for `owner`, durably.
+    async fn hint_local(&self, owner: &NodeId, key: &[u8], version: &Dvv) -> Result<()> {
+        let t = self
+            .inner
+            .store
+            .hint(owner, key, version)
+            .map_err(storage_err)?;
+        self.inner.store.durable(t).await.map_err(storage_err)
     }
 
     fn changed(&self, p: Partition) {
@@ -693,26 +746,34 @@ impl Node {
         self.inner.generations.lock().get(&p).copied().unwrap_or(0)
     }
 
-    fn owner_sets(&self, p: Partition) -> Result<Vec<Vec<NodeId>>> {
+    /// The preference lists of partition `p`, each with the quorum of its
+    /// layout version: the current one first.
+    fn owner_sets(&self, p: Partition) -> Result<Vec<OwnerSet>> {
         let layout = self.inner.layout.read();
         if layout.current.version == 0 {
             return Err(RingError::NoLayout);
         }
-        Ok(layout
-            .owner_sets(p)
-            .into_iter()
-            .map(<[NodeId]>::to_vec)
-            .collect())
+        let mut sets = vec![OwnerSet {
+            nodes: layout.current.owners(p).to_vec(),
+            quorum: layout.current.quorum(),
+        }];
+        if let Some(old) = &layout.old {
+            sets.push(OwnerSet {
+                nodes: old.owners(p).to_vec(),
+                quorum: old.quorum(),
+            });
+        }
+        Ok(sets)
     }
 
     /// Stand-ins for partition `p`: every known node outside its
     /// preference lists, in an order fixed per partition.
-    fn fallbacks(&self, p: Partition, sets: &[Vec<NodeId>]) -> Vec<NodeId> {
+    fn fallbacks(&self, p: Partition, sets: &[OwnerSet]) -> Vec<NodeId> {
         let layout = self.inner.layout.read();
         let mut others: Vec<NodeId> = layout
             .addresses()
             .into_keys()
-            .filter(|n| !sets.iter().any(|s| s.contains(n)))
+            .filter(|n| !sets.iter().any(|s| s.nodes.contains(n)))
             .collect();
         others.sort_by_key(|n| {
             let mut k = p.to_be_bytes().to_vec();
@@ -810,7 +871,7 @@ impl Node {
                 // Writes under the old layout reached W of its owners: after
                 // exchanging with all but W-1 of them, this node has them all.
                 let old_owners = old.owners(p);
-                let w = self.inner.cfg.quorum.w as usize;
+                let w = old.w as usize;
                 let got = old_owners
                     .iter()
                     .filter(|o| **o == me || exchanged.contains(o))
@@ -870,7 +931,9 @@ impl Node {
                 if k.len() > MAX_KEY || !v.is_valid() || hash::partition_of(&k) != p {
                     continue;
                 }
-                self.write_local(&k, &v)?;
+                // Not waited for: a repair acknowledges nothing, and a
+                // layout's sync mark is saved with an fsync of everything.
+                let _repair: Ticket = self.write_local(&k, &v)?;
                 their_map.insert(k, v);
             }
             for (k, v) in self.leaf_entries(p, *leaf)? {
@@ -991,16 +1054,41 @@ impl Node {
         }
         let changed = {
             let mut l = self.inner.layout.write();
-            let changed = l.merge(other);
-            if changed && let Err(e) = self.inner.store.save_layout(&l) {
+            let mut next = l.clone();
+            if !next.merge(other) {
+                return false;
+            }
+            if let Err(e) = self.settle_membership(&next) {
+                tracing::warn!(
+                    "ring: layout version {} not taken: {e}",
+                    next.current.version
+                );
+                return false;
+            }
+            if let Err(e) = self.inner.store.save_layout(&next) {
                 tracing::warn!("ring: {e}");
             }
-            changed
+            *l = next;
+            true
         };
         if changed {
             self.inner.trees.lock().clear();
         }
         changed
+    }
+
+    /// Before this node takes `layout`: if it was out of the ring since it
+    /// last was a member, it drops what it stored (`membership`).
+    fn settle_membership(&self, layout: &LayoutHistory) -> Result<()> {
+        let dropped = super::membership::settle(&self.inner.store, layout, &self.inner.cfg.id)
+            .map_err(storage_err)?;
+        if dropped {
+            for p in 0..PARTITIONS {
+                self.changed(p);
+            }
+            self.inner.tombstones.lock().clear();
+        }
+        Ok(())
     }
 
     /// Sends our layout to every node it names.
@@ -1025,6 +1113,7 @@ impl Node {
             let mut l = self.inner.layout.write();
             let mut copy = l.clone();
             f(&mut copy)?;
+            self.settle_membership(&copy).map_err(|e| e.to_string())?;
             self.inner
                 .store
                 .save_layout(&copy)
@@ -1053,9 +1142,15 @@ impl Node {
         self.change_layout(|l| l.stage_leave(node)).await
     }
 
+    /// Stages a new N, R, W for the next layout version (refused if it
+    /// breaks the quorum rules).
+    pub async fn stage_quorum(&self, q: Quorum) -> std::result::Result<LayoutHistory, String> {
+        self.change_layout(|l| l.stage_quorum(q)).await
+    }
+
     pub async fn apply(&self) -> std::result::Result<LayoutHistory, String> {
-        let n = self.inner.cfg.quorum.n;
-        self.change_layout(|l| l.apply(n).map(|_| ())).await
+        let first = self.inner.cfg.quorum;
+        self.change_layout(|l| l.apply(first).map(|_| ())).await
     }
 
     async fn mark_synced(&self, version: u64) {
@@ -1070,7 +1165,12 @@ impl Node {
 
     pub fn status(&self) -> RingStatus {
         let l = self.layout();
-        let q = self.inner.cfg.quorum;
+        // What the node counts: the layout's, or what its first will get.
+        let q = if l.current.version > 0 {
+            l.current.quorum()
+        } else {
+            l.next_quorum(self.inner.cfg.quorum)
+        };
         let members = l
             .current
             .nodes
@@ -1087,6 +1187,7 @@ impl Node {
         let s = &self.inner.stats;
         RingStatus {
             node: self.inner.cfg.id.to_string(),
+            actor: self.inner.store.actor().to_string(),
             layout_version: l.current.version,
             transition_from: l.old.as_ref().map(|o| o.version),
             n: q.n,
@@ -1100,6 +1201,7 @@ impl Node {
                 .map(|(n, a)| (n.to_string(), a.clone()))
                 .collect(),
             staged_leave: l.staged.leave.iter().map(|n| n.to_string()).collect(),
+            staged_quorum: l.staged.quorum,
             peers: Vec::new(),
             keys: self.inner.store.key_count().unwrap_or(0),
             hints: self.hint_count(),
@@ -1136,14 +1238,15 @@ impl Node {
                 if !version.is_valid() {
                     return Err(RingError::Refused("malformed version".into()));
                 }
+                // Acknowledged only once durable.
                 match hint_for {
                     Some(owner) if owner != self.inner.cfg.id => {
-                        self.inner
-                            .store
-                            .hint(&owner, &key, &version)
-                            .map_err(storage_err)?;
+                        self.hint_local(&owner, &key, &version).await?;
                     }
-                    _ => self.write_local(&key, &version)?,
+                    _ => {
+                        let t = self.write_local(&key, &version)?;
+                        self.inner.store.durable(t).await.map_err(storage_err)?;
+                    }
                 }
                 Response::Done
             }
@@ -1154,7 +1257,7 @@ impl Node {
             } => {
                 check_key(&key)?;
                 let p = hash::partition_of(&key);
-                if !self.owner_sets(p)?[0].contains(&self.inner.cfg.id) {
+                if !self.owner_sets(p)?[0].nodes.contains(&self.inner.cfg.id) {
                     return Err(RingError::Refused(format!(
                         "{} does not own partition {p} in layout {}",
                         self.inner.cfg.id,
@@ -1247,9 +1350,9 @@ struct Slots {
 }
 
 impl Slots {
-    fn new(sets: &[Vec<NodeId>], fallbacks: Vec<NodeId>) -> Slots {
+    fn new(sets: &[OwnerSet], fallbacks: Vec<NodeId>) -> Slots {
         let mut owners: Vec<NodeId> = Vec::new();
-        for n in sets.iter().flatten() {
+        for n in sets.iter().flat_map(|s| &s.nodes) {
             if !owners.contains(n) {
                 owners.push(n.clone());
             }
@@ -1282,14 +1385,4 @@ fn merge_opt(a: Option<Dvv>, b: Option<&Dvv>) -> Option<Dvv> {
         (None, Some(b)) => Some(b.clone()),
         (a, None) => a,
     }
-}
-
-/// Quorum needed in a preference list of `set.len()` nodes (a ring smaller
-/// than N asks all of them at most).
-fn need(q: usize, set: &[NodeId]) -> usize {
-    q.min(set.len()).max(1)
-}
-
-fn count_in(set: &[NodeId], acked: &[&NodeId]) -> usize {
-    set.iter().filter(|n| acked.contains(n)).count()
 }

@@ -5,28 +5,46 @@
 //! |-----------|---------------------------------------|-----------------|
 //! | `kv`      | ring partition (u16 BE) ++ key        | Dvv (postcard)  |
 //! | `hints`   | len(owner) (u8) ++ owner ++ key       | Dvv (postcard)  |
-//! | `sys`     | `layout` / `actor`                    | postcard        |
+//! | `sys`     | `layout.v2` (`layout`: `layout_v1`)   | postcard        |
+//! | `sys`     | `actor`, `shutdown`, `retired`        | see `epoch`     |
+//! | `sys`     | `member_since`                        | u64 BE, see `membership` |
 //! | `purged`  | as `kv`                               | the counters of a collected tombstone |
 //!
 //! `kv` keys start with the ring partition, so a partition is one range
 //! scan (for Merkle trees and anti-entropy). Every change to one key goes
 //! through a striped lock, so a read-merge-write is atomic per key.
-//! Durability is the single-host store's: each write reaches the OS before
-//! the call returns (survives kill -9); `sync` fsyncs.
+//!
+//! Durability: each write reaches the OS before the call returns (it
+//! survives kill -9) and hands back a [`Ticket`]; a caller that
+//! acknowledges the write to anyone first waits for it ([`Storage::durable`]),
+//! which group-commits an fsync of the journal (`commit`). `close` is the
+//! orderly end: everything synced, then the clean-shutdown flag. A store
+//! opened without that flag takes a new actor epoch (`epoch`).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::NodeId;
+use super::commit::{GroupCommit, Ticket};
+use super::epoch;
 use super::hash::{self, Partition};
-use super::layout::LayoutHistory;
+use super::layout::{LayoutHistory, Quorum};
 use super::version::Dvv;
 use crate::meta::lock::StateLock;
 
 const STRIPES: usize = 64;
+
+/// The layout, with N, R and W in each version.
+const LAYOUT: &str = "layout.v2";
+/// A layout stored before they were (read once, replaced at the next save).
+const LAYOUT_V1: &str = "layout";
+/// The layout version since which this node has been a member (u64 BE).
+const MEMBER_SINCE: &str = "member_since";
 
 #[derive(Debug, thiserror::Error)]
 #[error("ring store: {step}: {reason}")]
@@ -35,7 +53,7 @@ pub struct StorageError {
     pub reason: String,
 }
 
-fn err(step: &'static str) -> impl Fn(fjall::Error) -> StorageError {
+pub(super) fn err(step: &'static str) -> impl Fn(fjall::Error) -> StorageError {
     move |e| StorageError {
         step,
         reason: e.to_string(),
@@ -53,10 +71,39 @@ pub struct Storage {
     purged: PartitionHandle,
     hints: PartitionHandle,
     sys: PartitionHandle,
-    keyspace: Keyspace,
+    journal: Arc<Journal>,
+    commit: GroupCommit,
+    /// Set by `close`: writes are refused from then on. Every write holds
+    /// it shared, so none lands between the last sync and the flag.
+    closed: RwLock<bool>,
     stripes: Vec<Mutex<()>>,
     actor: String,
     _lock: StateLock,
+}
+
+/// What makes the store durable: fjall's journal.
+struct Journal {
+    keyspace: Keyspace,
+    /// The active journal as far as the last completed sync covered it:
+    /// what a power loss leaves (`power_loss_copy`).
+    #[cfg(test)]
+    durable: Mutex<Option<(std::path::PathBuf, Vec<u8>)>>,
+    #[cfg(test)]
+    dir: std::path::PathBuf,
+}
+
+impl Journal {
+    /// Makes every write that returned before the call durable.
+    fn persist(&self, mode: PersistMode) -> Result<()> {
+        #[cfg(test)]
+        let before = super::power_loss::active_journal(&self.dir);
+        self.keyspace.persist(mode).map_err(err("sync"))?;
+        #[cfg(test)]
+        if let Some(j) = before {
+            *self.durable.lock() = Some(j);
+        }
+        Ok(())
+    }
 }
 
 fn kv_key(key: &[u8]) -> Vec<u8> {
@@ -91,8 +138,10 @@ fn encode(v: &Dvv) -> Vec<u8> {
 impl Storage {
     /// Opens (creating it, mode 0700) the store in `dir`. `node` names the
     /// node; the actor id that node's writes carry in version vectors is
-    /// `node:EPOCH`, with an epoch drawn when the store is created, so a
-    /// node whose store was wiped never reuses a dot it issued before.
+    /// `node:EPOCH`, with an epoch drawn when the store is created and
+    /// again whenever it was not closed cleanly (`epoch`), so no dot it
+    /// issued before a crash, or before its store was wiped, is issued
+    /// again.
     pub fn open(dir: &Path, node: &NodeId) -> Result<Storage> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -121,33 +170,74 @@ impl Storage {
                 .max_memtable_size(4 << 20);
             keyspace.open_partition(name, opts).map_err(err("open"))
         };
+        let journal = Arc::new(Journal {
+            keyspace: keyspace.clone(),
+            #[cfg(test)]
+            durable: Mutex::new(None),
+            #[cfg(test)]
+            dir: dir.to_path_buf(),
+        });
         let sys = open("sys")?;
-        let actor = match sys.get("actor").map_err(err("read actor"))? {
-            Some(a) => String::from_utf8_lossy(&a).into_owned(),
-            None => {
-                let mut epoch = [0u8; 4];
-                getrandom::fill(&mut epoch).map_err(|e| StorageError {
-                    step: "draw actor epoch",
-                    reason: e.to_string(),
-                })?;
-                let a = format!("{node}:{:08x}", u32::from_be_bytes(epoch));
-                sys.insert("actor", a.as_bytes())
-                    .map_err(err("write actor"))?;
-                keyspace
-                    .persist(PersistMode::SyncAll)
-                    .map_err(err("sync"))?;
-                a
-            }
-        };
+        let actor = epoch::begin(&sys, node)?;
+        // The actor and the "open" flag are durable before any write that
+        // could carry them.
+        journal.persist(PersistMode::SyncAll)?;
+        let j = journal.clone();
+        let commit = GroupCommit::start(Box::new(move || {
+            j.persist(PersistMode::SyncData).map_err(|e| e.to_string())
+        }))
+        .map_err(|e| StorageError {
+            step: "start the sync thread",
+            reason: e.to_string(),
+        })?;
         Ok(Storage {
             kv: open("kv")?,
             purged: open("purged")?,
             hints: open("hints")?,
             sys,
-            keyspace,
+            journal,
+            commit,
+            closed: RwLock::new(false),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             actor,
             _lock: lock,
+        })
+    }
+
+    /// The orderly end: refuses writes from now on, makes everything
+    /// durable, then records the clean shutdown that lets the next open
+    /// keep the actor epoch. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        let mut closed = self.closed.write();
+        if *closed {
+            return Ok(());
+        }
+        *closed = true;
+        self.journal.persist(PersistMode::SyncAll)?;
+        self.commit.settle_all();
+        self.commit.stop();
+        epoch::end(&self.sys)?;
+        self.journal.persist(PersistMode::SyncAll)
+    }
+
+    /// Shared hold on the store for one write; refused once closed.
+    fn writing(&self) -> Result<parking_lot::RwLockReadGuard<'_, bool>> {
+        let g = self.closed.read();
+        if *g {
+            return Err(StorageError {
+                step: "write",
+                reason: "the store is closed".into(),
+            });
+        }
+        Ok(g)
+    }
+
+    /// Waits, without blocking the thread, until the write that gave
+    /// `t` is durable. Call before acknowledging it.
+    pub async fn durable(&self, t: Ticket) -> Result<()> {
+        self.commit.wait(t).await.map_err(|reason| StorageError {
+            step: "sync",
+            reason,
         })
     }
 
@@ -168,40 +258,95 @@ impl Storage {
     }
 
     /// Merges `incoming` into the stored version of `key`; returns the
-    /// result and whether the store changed.
-    pub fn merge(&self, key: &[u8], incoming: &Dvv) -> Result<(Dvv, bool)> {
+    /// result, whether the store changed, and the ticket to wait for
+    /// before saying the store holds it (also when nothing changed: what
+    /// it holds may be another writer's change, not yet durable).
+    ///
+    /// A key whose tombstone was collected merges from what the tombstone
+    /// had seen (its `purged` record): a late copy of a value it deleted
+    /// (read repair, anti-entropy, a hint delivered) changes nothing.
+    pub fn merge(&self, key: &[u8], incoming: &Dvv) -> Result<(Dvv, bool, Ticket)> {
+        let _w = self.writing()?;
         let _g = self.stripe(key);
-        let current = self.get(key)?.unwrap_or_default();
+        let current = match self.get(key)? {
+            Some(v) => v,
+            None => self.purged(key)?.unwrap_or_default(),
+        };
         let merged = current.sync(incoming);
         if merged == current {
-            return Ok((merged, false));
+            return Ok((merged, false, self.commit.latest()));
         }
         self.kv
             .insert(kv_key(key), encode(&merged))
             .map_err(err("write"))?;
-        Ok((merged, true))
+        Ok((merged, true, self.commit.issue()))
     }
 
     /// The coordinator's step, atomic per key: `make` computes the new
     /// version from the stored one, which it replaces.
-    pub fn update(&self, key: &[u8], make: impl FnOnce(&Dvv) -> Dvv) -> Result<Dvv> {
+    pub fn update(&self, key: &[u8], make: impl FnOnce(&Dvv) -> Dvv) -> Result<(Dvv, Ticket)> {
+        let _w = self.writing()?;
         let _g = self.stripe(key);
         let current = match self.get(key)? {
             Some(v) => v,
-            None => match self.purged.get(kv_key(key)).map_err(err("read"))? {
-                Some(b) => decode("read", &b)?,
-                None => Dvv::default(),
-            },
+            None => self.purged(key)?.unwrap_or_default(),
         };
         let new = make(&current);
         self.kv
             .insert(kv_key(key), encode(&new))
             .map_err(err("write"))?;
-        Ok(new)
+        Ok((new, self.commit.issue()))
     }
 
-    /// Deletes `key` if it holds exactly `version`; true if it did.
+    /// What the collected tombstone of `key` had seen, if it was purged.
+    fn purged(&self, key: &[u8]) -> Result<Option<Dvv>> {
+        match self.purged.get(kv_key(key)).map_err(err("read"))? {
+            Some(b) => decode("read", &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes `key` if it holds exactly `version`; true if it did. The
+    /// hints it keeps on the key, for any owner (in the layout or not: a
+    /// node added back gets its hints), lose what the tombstone deleted
+    /// (a hint holding nothing newer is dropped), so no hint delivered
+    /// later brings a deleted value back.
     pub fn purge(&self, key: &[u8], version: &Dvv) -> Result<bool> {
+        let _w = self.writing()?;
+        if !self.purge_key(key, version)? {
+            return Ok(false);
+        }
+        // After the key's stripe is released (a hint's stripe may be the
+        // same one): `hint` filters against the record from now on.
+        for owner in self.hint_owners()? {
+            let k = hint_key(&owner, key);
+            let _g = self.stripe(&k);
+            let Some(b) = self.hints.get(&k).map_err(err("read hint"))? else {
+                continue;
+            };
+            let hint = decode("read hint", &b)?;
+            match self.without_purged(key, &hint)? {
+                None => self.hints.remove(&k).map_err(err("purge"))?,
+                Some(kept) if kept != hint => {
+                    self.hints.insert(&k, encode(&kept)).map_err(err("purge"))?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// `v` without what the collected tombstone of `key` deleted; `None`
+    /// if nothing is left.
+    fn without_purged(&self, key: &[u8], v: &Dvv) -> Result<Option<Dvv>> {
+        let Some(purged) = self.purged(key)? else {
+            return Ok(Some(v.clone()));
+        };
+        let kept = purged.sync(v);
+        Ok((!kept.values().is_empty()).then_some(kept))
+    }
+
+    fn purge_key(&self, key: &[u8], version: &Dvv) -> Result<bool> {
         let _g = self.stripe(key);
         if self.get(key)?.as_ref() != Some(version) {
             return Ok(false);
@@ -245,21 +390,32 @@ impl Storage {
         Ok(n)
     }
 
-    /// Keeps `version` of `key` for `owner`, which is down.
-    pub fn hint(&self, owner: &NodeId, key: &[u8], version: &Dvv) -> Result<()> {
+    /// Keeps `version` of `key` for `owner`, which is down; the ticket
+    /// says when the hint is durable.
+    ///
+    /// What a collected tombstone of the key deleted is left out: a hint
+    /// holding nothing else is not kept.
+    pub fn hint(&self, owner: &NodeId, key: &[u8], version: &Dvv) -> Result<Ticket> {
+        let _w = self.writing()?;
         let k = hint_key(owner, key);
         let _g = self.stripe(&k);
         let current = match self.hints.get(&k).map_err(err("read hint"))? {
             Some(b) => decode("read hint", &b)?,
             None => Dvv::default(),
         };
-        let merged = current.sync(version);
-        if merged != current {
-            self.hints
-                .insert(&k, encode(&merged))
-                .map_err(err("write hint"))?;
+        let Some(merged) = self.without_purged(key, &current.sync(version))? else {
+            if self.hints.get(&k).map_err(err("read hint"))?.is_some() {
+                self.hints.remove(&k).map_err(err("write hint"))?;
+            }
+            return Ok(self.commit.latest());
+        };
+        if merged == current {
+            return Ok(self.commit.latest());
         }
-        Ok(())
+        self.hints
+            .insert(&k, encode(&merged))
+            .map_err(err("write hint"))?;
+        Ok(self.commit.issue())
     }
 
     /// The hint kept for `owner` on `key`.
@@ -306,6 +462,33 @@ impl Storage {
         Ok(out)
     }
 
+    /// Every owner this node keeps hints for (one seek per owner).
+    pub fn hint_owners(&self) -> Result<Vec<NodeId>> {
+        let mut owners = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(item) = self.hints.range(from.clone()..).next() {
+            let (k, _) = item.map_err(err("scan hints"))?;
+            let len = k.first().copied().unwrap_or(0) as usize;
+            let Some(prefix) = k.get(..1 + len) else {
+                break;
+            };
+            if let Ok(o) = NodeId::new(&String::from_utf8_lossy(&prefix[1..])) {
+                owners.push(o);
+            }
+            // The first key past every key with this prefix.
+            let mut next = prefix.to_vec();
+            while next.last() == Some(&0xff) {
+                next.pop();
+            }
+            match next.last_mut() {
+                Some(b) => *b += 1,
+                None => break,
+            }
+            from = next;
+        }
+        Ok(owners)
+    }
+
     pub fn hint_count(&self) -> Result<u64> {
         let mut n = 0;
         for item in self.hints.keys() {
@@ -317,6 +500,7 @@ impl Storage {
 
     /// Drops the hint for `owner` on `key` if it is still `delivered`.
     pub fn hint_delivered(&self, owner: &NodeId, key: &[u8], delivered: &Dvv) -> Result<()> {
+        let _w = self.writing()?;
         let k = hint_key(owner, key);
         let _g = self.stripe(&k);
         if let Some(b) = self.hints.get(&k).map_err(err("read hint"))?
@@ -327,14 +511,22 @@ impl Storage {
         Ok(())
     }
 
-    pub fn load_layout(&self) -> Result<Option<LayoutHistory>> {
-        match self.sys.get("layout").map_err(err("read layout"))? {
-            Some(b) => postcard::from_bytes(&b)
+    /// The stored layout. One stored before N, R and W were part of the
+    /// layout takes its R and W from `configured` (`layout_v1`).
+    pub fn load_layout(&self, configured: Quorum) -> Result<Option<LayoutHistory>> {
+        let bad = |reason: String| StorageError {
+            step: "read layout",
+            reason,
+        };
+        if let Some(b) = self.sys.get(LAYOUT).map_err(err("read layout"))? {
+            return postcard::from_bytes(&b)
                 .map(Some)
-                .map_err(|e| StorageError {
-                    step: "read layout",
-                    reason: format!("malformed stored layout: {e}"),
-                }),
+                .map_err(|e| bad(format!("malformed stored layout: {e}")));
+        }
+        match self.sys.get(LAYOUT_V1).map_err(err("read layout"))? {
+            Some(b) => super::layout_v1::decode(&b, configured)
+                .map(Some)
+                .map_err(bad),
             None => Ok(None),
         }
     }
@@ -344,16 +536,103 @@ impl Storage {
             step: "write layout",
             reason: e.to_string(),
         })?;
-        self.sys
-            .insert("layout", bytes)
-            .map_err(err("write layout"))?;
+        {
+            let _w = self.writing()?;
+            self.sys
+                .insert(LAYOUT, bytes)
+                .map_err(err("write layout"))?;
+            self.sys.remove(LAYOUT_V1).map_err(err("write layout"))?;
+        }
         self.sync()
     }
 
-    /// Makes every write that returned durable.
+    /// The layout version since which this node has been a member, as
+    /// it last recorded it (`membership`).
+    pub fn member_since(&self) -> Result<Option<u64>> {
+        match self.sys.get(MEMBER_SINCE).map_err(err("read membership"))? {
+            Some(b) => <[u8; 8]>::try_from(&*b)
+                .map(|a| Some(u64::from_be_bytes(a)))
+                .map_err(|_| StorageError {
+                    step: "read membership",
+                    reason: format!("malformed stored membership ({} bytes)", b.len()),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Records `since` durably.
+    pub fn set_member_since(&self, since: u64) -> Result<()> {
+        {
+            let _w = self.writing()?;
+            self.sys
+                .insert(MEMBER_SINCE, since.to_be_bytes())
+                .map_err(err("write membership"))?;
+        }
+        self.sync()
+    }
+
+    /// Drops every key this node stores as an owner (not the hints it
+    /// keeps for others, nor the records of collected tombstones), durably.
+    pub fn drop_owned(&self) -> Result<u64> {
+        let mut n = 0;
+        {
+            let _w = self.writing()?;
+            let keys: Vec<_> = self
+                .kv
+                .keys()
+                .collect::<std::result::Result<_, _>>()
+                .map_err(err("drop keys"))?;
+            for k in keys {
+                self.kv.remove(k).map_err(err("drop keys"))?;
+                n += 1;
+            }
+        }
+        self.sync()?;
+        Ok(n)
+    }
+
+    /// Stores a layout as a version before N, R and W were part of it
+    /// did (tests).
+    #[cfg(test)]
+    pub fn save_layout_v1(&self, bytes: &[u8]) -> Result<()> {
+        self.sys
+            .insert(LAYOUT_V1, bytes)
+            .map_err(err("write layout"))?;
+        self.sys.remove(LAYOUT).map_err(err("write layout"))?;
+        self.sync()
+    }
+
+    /// Makes every write that returned durable, blocking the thread.
     pub fn sync(&self) -> Result<()> {
-        self.keyspace
-            .persist(PersistMode::SyncAll)
-            .map_err(err("sync"))
+        let t = {
+            let _w = self.writing()?;
+            self.commit.issue()
+        };
+        self.commit.wait_blocking(t).map_err(|reason| StorageError {
+            step: "sync",
+            reason,
+        })
+    }
+
+    /// Copies the store to `to` as a power loss would leave it: every file
+    /// as it is, but the active journal only as far as the last completed
+    /// sync reached (the page cache's unsynced tail lost). Assumes no
+    /// journal rotation and no memtable flush since that sync (tests
+    /// write far less than a memtable).
+    #[cfg(test)]
+    pub fn power_loss_copy(&self, to: &Path) -> std::io::Result<()> {
+        self.power_loss_at(self.power_loss_point(), to)
+    }
+
+    /// What a power loss now would leave of the journal (tests): pass it
+    /// to `power_loss_at` to copy the store as of this instant.
+    #[cfg(test)]
+    pub fn power_loss_point(&self) -> super::power_loss::Point {
+        super::power_loss::Point(self.journal.durable.lock().clone())
+    }
+
+    #[cfg(test)]
+    pub fn power_loss_at(&self, p: super::power_loss::Point, to: &Path) -> std::io::Result<()> {
+        super::power_loss::copy(&self.journal.dir, to, p.0)
     }
 }

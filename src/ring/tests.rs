@@ -14,28 +14,28 @@ use super::node::{Node, NodeConfig, Quorum};
 use super::sim::World;
 use super::version::Context;
 
-fn id(s: &str) -> NodeId {
+pub(super) fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
 }
 
-struct Cluster {
-    world: Arc<World>,
-    nodes: Vec<Node>,
+pub(super) struct Cluster {
+    pub(super) world: Arc<World>,
+    pub(super) nodes: Vec<Node>,
     _dirs: Vec<TempDir>,
 }
 
 #[derive(Clone, Copy)]
-struct Timing {
-    hints: bool,
-    anti_entropy: bool,
+pub(super) struct Timing {
+    pub(super) hints: bool,
+    pub(super) anti_entropy: bool,
 }
 
-const FAST: Timing = Timing {
+pub(super) const FAST: Timing = Timing {
     hints: true,
     anti_entropy: true,
 };
 
-fn config(name: &str, t: Timing, seeds: &[&str]) -> NodeConfig {
+pub(super) fn config(name: &str, t: Timing, seeds: &[&str]) -> NodeConfig {
     let mut c = NodeConfig::new(id(name));
     c.quorum = Quorum { n: 3, r: 2, w: 2 };
     c.hint_interval = t.hints.then_some(Duration::from_millis(100));
@@ -46,7 +46,7 @@ fn config(name: &str, t: Timing, seeds: &[&str]) -> NodeConfig {
 }
 
 impl Cluster {
-    async fn new(names: &[&str], t: Timing) -> Cluster {
+    pub(super) async fn new(names: &[&str], t: Timing) -> Cluster {
         let world = World::new();
         let mut c = Cluster {
             world,
@@ -72,7 +72,7 @@ impl Cluster {
     }
 
     /// Starts a node with an empty store (a new one, or a wiped one).
-    fn add(&mut self, name: &str, t: Timing, seeds: &[&str]) -> Node {
+    pub(super) fn add(&mut self, name: &str, t: Timing, seeds: &[&str]) -> Node {
         let dir = TempDir::new().unwrap();
         let net = self.world.net(&id(name));
         let node = Node::open(config(name, t, seeds), dir.path(), net.clone(), net).unwrap();
@@ -84,19 +84,19 @@ impl Cluster {
         node
     }
 
-    fn node(&self, name: &str) -> &Node {
+    pub(super) fn node(&self, name: &str) -> &Node {
         self.nodes.iter().find(|n| n.id().as_str() == name).unwrap()
     }
 
-    fn kill(&self, name: &str) {
+    pub(super) fn kill(&self, name: &str) {
         self.world.set_down(&id(name), true);
     }
 
-    fn revive(&self, name: &str) {
+    pub(super) fn revive(&self, name: &str) {
         self.world.set_down(&id(name), false);
     }
 
-    async fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
+    pub(super) async fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
         let start = Instant::now();
         while !ok() {
             assert!(
@@ -120,7 +120,7 @@ impl Cluster {
     }
 
     /// Owners of `key` in the current layout.
-    fn owners(&self, key: &[u8]) -> Vec<String> {
+    pub(super) fn owners(&self, key: &[u8]) -> Vec<String> {
         let l = self.nodes[0].layout();
         l.current
             .owners(hash::partition_of(key))
@@ -138,7 +138,7 @@ impl Drop for Cluster {
     }
 }
 
-fn val(s: &str) -> Option<Vec<u8>> {
+pub(super) fn val(s: &str) -> Option<Vec<u8>> {
     Some(s.as_bytes().to_vec())
 }
 

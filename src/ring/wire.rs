@@ -42,7 +42,10 @@ use super::version::{Dvv, Val};
 type HmacSha256 = Hmac<Sha256>;
 
 /// The protocol this code speaks; a peer announcing another one is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: layouts carry each version's R and W (and a staged quorum), so a
+/// node of version 1 could not decode them: every node of a ring must be
+/// upgraded together.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Shortest ring secret accepted.
 pub const MIN_SECRET_LEN: usize = 16;
 pub const NONCE_LEN: usize = 32;
@@ -658,7 +661,7 @@ pub fn check_response(resp: &Response) -> Result<(), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::layout::LayoutHistory;
+    use crate::ring::layout::{LayoutHistory, Quorum};
     use crate::ring::version::Entry;
 
     fn id(s: &str) -> NodeId {
@@ -702,11 +705,12 @@ mod tests {
     }
 
     fn layout() -> LayoutHistory {
-        let mut l = LayoutHistory::empty(3);
+        let mut l = LayoutHistory::empty(Quorum::default());
         for (i, n) in ["a", "b", "c", "d"].iter().enumerate() {
             l.stage_join(id(n), format!("10.0.0.{i}:7000"));
         }
-        l.apply(3).unwrap();
+        l.stage_quorum(Quorum { n: 3, r: 1, w: 3 }).unwrap();
+        l.apply(Quorum::default()).unwrap();
         l
     }
 
@@ -753,7 +757,7 @@ mod tests {
             Request::Flush,
             Request::GetLayout,
             Request::PutLayout(Box::new(layout())),
-            Request::PutLayout(Box::new(LayoutHistory::empty(3))),
+            Request::PutLayout(Box::new(LayoutHistory::empty(Quorum::default()))),
         ]
     }
 
@@ -881,11 +885,12 @@ mod tests {
             ServerHandshake::accept(&s, &id("me"), body),
             Err(WireError::SelfNamed(_))
         ));
-        let mut v2 = body.to_vec();
-        v2[MAGIC.len()] = 2;
+        // A node of the previous version (layouts without R and W).
+        let mut v1 = body.to_vec();
+        v1[MAGIC.len()] = 1;
         assert!(matches!(
-            ServerHandshake::accept(&s, &id("x"), &v2),
-            Err(WireError::Version(2))
+            ServerHandshake::accept(&s, &id("x"), &v1),
+            Err(WireError::Version(1))
         ));
         let mut magic = body.to_vec();
         magic[0] = b'X';
@@ -1071,6 +1076,12 @@ mod tests {
             Response::Layout(Box::new({
                 let mut l = layout();
                 l.current.n = 0;
+                l
+            })),
+            // A quorum that breaks R + W > N.
+            Response::Layout(Box::new({
+                let mut l = layout();
+                l.current.w = 1;
                 l
             })),
         ];
