@@ -2281,6 +2281,11 @@ fn run_seed(settings: &Settings, seed: u64) -> Result<(), String> {
     };
     op.run_until(Instant::now() + Duration::from_secs_f64(settings.secs));
     shared.stop.store(true, Ordering::SeqCst);
+    // A client blocked behind a hung replica goes on once it is cleared,
+    // whatever stopped the operator.
+    if let Err(e) = op.clear_all() {
+        shared.fail("operator", e);
+    }
     let load = shared.start.elapsed();
 
     let ops = clients.stop(&shared);

@@ -669,8 +669,36 @@ impl ChironFs {
             self.writable_handles.fetch_sub(1, Ordering::SeqCst);
             self.release_intent(std::slice::from_ref(s));
         }
+        // The handle's last reference may be an in-flight call's; its fds
+        // are closed here, off this thread where they may block.
+        let fds = {
+            let mut g = h.fds.lock();
+            let n = g.len();
+            std::mem::replace(&mut *g, vec![None; n])
+        };
+        self.discard(fds);
         settled?;
         Ok(())
+    }
+
+    /// Closes fds (index = replica) where a close cannot hold up a FUSE
+    /// thread: here for a replica on a local filesystem, else on the
+    /// replica's own threads (closing a file of a hung NFS or FUSE server
+    /// waits for the server; src/DESIGN.md, "Hung replicas").
+    pub(super) fn discard(&self, fds: Vec<Option<Arc<OwnedFd>>>) {
+        for (i, fd) in fds.into_iter().enumerate() {
+            let Some(fd) = fd else { continue };
+            if self.replicas[i].inline {
+                drop(fd);
+                continue;
+            }
+            let reps = self.replicas.clone();
+            reps[i].queued.fetch_add(1, Ordering::SeqCst);
+            self.replicas[i].submit(move || {
+                drop(fd);
+                reps[i].queued.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
     }
 
     /// Replica `replica` left service: writable opens drop their fds on it
@@ -681,7 +709,10 @@ impl ChironFs {
             return;
         }
         for h in self.files.all(|h| h.is_writable()) {
-            h.fds.lock()[replica] = None;
+            let fd = h.fds.lock().get_mut(replica).and_then(Option::take);
+            let mut v = vec![None; replica + 1];
+            v[replica] = fd;
+            self.discard(v);
         }
     }
 
