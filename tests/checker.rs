@@ -22,8 +22,17 @@
 //!   later, read-only ones: FUSE passthrough readers). Every outcome (success
 //!   or the errno) is compared with what the model predicts, every read with
 //!   the model's content;
+//! - each replica is a bind mount of a directory on its own tmpfs (and,
+//!   for the last replica of even seeds, behind tests/faultfs): see
+//!   `checker/rig.rs`;
 //! - the main thread is the operator: `chironctl disable`, `enable`,
-//!   `resync --full` on random replicas, always keeping one in sync; about
+//!   `resync --full` on random replicas, and faults (CHIRONFS_CHECKER_FAULTS,
+//!   default all of [`FAULTS`]): a full disk, the replica's directory
+//!   vanishing (unmounted) and coming back, EIO and hangs, `kill -9` of the
+//!   daemon and a mount of the same replicas with the same or a fresh
+//!   `state_dir` (clients drop the handles they held), and `add_replica` on
+//!   such a mount; always keeping one replica healthy (in sync, nothing
+//!   marked, no fault); about
 //!   once a second it parks the clients between operations and runs
 //!   `chironctl check` and `status --json`: a replica reported in sync (all
 //!   of them when check says OK) must then hold exactly the model;

@@ -684,7 +684,7 @@ impl ChironFs {
     /// Closes fds (index = replica) where a close cannot hold up a FUSE
     /// thread: here for a replica on a local filesystem, else on the
     /// replica's own threads (closing a file of a hung NFS or FUSE server
-    /// waits for the server; src/DESIGN.md, "Hung replicas").
+    /// waits for the server; src/DESIGN.md, section 3, step 6).
     pub(super) fn discard(&self, fds: Vec<Option<Arc<OwnedFd>>>) {
         for (i, fd) in fds.into_iter().enumerate() {
             let Some(fd) = fd else { continue };
