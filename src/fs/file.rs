@@ -570,10 +570,11 @@ impl ChironFs {
         if targets.len() == 1 {
             return Ok(());
         }
-        let Some(fd) = &fds[first] else {
+        let Some(fd) = fds[first].clone() else {
             return Ok(());
         };
-        let st = ops::fstat(fd.as_fd())?;
+        // On the replica's own threads if it has them: it may hang.
+        let st = self.on_replica(first, move |_| ops::fstat(fd.as_fd()))?;
         let mtime = libc::timespec {
             tv_sec: st.st_mtime,
             tv_nsec: st.st_mtime_nsec,
@@ -610,10 +611,20 @@ impl ChironFs {
         // Unlinked: only what this open holds can be synced (whatever the
         // state of its replicas: a sync changes nothing).
         let Ok(loc) = self.locate(h.ino) else {
-            for fd in fds.iter().flatten() {
-                ops::fsync(fd.as_fd(), datasync)?;
-            }
-            return Ok(());
+            let held: Vec<usize> = (0..fds.len()).filter(|&i| fds[i].is_some()).collect();
+            let results = super::fanout::run(
+                &self.replicas,
+                &held,
+                self.opts.replica_timeout,
+                move |rep| {
+                    let fd = fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
+                    ops::fsync(fd.as_fd(), datasync)
+                },
+            );
+            return results
+                .into_iter()
+                .find_map(|(_, r)| r.err())
+                .map_or(Ok(()), Err);
         };
         let path = self.describe(h.ino);
         self.mutate("fsync", &path, move |rep| {

@@ -100,8 +100,26 @@ impl Differ<'_> {
     }
 
     /// Compares entry `name` of the directories `sdir` and `ddir` (the
-    /// parent of `path` on each side).
+    /// parent of `path` on each side). An entry that goes away on either
+    /// side while it is compared (the mount is live) differs: the copy
+    /// that follows settles it under the path's lock.
     fn compare_entry(
+        &mut self,
+        sdir: BorrowedFd,
+        ddir: BorrowedFd,
+        path: &RelPath,
+        name: &CStr,
+    ) -> Result<()> {
+        match self.compare_entry_now(sdir, ddir, path, name) {
+            Err(e) if is_absent(e) => {
+                self.report(path);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn compare_entry_now(
         &mut self,
         sdir: BorrowedFd,
         ddir: BorrowedFd,
