@@ -397,6 +397,79 @@ fn default_socket_is_named_after_the_fsname_and_found_from_the_mountpoint() {
     assert!(!sock.exists(), "the socket outlived the daemon");
 }
 
+/// `chironctl MOUNTPOINT` finds the daemon whatever `ctl=` says: the
+/// daemon records its socket by mountpoint; a directory that is no chironfs
+/// mount, or a record whose socket is gone, gives an error naming it.
+#[test]
+fn mountpoint_finds_the_daemon_whatever_ctl_says() {
+    let (m, sock) = mount_with_socket(&[]);
+    let mnt = m.mountpoint.to_str().unwrap().to_string();
+    let o = ctl(&["status", &mnt]);
+    assert!(
+        o.status.success(),
+        "chironctl did not find the ctl= socket from the mountpoint: {o:?}"
+    );
+    assert_eq!(stdout(&o).matches("in-sync").count(), 2, "{o:?}");
+    // The record is named after the canonical mountpoint (resolved through
+    // the parent: the mountpoint itself is the FUSE root now).
+    let canon = std::fs::canonicalize(m.mountpoint.parent().unwrap())
+        .unwrap()
+        .join(m.mountpoint.file_name().unwrap());
+    let key = canon
+        .to_str()
+        .unwrap()
+        .replace('%', "%25")
+        .replace('/', "%2F");
+
+    // Not a mount at all, and a mount of another type.
+    let plain = tempfile::tempdir().unwrap();
+    let o = ctl(&["status", plain.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        err.contains(plain.path().to_str().unwrap()) && err.contains("not a mountpoint"),
+        "{err}"
+    );
+    let o = ctl(&["status", "/proc"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && err.contains("/proc") && err.contains("not chironfs"),
+        "{err}"
+    );
+
+    // A record whose socket is gone: stale, said so, naming the mountpoint.
+    std::fs::remove_file(&sock).unwrap();
+    let o = ctl(&["status", &mnt]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && err.contains(&mnt) && err.contains("stale record"),
+        "{err}"
+    );
+    let records = || {
+        std::fs::read_dir("/run/chironfs/mounts")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        records()
+            .iter()
+            .any(|r| r.file_name().unwrap() == key.as_str()),
+        "no record for {mnt}: {:?}",
+        records()
+    );
+    let (_, _root) = m.unmount();
+    assert!(
+        !records()
+            .iter()
+            .any(|r| r.file_name().unwrap() == key.as_str()),
+        "the record outlived the daemon"
+    );
+}
+
 /// The command line is clap's: help, completions, usage errors (exit 2),
 /// and for `check` the Nagios UNKNOWN (3) with a status line.
 #[test]

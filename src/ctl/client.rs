@@ -24,26 +24,74 @@ fn socket_for(target: Option<&str>) -> Result<PathBuf, String> {
             let p = Path::new(t);
             match std::fs::metadata(p) {
                 Ok(md) if md.file_type().is_socket() => Ok(p.to_path_buf()),
-                Ok(md) if md.is_dir() => {
-                    let source = super::mount_source(p);
-                    Ok(super::default_socket(source.as_deref(), p))
-                }
+                Ok(md) if md.is_dir() => socket_of_mount(t),
                 Ok(_) => Err(format!("'{t}' is neither a mountpoint nor a socket")),
                 Err(e) => Err(format!("'{t}': {e}")),
             }
         }
         None => {
-            let socks: Vec<PathBuf> = std::fs::read_dir("/run/chironfs")
+            let mut socks: Vec<PathBuf> = std::fs::read_dir("/run/chironfs")
                 .map(|d| {
                     d.filter_map(|e| e.ok().map(|e| e.path()))
                         .filter(|p| p.extension().is_some_and(|x| x == "sock"))
                         .collect()
                 })
                 .unwrap_or_default();
+            // Daemons with `ctl=` elsewhere are found by their records.
+            for s in super::recorded_sockets() {
+                if is_socket(&s) && !socks.contains(&s) {
+                    socks.push(s);
+                }
+            }
             match socks.as_slice() {
                 [one] => Ok(one.clone()),
                 [] => Err("no chironfs daemon found in /run/chironfs; name a mountpoint".into()),
                 _ => Err("several chironfs daemons run; name a mountpoint or socket".into()),
+            }
+        }
+    }
+}
+
+fn is_socket(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|md| md.file_type().is_socket())
+}
+
+/// The socket of the daemon serving the mount at directory `t`: the one
+/// its daemon recorded under /run/chironfs/mounts (whatever `ctl=` said),
+/// else the default socket (a daemon that records nothing).
+fn socket_of_mount(t: &str) -> Result<PathBuf, String> {
+    let canon = std::fs::canonicalize(t).map_err(|e| format!("'{t}': {e}"))?;
+    let Some((fstype, source)) = super::mount_at(&canon) else {
+        return Err(format!(
+            "'{t}' is not a mountpoint: name a chironfs mountpoint or its socket"
+        ));
+    };
+    if fstype != "fuse.chironfs" && fstype != "fuse" {
+        return Err(format!(
+            "'{t}' is a {fstype} mount, not chironfs: name a chironfs mountpoint or its socket"
+        ));
+    }
+    let daemon_gone =
+        |pid: Option<u32>| pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+    match super::read_mount_record(&canon) {
+        Some((sock, pid)) if is_socket(&sock) && !daemon_gone(pid) => Ok(sock),
+        Some((sock, pid)) => Err(format!(
+            "'{t}': stale record {}: its daemon{} is gone or its socket {} is not there \
+             (the daemon ended without unmounting?)",
+            super::mount_record_path(&canon).display(),
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            sock.display()
+        )),
+        None => {
+            let sock = super::default_socket(Some(&source), &canon);
+            if is_socket(&sock) {
+                Ok(sock)
+            } else {
+                Err(format!(
+                    "'{t}': no daemon recorded for this mount in {} and no socket at {}",
+                    super::MOUNT_RECORDS,
+                    sock.display()
+                ))
             }
         }
     }
