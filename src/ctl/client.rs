@@ -223,90 +223,6 @@ pub fn check(st: &FsStatus) -> (String, i32) {
     )
 }
 
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text exposition format.
-pub fn metrics(st: &FsStatus) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, help: &str, rows: Vec<(String, f64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (labels, v) in rows {
-            out.push_str(&format!("{name}{labels} {v}\n"));
-        }
-    };
-    let l = |r: &crate::fs::status::ReplicaStatus| {
-        format!("{{replica=\"{}\",id=\"{}\"}}", label(&r.path), label(&r.id))
-    };
-    family(
-        "chironfs_write_quorum",
-        "Replicas a write needs.",
-        vec![(String::new(), st.write_quorum as f64)],
-    );
-    family(
-        "chironfs_replica_in_sync",
-        "1 if the replica is in sync and serves reads.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), (r.state == "in-sync") as u8 as f64))
-            .collect(),
-    );
-    family(
-        "chironfs_replica_missed_paths",
-        "Paths the replica missed and still needs.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.missed as f64))
-            .collect(),
-    );
-    family(
-        "chironfs_replica_reads",
-        "Read-side operations sent to the replica.",
-        st.replicas.iter().map(|r| (l(r), r.reads as f64)).collect(),
-    );
-    family(
-        "chironfs_replica_writes",
-        "Mutations sent to the replica.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.writes as f64))
-            .collect(),
-    );
-    family(
-        "chironfs_replica_latency_seconds",
-        "Mean time a request to the replica took.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.latency_us / 1e6))
-            .collect(),
-    );
-    family(
-        "chironfs_pending_paths",
-        "Paths with a mutation possibly in flight.",
-        vec![(String::new(), st.pending as f64)],
-    );
-    family(
-        "chironfs_replica_in_flight",
-        "Requests in flight on the replica.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.in_flight as f64))
-            .collect(),
-    );
-    family(
-        "chironfs_resync_bytes_done",
-        "Bytes copied by the resync in progress.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.resync.as_ref().map_or(0.0, |p| p.bytes_done as f64)))
-            .collect(),
-    );
-    out
-}
-
 /// Follows a resync until the replica is in sync (or failed): a progress
 /// bar on a terminal, one plain line per update otherwise.
 fn wait_for_resync(sock: &Path, name: &str) -> i32 {
@@ -657,7 +573,7 @@ pub fn main(argv: &[String]) -> i32 {
             println!("{line}");
             return code;
         }
-        _ => print!("{}", metrics(&st)),
+        _ => print!("{}", super::metrics::prometheus_text(&st)),
     }
     0
 }

@@ -4,6 +4,7 @@
 mod args;
 pub mod client;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod ring;
 pub mod server;
