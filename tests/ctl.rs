@@ -270,6 +270,143 @@ fn metrics_are_served_over_http() {
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(r.contains("chironfs_replica_in_sync{"), "{r}");
     assert!(get("/other").starts_with("HTTP/1.1 404"));
+    let body = |r: &str| r.split_once("\r\n\r\n").unwrap().1.to_string();
+    check_metrics(&body(&r), None, false);
+    // A query string is ignored.
+    let q = get("/metrics?x");
+    assert!(q.starts_with("HTTP/1.1 200"), "{q}");
+    assert!(
+        q.contains("# TYPE chironfs_replica_writes_total counter"),
+        "{q}"
+    );
+    // HEAD: the headers of a GET, no body.
+    let head = |req: &str| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(c, "{req}").unwrap();
+        let mut r = String::new();
+        let _ = c.read_to_string(&mut r);
+        r
+    };
+    let h = head("HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(h.contains("Content-Length: "), "{h}");
+    assert_eq!(body(&h), "", "HEAD sent a body: {h}");
+    assert!(head("POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    // OpenMetrics for a scraper that asks for it.
+    let om = head(
+        "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+    );
+    assert!(
+        om.contains("Content-Type: application/openmetrics-text"),
+        "{om}"
+    );
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
+    check_metrics(&body(&om), None, true);
+    // More idle connections than workers: a scrape still gets through once
+    // they are dropped, and the listener did not give up.
+    let idle: Vec<_> = (0..20)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    drop(idle);
+    assert!(get("/metrics").starts_with("HTTP/1.1 200"));
+}
+
+/// Checks Prometheus text with the reference parser (Debian's
+/// python3-prometheus-client): every family has a `# TYPE`, counters end in
+/// `_total`, and with a second scrape, no counter went down. `openmetrics`:
+/// parse as OpenMetrics instead of the classic text format.
+fn check_metrics(first: &str, second: Option<&str>, openmetrics: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    std::fs::write(&a, first).unwrap();
+    std::fs::write(&b, second.unwrap_or(first)).unwrap();
+    let script = r##"
+import sys
+if sys.argv[3] == "om":
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as p
+else:
+    from prometheus_client.parser import text_string_to_metric_families as p
+def scrape(path):
+    text = open(path).read()
+    typed = {l.split()[2] for l in text.splitlines() if l.startswith("# TYPE ")}
+    counters = {}
+    for f in p(text):
+        assert f.type in ("counter", "gauge", "histogram"), (f.name, f.type)
+        assert f.samples, f.name
+        for s in f.samples:
+            if f.type == "counter":
+                assert s.name.endswith("_total"), s.name
+                counters[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    for l in text.splitlines():
+        if l and not l.startswith("#"):
+            name = l.split("{")[0].split(" ")[0]
+            assert any(name == t or name.startswith(t + "_") or (t + "_total") == name
+                       for t in typed), "no # TYPE for " + name
+    return counters
+one, two = scrape(sys.argv[1]), scrape(sys.argv[2])
+assert one, "no counters"
+for k, v in one.items():
+    assert k in two, ("counter gone", k)
+    assert two[k] >= v, ("counter went down", k, v, two[k])
+print(len(one))
+"##;
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&a)
+        .arg(&b)
+        .arg(if openmetrics { "om" } else { "text" })
+        .output()
+        .expect("/usr/bin/python3 (run scripts/setup)");
+    assert!(
+        out.status.success(),
+        "metrics rejected: {}\n--- first ---\n{first}\n--- second ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        second.unwrap_or("")
+    );
+}
+
+/// Counters are counters (`_total`, never going down), levels are gauges,
+/// latency is a per-replica histogram, and the build is labelled.
+#[test]
+fn metrics_are_typed_and_counters_only_grow() {
+    let (m, sock) = mount_with_socket(&[]);
+    let s = sock.to_str().unwrap();
+    std::fs::write(m.path("before"), b"x").unwrap();
+    let first = stdout(&ctl(&["metrics", s]));
+    for i in 0..20 {
+        std::fs::write(m.path(format!("f{i}")), vec![b'y'; 4096]).unwrap();
+        let _ = std::fs::read(m.path(format!("f{i}"))).unwrap();
+    }
+    let second = stdout(&ctl(&["metrics", s]));
+    check_metrics(&first, Some(&second), false);
+    for needle in [
+        "# TYPE chironfs_replica_writes_total counter",
+        "# TYPE chironfs_replica_reads_total counter",
+        "# TYPE chironfs_replica_resync_bytes_total counter",
+        "# TYPE chironfs_replica_resync_entries_total counter",
+        "# TYPE chironfs_replica_in_flight gauge",
+        "# TYPE chironfs_replica_missed_paths gauge",
+        "# TYPE chironfs_replica_latency_seconds histogram",
+        "chironfs_replica_latency_seconds_bucket{",
+        "le=\"+Inf\"",
+        &format!(
+            "chironfs_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+    ] {
+        assert!(second.contains(needle), "no {needle} in\n{second}");
+    }
+    // The writes went up between the scrapes.
+    let writes = |t: &str| -> f64 {
+        t.lines()
+            .filter(|l| l.starts_with("chironfs_replica_writes_total{"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum()
+    };
+    assert!(writes(&second) > writes(&first), "{first}\n{second}");
 }
 
 #[test]
@@ -395,6 +532,79 @@ fn default_socket_is_named_after_the_fsname_and_found_from_the_mountpoint() {
     );
     let (_, _root) = m.unmount();
     assert!(!sock.exists(), "the socket outlived the daemon");
+}
+
+/// `chironctl MOUNTPOINT` finds the daemon whatever `ctl=` says: the
+/// daemon records its socket by mountpoint; a directory that is no chironfs
+/// mount, or a record whose socket is gone, gives an error naming it.
+#[test]
+fn mountpoint_finds_the_daemon_whatever_ctl_says() {
+    let (m, sock) = mount_with_socket(&[]);
+    let mnt = m.mountpoint.to_str().unwrap().to_string();
+    let o = ctl(&["status", &mnt]);
+    assert!(
+        o.status.success(),
+        "chironctl did not find the ctl= socket from the mountpoint: {o:?}"
+    );
+    assert_eq!(stdout(&o).matches("in-sync").count(), 2, "{o:?}");
+    // The record is named after the canonical mountpoint (resolved through
+    // the parent: the mountpoint itself is the FUSE root now).
+    let canon = std::fs::canonicalize(m.mountpoint.parent().unwrap())
+        .unwrap()
+        .join(m.mountpoint.file_name().unwrap());
+    let key = canon
+        .to_str()
+        .unwrap()
+        .replace('%', "%25")
+        .replace('/', "%2F");
+
+    // Not a mount at all, and a mount of another type.
+    let plain = tempfile::tempdir().unwrap();
+    let o = ctl(&["status", plain.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        err.contains(plain.path().to_str().unwrap()) && err.contains("not a mountpoint"),
+        "{err}"
+    );
+    let o = ctl(&["status", "/proc"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && err.contains("/proc") && err.contains("not chironfs"),
+        "{err}"
+    );
+
+    // A record whose socket is gone: stale, said so, naming the mountpoint.
+    std::fs::remove_file(&sock).unwrap();
+    let o = ctl(&["status", &mnt]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && err.contains(&mnt) && err.contains("stale record"),
+        "{err}"
+    );
+    let records = || {
+        std::fs::read_dir("/run/chironfs/mounts")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        records()
+            .iter()
+            .any(|r| r.file_name().unwrap() == key.as_str()),
+        "no record for {mnt}: {:?}",
+        records()
+    );
+    let (_, _root) = m.unmount();
+    assert!(
+        !records()
+            .iter()
+            .any(|r| r.file_name().unwrap() == key.as_str()),
+        "the record outlived the daemon"
+    );
 }
 
 /// The command line is clap's: help, completions, usage errors (exit 2),

@@ -24,26 +24,74 @@ fn socket_for(target: Option<&str>) -> Result<PathBuf, String> {
             let p = Path::new(t);
             match std::fs::metadata(p) {
                 Ok(md) if md.file_type().is_socket() => Ok(p.to_path_buf()),
-                Ok(md) if md.is_dir() => {
-                    let source = super::mount_source(p);
-                    Ok(super::default_socket(source.as_deref(), p))
-                }
+                Ok(md) if md.is_dir() => socket_of_mount(t),
                 Ok(_) => Err(format!("'{t}' is neither a mountpoint nor a socket")),
                 Err(e) => Err(format!("'{t}': {e}")),
             }
         }
         None => {
-            let socks: Vec<PathBuf> = std::fs::read_dir("/run/chironfs")
+            let mut socks: Vec<PathBuf> = std::fs::read_dir("/run/chironfs")
                 .map(|d| {
                     d.filter_map(|e| e.ok().map(|e| e.path()))
                         .filter(|p| p.extension().is_some_and(|x| x == "sock"))
                         .collect()
                 })
                 .unwrap_or_default();
+            // Daemons with `ctl=` elsewhere are found by their records.
+            for s in super::recorded_sockets() {
+                if is_socket(&s) && !socks.contains(&s) {
+                    socks.push(s);
+                }
+            }
             match socks.as_slice() {
                 [one] => Ok(one.clone()),
                 [] => Err("no chironfs daemon found in /run/chironfs; name a mountpoint".into()),
                 _ => Err("several chironfs daemons run; name a mountpoint or socket".into()),
+            }
+        }
+    }
+}
+
+fn is_socket(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|md| md.file_type().is_socket())
+}
+
+/// The socket of the daemon serving the mount at directory `t`: the one
+/// its daemon recorded under /run/chironfs/mounts (whatever `ctl=` said),
+/// else the default socket (a daemon that records nothing).
+fn socket_of_mount(t: &str) -> Result<PathBuf, String> {
+    let canon = std::fs::canonicalize(t).map_err(|e| format!("'{t}': {e}"))?;
+    let Some((fstype, source)) = super::mount_at(&canon) else {
+        return Err(format!(
+            "'{t}' is not a mountpoint: name a chironfs mountpoint or its socket"
+        ));
+    };
+    if fstype != "fuse.chironfs" && fstype != "fuse" {
+        return Err(format!(
+            "'{t}' is a {fstype} mount, not chironfs: name a chironfs mountpoint or its socket"
+        ));
+    }
+    let daemon_gone =
+        |pid: Option<u32>| pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+    match super::read_mount_record(&canon) {
+        Some((sock, pid)) if is_socket(&sock) && !daemon_gone(pid) => Ok(sock),
+        Some((sock, pid)) => Err(format!(
+            "'{t}': stale record {}: its daemon{} is gone or its socket {} is not there \
+             (the daemon ended without unmounting?)",
+            super::mount_record_path(&canon).display(),
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            sock.display()
+        )),
+        None => {
+            let sock = super::default_socket(Some(&source), &canon);
+            if is_socket(&sock) {
+                Ok(sock)
+            } else {
+                Err(format!(
+                    "'{t}': no daemon recorded for this mount in {} and no socket at {}",
+                    super::MOUNT_RECORDS,
+                    sock.display()
+                ))
             }
         }
     }
@@ -173,90 +221,6 @@ pub fn check(st: &FsStatus) -> (String, i32) {
         ),
         code,
     )
-}
-
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text exposition format.
-pub fn metrics(st: &FsStatus) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, help: &str, rows: Vec<(String, f64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (labels, v) in rows {
-            out.push_str(&format!("{name}{labels} {v}\n"));
-        }
-    };
-    let l = |r: &crate::fs::status::ReplicaStatus| {
-        format!("{{replica=\"{}\",id=\"{}\"}}", label(&r.path), label(&r.id))
-    };
-    family(
-        "chironfs_write_quorum",
-        "Replicas a write needs.",
-        vec![(String::new(), st.write_quorum as f64)],
-    );
-    family(
-        "chironfs_replica_in_sync",
-        "1 if the replica is in sync and serves reads.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), (r.state == "in-sync") as u8 as f64))
-            .collect(),
-    );
-    family(
-        "chironfs_replica_missed_paths",
-        "Paths the replica missed and still needs.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.missed as f64))
-            .collect(),
-    );
-    family(
-        "chironfs_replica_reads",
-        "Read-side operations sent to the replica.",
-        st.replicas.iter().map(|r| (l(r), r.reads as f64)).collect(),
-    );
-    family(
-        "chironfs_replica_writes",
-        "Mutations sent to the replica.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.writes as f64))
-            .collect(),
-    );
-    family(
-        "chironfs_replica_latency_seconds",
-        "Mean time a request to the replica took.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.latency_us / 1e6))
-            .collect(),
-    );
-    family(
-        "chironfs_pending_paths",
-        "Paths with a mutation possibly in flight.",
-        vec![(String::new(), st.pending as f64)],
-    );
-    family(
-        "chironfs_replica_in_flight",
-        "Requests in flight on the replica.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.in_flight as f64))
-            .collect(),
-    );
-    family(
-        "chironfs_resync_bytes_done",
-        "Bytes copied by the resync in progress.",
-        st.replicas
-            .iter()
-            .map(|r| (l(r), r.resync.as_ref().map_or(0.0, |p| p.bytes_done as f64)))
-            .collect(),
-    );
-    out
 }
 
 /// Follows a resync until the replica is in sync (or failed): a progress
@@ -609,7 +573,7 @@ pub fn main(argv: &[String]) -> i32 {
             println!("{line}");
             return code;
         }
-        _ => print!("{}", metrics(&st)),
+        _ => print!("{}", super::metrics::prometheus_text(&st)),
     }
     0
 }

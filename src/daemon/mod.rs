@@ -280,6 +280,17 @@ fn serve(
             false
         }
     };
+    // chironctl finds this socket by mountpoint whatever `ctl=` says: the
+    // record is keyed by the canonical mountpoint, resolved now, before the
+    // mount hides the directory.
+    let record = serving_ctl
+        .then(|| {
+            let canon = std::fs::canonicalize(&inv.mountpoint).ok()?;
+            crate::ctl::write_mount_record(&canon, &sock)
+                .map_err(|e| tracing::warn!("{e}; chironctl MOUNTPOINT will not find this mount"))
+                .ok()
+        })
+        .flatten();
     if let Some(addr) = &cfg.metrics_listen {
         crate::ctl::http::start(fs.clone(), addr).map_err(StartupError::Other)?;
     }
@@ -287,8 +298,12 @@ fn serve(
     // this path after the daemon moved to "/", and once mounted, resolving
     // it would ask the filesystem, which answers only once the session runs.
     let live = std::path::absolute(&inv.mountpoint).unwrap_or(inv.mountpoint.clone());
-    let mut session = fuser::Session::new(adapter, &live, &session_cfg)
-        .map_err(|e| StartupError::Mount(inv.mountpoint.display().to_string(), e.to_string()))?;
+    let mut session = fuser::Session::new(adapter, &live, &session_cfg).map_err(|e| {
+        if let Some(rec) = &record {
+            let _ = std::fs::remove_file(rec);
+        }
+        StartupError::Mount(inv.mountpoint.display().to_string(), e.to_string())
+    })?;
     tracing::info!(
         "mounted {} on {} ({} replicas)",
         inv.source,
@@ -312,6 +327,7 @@ fn serve(
     let mountpoint = inv.mountpoint.clone();
     let grace_store = store.clone();
     let grace_sock = serving_ctl.then(|| sock.clone());
+    let grace_record = record.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -340,6 +356,9 @@ fn serve(
                         if let Some(sock) = &grace_sock {
                             let _ = std::fs::remove_file(sock);
                         }
+                        if let Some(rec) = &grace_record {
+                            let _ = std::fs::remove_file(rec);
+                        }
                         std::process::exit(0);
                     }
                     Err(_) => continue,
@@ -349,10 +368,13 @@ fn serve(
         .map_err(|e| StartupError::Other(e.to_string()))?;
     let ended = session.run();
     systemd::stopping();
-    ended.map_err(|e| StartupError::Other(format!("FUSE session ended: {e}")))?;
     if serving_ctl {
         let _ = std::fs::remove_file(&sock);
     }
+    if let Some(rec) = &record {
+        let _ = std::fs::remove_file(rec);
+    }
+    ended.map_err(|e| StartupError::Other(format!("FUSE session ended: {e}")))?;
     if let Err(e) = store.close_session() {
         tracing::error!("metadata store: cannot record the clean unmount: {e}");
     }

@@ -129,7 +129,7 @@ impl ChironFs {
         );
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         *self.running[i].lock() = Some((Instant::now(), ctl.clone(), total.clone()));
-        let _done = Finished(&self.running[i]);
+        let _done = Finished(&self.running[i], &self.replicas[i]);
         // Declared after `_lease`, so dropped (stopped) before the lease is
         // given back.
         let _renewer = self.renew_lease_while(&ctl);
@@ -387,11 +387,24 @@ impl Drop for Lease<'_> {
 }
 
 /// Clears a replica's running-resync slot however `resync` returns.
-struct Finished<'a>(&'a parking_lot::Mutex<Option<super::status::Running>>);
+/// Ends a resync's entry in `running`, moving its counts into the
+/// replica's totals under the same lock (so the metrics never go back).
+struct Finished<'a>(
+    &'a parking_lot::Mutex<Option<super::status::Running>>,
+    &'a crate::replica::Replica,
+);
 
 impl Drop for Finished<'_> {
     fn drop(&mut self) {
-        *self.0.lock() = None;
+        let mut running = self.0.lock();
+        if let Some((_, ctl, _)) = running.take() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let r = self.1;
+            r.resync_bytes
+                .fetch_add(ctl.bytes_done.load(Relaxed), Relaxed);
+            r.resync_entries
+                .fetch_add(ctl.files_done.load(Relaxed), Relaxed);
+        }
     }
 }
 

@@ -22,6 +22,16 @@ pub struct ResyncProgress {
     pub eta_seconds: Option<f64>,
 }
 
+/// How long the requests to a replica took: `counts[i]` requests took at
+/// most `bounds_s[i]` seconds (and more than the bound before); the last
+/// count, one more than the bounds, is for longer ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    pub bounds_s: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum_s: f64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     pub index: usize,
@@ -37,6 +47,14 @@ pub struct ReplicaStatus {
     pub in_flight: u64,
     /// Mean time a request to this replica took, in microseconds.
     pub latency_us: f64,
+    /// The same requests by how long they took.
+    #[serde(default)]
+    pub latency: LatencyHistogram,
+    /// Bytes and entries copied onto the replica by resyncs since the mount.
+    #[serde(default)]
+    pub resync_bytes_total: u64,
+    #[serde(default)]
+    pub resync_entries_total: u64,
     pub open_handles: u64,
     /// Open files whose reads (and mmaps) the kernel sends straight to this
     /// replica (FUSE passthrough). The kernel cannot take such an open
@@ -73,23 +91,44 @@ impl ChironFs {
             .map(|r| {
                 let rec = store.get_replica(&r.id).ok().flatten();
                 let missed = store.missed_count(&r.id).unwrap_or(0);
-                let resync = self.running[r.index]
-                    .lock()
-                    .as_ref()
-                    .map(|(start, ctl, total)| {
-                        let secs = start.elapsed().as_secs_f64().max(0.001);
-                        let files = ctl.files_done.load(Ordering::Relaxed);
-                        let bytes = ctl.bytes_done.load(Ordering::Relaxed);
-                        let files_rate = files as f64 / secs;
-                        ResyncProgress {
-                            files_done: files,
-                            bytes_done: bytes,
-                            files_left: missed,
-                            bytes_left: total.load(Ordering::Relaxed).saturating_sub(bytes),
-                            bytes_per_sec: bytes as f64 / secs,
-                            eta_seconds: (files_rate > 0.0).then(|| missed as f64 / files_rate),
-                        }
-                    });
+                // Under the lock that the end of a resync takes to move its
+                // counts into the replica's: the totals never go back.
+                let running = self.running[r.index].lock();
+                let (mut resync_bytes_total, mut resync_entries_total) = (
+                    r.resync_bytes.load(Ordering::Relaxed),
+                    r.resync_entries.load(Ordering::Relaxed),
+                );
+                if let Some((_, ctl, _)) = running.as_ref() {
+                    resync_bytes_total += ctl.bytes_done.load(Ordering::Relaxed);
+                    resync_entries_total += ctl.files_done.load(Ordering::Relaxed);
+                }
+                let resync = running.as_ref().map(|(start, ctl, total)| {
+                    let secs = start.elapsed().as_secs_f64().max(0.001);
+                    let files = ctl.files_done.load(Ordering::Relaxed);
+                    let bytes = ctl.bytes_done.load(Ordering::Relaxed);
+                    let files_rate = files as f64 / secs;
+                    ResyncProgress {
+                        files_done: files,
+                        bytes_done: bytes,
+                        files_left: missed,
+                        bytes_left: total.load(Ordering::Relaxed).saturating_sub(bytes),
+                        bytes_per_sec: bytes as f64 / secs,
+                        eta_seconds: (files_rate > 0.0).then(|| missed as f64 / files_rate),
+                    }
+                });
+                drop(running);
+                let latency = LatencyHistogram {
+                    bounds_s: crate::replica::LATENCY_BOUNDS_NS
+                        .iter()
+                        .map(|&b| b as f64 / 1e9)
+                        .collect(),
+                    counts: r
+                        .latency_buckets
+                        .iter()
+                        .map(|c| c.load(Ordering::Relaxed))
+                        .collect(),
+                    sum_s: r.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                };
                 ReplicaStatus {
                     index: r.index,
                     path: r.spec.path.display().to_string(),
@@ -113,6 +152,9 @@ impl ChironFs {
                             ns as f64 / calls as f64 / 1000.0
                         }
                     },
+                    latency,
+                    resync_bytes_total,
+                    resync_entries_total,
                     open_handles: r.bound_handles.load(Ordering::Relaxed),
                     kernel_opens: self.kernel_opens(r.index),
                     missed,

@@ -62,6 +62,27 @@ fn state_of(code: u8) -> State {
     }
 }
 
+/// Upper bounds of the latency histogram's buckets, in nanoseconds
+/// (100 µs to 10 s).
+pub const LATENCY_BOUNDS_NS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
 pub struct Replica {
     pub index: usize,
     pub spec: ReplicaSpec,
@@ -95,6 +116,13 @@ pub struct Replica {
     /// Requests answered, and the time they took in all (for the latency).
     pub calls: AtomicU64,
     pub busy_ns: AtomicU64,
+    /// Requests answered, by how long they took: `LATENCY_BOUNDS_NS`, then
+    /// one more for longer (the latency histogram).
+    pub latency_buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    /// Bytes and entries copied onto it by resyncs that ended (one running
+    /// adds its own counts in `status`).
+    pub resync_bytes: AtomicU64,
+    pub resync_entries: AtomicU64,
     /// Read-side and mutating operations sent to this replica.
     pub reads: AtomicU64,
     pub writes: AtomicU64,
@@ -131,6 +159,9 @@ impl Replica {
             queued: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            resync_bytes: AtomicU64::new(0),
+            resync_entries: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             bound_handles: AtomicU64::new(0),
@@ -283,8 +314,10 @@ impl Replica {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let start = std::time::Instant::now();
         let r = f();
-        self.busy_ns
-            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let ns = start.elapsed().as_nanos() as u64;
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        let bucket = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         r
