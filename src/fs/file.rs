@@ -621,10 +621,19 @@ impl ChironFs {
                     ops::fsync(fd.as_fd(), datasync)
                 },
             );
-            return results
-                .into_iter()
-                .find_map(|(_, r)| r.err())
-                .map_or(Ok(()), Err);
+            // Synced where it could be; a replica that failed to is out of
+            // service already, or is failed now.
+            let mut synced = false;
+            for (i, r) in results {
+                match r {
+                    Ok(()) => synced = true,
+                    Err(e) if self.replicas[i].is_failure(e) => {
+                        self.fail(i, "fsync", &RelPath::root(), e)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return if synced { Ok(()) } else { Err(Errno::EIO) };
         };
         let path = self.describe(h.ino);
         self.mutate("fsync", &path, move |rep| {
