@@ -21,10 +21,6 @@ struct Node {
     /// S_IFMT bits.
     kind: u32,
     key: Option<BackingKey>,
-    /// A file with several links: its backing identity on the other
-    /// replicas it was seen on, so a name looked up on any of them joins
-    /// this node (`lookup_keys`).
-    also: Vec<BackingKey>,
     /// Kernel references (lookup count); the node lives while > 0 or open.
     lookups: u64,
     opens: u64,
@@ -60,7 +56,6 @@ impl InodeTable {
                 links: Vec::new(),
                 kind: libc::S_IFDIR,
                 key: None,
-                also: Vec::new(),
                 lookups: 1,
                 opens: 0,
             },
@@ -132,47 +127,6 @@ impl InodeTable {
         key: BackingKey,
         nlink: u64,
     ) -> u64 {
-        self.lookup_keys(parent, name, kind, &[key], nlink)
-    }
-
-    /// `lookup` with the entry's backing identity on several replicas
-    /// (`keys[0]` the one it was read from): a file with several links
-    /// joins a known node if any of them matches, whichever replica each
-    /// of its names was first looked up on.
-    pub fn lookup_keys(
-        &mut self,
-        parent: u64,
-        name: &Name,
-        kind: u32,
-        keys: &[BackingKey],
-        nlink: u64,
-    ) -> u64 {
-        let Some(&key) = keys.first() else {
-            return ROOT;
-        };
-        let ino = self.lookup_one(parent, name, kind, key, keys, nlink);
-        if keys.len() > 1
-            && let Some(node) = self.nodes.get_mut(&ino)
-        {
-            for &k in &keys[1..] {
-                if node.key != Some(k) && !node.also.contains(&k) {
-                    node.also.push(k);
-                }
-                self.keys.insert(k, ino);
-            }
-        }
-        ino
-    }
-
-    fn lookup_one(
-        &mut self,
-        parent: u64,
-        name: &Name,
-        kind: u32,
-        key: BackingKey,
-        keys: &[BackingKey],
-        nlink: u64,
-    ) -> u64 {
         let link = (parent, name.clone());
         if let Some(&ino) = self.children.get(&link) {
             let node = self.nodes.get_mut(&ino);
@@ -190,7 +144,7 @@ impl InodeTable {
             // The name now refers to something else (changed behind our back).
             self.unlink(parent, name);
         }
-        if let Some(ino) = keys.iter().find_map(|k| self.keys.get(k).copied())
+        if let Some(&ino) = self.keys.get(&key)
             && let Some(node) = self.nodes.get_mut(&ino)
             && node.kind == kind
             && !node.links.is_empty()
@@ -217,7 +171,6 @@ impl InodeTable {
                 links: vec![link.clone()],
                 kind,
                 key: Some(key),
-                also: Vec::new(),
                 lookups: 1,
                 opens: 0,
             },
@@ -283,11 +236,6 @@ impl InodeTable {
                 // The backing inode number may be reused by a new file.
                 if let Some(k) = node.key.take() {
                     self.keys.remove(&k);
-                }
-                for k in std::mem::take(&mut node.also) {
-                    if self.keys.get(&k) == Some(&ino) {
-                        self.keys.remove(&k);
-                    }
                 }
             }
         }
@@ -357,11 +305,6 @@ impl InodeTable {
             for l in node.links {
                 if self.children.get(&l) == Some(&ino) {
                     self.children.remove(&l);
-                }
-            }
-            for k in &node.also {
-                if self.keys.get(k) == Some(&ino) {
-                    self.keys.remove(k);
                 }
             }
             if let Some(k) = node.key
@@ -488,20 +431,5 @@ mod tests {
         t.closed(a);
         assert_eq!(t.len(), 1);
         assert_eq!(t.child(ROOT, &n("a")), None);
-    }
-
-    #[test]
-    fn names_of_one_file_join_whichever_replica_each_was_seen_on() {
-        let mut t = InodeTable::new();
-        // `a` looked up while replica 0 served it, and seen on 1 too.
-        let a = t.lookup_keys(ROOT, &n("a"), REG, &[(0, 1, 80), (1, 2, 90)], 2);
-        // `b`, later, while only replica 1 serves.
-        let b = t.lookup_keys(ROOT, &n("b"), REG, &[(1, 2, 90)], 2);
-        assert_eq!(a, b, "two names of one file must be one inode");
-        // Without the other replica's number they would not have joined.
-        let mut u = InodeTable::new();
-        let a = u.lookup(ROOT, &n("a"), REG, (0, 1, 80), 2);
-        let b = u.lookup(ROOT, &n("b"), REG, (1, 2, 90), 2);
-        assert_ne!(a, b);
     }
 }

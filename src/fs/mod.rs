@@ -396,25 +396,6 @@ impl ChironFs {
         Entry { ino, attr: *st }
     }
 
-    /// `remember` with the entry's backing identity on several replicas
-    /// (see `InodeTable::lookup_keys`).
-    fn remember_keys(
-        &self,
-        parent: u64,
-        name: &Name,
-        st: &Stat,
-        keys: &[inodes::BackingKey],
-    ) -> Entry {
-        let ino = self.inodes.write().lookup_keys(
-            parent,
-            name,
-            st.st_mode & libc::S_IFMT,
-            keys,
-            st.st_nlink,
-        );
-        Entry { ino, attr: *st }
-    }
-
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.write().forget(ino, n);
     }

@@ -63,47 +63,25 @@ impl ChironFs {
         let path = ppath.join(&name);
         let n2 = name.clone();
         let (p2, n3) = (ppath.clone(), name.clone());
-        let (r, mut st) = self.read_meta("lookup", &path, move |rep| {
+        let (mut r, mut st) = self.read_meta("lookup", &path, move |rep| {
             let name = &n2;
             ops::stat_at(fd_of(&rep.dir(&ppath)?), name.as_c())
         })?;
-        // A file with several links is recognised by its backing numbers:
-        // it is read from the first replica that serves it, and its number
-        // on every serving replica is handed to the inode table, so that
-        // its names join one inode whichever replica each was first
-        // looked up on (two inodes would be two page caches in the kernel).
-        let mut keys = vec![Self::key(r, &st)];
-        if st.st_nlink > 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            // Under the path's lock, so no change of the name lands on some
-            // replicas between the stats (they would be two files' numbers).
-            let _guard = self.locks.lock_all(std::slice::from_ref(&path));
-            let serving: Vec<usize> = self
-                .readers()
-                .into_iter()
-                .filter(|&i| self.serves(i, &path))
-                .collect();
-            let mut found: Vec<(usize, Stat)> = Vec::new();
-            for i in serving {
-                let (p3, n4) = (p2.clone(), n3.clone());
-                let Ok(st_i) =
-                    self.on_replica(i, move |rep| ops::stat_at(fd_of(&rep.dir(&p3)?), n4.as_c()))
-                else {
-                    continue;
-                };
-                let same = |a: &Stat| {
-                    a.st_mode & libc::S_IFMT == st_i.st_mode & libc::S_IFMT
-                        && a.st_nlink == st_i.st_nlink
-                };
-                if st_i.st_nlink > 1 && found.first().is_none_or(|(_, f)| same(f)) {
-                    found.push((i, st_i));
-                }
-            }
-            if let Some(&(_, first)) = found.first() {
-                st = first;
-                keys = found.iter().map(|(i, s)| Self::key(*i, s)).collect();
-            }
+        // A file with several links is recognised by its backing number on
+        // one replica: every name of it is looked up on the same one (the
+        // first that serves it), or two names of one file would be two
+        // inodes to the kernel, each with its own cached size.
+        if st.st_nlink > 1
+            && st.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && let Some(canon) = self.readers().into_iter().find(|&i| self.serves(i, &path))
+            && canon != r
+            && let Ok(st2) = self.on_replica(canon, move |rep| {
+                ops::stat_at(fd_of(&rep.dir(&p2)?), n3.as_c())
+            })
+        {
+            (r, st) = (canon, st2);
         }
-        Ok(self.remember_keys(parent, &name, &st, &keys))
+        Ok(self.remember(parent, &name, r, &st))
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, owner: Owner) -> Result<Entry> {
