@@ -384,6 +384,77 @@ fn hard_link_made_while_replica_out() {
     m.assert_replicas_identical();
 }
 
+/// Two names of one file are one inode through the mount, whichever
+/// replica each name was first read from: the kernel keeps one page cache
+/// per inode, so a mapping of one name must see writes made through the
+/// other. (Checker soak seed 9: after a remount, the names of one file
+/// looked up while a replica was coming back showed as separate files.)
+#[test]
+fn names_of_one_file_are_one_inode_whichever_replica_served_them() {
+    const LEN: usize = 8192;
+    let fx = Fixture::new(&[]);
+    let m = &fx.m;
+    fs::write(m.path("x"), vec![b'a'; LEN]).unwrap();
+    fs::hard_link(m.path("x"), m.path("y")).expect("ln x y through the mount");
+    // The kernel forgets both names, so each is looked up afresh below.
+    fs::write("/proc/sys/vm/drop_caches", b"2").expect("drop_caches");
+    thread::sleep(Duration::from_millis(300));
+    // `x` is looked up while replica 0 is out: it is read from replica 1.
+    fx.set_enabled(0, false);
+    let held = File::open(m.path("x")).expect("open x while replica 0 is out");
+    // Safe: a valid fd, LEN bytes of a LEN-byte file, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            held.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap x: {}",
+        std::io::Error::last_os_error()
+    );
+    // Safe: the mapping is LEN bytes long.
+    let mapped = || unsafe { std::slice::from_raw_parts(p as *const u8, LEN) }.to_vec();
+    assert_eq!(
+        mapped(),
+        vec![b'a'; LEN],
+        "x through the mapping before the write"
+    );
+    fx.set_enabled(0, true);
+    fx.wait_in_sync("after enable");
+    // `y` is looked up with both replicas serving: read from replica 0.
+    let ino_y = fs::metadata(m.path("y")).unwrap().ino();
+    let ino_x = held.metadata().unwrap().ino();
+    let mut w = OpenOptions::new().write(true).open(m.path("y")).unwrap();
+    w.write_all(&[b'b'; 100]).unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    let seen = mapped();
+    // Safe: unmapping the mapping made above.
+    unsafe { libc::munmap(p, LEN) };
+    assert_eq!(
+        ino_x, ino_y,
+        "x (inode {ino_x}, looked up on replica 1) and its hard link y (inode {ino_y}, on replica 0) are two inodes"
+    );
+    assert_eq!(
+        &seen[..100],
+        &[b'b'; 100][..],
+        "a mapping of x misses a write made through its hard link y: {}",
+        show(&seen[..100])
+    );
+    drop(held);
+    let mut expected = vec![b'a'; LEN];
+    expected[..100].fill(b'b');
+    assert_on_replicas(m, "x", &expected);
+    m.assert_replicas_identical();
+}
+
 /// Swapping two directories through a temporary name while a replica is
 /// out must leave it with the swapped contents after the resync.
 #[test]

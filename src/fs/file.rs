@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
+use super::fanout;
 use super::handles::Mode;
 use super::namespace::{Owner, settle_new_entry};
 use super::{ChironFs, Entry};
@@ -452,28 +453,54 @@ impl ChironFs {
             return;
         };
         let path = ppath.join(name);
-        for i in self.writers() {
-            // A replica behind for the path may hold another file there.
-            if self.marked_at_or_above(i, &path) {
-                continue;
-            }
-            let rep = &self.replicas[i];
-            for h in held.iter().filter(|h| h.fd(i).is_none()) {
-                let flags = if h.is_writable() {
+        // A replica behind for the path may hold another file there.
+        let targets: Vec<usize> = self
+            .writers()
+            .into_iter()
+            .filter(|&i| !self.marked_at_or_above(i, &path))
+            .filter(|&i| held.iter().any(|h| h.fd(i).is_none()))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let flags: Vec<i32> = held
+            .iter()
+            .map(|h| {
+                if h.is_writable() {
                     h.oflags & !libc::O_TRUNC
                 } else {
                     libc::O_RDONLY
-                };
-                // Only if it is the same file there (same type; the inode
-                // numbers differ between replicas).
-                if let Ok(fd) = rep
-                    .dir(&ppath)
-                    .and_then(|d| ops::openat(fd_of(&d), name.as_c(), flags | libc::O_NOFOLLOW, 0))
-                {
-                    let mut fds = h.fds.lock();
-                    if fds[i].is_none() {
-                        fds[i] = Some(Arc::new(fd));
-                    }
+                }
+            })
+            .collect();
+        // On each replica's own threads, under `replica_timeout`: a hung
+        // replica must not hold up the FUSE thread (it is failed by the
+        // operation that follows, which reaches it too). Only if it is the
+        // same kind of file there (the inode numbers differ between
+        // replicas); an open that fails leaves that handle without an fd.
+        let name2 = name.clone();
+        let opened = fanout::run(
+            &self.replicas,
+            &targets,
+            self.opts.replica_timeout,
+            move |rep| {
+                let dir = rep.dir(&ppath)?;
+                Ok(flags
+                    .iter()
+                    .map(|&f| {
+                        ops::openat(fd_of(&dir), name2.as_c(), f | libc::O_NOFOLLOW, 0)
+                            .ok()
+                            .map(Arc::new)
+                    })
+                    .collect::<Vec<_>>())
+            },
+        );
+        for (i, fds) in opened {
+            let Ok(fds) = fds else { continue };
+            for (h, fd) in held.iter().zip(fds) {
+                let mut slot = h.fds.lock();
+                if slot[i].is_none() {
+                    slot[i] = fd;
                 }
             }
         }

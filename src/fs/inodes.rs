@@ -3,8 +3,12 @@
 //! Inode numbers are allocated from a counter and never reused while the
 //! mount lives, so they are stable. A node remembers every (parent, name)
 //! link it is known by (hard links share one node, hence one st_ino) and the
-//! backing identity (replica, st_dev, st_ino) it was seen with, which is how
-//! a second name of an existing hard link is recognised on lookup.
+//! backing identity (replica, st_dev, st_ino) it was seen with on each
+//! replica, which is how a second name of an existing hard link is
+//! recognised on lookup, whichever replica each name was read from. A
+//! match by number is only a candidate: the caller joins a name to it after
+//! checking on that replica that the node's own path is still that file
+//! ([`InodeTable::candidates`], src/DESIGN.md section 5, "Inodes").
 
 use std::collections::{HashMap, VecDeque};
 
@@ -20,7 +24,9 @@ struct Node {
     links: Vec<(u64, Name)>,
     /// S_IFMT bits.
     kind: u32,
-    key: Option<BackingKey>,
+    /// The backing identity on each replica it was seen on (one per
+    /// replica); the first is the one read when it was last looked up.
+    keys: Vec<BackingKey>,
     /// Kernel references (lookup count); the node lives while > 0 or open.
     lookups: u64,
     opens: u64,
@@ -55,7 +61,7 @@ impl InodeTable {
             Node {
                 links: Vec::new(),
                 kind: libc::S_IFDIR,
-                key: None,
+                keys: Vec::new(),
                 lookups: 1,
                 opens: 0,
             },
@@ -116,68 +122,106 @@ impl InodeTable {
         self.children.get(&(parent, name.clone())).copied()
     }
 
+    /// Nodes that a file with several links, whose backing identity on
+    /// each replica is `keys`, may be another name of: (node, the matching
+    /// key, the node's path). The caller checks on that replica that the
+    /// path still names that file before passing the node to `lookup` as
+    /// `join` (a number may have been reused behind this table's back).
+    pub fn candidates(&self, kind: u32, keys: &[BackingKey]) -> Vec<(u64, BackingKey, RelPath)> {
+        if kind == libc::S_IFDIR {
+            return Vec::new();
+        }
+        keys.iter()
+            .filter_map(|k| {
+                let ino = *self.keys.get(k)?;
+                let node = self.nodes.get(&ino)?;
+                (node.kind == kind && !node.links.is_empty())
+                    .then(|| Some((ino, *k, self.path(ino)?)))
+                    .flatten()
+            })
+            .collect()
+    }
+
     /// Records that the kernel looked up `name` in `parent` and found an
-    /// inode of type `kind` with backing identity `key` and `nlink` links;
-    /// returns its number.
+    /// inode of type `kind` with backing identity `keys` (`keys[0]` from
+    /// the replica it was read from, then the others it was seen on);
+    /// returns its number. `join`: a node this is checked to be another
+    /// name of (a hard link), see [`InodeTable::candidates`].
     pub fn lookup(
         &mut self,
         parent: u64,
         name: &Name,
         kind: u32,
-        key: BackingKey,
-        nlink: u64,
+        keys: &[BackingKey],
+        join: Option<u64>,
     ) -> u64 {
         let link = (parent, name.clone());
+        let first = keys.first().copied();
         if let Some(&ino) = self.children.get(&link) {
-            let node = self.nodes.get_mut(&ino);
-            if let Some(node) = node {
-                let same_replica_other_inode = node.key.is_some_and(|k| k.0 == key.0 && k != key);
-                if node.kind == kind && !same_replica_other_inode {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                let other_inode =
+                    first.is_some_and(|k| node.keys.iter().any(|n| n.0 == k.0 && *n != k));
+                if node.kind == kind && !other_inode {
                     node.lookups += 1;
-                    if node.key != Some(key) {
-                        node.key = Some(key);
-                        self.keys.insert(key, ino);
-                    }
+                    self.note_keys(ino, keys);
                     return ino;
                 }
             }
             // The name now refers to something else (changed behind our back).
             self.unlink(parent, name);
         }
-        if let Some(&ino) = self.keys.get(&key)
+        if let Some(ino) = join
+            && kind != libc::S_IFDIR
             && let Some(node) = self.nodes.get_mut(&ino)
             && node.kind == kind
             && !node.links.is_empty()
-            && nlink > 1
-            && kind != libc::S_IFDIR
         {
-            // Another name of an inode we know: a hard link. (With one link,
-            // or for a directory, it is not: the backing filesystem reused
-            // the number of an entry a resync deleted behind this table's
-            // back; joining a directory to another's node makes the kernel
-            // refuse it with ESTALE.)
+            // Another name of a file we know: a hard link. (Never for a
+            // directory: joining a directory to another's node makes the
+            // kernel refuse it with ESTALE.)
             node.links.push(link.clone());
             node.lookups += 1;
             self.children.insert(link, ino);
+            self.note_keys(ino, keys);
             return ino;
         }
-        let ino = self.retired.remove(&key).unwrap_or_else(|| {
-            self.next += 1;
-            self.next - 1
-        });
+        let ino = first
+            .and_then(|k| self.retired.remove(&k))
+            .unwrap_or_else(|| {
+                self.next += 1;
+                self.next - 1
+            });
         self.nodes.insert(
             ino,
             Node {
                 links: vec![link.clone()],
                 kind,
-                key: Some(key),
+                keys: Vec::new(),
                 lookups: 1,
                 opens: 0,
             },
         );
         self.children.insert(link, ino);
-        self.keys.insert(key, ino);
+        self.note_keys(ino, keys);
         ino
+    }
+
+    /// `ino` was just seen as `keys`: each replacing the node's key for
+    /// that replica, `keys[0]` first.
+    fn note_keys(&mut self, ino: u64, keys: &[BackingKey]) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        for &k in keys.iter().rev() {
+            if let Some(pos) = node.keys.iter().position(|n| n.0 == k.0) {
+                let old = node.keys.remove(pos);
+                if old != k && self.keys.get(&old) == Some(&ino) {
+                    self.keys.remove(&old);
+                }
+            }
+            node.keys.insert(0, k);
+            self.keys.insert(k, ino);
+        }
     }
 
     /// The number an entry seen in a directory listing has or will have,
@@ -233,9 +277,11 @@ impl InodeTable {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.links.retain(|(p, n)| !(*p == parent && n == name));
             if node.links.is_empty() {
-                // The backing inode number may be reused by a new file.
-                if let Some(k) = node.key.take() {
-                    self.keys.remove(&k);
+                // The backing inode numbers may be reused by a new file.
+                for k in std::mem::take(&mut node.keys) {
+                    if self.keys.get(&k) == Some(&ino) {
+                        self.keys.remove(&k);
+                    }
                 }
             }
         }
@@ -307,11 +353,15 @@ impl InodeTable {
                     self.children.remove(&l);
                 }
             }
-            if let Some(k) = node.key
-                && self.keys.get(&k) == Some(&ino)
-            {
-                self.keys.remove(&k);
-                self.retire(k, ino);
+            // Only the first key keeps the number: one retired entry per
+            // number, so it is handed to one node at most.
+            for (n, k) in node.keys.into_iter().enumerate() {
+                if self.keys.get(&k) == Some(&ino) {
+                    self.keys.remove(&k);
+                    if n == 0 {
+                        self.retire(k, ino);
+                    }
+                }
             }
             shrink(&mut self.nodes);
             shrink(&mut self.children);
@@ -356,12 +406,30 @@ mod tests {
     const REG: u32 = libc::S_IFREG;
     const DIR: u32 = libc::S_IFDIR;
 
+    /// A lookup as the filesystem does it, where every candidate checks
+    /// out (a file with one link is never a candidate's other name).
+    fn look(
+        t: &mut InodeTable,
+        parent: u64,
+        name: &str,
+        kind: u32,
+        keys: &[BackingKey],
+        nlink: u64,
+    ) -> u64 {
+        let join = if nlink > 1 {
+            t.candidates(kind, keys).first().map(|c| c.0)
+        } else {
+            None
+        };
+        t.lookup(parent, &n(name), kind, keys, join)
+    }
+
     #[test]
     fn lookups_are_stable_and_paths_follow_renames() {
         let mut t = InodeTable::new();
-        let d = t.lookup(ROOT, &n("d"), DIR, (0, 1, 10), 1);
-        let f = t.lookup(d, &n("f"), REG, (0, 1, 11), 1);
-        assert_eq!(t.lookup(d, &n("f"), REG, (0, 1, 11), 1), f);
+        let d = look(&mut t, ROOT, "d", DIR, &[(0, 1, 10)], 1);
+        let f = look(&mut t, d, "f", REG, &[(0, 1, 11)], 1);
+        assert_eq!(look(&mut t, d, "f", REG, &[(0, 1, 11)], 1), f);
         assert_eq!(t.path(f).unwrap().as_bytes(), b"d/f");
         t.rename(ROOT, &n("d"), ROOT, &n("e"), false);
         assert_eq!(t.path(f).unwrap().as_bytes(), b"e/f");
@@ -372,8 +440,8 @@ mod tests {
     #[test]
     fn hard_links_share_a_node() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 20), 2);
-        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 20), 2);
+        let a = look(&mut t, ROOT, "a", REG, &[(0, 1, 20)], 2);
+        let b = look(&mut t, ROOT, "b", REG, &[(0, 1, 20)], 2);
         assert_eq!(a, b);
         t.unlink(ROOT, &n("a"));
         assert_eq!(t.path(a).unwrap().as_bytes(), b"b");
@@ -382,11 +450,11 @@ mod tests {
     #[test]
     fn forgotten_inodes_keep_their_number() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 60), 1);
-        t.lookup(ROOT, &n("b"), REG, (0, 1, 61), 1);
+        let a = look(&mut t, ROOT, "a", REG, &[(0, 1, 60)], 1);
+        look(&mut t, ROOT, "b", REG, &[(0, 1, 61)], 1);
         t.forget(a, 1);
         assert_eq!(t.len(), 2);
-        assert_eq!(t.lookup(ROOT, &n("a"), REG, (0, 1, 60), 1), a);
+        assert_eq!(look(&mut t, ROOT, "a", REG, &[(0, 1, 60)], 1), a);
     }
 
     #[test]
@@ -394,25 +462,25 @@ mod tests {
         // The backing filesystem reused a number behind the table's back
         // (a resync replaced the file): one link means no hard link.
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 70), 1);
-        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 70), 1);
+        let a = look(&mut t, ROOT, "a", REG, &[(0, 1, 70)], 1);
+        let b = look(&mut t, ROOT, "b", REG, &[(0, 1, 70)], 1);
         assert_ne!(a, b);
     }
 
     #[test]
     fn reused_backing_inode_is_a_new_node() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 30), 1);
+        let a = look(&mut t, ROOT, "a", REG, &[(0, 1, 30)], 1);
         t.unlink(ROOT, &n("a"));
-        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 30), 1);
+        let b = look(&mut t, ROOT, "b", REG, &[(0, 1, 30)], 1);
         assert_ne!(a, b);
     }
 
     #[test]
     fn rename_over_and_exchange() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 40), 1);
-        let b = t.lookup(ROOT, &n("b"), REG, (0, 1, 41), 1);
+        let a = look(&mut t, ROOT, "a", REG, &[(0, 1, 40)], 1);
+        let b = look(&mut t, ROOT, "b", REG, &[(0, 1, 41)], 1);
         t.rename(ROOT, &n("a"), ROOT, &n("b"), true);
         assert_eq!(t.child(ROOT, &n("a")), Some(b));
         assert_eq!(t.child(ROOT, &n("b")), Some(a));
@@ -424,12 +492,36 @@ mod tests {
     #[test]
     fn forget_drops_unreferenced_nodes_only() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, &n("a"), REG, (0, 1, 50), 1);
+        let a = look(&mut t, ROOT, "a", REG, &[(0, 1, 50)], 1);
         t.opened(a);
         t.forget(a, 1);
         assert_eq!(t.len(), 2);
         t.closed(a);
         assert_eq!(t.len(), 1);
         assert_eq!(t.child(ROOT, &n("a")), None);
+    }
+
+    #[test]
+    fn names_of_one_file_join_whichever_replica_each_was_read_from() {
+        let mut t = InodeTable::new();
+        // `a` read from replica 1 (0 was not serving it), seen only there.
+        let a = look(&mut t, ROOT, "a", REG, &[(1, 2, 90)], 2);
+        // `b` read from replica 0, and seen on 1 as the same file.
+        let b = look(&mut t, ROOT, "b", REG, &[(0, 1, 80), (1, 2, 90)], 2);
+        assert_eq!(a, b, "two names of one file must be one inode");
+        // Now known on replica 0 too: a third name read there alone joins.
+        let c = look(&mut t, ROOT, "c", REG, &[(0, 1, 80)], 2);
+        assert_eq!(a, c);
+        // A replaced key of a replica stops matching.
+        look(&mut t, ROOT, "a", REG, &[(0, 1, 80), (1, 2, 91)], 2);
+        assert!(t.candidates(REG, &[(1, 2, 90)]).is_empty());
+        assert_eq!(t.candidates(REG, &[(1, 2, 91)])[0].0, a);
+    }
+
+    #[test]
+    fn a_directory_is_never_a_candidate() {
+        let mut t = InodeTable::new();
+        look(&mut t, ROOT, "d", DIR, &[(0, 1, 95)], 2);
+        assert!(t.candidates(DIR, &[(0, 1, 95)]).is_empty());
     }
 }

@@ -390,8 +390,8 @@ impl ChironFs {
             parent,
             name,
             st.st_mode & libc::S_IFMT,
-            Self::key(replica, st),
-            st.st_nlink,
+            &[Self::key(replica, st)],
+            None,
         );
         Entry { ino, attr: *st }
     }

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 
 use super::handles::{DirEntry, DirHandle};
 use super::{ChironFs, Entry, ROOT};
+use super::{fanout, inodes};
 use crate::errno::{Errno, Result};
 use crate::replica::ops::{self, At, OMIT, Stat, fd_of};
 use crate::replica::{INTERNAL_NAME, Name, RelPath};
@@ -62,26 +63,83 @@ impl ChironFs {
         let ppath = self.path(parent)?;
         let path = ppath.join(&name);
         let n2 = name.clone();
-        let (p2, n3) = (ppath.clone(), name.clone());
-        let (mut r, mut st) = self.read_meta("lookup", &path, move |rep| {
+        let (r, st) = self.read_meta("lookup", &path, move |rep| {
             let name = &n2;
             ops::stat_at(fd_of(&rep.dir(&ppath)?), name.as_c())
         })?;
-        // A file with several links is recognised by its backing number on
-        // one replica: every name of it is looked up on the same one (the
-        // first that serves it), or two names of one file would be two
-        // inodes to the kernel, each with its own cached size.
-        if st.st_nlink > 1
-            && st.st_mode & libc::S_IFMT != libc::S_IFDIR
-            && let Some(canon) = self.readers().into_iter().find(|&i| self.serves(i, &path))
-            && canon != r
-            && let Ok(st2) = self.on_replica(canon, move |rep| {
-                ops::stat_at(fd_of(&rep.dir(&p2)?), n3.as_c())
-            })
-        {
-            (r, st) = (canon, st2);
+        if st.st_nlink > 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok(self.remember_linked(parent, &name, &path, r, st));
         }
         Ok(self.remember(parent, &name, r, &st))
+    }
+
+    /// `remember` for a file with several links: two names of one file
+    /// must be one inode to the kernel (two would be two page caches, an
+    /// mmap of one name missing writes made through the other), whichever
+    /// replica each name was read from. The name is read on every replica
+    /// that serves it (answering from the first), and it joins a node known
+    /// by one of those numbers once that replica confirms that the node's
+    /// own path still names the same file there. See src/DESIGN.md
+    /// section 5, "Inodes".
+    fn remember_linked(
+        &self,
+        parent: u64,
+        name: &Name,
+        path: &RelPath,
+        r: usize,
+        st: Stat,
+    ) -> Entry {
+        let kind = st.st_mode & libc::S_IFMT;
+        let serving: Vec<usize> = self
+            .readers()
+            .into_iter()
+            .filter(|&i| i != r && self.serves(i, path))
+            .collect();
+        let mut seen = vec![(r, st)];
+        if !serving.is_empty() {
+            let (pp, nm) = (path.parent(), name.clone());
+            let more = fanout::run(
+                &self.replicas,
+                &serving,
+                self.opts.replica_timeout,
+                move |rep| ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c()),
+            );
+            seen.extend(
+                more.into_iter()
+                    .filter_map(|(i, s)| Some((i, s.ok()?)))
+                    .filter(|(_, s)| s.st_mode & libc::S_IFMT == kind),
+            );
+        }
+        // Answer from the first serving replica in reading order, so that
+        // every name of the file is described by the same replica.
+        let order = self.readers();
+        seen.sort_by_key(|(i, _)| order.iter().position(|o| o == i).unwrap_or(usize::MAX));
+        let keys: Vec<inodes::BackingKey> = seen.iter().map(|(i, s)| Self::key(*i, s)).collect();
+        let known = self.inodes.read().child(parent, name);
+        let join = if known.is_some() {
+            None
+        } else {
+            let candidates = self.inodes.read().candidates(kind, &keys);
+            candidates
+                .into_iter()
+                .find_map(|(ino, (i, dev, num), other)| {
+                    if !self.serves(i, &other) {
+                        return None;
+                    }
+                    let st = self
+                        .on_replica(i, move |rep| {
+                            let (pp, nm) = other.split().ok_or(Errno::ENOENT)?;
+                            ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c())
+                        })
+                        .ok()?;
+                    (st.st_dev == dev && st.st_ino == num).then_some(ino)
+                })
+        };
+        let ino = self.inodes.write().lookup(parent, name, kind, &keys, join);
+        Entry {
+            ino,
+            attr: seen[0].1,
+        }
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, owner: Owner) -> Result<Entry> {
