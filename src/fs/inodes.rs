@@ -159,8 +159,13 @@ impl InodeTable {
         let first = keys.first().copied();
         if let Some(&ino) = self.children.get(&link) {
             if let Some(node) = self.nodes.get_mut(&ino) {
+                // Replaced behind our back only if the replica it was last
+                // read from now has another inode there: a key of another
+                // replica may be outdated by a resync's copy, and a
+                // directory given a new number would orphan what the
+                // kernel holds beneath it.
                 let other_inode =
-                    first.is_some_and(|k| node.keys.iter().any(|n| n.0 == k.0 && *n != k));
+                    first.is_some_and(|k| node.keys.first().is_some_and(|n| n.0 == k.0 && *n != k));
                 if node.kind == kind && !other_inode {
                     node.lookups += 1;
                     self.note_keys(ino, keys);
@@ -516,6 +521,21 @@ mod tests {
         look(&mut t, ROOT, "a", REG, &[(0, 1, 80), (1, 2, 91)], 2);
         assert!(t.candidates(REG, &[(1, 2, 90)]).is_empty());
         assert_eq!(t.candidates(REG, &[(1, 2, 91)])[0].0, a);
+    }
+
+    #[test]
+    fn a_copy_replaced_on_another_replica_keeps_the_number() {
+        // A resync replaced the directory on replica 1 (a new inode there)
+        // while it was last read from replica 0: still the same directory
+        // to the kernel, or what it holds beneath it would be orphaned
+        // (checker seed 14: ENOENT listing a directory that exists).
+        let mut t = InodeTable::new();
+        let d = look(&mut t, ROOT, "d", DIR, &[(0, 1, 10)], 2);
+        assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 20)], 2), d);
+        assert_eq!(look(&mut t, ROOT, "d", DIR, &[(0, 1, 10)], 2), d);
+        assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 21)], 2), d);
+        // Replaced on the replica it was last read from: a new inode.
+        assert_ne!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 22)], 2), d);
     }
 
     #[test]

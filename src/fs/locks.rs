@@ -52,6 +52,12 @@ impl PathLocks {
     }
 }
 
+/// Every stripe, in order: no mutation runs while it is held (the copy of
+/// a file with several links, whose other names may not be known).
+pub fn lock_every(stripes: &[Arc<Mutex<()>>]) -> Vec<PathGuard> {
+    stripes.iter().map(|s| s.lock_arc()).collect()
+}
+
 /// A lock function over shared stripes (what the resync engine calls).
 pub fn lock_in(stripes: &[Arc<Mutex<()>>], p: &RelPath) -> PathGuard {
     stripes[stripe(p)].lock_arc()

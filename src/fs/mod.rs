@@ -125,9 +125,18 @@ impl ChironFs {
     }
 
     /// The lock function the resync engine takes around each chunk.
-    fn lock_fn(&self) -> impl Fn(&RelPath) -> crate::resync::ChunkGuard + Send + Sync + 'static {
+    /// With `every`, it excludes every mutation (a file with several links).
+    fn lock_fn(
+        &self,
+    ) -> impl Fn(&RelPath, bool) -> crate::resync::ChunkGuard + Send + Sync + 'static {
         let stripes = self.locks.shared();
-        move |p: &RelPath| -> crate::resync::ChunkGuard { Box::new(locks::lock_in(&stripes, p)) }
+        move |p: &RelPath, every: bool| -> crate::resync::ChunkGuard {
+            if every {
+                Box::new(locks::lock_every(&stripes))
+            } else {
+                Box::new(locks::lock_in(&stripes, p))
+            }
+        }
     }
 
     /// Other names of a file, as the inode table knows them (for the resync

@@ -91,6 +91,17 @@ impl Job<'_> {
         self.ctl.chunk_guard(path)
     }
 
+    /// The guard for the content or attributes of a file with `nlink`
+    /// links: with several, against every mutation (a write through
+    /// another name changes the same inode; src/DESIGN.md section 6).
+    fn file_guard(&self, path: &RelPath, nlink: u64) -> ChunkGuard {
+        if nlink > 1 {
+            self.ctl.linked_guard(path)
+        } else {
+            self.ctl.chunk_guard(path)
+        }
+    }
+
     fn check_cancel(&self) -> Result<()> {
         if self.ctl.is_cancelled() {
             Err(CANCELED)
@@ -490,6 +501,13 @@ impl Job<'_> {
         dst_st: Option<Stat>,
         g: ChunkGuard,
     ) -> Result<()> {
+        // Several links: from here on, no mutation through any name.
+        let g = if sst.st_nlink > 1 {
+            drop(g);
+            self.ctl.linked_guard(path)
+        } else {
+            g
+        };
         let seeded = sst.st_nlink > 1 && self.seed_first(sdir, path, sst);
         let mut linked = None;
         if sst.st_nlink > 1 && self.link_to_first(ddir, path, name, sst, dst_st.as_ref())? {
@@ -535,8 +553,8 @@ impl Job<'_> {
         };
         self.claim(path, sst, &ops::fstat(fd_of(&dfd))?);
         drop(g);
-        self.copy_content(path, &sfd, &dfd)?;
-        let _g = self.guard(path);
+        self.copy_content(path, &sfd, &dfd, sst.st_nlink)?;
+        let _g = self.file_guard(path, sst.st_nlink);
         let sst = ops::fstat(fd_of(&sfd))?;
         copy_attrs(At::Fd(fd_of(&sfd)), &sst, At::Fd(fd_of(&dfd)))?;
         self.count_entry();
@@ -625,12 +643,18 @@ impl Job<'_> {
 
     /// Copies the content of `sfd` over `dfd`, one guarded chunk at a time,
     /// following the source's size as it changes under live writes.
-    fn copy_content(&mut self, path: &RelPath, sfd: &OwnedFd, dfd: &OwnedFd) -> Result<()> {
+    fn copy_content(
+        &mut self,
+        path: &RelPath,
+        sfd: &OwnedFd,
+        dfd: &OwnedFd,
+        nlink: u64,
+    ) -> Result<()> {
         let (s, d) = (fd_of(sfd), fd_of(dfd));
         let mut off = 0u64;
         loop {
             self.check_cancel()?;
-            let g = self.guard(path);
+            let g = self.file_guard(path, nlink);
             let size = size_of(s)?;
             if size_of(d)? != size {
                 At::Fd(d).truncate(size)?;

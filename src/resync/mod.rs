@@ -98,7 +98,7 @@ pub struct DiffStats {
 /// What the filesystem's lock callback returns: dropping it releases the lock.
 pub type ChunkGuard = Box<dyn Any>;
 
-type GuardFn = dyn Fn(&RelPath) -> ChunkGuard + Send + Sync;
+type GuardFn = dyn Fn(&RelPath, bool) -> ChunkGuard + Send + Sync;
 
 /// Shared state of one resync pass: throttle, live progress, cancellation,
 /// the filesystem's per-file lock, and the hard links seen so far.
@@ -151,7 +151,7 @@ impl CopyControl {
             files_done: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             cancelled: AtomicBool::new(false),
-            guard: Box::new(|_| Box::new(())),
+            guard: Box::new(|_, _| Box::new(())),
             links: Mutex::new(LinkMap::default()),
             link_hint: Box::new(|_| Vec::new()),
         }
@@ -171,17 +171,20 @@ impl CopyControl {
         self
     }
 
-    /// Sets the filesystem's lock: `f(path)` must return once the file (or
-    /// directory) at `path` may be changed on the destination without
-    /// racing a mutation through the mount, and keep it so until its result
-    /// is dropped. It is called around each chunk of content, around the
+    /// Sets the filesystem's lock: `f(path, every)` must return once the
+    /// file (or directory) at `path` may be changed on the destination
+    /// without racing a mutation through the mount, and keep it so until its
+    /// result is dropped. With `every` (a file with several links) no
+    /// mutation of any path may run meanwhile: a write through another name
+    /// of the file changes the same inode, and the filesystem may not know
+    /// every name. It is called around each chunk of content, around the
     /// copy of an entry's attributes, around the creation or replacement of
     /// an entry, and around the listing of a directory on both sides plus
     /// the removal of its extra entries. Never nested: the engine holds at
     /// most one guard at a time, and sleeps for the throttle without one.
     pub fn with_chunk_guard(
         mut self,
-        f: impl Fn(&RelPath) -> ChunkGuard + Send + Sync + 'static,
+        f: impl Fn(&RelPath, bool) -> ChunkGuard + Send + Sync + 'static,
     ) -> CopyControl {
         self.guard = Box::new(f);
         self
@@ -195,7 +198,13 @@ impl CopyControl {
 
     /// Takes the filesystem's lock for `path`.
     pub fn chunk_guard(&self, path: &RelPath) -> ChunkGuard {
-        (self.guard)(path)
+        (self.guard)(path, false)
+    }
+
+    /// Takes the filesystem's lock against every mutation (see
+    /// [`CopyControl::with_chunk_guard`]), for a file with several links.
+    pub fn linked_guard(&self, path: &RelPath) -> ChunkGuard {
+        (self.guard)(path, true)
     }
 
     /// Asks every running call of this pass to stop soon (they return ECANCELED).

@@ -874,7 +874,7 @@ fn live_writes_during_a_copy_are_never_lost() {
     let lock = Arc::new(FileLock::default());
     let guards = Arc::new(AtomicUsize::new(0));
     let (l2, g2) = (lock.clone(), guards.clone());
-    let ctl = CopyControl::new(24 << 20).with_chunk_guard(move |p| {
+    let ctl = CopyControl::new(24 << 20).with_chunk_guard(move |p, _| {
         assert_eq!(p.to_string(), "/live");
         g2.fetch_add(1, Ordering::Relaxed);
         Box::new(l2.lock())
