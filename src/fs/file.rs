@@ -600,6 +600,11 @@ impl ChironFs {
         let Some(fd) = fds[first].clone() else {
             return Ok(());
         };
+        // Settles of one file run one at a time, each reading the mtime
+        // when its turn comes: two handles released together could
+        // otherwise copy an older mtime after a newer one, leaving the
+        // first replica different from the others (checker seed 4).
+        let _turn = self.settling[(h.ino % self.settling.len() as u64) as usize].lock();
         // On the replica's own threads if it has them: it may hang.
         let st = self.on_replica(first, move |_| ops::fstat(fd.as_fd()))?;
         let mtime = libc::timespec {

@@ -88,6 +88,9 @@ pub struct ChironFs {
     writable_handles: AtomicUsize,
     /// The other hosts sharing these replicas, through the metadata ring.
     cluster: std::sync::OnceLock<Arc<crate::meta::SharedStore>>,
+    /// Striped by inode: one mtime settle of a file at a time, so an older
+    /// one never lands after a newer (`settle_mtime`).
+    settling: Box<[parking_lot::Mutex<()>]>,
 }
 
 impl ChironFs {
@@ -108,6 +111,7 @@ impl ChironFs {
             opts,
             round_robin: AtomicUsize::new(0),
             cluster: std::sync::OnceLock::new(),
+            settling: (0..64).map(|_| parking_lot::Mutex::new(())).collect(),
         }
     }
 
