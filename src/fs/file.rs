@@ -295,10 +295,16 @@ impl ChironFs {
         for (i, (fd, _)) in done {
             fds[i] = Some(fd);
         }
+        // Every replica the create succeeded on holds the same new, empty
+        // file (O_EXCL): any of them can serve this handle's reads, even
+        // one still marked for the path (an older file of that name) or
+        // resyncing; its writes reach them all. Answering EIO here would
+        // leave a file the application was told is not there.
         let Some(reader) = self
             .readers()
             .into_iter()
             .find(|&i| fds[i].is_some() && self.serves(i, &path))
+            .or_else(|| fds.iter().position(Option::is_some))
         else {
             self.release_intent(std::slice::from_ref(&path));
             return Err(Errno::EIO);

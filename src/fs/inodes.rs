@@ -8,7 +8,7 @@
 //! recognised on lookup, whichever replica each name was read from. A
 //! match by number is only a candidate: the caller joins a name to it after
 //! checking on that replica that the node's own path is still that file
-//! ([`InodeTable::candidates`], src/DESIGN.md section 5, "Inodes").
+//! ([`InodeTable::candidates`], src/DESIGN.md section 4, inode numbers).
 
 use std::collections::{HashMap, VecDeque};
 

@@ -80,7 +80,7 @@ impl ChironFs {
     /// that serves it (answering from the first), and it joins a node known
     /// by one of those numbers once that replica confirms that the node's
     /// own path still names the same file there. See src/DESIGN.md
-    /// section 5, "Inodes".
+    /// section 4, inode numbers.
     fn remember_linked(
         &self,
         parent: u64,

@@ -93,7 +93,7 @@ impl Job<'_> {
 
     /// The guard for the content or attributes of a file with `nlink`
     /// links: with several, against every mutation (a write through
-    /// another name changes the same inode; src/DESIGN.md section 6).
+    /// another name changes the same inode; src/DESIGN.md section 5, "Hard links").
     fn file_guard(&self, path: &RelPath, nlink: u64) -> ChunkGuard {
         if nlink > 1 {
             self.ctl.linked_guard(path)
