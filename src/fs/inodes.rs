@@ -44,11 +44,6 @@ pub struct InodeTable {
     /// numbers are forgotten, so memory stays bounded however many files
     /// a walk touches (a file looked up again after that gets a new number).
     retired_order: VecDeque<BackingKey>,
-    /// Files with several links not seen on every replica that takes
-    /// writes: another name of one may be read from a replica this table
-    /// has no number of it for, so a lookup that finds no candidate by
-    /// number checks these by path ([`InodeTable::unmatched_links`]).
-    incomplete: std::collections::HashSet<u64>,
     next: u64,
 }
 
@@ -77,7 +72,6 @@ impl InodeTable {
             keys: HashMap::new(),
             retired: HashMap::new(),
             retired_order: VecDeque::new(),
-            incomplete: std::collections::HashSet::new(),
             next: ROOT + 1,
         }
     }
@@ -146,32 +140,6 @@ impl InodeTable {
                     .flatten()
             })
             .collect()
-    }
-
-    /// Files with several links of type `kind` whose number is not known on
-    /// every replica (at most `limit`, with their paths): candidates a
-    /// caller checks by path on a replica that serves both names.
-    pub fn unmatched_links(&self, kind: u32, limit: usize) -> Vec<(u64, RelPath)> {
-        self.incomplete
-            .iter()
-            .filter_map(|&ino| {
-                let node = self.nodes.get(&ino)?;
-                (node.kind == kind && !node.links.is_empty())
-                    .then(|| Some((ino, self.path(ino)?)))
-                    .flatten()
-            })
-            .take(limit)
-            .collect()
-    }
-
-    /// Whether `ino`, a file with several links, was last seen on every
-    /// replica that takes writes (see `incomplete`).
-    pub fn set_seen_everywhere(&mut self, ino: u64, everywhere: bool) {
-        if everywhere {
-            self.incomplete.remove(&ino);
-        } else if self.nodes.contains_key(&ino) {
-            self.incomplete.insert(ino);
-        }
     }
 
     /// Records that the kernel looked up `name` in `parent` and found an
@@ -297,8 +265,6 @@ impl InodeTable {
         };
         node.links.push(link.clone());
         node.lookups += 1;
-        // Its number is known on one replica at most (made by a create).
-        self.incomplete.insert(ino);
         if let Some(old) = self.children.insert(link, ino)
             && old != ino
             && let Some(o) = self.nodes.get_mut(&old)
@@ -316,7 +282,6 @@ impl InodeTable {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.links.retain(|(p, n)| !(*p == parent && n == name));
             if node.links.is_empty() {
-                self.incomplete.remove(&ino);
                 // The backing inode numbers may be reused by a new file.
                 for k in std::mem::take(&mut node.keys) {
                     if self.keys.get(&k) == Some(&ino) {
@@ -388,7 +353,6 @@ impl InodeTable {
             return;
         }
         if let Some(node) = self.nodes.remove(&ino) {
-            self.incomplete.remove(&ino);
             for l in node.links {
                 if self.children.get(&l) == Some(&ino) {
                     self.children.remove(&l);
@@ -572,28 +536,6 @@ mod tests {
         assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 21)], 2), d);
         // Replaced on the replica it was last read from: a new inode.
         assert_ne!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 22)], 2), d);
-    }
-
-    #[test]
-    fn files_not_seen_everywhere_are_checked_by_path() {
-        let mut t = InodeTable::new();
-        // Seen on replica 0 only (replica 1 did not serve it then).
-        let a = look(&mut t, ROOT, "a", REG, &[(0, 1, 80)], 2);
-        t.set_seen_everywhere(a, false);
-        let u = t.unmatched_links(REG, 8);
-        assert_eq!(u.len(), 1);
-        assert_eq!((u[0].0, u[0].1.as_bytes()), (a, &b"a"[..]));
-        assert!(t.unmatched_links(DIR, 8).is_empty());
-        // Seen everywhere later: numbers are enough again.
-        t.set_seen_everywhere(a, true);
-        assert!(t.unmatched_links(REG, 8).is_empty());
-        // A link made through the mount is known by one number.
-        let b = look(&mut t, ROOT, "b", REG, &[(0, 1, 81)], 1);
-        assert!(t.add_link(b, ROOT, &n("c")));
-        assert_eq!(t.unmatched_links(REG, 8)[0].0, b);
-        t.unlink(ROOT, &n("b"));
-        t.unlink(ROOT, &n("c"));
-        assert!(t.unmatched_links(REG, 8).is_empty());
     }
 
     #[test]

@@ -57,11 +57,6 @@ pub(super) fn settle_new_entry(
     entry.stat()
 }
 
-/// At most this many files with several links, not seen on every
-/// replica, are checked by path when a lookup of another such file finds
-/// no candidate by number (each costs a stat).
-const UNMATCHED_LINKS_CHECKED: usize = 64;
-
 impl ChironFs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
         let name = self.name(parent, name)?;
@@ -124,62 +119,27 @@ impl ChironFs {
         let join = if known.is_some() {
             None
         } else {
-            self.linked_node(kind, &seen)
+            let candidates = self.inodes.read().candidates(kind, &keys);
+            candidates
+                .into_iter()
+                .find_map(|(ino, (i, dev, num), other)| {
+                    if !self.serves(i, &other) {
+                        return None;
+                    }
+                    let st = self
+                        .on_replica(i, move |rep| {
+                            let (pp, nm) = other.split().ok_or(Errno::ENOENT)?;
+                            ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c())
+                        })
+                        .ok()?;
+                    (st.st_dev == dev && st.st_ino == num).then_some(ino)
+                })
         };
-        let everywhere = self
-            .writers()
-            .iter()
-            .all(|w| seen.iter().any(|(i, _)| i == w));
-        let mut inodes = self.inodes.write();
-        let ino = inodes.lookup(parent, name, kind, &keys, join);
-        inodes.set_seen_everywhere(ino, everywhere);
-        drop(inodes);
+        let ino = self.inodes.write().lookup(parent, name, kind, &keys, join);
         Entry {
             ino,
             attr: seen[0].1,
         }
-    }
-
-    /// The known node that a file with several links, seen on replicas
-    /// `seen`, is another name of, if one is confirmed: a replica that
-    /// serves both names has them as one inode now. Candidates are the
-    /// nodes known by one of its numbers, then (at most
-    /// [`UNMATCHED_LINKS_CHECKED`]) files with several links whose number
-    /// is not known on every replica.
-    fn linked_node(&self, kind: u32, seen: &[(usize, Stat)]) -> Option<u64> {
-        let keys: Vec<inodes::BackingKey> = seen.iter().map(|(i, s)| Self::key(*i, s)).collect();
-        let (by_number, by_path) = {
-            let t = self.inodes.read();
-            (
-                t.candidates(kind, &keys),
-                t.unmatched_links(kind, UNMATCHED_LINKS_CHECKED),
-            )
-        };
-        let same_there = |ino: u64, i: usize, other: RelPath| -> Option<u64> {
-            let (_, st) = seen.iter().find(|(j, _)| *j == i)?;
-            if !self.serves(i, &other) {
-                return None;
-            }
-            let now = self
-                .on_replica(i, move |rep| {
-                    let (pp, nm) = other.split().ok_or(Errno::ENOENT)?;
-                    ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c())
-                })
-                .ok()?;
-            (now.st_dev == st.st_dev && now.st_ino == st.st_ino).then_some(ino)
-        };
-        by_number
-            .into_iter()
-            .find_map(|(ino, (i, _, _), other)| same_there(ino, i, other))
-            .or_else(|| {
-                by_path.into_iter().find_map(|(ino, other)| {
-                    let i = seen
-                        .iter()
-                        .map(|(i, _)| *i)
-                        .find(|&i| self.serves(i, &other))?;
-                    same_there(ino, i, other)
-                })
-            })
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, owner: Owner) -> Result<Entry> {
