@@ -292,6 +292,98 @@ fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
 
+/// Two hosts mounting the same fresh replica set at the same moment both
+/// come up, and each replica ends up with one identity that both use
+/// (a shared temporary name for the marker made one host fail with
+/// "cannot write its identity marker: ENOENT", issue 10).
+#[test]
+fn two_hosts_mounting_a_fresh_replica_set_at_once_both_come_up() {
+    for _round in 0..3 {
+        let shared = TestRoot::new();
+        let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
+        let secret = write_secret(&shared);
+        let addrs = loopback_addrs();
+        let _arb = RingNode::start(&shared, "arb", &addrs[0], &secret, &[]);
+        let seeds = vec![format!("arb@{}", addrs[0])];
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        // The daemons get SIGTERM when the thread that started them ends
+        // (PR_SET_PDEATHSIG): each racer stays until the round is over.
+        let (sent, mounted) = std::sync::mpsc::channel();
+        let over = std::sync::Arc::new(std::sync::RwLock::new(()));
+        let holding = over.write().unwrap();
+        let racers: Vec<_> = [("hosta", addrs[1].clone()), ("hostb", addrs[2].clone())]
+            .into_iter()
+            .map(|(node, addr)| {
+                let (start, seeds, secret) = (start.clone(), seeds.clone(), secret.clone());
+                let (r1, r2, sent, over) = (r1.clone(), r2.clone(), sent.clone(), over.clone());
+                thread::spawn(move || {
+                    start.wait();
+                    let host = Host {
+                        node,
+                        addr: &addr,
+                        prefix: &[],
+                        options: &[],
+                    };
+                    let m = std::panic::catch_unwind(|| {
+                        mount(TestRoot::new(), &host, &seeds, &secret, &[&r1, &r2])
+                    });
+                    let _ = sent.send(m.ok());
+                    drop(over.read());
+                })
+            })
+            .collect();
+        let mounts: Vec<(Mount, PathBuf)> = (0..2)
+            .map(|_| {
+                mounted
+                    .recv()
+                    .expect("a racer")
+                    .expect("a host mounting at the same moment failed to come up")
+            })
+            .collect();
+        fs::write(mounts[0].0.path("f"), b"from A").unwrap();
+        let got = fs::read(mounts[1].0.path("f"));
+        assert!(
+            got.as_deref().ok() == Some(&b"from A"[..]),
+            "host B reads {got:?}; r1 has {:?}; A's log:\n{}\nB's log:\n{}",
+            fs::read_dir(&r1).map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>()),
+            mounts[0].0.log(),
+            mounts[1].0.log()
+        );
+        fs::write(mounts[1].0.path("g"), b"from B").unwrap();
+        assert_eq!(fs::read(mounts[0].0.path("g")).unwrap(), b"from B");
+        for r in [&r1, &r2] {
+            let id = fs::read_to_string(r.join(".chironfs/id")).unwrap();
+            assert_eq!(id.trim().len(), 36, "{}: marker {id:?}", r.display());
+            let tmp: Vec<_> = fs::read_dir(r.join(".chironfs"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect();
+            assert!(tmp.is_empty(), "{}: temporaries left {tmp:?}", r.display());
+        }
+        for (m, sock) in &mounts {
+            let st = json(sock, &["status"]);
+            let states: Vec<&str> = st["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["state"].as_str().unwrap_or(""))
+                .collect();
+            assert_eq!(
+                states,
+                ["in-sync", "in-sync"],
+                "{}: {st}",
+                m.root().display()
+            );
+        }
+        drop(mounts);
+        drop(holding);
+        for t in racers {
+            t.join().expect("racer thread");
+        }
+    }
+}
+
 #[test]
 fn a_replica_failed_for_one_host_is_never_read_by_the_other_and_resynced_once() {
     let shared = TestRoot::new();

@@ -38,6 +38,10 @@ fn record(
     }
 }
 
+/// How long a fresh store waits for the markers of a set another host is
+/// creating (see `bind`).
+const MARKER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Binds each (canonical path, root fd), reconciles the store with the
 /// ledgers found on the replicas (`replica::ledger`), writes the outcome
 /// to the store and a new ledger generation to the replicas in service.
@@ -58,9 +62,22 @@ pub fn bind(
     // directory without a marker among them is refused (an NFS mount that
     // did not come up), unless it is named by add_replica.
     let fresh = known.is_empty();
-    let markers_seen = replicas
-        .iter()
-        .any(|(_, root)| matches!(identity::read(root.as_fd()), Ok(Some(_))));
+    let marked = |root: &OwnedFd| matches!(identity::read(root.as_fd()), Ok(Some(_)));
+    let markers_seen = replicas.iter().any(|(_, root)| marked(root));
+    if fresh && markers_seen {
+        // Some markers but not all: another host may be giving this fresh
+        // set its identities right now (two hosts mounting it at once).
+        // Wait a little for the rest before taking a directory without
+        // one for a mount that did not come up.
+        let deadline = std::time::Instant::now() + MARKER_WAIT;
+        while replicas
+            .iter()
+            .any(|(p, root)| !add.contains(p) && !marked(root))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
     let new_set = fresh && !markers_seen;
     let mut out: Vec<Bound> = Vec::new();
     let mut records: Vec<ReplicaRecord> = Vec::new();
@@ -94,8 +111,9 @@ pub fn bind(
                 String::new(),
             ),
             Ok(None) if new_set || add.contains(path) => {
-                let id = ReplicaId::random();
-                identity::write(root.as_fd(), &id).map_err(|e| {
+                // Another host mounting the same fresh set at this moment
+                // may give it its identity first: then that one is kept.
+                let id = identity::create(root.as_fd(), &ReplicaId::random()).map_err(|e| {
                     format!("replica '{shown}': cannot write its identity marker: {e}")
                 })?;
                 let state = if new_set {

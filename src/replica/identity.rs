@@ -37,9 +37,59 @@ pub fn read(root: BorrowedFd) -> Result<Option<ReplicaId>> {
     Ok(Some(text.trim().parse().map_err(|_| Errno(libc::EBADMSG))?))
 }
 
-/// Writes the marker durably (see [`write_internal`]).
+/// Writes the marker durably (see [`write_internal`]); tests use it to
+/// make a replica (the daemon uses [`create`]).
+#[cfg(test)]
 pub fn write(root: BorrowedFd, id: &ReplicaId) -> Result<()> {
     write_internal(root, MARKER, format!("{id}\n").as_bytes())
+}
+
+/// Gives a replica without a marker the identity `id`, unless another
+/// daemon (another host mounting the same fresh replica set at the same
+/// moment) gives it one first: the marker is written in full under a name
+/// of this process's own, then linked as the marker, which fails if one
+/// exists (atomic on local filesystems and NFS alike). Returns the
+/// identity the replica has now, ours or the other daemon's.
+pub fn create(root: BorrowedFd, id: &ReplicaId) -> Result<ReplicaId> {
+    let iname = CString::new(INTERNAL_NAME).map_err(|_| Errno::EINVAL)?;
+    match ops::mkdirat(root, &iname, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.0 == libc::EEXIST => {}
+        Err(e) => return Err(e),
+    }
+    let dir = internal_dir(root)?;
+    let d = ops::fd_of(&dir);
+    let tmp = unique_tmp(MARKER)?;
+    let f = ops::openat(
+        d,
+        &tmp,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        0o600,
+    )?;
+    let written = ops::pwrite_all(ops::fd_of(&f), format!("{id}\n").as_bytes(), 0)
+        .and_then(|_| ops::fsync(ops::fd_of(&f), false));
+    let name = CString::new(MARKER).map_err(|_| Errno::EINVAL)?;
+    let linked = written.and_then(|_| ops::linkat(d, &tmp, d, &name));
+    let _ = ops::unlinkat(d, &tmp, 0);
+    match linked {
+        Ok(()) => {
+            // Safe: plain syscall on a borrowed fd.
+            check(unsafe { libc::fsync(d.as_raw_fd()) })?;
+            Ok(*id)
+        }
+        Err(e) if e.0 == libc::EEXIST => read(root)?.ok_or(Errno::ENOENT),
+        Err(e) => Err(e),
+    }
+}
+
+/// A temporary name no other process (on this host or another) uses.
+fn unique_tmp(name: &str) -> Result<CString> {
+    CString::new(format!(
+        "{name}.{}.{}.tmp",
+        std::process::id(),
+        ReplicaId::random()
+    ))
+    .map_err(|_| Errno::EINVAL)
 }
 
 /// Writes `data` as file `name` of the replica's internal directory,
@@ -54,17 +104,23 @@ pub fn write_internal(root: BorrowedFd, name: &str, data: &[u8]) -> Result<()> {
     }
     let dir = internal_dir(root)?;
     let d = ops::fd_of(&dir);
-    let tmp = CString::new(format!("{name}.tmp")).map_err(|_| Errno::EINVAL)?;
+    // A name of this process's own: two daemons writing the same file (two
+    // hosts sharing the replica) must not rename each other's temporary.
+    let tmp = unique_tmp(name)?;
     let final_name = CString::new(name).map_err(|_| Errno::EINVAL)?;
     let f = ops::openat(
         d,
         &tmp,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
         0o600,
     )?;
-    ops::pwrite_all(ops::fd_of(&f), data, 0)?;
-    ops::fsync(ops::fd_of(&f), false)?;
-    ops::renameat2(d, &tmp, d, &final_name, 0)?;
+    let done = ops::pwrite_all(ops::fd_of(&f), data, 0)
+        .and_then(|_| ops::fsync(ops::fd_of(&f), false))
+        .and_then(|_| ops::renameat2(d, &tmp, d, &final_name, 0));
+    if done.is_err() {
+        let _ = ops::unlinkat(d, &tmp, 0);
+    }
+    done?;
     // Safe: plain syscall on a borrowed fd.
     check(unsafe { libc::fsync(d.as_raw_fd()) })?;
     Ok(())
@@ -123,5 +179,45 @@ mod tests {
         assert_eq!(read(ops::fd_of(&root)).unwrap(), Some(id));
         std::fs::write(t.path().join(".chironfs/id"), b"garbage").unwrap();
         assert_eq!(read(ops::fd_of(&root)).unwrap_err(), Errno(libc::EBADMSG));
+    }
+
+    #[test]
+    fn daemons_racing_on_a_fresh_replica_agree_on_one_identity() {
+        // Two hosts mounting one fresh replica set at the same moment:
+        // every racer comes up, with the same identity, and no temporary
+        // is left behind. (A shared temporary name made one of them fail
+        // with ENOENT, and each could have believed its own identity.)
+        for _ in 0..50 {
+            let t = tempfile::tempdir().unwrap();
+            let path = t.path().to_path_buf();
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = path.clone();
+                    std::thread::spawn(move || {
+                        let root: OwnedFd = std::fs::File::open(&p).unwrap().into();
+                        let got = create(ops::fd_of(&root), &ReplicaId::random());
+                        let again = write_internal(ops::fd_of(&root), "ledger-x", b"1");
+                        (got, again)
+                    })
+                })
+                .collect();
+            let ids: Vec<ReplicaId> = racers
+                .into_iter()
+                .map(|r| {
+                    let (got, again) = r.join().unwrap();
+                    again.expect("concurrent write_internal");
+                    got.expect("create")
+                })
+                .collect();
+            assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+            let root: OwnedFd = std::fs::File::open(&path).unwrap().into();
+            assert_eq!(read(ops::fd_of(&root)).unwrap(), Some(ids[0]));
+            let left: Vec<_> = std::fs::read_dir(path.join(".chironfs"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect();
+            assert!(left.is_empty(), "temporaries left: {left:?}");
+        }
     }
 }
