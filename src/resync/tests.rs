@@ -669,6 +669,11 @@ fn entries_mode_reconciles_names_and_leaves_existing_files_alone() {
     fs::write(dst.p("d/b.txt"), b"bad!").unwrap();
     fs::write(dst.p("d/c.txt"), b"extra").unwrap();
     fs::create_dir(dst.p("d/kind")).unwrap();
+    // Same size, same mtime: an entry Entries mode takes as equal (set
+    // explicitly: two writes in one clock tick would give the same mtime
+    // only sometimes).
+    set_mtime(&src.p("d/b.txt"), 1_400_000_000, 7);
+    set_mtime(&dst.p("d/b.txt"), 1_400_000_000, 7);
     set_mtime(&src.p("d"), 1_500_000_000, 1);
     fs::set_permissions(src.p("d"), fs::Permissions::from_mode(0o750)).unwrap();
 
