@@ -455,6 +455,79 @@ fn names_of_one_file_are_one_inode_whichever_replica_served_them() {
     m.assert_replicas_identical();
 }
 
+/// Writes the status counts as each replica's `writes`.
+fn writes(sock: &Path) -> Vec<u64> {
+    status(sock)["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["writes"].as_u64().unwrap())
+        .collect()
+}
+
+/// copy_file_range(2) through the mount is done on every replica by the
+/// replica's own filesystem (one request per replica, not the data through
+/// the daemon), lands byte for byte on each, and with a replica out is
+/// marked for it and resynced like a write.
+#[test]
+fn copy_file_range_is_copied_on_every_replica() {
+    const LEN: usize = 3 << 20;
+    let fx = Fixture::new(&[]);
+    let m = &fx.m;
+    let data: Vec<u8> = (0..LEN).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(m.path("src"), &data).unwrap();
+    let copy = |dst: &str, off_out: i64| {
+        let src = File::open(m.path("src")).unwrap();
+        let out = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.path(dst))
+            .unwrap();
+        let before = writes(&fx.sock);
+        let (mut a, mut b) = (0i64, off_out);
+        let mut left = LEN;
+        while left > 0 {
+            // Safe: valid fds and offsets that live through the call.
+            let n = unsafe {
+                libc::copy_file_range(src.as_raw_fd(), &mut a, out.as_raw_fd(), &mut b, left, 0)
+            };
+            assert!(
+                n > 0,
+                "copy_file_range: {n} ({})",
+                std::io::Error::last_os_error()
+            );
+            left -= n as usize;
+        }
+        let after = writes(&fx.sock);
+        (before, after)
+    };
+    let mut expected = vec![0u8; 4096];
+    expected.extend_from_slice(&data);
+
+    let (before, after) = copy("dst", 4096);
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        // One copy per replica; through read and write it would be 3 or more.
+        assert!(
+            a - b <= 2,
+            "replica {i}: {} write requests for one copy_file_range of 3 MiB: the data went through the daemon",
+            a - b
+        );
+    }
+    assert_on_replicas(m, "dst", &expected);
+    assert!(!m.log().contains("Not Implemented"), "{}", m.log());
+
+    // Replica 1 out: copied on replica 0, marked for 1, resynced.
+    fx.set_enabled(1, false);
+    copy("dst2", 4096);
+    fx.set_enabled(1, true);
+    fx.wait_in_sync("after enable (copy made while out)");
+    assert_on_replicas(m, "dst2", &expected);
+    assert_reads(m, "dst2", &expected, 3);
+    m.assert_replicas_identical();
+}
+
 /// Swapping two directories through a temporary name while a replica is
 /// out must leave it with the swapped contents after the resync.
 #[test]

@@ -591,6 +591,87 @@ impl ChironFs {
         Ok(len as u32)
     }
 
+    /// copy_file_range(2) inside the mount: the same copy on every replica
+    /// that takes the destination's writes, each from its own copy of the
+    /// source (with the same failure marking as a write), so a large `cp`
+    /// never passes through the daemon. Every one of those replicas must
+    /// serve the source's path (hold its every change); otherwise
+    /// EOPNOTSUPP, and the kernel copies through read and write instead.
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
+        let h_in = self.files.get(fh_in).ok_or(Errno::EBADF)?;
+        let h_out = self.files.get(fh_out).ok_or(Errno::EBADF)?;
+        if !h_out.is_writable() {
+            return Err(Errno::EBADF);
+        }
+        // The reply counts bytes in 32 bits; the kernel asks again for more.
+        let len = len.min(1 << 30);
+        let (targets, out_fds) = self.write_fds(&h_out);
+        if targets.is_empty() {
+            return Err(Errno::EIO);
+        }
+        let in_path = self.describe(h_in.ino);
+        let in_loc = self.locate(h_in.ino)?;
+        let in_fds = h_in.fds.lock().clone();
+        let reachable = |i: usize| in_fds[i].is_some() || in_loc.is_some();
+        if !targets
+            .iter()
+            .all(|&i| self.serves(i, &in_path) && reachable(i))
+        {
+            return Err(Errno(libc::EOPNOTSUPP));
+        }
+        let out_path = self.describe(h_out.ino);
+        let now = ops::now();
+        h_out.dirty.store(true, Ordering::Relaxed);
+        let done = self.mutate_on(
+            "copy_file_range",
+            &out_path,
+            None,
+            &targets,
+            self.opts.needed,
+            move |rep| {
+                let out = out_fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
+                let opened;
+                let src = match (&in_fds[rep.index], &in_loc) {
+                    (Some(fd), _) => &**fd,
+                    (None, Some((pp, nm))) => {
+                        opened = ops::openat(
+                            fd_of(&rep.dir(pp)?),
+                            nm.as_c(),
+                            libc::O_RDONLY | libc::O_NOFOLLOW,
+                            0,
+                        )?;
+                        &opened
+                    }
+                    (None, None) => return Err(Errno::EBADF),
+                };
+                let n = ops::copy_range(src.as_fd(), off_in, out.as_fd(), off_out, len)?;
+                At::Fd(out.as_fd()).utimens(&[OMIT, now])?;
+                Ok(n)
+            },
+        )?;
+        let Some(&(_, n)) = done.first().map(|_| self.answer_of(&done, &out_path)) else {
+            return Err(Errno::EIO);
+        };
+        // Equal sources copy equal counts; a replica that copied another
+        // count holds other bytes now.
+        for &(i, m) in &done {
+            if m != n {
+                tracing::warn!(
+                    "{out_path}: copy_file_range copied {m} bytes on replica {i}, {n} elsewhere"
+                );
+                self.record_missed(&out_path, i);
+            }
+        }
+        Ok(n as u32)
+    }
+
     /// Gives every replica the first replica's mtime after writes.
     fn settle_mtime(&self, h: &FileHandle) -> Result<()> {
         if !h.dirty.swap(false, Ordering::Relaxed) {

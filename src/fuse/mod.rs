@@ -327,6 +327,28 @@ impl Filesystem for Adapter {
         }
     }
 
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .fs
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
     fn flush(
         &self,
         _req: &Request,
@@ -564,24 +586,6 @@ impl Filesystem for Adapter {
         _events: PollEvents,
         _flags: PollFlags,
         reply: ReplyPoll,
-    ) {
-        reply.error(FErrno::ENOSYS);
-    }
-
-    /// ENOSYS: the kernel then copies through read and write (and stops
-    /// asking).
-    fn copy_file_range(
-        &self,
-        _req: &Request,
-        _ino_in: INodeNo,
-        _fh_in: FileHandle,
-        _offset_in: u64,
-        _ino_out: INodeNo,
-        _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
-        _flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
     ) {
         reply.error(FErrno::ENOSYS);
     }

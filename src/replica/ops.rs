@@ -361,6 +361,54 @@ pub fn pwrite_all(fd: BorrowedFd, data: &[u8], offset: u64) -> Result<usize> {
     Ok(done)
 }
 
+/// Copies up to `len` bytes of `src` at `off_in` to `dst` at `off_out`
+/// inside the kernel (`copy_file_range`, reflinks where the filesystem
+/// has them), through a buffer where it cannot (another filesystem, an
+/// old kernel). Returns the bytes copied: fewer than `len` only at the
+/// source's end.
+pub fn copy_range(
+    src: BorrowedFd,
+    off_in: u64,
+    dst: BorrowedFd,
+    off_out: u64,
+    len: u64,
+) -> Result<u64> {
+    let mut done = 0u64;
+    let mut in_kernel = true;
+    while done < len {
+        let want = (len - done).min(1 << 30) as usize;
+        if in_kernel {
+            let mut a = i64::try_from(off_in + done).map_err(|_| Errno(libc::EFBIG))?;
+            let mut b = i64::try_from(off_out + done).map_err(|_| Errno(libc::EFBIG))?;
+            // Safe because both offsets point at live i64s and the fds are borrowed.
+            let r = check_size(unsafe {
+                libc::copy_file_range(src.as_raw_fd(), &mut a, dst.as_raw_fd(), &mut b, want, 0)
+            });
+            match r {
+                Ok(0) => break,
+                Ok(n) => done += n as u64,
+                Err(e) if e.0 == libc::EINTR => {}
+                Err(e)
+                    if matches!(
+                        e.0,
+                        libc::EXDEV | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL
+                    ) =>
+                {
+                    in_kernel = false
+                }
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        let chunk = pread_full(src, want.min(1 << 20), off_in + done)?;
+        if chunk.is_empty() {
+            break;
+        }
+        done += pwrite_all(dst, &chunk, off_out + done)? as u64;
+    }
+    Ok(done)
+}
+
 pub fn fsync(fd: BorrowedFd, datasync: bool) -> Result<()> {
     // Safe: plain syscalls on a borrowed fd.
     check(unsafe {
