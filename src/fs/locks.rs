@@ -52,10 +52,13 @@ impl PathLocks {
     }
 }
 
-/// Every stripe, in order: no mutation runs while it is held (the copy of
-/// a file with several links, whose other names may not be known).
-pub fn lock_every(stripes: &[Arc<Mutex<()>>]) -> Vec<PathGuard> {
-    stripes.iter().map(|s| s.lock_arc()).collect()
+/// The stripes of several paths, in stripe order (the copy of a file with
+/// several links: a write through any of its names changes the inode).
+pub fn lock_paths_in(stripes: &[Arc<Mutex<()>>], paths: &[RelPath]) -> Vec<PathGuard> {
+    let mut idx: Vec<usize> = paths.iter().map(stripe).collect();
+    idx.sort_unstable();
+    idx.dedup();
+    idx.into_iter().map(|i| stripes[i].lock_arc()).collect()
 }
 
 /// A lock function over shared stripes (what the resync engine calls).

@@ -129,14 +129,18 @@ impl ChironFs {
     }
 
     /// The lock function the resync engine takes around each chunk.
-    /// With `every`, it excludes every mutation (a file with several links).
+    /// With `linked` (a file with several links), it also excludes
+    /// mutations through every other name the inode table knows for it.
     fn lock_fn(
         &self,
     ) -> impl Fn(&RelPath, bool) -> crate::resync::ChunkGuard + Send + Sync + 'static {
         let stripes = self.locks.shared();
-        move |p: &RelPath, every: bool| -> crate::resync::ChunkGuard {
-            if every {
-                Box::new(locks::lock_every(&stripes))
+        let inodes = self.inodes.clone();
+        move |p: &RelPath, linked: bool| -> crate::resync::ChunkGuard {
+            if linked {
+                let mut names = inodes.read().names_of(p);
+                names.push(p.clone());
+                Box::new(locks::lock_paths_in(&stripes, &names))
             } else {
                 Box::new(locks::lock_in(&stripes, p))
             }

@@ -92,8 +92,8 @@ impl Job<'_> {
     }
 
     /// The guard for the content or attributes of a file with `nlink`
-    /// links: with several, against every mutation (a write through
-    /// another name changes the same inode; src/DESIGN.md section 5, "Hard links").
+    /// links: with several, against mutations through its other names too
+    /// (they change the same inode; src/DESIGN.md section 5, "Hard links").
     fn file_guard(&self, path: &RelPath, nlink: u64) -> ChunkGuard {
         if nlink > 1 {
             self.ctl.linked_guard(path)
@@ -501,7 +501,7 @@ impl Job<'_> {
         dst_st: Option<Stat>,
         g: ChunkGuard,
     ) -> Result<()> {
-        // Several links: from here on, no mutation through any name.
+        // Several links: from here on, no mutation through its other names.
         let g = if sst.st_nlink > 1 {
             drop(g);
             self.ctl.linked_guard(path)

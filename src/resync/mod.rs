@@ -174,10 +174,9 @@ impl CopyControl {
     /// Sets the filesystem's lock: `f(path, every)` must return once the
     /// file (or directory) at `path` may be changed on the destination
     /// without racing a mutation through the mount, and keep it so until its
-    /// result is dropped. With `every` (a file with several links) no
-    /// mutation of any path may run meanwhile: a write through another name
-    /// of the file changes the same inode, and the filesystem may not know
-    /// every name. It is called around each chunk of content, around the
+    /// result is dropped. With `linked` (a file with several links) no
+    /// mutation through another name of the file the filesystem knows may
+    /// run meanwhile either: it changes the same inode. It is called around each chunk of content, around the
     /// copy of an entry's attributes, around the creation or replacement of
     /// an entry, and around the listing of a directory on both sides plus
     /// the removal of its extra entries. Never nested: the engine holds at
@@ -201,8 +200,9 @@ impl CopyControl {
         (self.guard)(path, false)
     }
 
-    /// Takes the filesystem's lock against every mutation (see
-    /// [`CopyControl::with_chunk_guard`]), for a file with several links.
+    /// Takes the filesystem's lock for `path` and every other name of its
+    /// file (see [`CopyControl::with_chunk_guard`]), for a file with
+    /// several links.
     pub fn linked_guard(&self, path: &RelPath) -> ChunkGuard {
         (self.guard)(path, true)
     }
