@@ -169,11 +169,11 @@ impl ChironFs {
             oflags,
             exposed: None,
         });
-        Ok(Opened {
-            fh,
-            io,
-            keep_cache: true,
-        })
+        // A file with several links: the kernel may know it by another
+        // inode number too (src/DESIGN.md section 4), so pages cached
+        // under this one are dropped at each open.
+        let keep_cache = !self.inodes.read().has_links(ino);
+        Ok(Opened { fh, io, keep_cache })
     }
 
     /// A writable open: an fd on every replica that receives mutations.

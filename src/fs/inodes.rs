@@ -27,6 +27,8 @@ struct Node {
     /// The backing identity on each replica it was seen on (one per
     /// replica); the first is the one read when it was last looked up.
     keys: Vec<BackingKey>,
+    /// The link count it was last looked up with (or made by link(2)).
+    nlink: u64,
     /// Kernel references (lookup count); the node lives while > 0 or open.
     lookups: u64,
     opens: u64,
@@ -62,6 +64,7 @@ impl InodeTable {
                 links: Vec::new(),
                 kind: libc::S_IFDIR,
                 keys: Vec::new(),
+                nlink: 1,
                 lookups: 1,
                 opens: 0,
             },
@@ -202,6 +205,7 @@ impl InodeTable {
                 links: vec![link.clone()],
                 kind,
                 keys: Vec::new(),
+                nlink: 1,
                 lookups: 1,
                 opens: 0,
             },
@@ -257,6 +261,20 @@ impl InodeTable {
         shrink(&mut self.retired);
     }
 
+    /// Records the link count `ino` was just seen with.
+    pub fn set_nlink(&mut self, ino: u64, nlink: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.nlink = nlink;
+        }
+    }
+
+    /// Whether `ino` is a file last seen with several links.
+    pub fn has_links(&self, ino: u64) -> bool {
+        self.nodes
+            .get(&ino)
+            .is_some_and(|n| n.nlink > 1 && n.kind != libc::S_IFDIR)
+    }
+
     /// A new name for an existing node (link(2)); counts as a lookup.
     pub fn add_link(&mut self, ino: u64, parent: u64, name: &Name) -> bool {
         let link = (parent, name.clone());
@@ -265,6 +283,7 @@ impl InodeTable {
         };
         node.links.push(link.clone());
         node.lookups += 1;
+        node.nlink = node.nlink.max(1) + 1;
         if let Some(old) = self.children.insert(link, ino)
             && old != ino
             && let Some(o) = self.nodes.get_mut(&old)

@@ -410,6 +410,7 @@ impl ChironFs {
             &[Self::key(replica, st)],
             None,
         );
+        self.inodes.write().set_nlink(ino, st.st_nlink);
         Entry { ino, attr: *st }
     }
 

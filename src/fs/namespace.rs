@@ -135,7 +135,10 @@ impl ChironFs {
                     (st.st_dev == dev && st.st_ino == num).then_some(ino)
                 })
         };
-        let ino = self.inodes.write().lookup(parent, name, kind, &keys, join);
+        let mut inodes = self.inodes.write();
+        let ino = inodes.lookup(parent, name, kind, &keys, join);
+        inodes.set_nlink(ino, seen[0].1.st_nlink);
+        drop(inodes);
         Entry {
             ino,
             attr: seen[0].1,

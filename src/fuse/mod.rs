@@ -52,9 +52,26 @@ impl Adapter {
         }
     }
 
+    /// How long the kernel may keep what it is told about `st`: `base`,
+    /// except for a file with several links, which the kernel may know by
+    /// more than one inode number (its names read from replicas that
+    /// number it differently): a size or page it cached under one would
+    /// not see a change made through another (src/DESIGN.md section 4).
+    fn ttl(base: Duration, st: &crate::replica::ops::Stat) -> Duration {
+        if st.st_nlink > 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            Duration::ZERO
+        } else {
+            base
+        }
+    }
+
     fn entry(&self, reply: ReplyEntry, r: crate::errno::Result<crate::fs::Entry>) {
         match r {
-            Ok(e) => reply.entry(&self.entry_ttl, &file_attr(e.ino, &e.attr), Generation(0)),
+            Ok(e) => reply.entry(
+                &Self::ttl(self.entry_ttl, &e.attr),
+                &file_attr(e.ino, &e.attr),
+                Generation(0),
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -153,7 +170,7 @@ impl Filesystem for Adapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(st) => reply.attr(&self.attr_ttl, &file_attr(ino.0, &st)),
+            Ok(st) => reply.attr(&Self::ttl(self.attr_ttl, &st), &file_attr(ino.0, &st)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -185,7 +202,7 @@ impl Filesystem for Adapter {
             mtime: mtime.map(set_time),
         };
         match self.fs.setattr(ino.0, fh.map(|f| f.0), set) {
-            Ok(st) => reply.attr(&self.attr_ttl, &file_attr(ino.0, &st)),
+            Ok(st) => reply.attr(&Self::ttl(self.attr_ttl, &st), &file_attr(ino.0, &st)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -514,7 +531,8 @@ impl Filesystem for Adapter {
         match self.fs.create(parent.0, name, mode, flags, owner(req)) {
             Ok((entry, opened)) => {
                 let attr = file_attr(entry.ino, &entry.attr);
-                let reply = OpenReply::Create(reply, self.entry_ttl, attr);
+                let ttl = Self::ttl(self.entry_ttl, &entry.attr);
+                let reply = OpenReply::Create(reply, ttl, attr);
                 self.reply_open(entry.ino, &opened, reply)
             }
             Err(e) => reply.error(err(e)),
