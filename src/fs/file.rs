@@ -238,7 +238,7 @@ impl ChironFs {
             return; // unlinked: no name left to copy to
         }
         let ctl = crate::resync::CopyControl::new(0)
-            .with_chunk_guard(self.lock_fn())
+            .with_chunk_guard(self.lock_fn(false))
             .verifying(true);
         let src = &self.replicas[backing];
         for i in self.writers().into_iter().filter(|&i| i != backing) {
@@ -424,8 +424,10 @@ impl ChironFs {
                     };
                     ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), flags, 0)?
                 }
-                // Unlinked: reopen what another open of the inode holds there.
-                _ => self.reopen_held(h.ino, next)?,
+                // Unlinked: reopen what another open of the inode holds
+                // there. None does: the file is on no serving replica any
+                // more, an I/O error for this open (never ENOENT on a read).
+                _ => self.reopen_held(h.ino, next).map_err(|_| Errno::EIO)?,
             };
             let mut fds = h.fds.lock();
             if fds[next].is_none() {

@@ -46,10 +46,20 @@ impl PathLocks {
             .collect()
     }
 
+    /// Every stripe, in order (see `lock_every`).
+    pub fn lock_every(&self) -> Vec<PathGuard> {
+        lock_every(&self.stripes)
+    }
+
     /// The stripes, for a closure that outlives a borrow of `self`.
     pub fn shared(&self) -> Vec<Arc<Mutex<()>>> {
         self.stripes.clone()
     }
+}
+
+/// Every stripe, in order: no mutation runs while it is held.
+pub fn lock_every(stripes: &[Arc<Mutex<()>>]) -> Vec<PathGuard> {
+    stripes.iter().map(|s| s.lock_arc()).collect()
 }
 
 /// The stripes of several paths, in stripe order (the copy of a file with

@@ -130,14 +130,22 @@ impl ChironFs {
 
     /// The lock function the resync engine takes around each chunk.
     /// With `linked` (a file with several links), it also excludes
-    /// mutations through every other name the inode table knows for it.
+    /// mutations through its other names: through every path when the
+    /// destination is `local` (its syscalls already run on FUSE threads,
+    /// so holding every lock during one adds no new way to hang), else
+    /// through the names the inode table knows (a hung remote destination
+    /// must not stop every write; a name the table does not know is not
+    /// covered then).
     fn lock_fn(
         &self,
+        local: bool,
     ) -> impl Fn(&RelPath, bool) -> crate::resync::ChunkGuard + Send + Sync + 'static {
         let stripes = self.locks.shared();
         let inodes = self.inodes.clone();
         move |p: &RelPath, linked: bool| -> crate::resync::ChunkGuard {
-            if linked {
+            if linked && local {
+                Box::new(locks::lock_every(&stripes))
+            } else if linked {
                 let mut names = inodes.read().names_of(p);
                 names.push(p.clone());
                 Box::new(locks::lock_paths_in(&stripes, &names))
@@ -278,7 +286,15 @@ impl ChironFs {
         // A change and a copy of the same path never interleave (the copy
         // engine takes the same locks). Always taken: a replica may start
         // resyncing while this change is in flight.
-        let guards = self.locks.lock_all(&marked);
+        // A new hard link takes every lock: from then on writes through
+        // either name change one inode, and a copy of the file in progress
+        // (which sees the new link count at its next chunk) must not
+        // overlap it.
+        let guards = if op == "link" {
+            self.locks.lock_every()
+        } else {
+            self.locks.lock_all(&marked)
+        };
         // An in-sync replica marked for the path may lack it (it is copied
         // later): like a resyncing one, it follows rather than votes.
         let stale: Vec<usize> = targets

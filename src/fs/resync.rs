@@ -121,7 +121,7 @@ impl ChironFs {
         }
         let _lease = Lease(self);
         let src = &self.replicas[src];
-        let me = self.lock_fn();
+        let me = self.lock_fn(r.inline);
         let ctl = Arc::new(
             CopyControl::with_throttle(throttle.clone())
                 .with_chunk_guard(me)
@@ -147,11 +147,11 @@ impl ChironFs {
             if let Err(e) = res {
                 return self.resync_failed(i, "compare", &RelPath::root(), e);
             }
+            // As any missed mark: an in-sync replica stops serving each
+            // path found different until it is copied (the copy rewrites it
+            // in place, chunk by chunk).
             for p in &marks {
-                if let Err(e) = store.mark_missed(p.as_bytes(), &r.id) {
-                    tracing::error!("metadata store: {e}");
-                    return;
-                }
+                self.record_missed(p, i);
             }
             r.needs_full.store(false, Ordering::Relaxed);
         }

@@ -554,7 +554,7 @@ impl Job<'_> {
         self.claim(path, sst, &ops::fstat(fd_of(&dfd))?);
         drop(g);
         self.copy_content(path, &sfd, &dfd, sst.st_nlink)?;
-        let _g = self.file_guard(path, sst.st_nlink);
+        let _g = self.file_guard(path, ops::fstat(fd_of(&sfd))?.st_nlink.max(sst.st_nlink));
         let sst = ops::fstat(fd_of(&sfd))?;
         copy_attrs(At::Fd(fd_of(&sfd)), &sst, At::Fd(fd_of(&dfd)))?;
         self.count_entry();
@@ -652,9 +652,18 @@ impl Job<'_> {
     ) -> Result<()> {
         let (s, d) = (fd_of(sfd), fd_of(dfd));
         let mut off = 0u64;
+        let mut nlink = nlink;
         loop {
             self.check_cancel()?;
-            let g = self.file_guard(path, nlink);
+            let mut g = self.file_guard(path, nlink);
+            // A link made since the last chunk (link(2) waits for the
+            // chunk in progress): from now on, guard its other names too.
+            let now = ops::fstat(s)?.st_nlink;
+            if now > 1 && nlink <= 1 {
+                nlink = now;
+                drop(g);
+                g = self.file_guard(path, nlink);
+            }
             let size = size_of(s)?;
             if size_of(d)? != size {
                 At::Fd(d).truncate(size)?;
