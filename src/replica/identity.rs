@@ -4,7 +4,7 @@
 //! replica it claims to be, and is never written or read.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::errno::{Errno, Result, check};
 use crate::meta::ReplicaId;
@@ -51,25 +51,10 @@ pub fn write(root: BorrowedFd, id: &ReplicaId) -> Result<()> {
 /// exists (atomic on local filesystems and NFS alike). Returns the
 /// identity the replica has now, ours or the other daemon's.
 pub fn create(root: BorrowedFd, id: &ReplicaId) -> Result<ReplicaId> {
-    let iname = CString::new(INTERNAL_NAME).map_err(|_| Errno::EINVAL)?;
-    match ops::mkdirat(root, &iname, 0o700) {
-        Ok(()) => {}
-        Err(e) if e.0 == libc::EEXIST => {}
-        Err(e) => return Err(e),
-    }
-    let dir = internal_dir(root)?;
+    let (dir, tmp) = write_private(root, MARKER, format!("{id}\n").as_bytes())?;
     let d = ops::fd_of(&dir);
-    let tmp = unique_tmp(MARKER)?;
-    let f = ops::openat(
-        d,
-        &tmp,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-        0o600,
-    )?;
-    let written = ops::pwrite_all(ops::fd_of(&f), format!("{id}\n").as_bytes(), 0)
-        .and_then(|_| ops::fsync(ops::fd_of(&f), false));
     let name = CString::new(MARKER).map_err(|_| Errno::EINVAL)?;
-    let linked = written.and_then(|_| ops::linkat(d, &tmp, d, &name));
+    let linked = ops::linkat(d, &tmp, d, &name);
     let _ = ops::unlinkat(d, &tmp, 0);
     match linked {
         Ok(()) => {
@@ -82,20 +67,11 @@ pub fn create(root: BorrowedFd, id: &ReplicaId) -> Result<ReplicaId> {
     }
 }
 
-/// A temporary name no other process (on this host or another) uses.
-fn unique_tmp(name: &str) -> Result<CString> {
-    CString::new(format!(
-        "{name}.{}.{}.tmp",
-        std::process::id(),
-        ReplicaId::random()
-    ))
-    .map_err(|_| Errno::EINVAL)
-}
-
-/// Writes `data` as file `name` of the replica's internal directory,
-/// durably and atomically: a temporary file, fsync, rename over the old
-/// one, fsync of the directory. The internal directory is made if missing.
-pub fn write_internal(root: BorrowedFd, name: &str, data: &[u8]) -> Result<()> {
+/// Writes `data` durably to a temporary of this process's own in the
+/// internal directory (made if missing): two daemons writing the same file
+/// (two hosts sharing the replica) never touch each other's temporary.
+/// Returns the directory and the temporary's name; on error nothing is left.
+fn write_private(root: BorrowedFd, name: &str, data: &[u8]) -> Result<(OwnedFd, CString)> {
     let iname = CString::new(INTERNAL_NAME).map_err(|_| Errno::EINVAL)?;
     match ops::mkdirat(root, &iname, 0o700) {
         Ok(()) => {}
@@ -104,23 +80,38 @@ pub fn write_internal(root: BorrowedFd, name: &str, data: &[u8]) -> Result<()> {
     }
     let dir = internal_dir(root)?;
     let d = ops::fd_of(&dir);
-    // A name of this process's own: two daemons writing the same file (two
-    // hosts sharing the replica) must not rename each other's temporary.
-    let tmp = unique_tmp(name)?;
-    let final_name = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let tmp = CString::new(format!(
+        "{name}.{}.{}.tmp",
+        std::process::id(),
+        ReplicaId::random()
+    ))
+    .map_err(|_| Errno::EINVAL)?;
     let f = ops::openat(
         d,
         &tmp,
         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
         0o600,
     )?;
-    let done = ops::pwrite_all(ops::fd_of(&f), data, 0)
-        .and_then(|_| ops::fsync(ops::fd_of(&f), false))
-        .and_then(|_| ops::renameat2(d, &tmp, d, &final_name, 0));
-    if done.is_err() {
+    let written =
+        ops::pwrite_all(ops::fd_of(&f), data, 0).and_then(|_| ops::fsync(ops::fd_of(&f), false));
+    if let Err(e) = written {
         let _ = ops::unlinkat(d, &tmp, 0);
+        return Err(e);
     }
-    done?;
+    Ok((dir, tmp))
+}
+
+/// Writes `data` as file `name` of the replica's internal directory,
+/// durably and atomically: a private temporary file, fsync, rename over
+/// the old one, fsync of the directory.
+pub fn write_internal(root: BorrowedFd, name: &str, data: &[u8]) -> Result<()> {
+    let (dir, tmp) = write_private(root, name, data)?;
+    let d = ops::fd_of(&dir);
+    let final_name = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    if let Err(e) = ops::renameat2(d, &tmp, d, &final_name, 0) {
+        let _ = ops::unlinkat(d, &tmp, 0);
+        return Err(e);
+    }
     // Safe: plain syscall on a borrowed fd.
     check(unsafe { libc::fsync(d.as_raw_fd()) })?;
     Ok(())
