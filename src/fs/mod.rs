@@ -419,14 +419,16 @@ impl ChironFs {
 
     /// Registers a name the kernel will now hold a reference to.
     fn remember(&self, parent: u64, name: &Name, replica: usize, st: &Stat) -> Entry {
-        let ino = self.inodes.write().lookup(
+        let mut inodes = self.inodes.write();
+        let ino = inodes.lookup(
             parent,
             name,
             st.st_mode & libc::S_IFMT,
             &[Self::key(replica, st)],
             None,
         );
-        self.inodes.write().set_nlink(ino, st.st_nlink);
+        inodes.set_nlink(ino, st.st_nlink);
+        drop(inodes);
         Entry { ino, attr: *st }
     }
 
