@@ -285,7 +285,8 @@ impl Settings {
     }
 
     fn replicas_for(&self, seed: u64) -> usize {
-        self.replicas.unwrap_or(if seed % 3 == 0 { 3 } else { 2 })
+        self.replicas
+            .unwrap_or(if seed.is_multiple_of(3) { 3 } else { 2 })
     }
 
     fn fault_on(&self, name: &str) -> bool {
@@ -296,7 +297,7 @@ impl Settings {
     /// even seeds.
     fn faulty_for(&self, seed: u64) -> Option<usize> {
         let eio_or_hang = self.fault_on("eio") || self.fault_on("hang");
-        (eio_or_hang && seed % 2 == 0).then(|| self.replicas_for(seed) - 1)
+        (eio_or_hang && seed.is_multiple_of(2)).then(|| self.replicas_for(seed) - 1)
     }
 }
 

@@ -325,12 +325,12 @@ fn parse_pjdfstest(lines: &[String]) -> (Vec<Case>, Option<Summary>) {
             });
             continue;
         }
-        if summary.is_none() {
-            if let Some(case) = cases.last_mut() {
-                let d = line.trim();
-                if !d.is_empty() && d != "Error: Some tests have failed" {
-                    case.details.push(d.to_string());
-                }
+        if summary.is_none()
+            && let Some(case) = cases.last_mut()
+        {
+            let d = line.trim();
+            if !d.is_empty() && d != "Error: Some tests have failed" {
+                case.details.push(d.to_string());
             }
         }
     }

@@ -249,17 +249,18 @@ pub fn bind(
         .zip(out.iter_mut().zip(records.iter_mut()))
         .enumerate()
     {
-        if own[k] && matches!(b.state, ReplicaState::InSync | ReplicaState::Resyncing) {
-            if let Err(e) = ledger::write(root.as_fd(), writer, &ledger) {
-                tracing::error!(
-                    "replica {} failed: cannot write its ledger: {e}",
-                    path.display()
-                );
-                b.state = ReplicaState::Failed;
-                b.needs_full = true;
-                rec.state = ReplicaState::Failed;
-                rec.cause = format!("cannot write its ledger: {e}");
-            }
+        if own[k]
+            && matches!(b.state, ReplicaState::InSync | ReplicaState::Resyncing)
+            && let Err(e) = ledger::write(root.as_fd(), writer, &ledger)
+        {
+            tracing::error!(
+                "replica {} failed: cannot write its ledger: {e}",
+                path.display()
+            );
+            b.state = ReplicaState::Failed;
+            b.needs_full = true;
+            rec.state = ReplicaState::Failed;
+            rec.cause = format!("cannot write its ledger: {e}");
         }
     }
     for rec in &records {

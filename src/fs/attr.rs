@@ -81,16 +81,15 @@ impl ChironFs {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Stat> {
         if let Some(h) = self.handle_for(ino, fh)
             && let Ok(r) = self.serving_reader(&h)
+            && let Some(fd) = h.fd(r)
         {
-            if let Some(fd) = h.fd(r) {
-                let rep = &self.replicas[r];
-                match self.on_replica(r, move |_| ops::fstat(fd.as_fd())) {
-                    Ok(st) => return Ok(st),
-                    Err(e) if rep.is_failure(e) => {
-                        self.fail(r, "getattr", &self.describe(ino), e);
-                    }
-                    Err(e) => return Err(e),
+            let rep = &self.replicas[r];
+            match self.on_replica(r, move |_| ops::fstat(fd.as_fd())) {
+                Ok(st) => return Ok(st),
+                Err(e) if rep.is_failure(e) => {
+                    self.fail(r, "getattr", &self.describe(ino), e);
                 }
+                Err(e) => return Err(e),
             }
         }
         let loc = self.locate(ino)?;

@@ -37,7 +37,7 @@ fn replica_record(k: u64) -> ReplicaRecord {
     ReplicaRecord {
         id: replica(),
         path: PathBuf::from("/srv/b"),
-        state: if k % 2 == 0 {
+        state: if k.is_multiple_of(2) {
             ReplicaState::Failed
         } else {
             ReplicaState::Resyncing
@@ -94,17 +94,17 @@ fn apply(k: u64, target: Target<'_>) {
         Target::Store(s) => match k % 4 {
             0 => s.mark_pending(&p).unwrap(),
             1 => s.mark_missed(&p, &replica()).unwrap(),
-            2 if i % 3 == 0 => s.clear_pending(&p).unwrap(),
+            2 if i.is_multiple_of(3) => s.clear_pending(&p).unwrap(),
             2 => s.set_cursor(&replica(), Some(p)).unwrap(),
-            _ if i % 5 == 0 => s.clear_missed(&p, &replica()).unwrap(),
+            _ if i.is_multiple_of(5) => s.clear_missed(&p, &replica()).unwrap(),
             _ => s.put_replica(&replica_record(k)).unwrap(),
         },
         Target::Model(m) => match k % 4 {
             0 => drop(m.pending.insert(p)),
             1 => drop(m.missed.insert(p)),
-            2 if i % 3 == 0 => drop(m.pending.remove(&p)),
+            2 if i.is_multiple_of(3) => drop(m.pending.remove(&p)),
             2 => m.cursor = Some(p),
-            _ if i % 5 == 0 => drop(m.missed.remove(&p)),
+            _ if i.is_multiple_of(5) => drop(m.missed.remove(&p)),
             _ => m.record = Some(replica_record(k)),
         },
     }

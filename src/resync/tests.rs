@@ -898,7 +898,7 @@ fn live_writes_during_a_copy_are_never_lost() {
             let _h = l3.lock();
             let len = sf.metadata().unwrap().len();
             // Mostly overwrites, sometimes an append past the end.
-            let off = if n % 10 == 0 {
+            let off = if n.is_multiple_of(10) {
                 len
             } else {
                 (n * 7_919 * 4096) % len

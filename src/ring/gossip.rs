@@ -291,10 +291,10 @@ impl Gossip {
         )];
         let peers = self.inner.peers.read();
         for (node, peer) in peers.iter() {
-            if let Some(v) = peer.layout_version {
-                if self.inner.peer_alive(peer, now) {
-                    out.push((node.clone(), v));
-                }
+            if let Some(v) = peer.layout_version
+                && self.inner.peer_alive(peer, now)
+            {
+                out.push((node.clone(), v));
             }
         }
         out.sort();
@@ -667,11 +667,11 @@ impl PhiAccrual {
     }
 
     fn push(&mut self, interval: f64) {
-        if self.intervals.len() >= self.params.max_samples {
-            if let Some(old) = self.intervals.pop_front() {
-                self.sum -= old;
-                self.sum_sq -= old * old;
-            }
+        if self.intervals.len() >= self.params.max_samples
+            && let Some(old) = self.intervals.pop_front()
+        {
+            self.sum -= old;
+            self.sum_sq -= old * old;
         }
         self.intervals.push_back(interval);
         self.sum += interval;
@@ -1087,7 +1087,7 @@ async fn seed_loop(
     let mut warned: HashMap<String, Instant> = HashMap::new();
     let mut round: u64 = 0;
     loop {
-        if !inner.connected.load(Ordering::Relaxed) || round % REANNOUNCE_EVERY == 0 {
+        if !inner.connected.load(Ordering::Relaxed) || round.is_multiple_of(REANNOUNCE_EVERY) {
             let mut addrs = Vec::new();
             for seed in &seeds {
                 let limit = interval.max(Duration::from_secs(1));

@@ -880,12 +880,13 @@ impl Node {
                     synced_all = false;
                 }
             }
-            if layout.current.owners(p).first() == Some(&me) && exchanged.len() == peers.len() {
-                if let Ok(entries) = self.inner.store.scan(p) {
-                    for (k, v) in entries {
-                        if v.is_tombstone() {
-                            tombstone_candidates.insert(k, v);
-                        }
+            if layout.current.owners(p).first() == Some(&me)
+                && exchanged.len() == peers.len()
+                && let Ok(entries) = self.inner.store.scan(p)
+            {
+                for (k, v) in entries {
+                    if v.is_tombstone() {
+                        tombstone_candidates.insert(k, v);
                     }
                 }
             }
