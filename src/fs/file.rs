@@ -422,7 +422,10 @@ impl ChironFs {
                     } else {
                         libc::O_RDONLY
                     };
-                    ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), flags, 0)?
+                    // Gone there (unlinked behind a stale name): an I/O
+                    // error for this open, never ENOENT on a read.
+                    ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), flags, 0)
+                        .map_err(|e| if e == Errno::ENOENT { Errno::EIO } else { e })?
                 }
                 // Unlinked: reopen what another open of the inode holds
                 // there. None does: the file is on no serving replica any
