@@ -67,7 +67,9 @@
 //! operations to leave out, named as in the history, e.g. `held-fsync`: to
 //! look past a known bug; it changes every client's sequence),
 //! CHIRONFS_CHECKER_VERBOSE=1 (print the operator's actions and the checks
-//! of passing seeds too), CHIRONFS_CHECKER_OPTS (extra -o options, comma
+//! of passing seeds too), CHIRONFS_CHECKER_HISTORY_DIR (a directory: a
+//! failing seed writes its whole kept history, the last 20,000 operations,
+//! to `seed-<n>.history` there), CHIRONFS_CHECKER_OPTS (extra -o options, comma
 //! separated; none by default, see [`DEFAULT_OPTS`]; set it to
 //! `passthrough=true` to include passthrough's documented limits).
 
@@ -2326,6 +2328,16 @@ fn run_seed(settings: &Settings, seed: u64) -> Result<(), String> {
     let failures = shared.failures();
     if failures.is_empty() {
         return Ok(());
+    }
+    // For triage: the whole kept history (the last HISTORY_KEPT operations)
+    // in a file, since a handle's story often starts long before the tail.
+    if let Ok(dir) = std::env::var("CHIRONFS_CHECKER_HISTORY_DIR") {
+        let file = std::path::Path::new(&dir).join(format!("seed-{seed}.history"));
+        let all = shared.tail(HISTORY_KEPT);
+        match std::fs::write(&file, all) {
+            Ok(()) => eprintln!("checker: seed {seed}: history in {}", file.display()),
+            Err(e) => eprintln!("checker: cannot write {}: {e}", file.display()),
+        }
     }
     let log = op.rig.log();
     let log_lines: Vec<&str> = log.lines().collect();

@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestRoot, run_as};
+use common::{Mount, TestRoot, assert_same, run_as};
 
 const CHIRONFS: &str = env!("CARGO_BIN_EXE_chironfs");
 
@@ -190,6 +190,62 @@ fn held_write_handle_across_disable_enable() {
     fx.wait_in_sync("after closing app.log");
     assert_on_replicas(m, "app.log", b"one\ntwo\n");
     assert_reads(m, "app.log", b"one\ntwo\n", 10);
+    m.assert_replicas_identical();
+}
+
+/// A file held open for writing while replica b resyncs, then replaced by
+/// a rename that b missed (b lacked the source): the resync copies the new
+/// file to b's path, but must not write it into the inode the open holds
+/// there, or the open's later writes land in the new file on b alone (soak
+/// seed 21). And once b is back in sync the open, whose file has no name
+/// left, must still read its own bytes with a unlinked file's only other
+/// replica out of service.
+#[test]
+fn open_file_replaced_by_a_rename_the_resyncing_replica_missed() {
+    // 1 MiB/s: the 3 MiB file resynced first keeps b resyncing (and behind
+    // for f) for about three seconds.
+    let fx = Fixture::new(&["resync_bandwidth=1"]);
+    let m = &fx.m;
+    fs::write(m.path("f"), b"f, before").unwrap();
+    fx.set_enabled(1, false);
+    fs::write(m.path("f"), b"f, while b was out").unwrap();
+    fs::write(m.path("g"), b"g, the file renamed over f").unwrap();
+    fs::write(m.path("a_big"), vec![7u8; 3 << 20]).unwrap();
+    fx.set_enabled(1, true);
+    let held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .expect("open f read-write while b resyncs");
+    let st = status(&fx.sock);
+    assert_eq!(
+        st["replicas"][1]["state"], "resyncing",
+        "b must still be resyncing when f is opened and replaced (the test's premise): {st}"
+    );
+    fs::rename(m.path("g"), m.path("f")).expect("rename g over f");
+    fx.wait_in_sync("after enable (f replaced while b resynced)");
+    use std::os::unix::fs::FileExt;
+    held.write_all_at(b"written through the held open", 0)
+        .expect("write through the held open");
+    fx.wait_in_sync("after the write through the held open");
+    assert_on_replicas(m, "f", b"g, the file renamed over f");
+    assert_reads(m, "f", b"g, the file renamed over f", 4);
+    // The open's file, unlinked, must be on b too now: with a out, the
+    // open reads it from b.
+    fx.set_enabled(0, false);
+    let mut got = vec![0u8; 64];
+    let n = held
+        .read_at(&mut got, 0)
+        .expect("read through the held open with a out");
+    assert_same(
+        "the held open's file, read with a out",
+        &got[..n],
+        b"written through the held open",
+    );
+    drop(held);
+    fx.set_enabled(0, true);
+    fx.wait_in_sync("after enabling a again");
+    assert_on_replicas(m, "f", b"g, the file renamed over f");
     m.assert_replicas_identical();
 }
 

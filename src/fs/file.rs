@@ -46,6 +46,12 @@ impl FileHandle {
         self.fds.lock().get(replica).cloned().flatten()
     }
 
+    /// Lets go of the fd on `replica` (see `ChironFs::displace_fn`).
+    pub(super) fn drop_fd(&self, replica: usize) {
+        let fd = self.fds.lock().get_mut(replica).and_then(Option::take);
+        drop(fd);
+    }
+
     pub fn reader(&self) -> usize {
         self.reader.load(Ordering::Relaxed)
     }
@@ -390,12 +396,16 @@ impl ChironFs {
         loop {
             let r = self.serving_reader(&h)?;
             let rep = &self.replicas[r];
-            let res = match h.fd(r) {
-                Some(fd) => self.on_replica(r, move |_| {
-                    ops::pread_full(fd.as_fd(), size as usize, offset)
-                }),
-                None => Err(Errno::EIO),
+            let Some(fd) = h.fd(r) else {
+                // Let go of by a resync (its file there was another's):
+                // read from another serving replica.
+                tried.push(r);
+                self.fail_over_reader(&h, &tried)?;
+                continue;
             };
+            let res = self.on_replica(r, move |_| {
+                ops::pread_full(fd.as_fd(), size as usize, offset)
+            });
             match res {
                 Ok(data) => return Ok(data),
                 Err(e) if rep.is_failure(e) => {
@@ -926,6 +936,113 @@ impl ChironFs {
             }
         }
         held_back
+    }
+}
+
+impl ChironFs {
+    /// Gives open files that lost their last name, and have no fd on
+    /// `replica`, a nameless copy there (DESIGN.md section 5, "Open
+    /// unlinked files"). They were unlinked while `replica` was out or
+    /// behind for their path: the resync copies by name and cannot reach
+    /// them, yet once `replica` serves, the replicas their fds are on may
+    /// leave service and the open must still read and write its file.
+    /// Called by the resync once the replica's marks are copied, before it
+    /// is declared in sync. Runs under the root's lock, which every change
+    /// through a handle of an unlinked file takes (its path is the root),
+    /// so no write lands between the copy and the new fd. An open whose
+    /// file no serving replica holds stays as it is (it gets EIO once its
+    /// last fd's replica leaves service).
+    pub(super) fn join_unlinked(&self, replica: usize) -> Result<()> {
+        let orphans = |s: &Self| {
+            let mut v: Vec<u64> = s
+                .files
+                .all(|h| h.fd(replica).is_none())
+                .into_iter()
+                .map(|h| h.ino)
+                .filter(|&ino| s.path(ino).is_err())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        if orphans(self).is_empty() {
+            return Ok(());
+        }
+        let _g = self.locks.lock_all(&[RelPath::root()]);
+        for ino in orphans(self) {
+            let held = self.files.all(|h| h.ino == ino);
+            let Some(src) = held.iter().find_map(|h| {
+                (0..self.replicas.len())
+                    .filter(|&s| s != replica && self.replicas[s].is_serving())
+                    .find_map(|s| h.fd(s))
+            }) else {
+                continue;
+            };
+            let fd = self.nameless_copy(replica, &src)?;
+            for h in &held {
+                let mut fds = h.fds.lock();
+                if fds[replica].is_none() {
+                    fds[replica] = Some(fd.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new file with no name on `replica` holding what `src` holds
+    /// (content, mode, owner, times): O_TMPFILE at the replica's root, or,
+    /// where the filesystem has none, a file made and unlinked at once in
+    /// the replica's internal directory.
+    fn nameless_copy(&self, replica: usize, src: &OwnedFd) -> Result<Arc<OwnedFd>> {
+        let rep = &self.replicas[replica];
+        let st = ops::fstat(src.as_fd())?;
+        let root = rep.dir(&RelPath::root())?;
+        let fd = match ops::openat(fd_of(&root), c".", libc::O_TMPFILE | libc::O_RDWR, 0o600) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.0, libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL) => {
+                let internal = std::ffi::CString::new(crate::replica::INTERNAL_NAME)
+                    .map_err(|_| Errno::EIO)?;
+                let dir = ops::openat(
+                    fd_of(&root),
+                    &internal,
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                    0,
+                )?;
+                let name = std::ffi::CString::new(format!(
+                    "unlinked-{}-{}",
+                    std::process::id(),
+                    st.st_ino
+                ))
+                .map_err(|_| Errno::EIO)?;
+                let fd = ops::openat(
+                    fd_of(&dir),
+                    &name,
+                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )?;
+                ops::unlinkat(fd_of(&dir), &name, 0)?;
+                fd
+            }
+            Err(e) => return Err(e),
+        };
+        let copied = ops::copy_range(src.as_fd(), 0, fd.as_fd(), 0, st.st_size as u64)?;
+        if copied < st.st_size as u64 {
+            At::Fd(fd.as_fd()).truncate(st.st_size as u64)?;
+        }
+        At::Fd(fd.as_fd()).chown(st.st_uid, st.st_gid)?;
+        At::Fd(fd.as_fd()).chmod(st.st_mode & 0o7777)?;
+        let times = [
+            libc::timespec {
+                tv_sec: st.st_atime,
+                tv_nsec: st.st_atime_nsec,
+            },
+            libc::timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec,
+            },
+        ];
+        At::Fd(fd.as_fd()).utimens(&times)?;
+        Ok(Arc::new(fd))
     }
 }
 

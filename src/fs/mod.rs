@@ -74,7 +74,7 @@ pub struct Entry {
 pub struct ChironFs {
     replicas: Arc<[Replica]>,
     inodes: Arc<RwLock<InodeTable>>,
-    files: handles::Table<file::FileHandle>,
+    files: Arc<handles::Table<file::FileHandle>>,
     dirs: handles::Table<handles::DirHandle>,
     iomodes: handles::IoModes,
     marks: marks::Marks,
@@ -103,7 +103,7 @@ impl ChironFs {
                 .collect(),
             replicas: replicas.into(),
             inodes: Arc::new(RwLock::new(InodeTable::new())),
-            files: handles::Table::new(),
+            files: Arc::new(handles::Table::new()),
             dirs: handles::Table::new(),
             iomodes: handles::IoModes::default(),
             passthrough_enabled: AtomicBool::new(opts.passthrough),
@@ -152,6 +152,39 @@ impl ChironFs {
             } else {
                 Box::new(locks::lock_in(&stripes, p))
             }
+        }
+    }
+
+    /// For the copy engine ([`crate::resync::CopyControl::with_displace`]):
+    /// whether destination inode `d` on replica `dst` is held by an open
+    /// whose file on replica `src` is not `s`. Writable opens holding it
+    /// let go of their fd there: it holds a file the source no longer has
+    /// at that path, with what `dst` had (it was behind); they get a
+    /// current one from `join_handles` or `join_unlinked` once `dst` has
+    /// their file (DESIGN.md section 5, "Opens across a resync"). Read-only
+    /// opens keep theirs (they are only ever on a replica that served the
+    /// file): the copy makes a new inode instead of writing into it.
+    fn displace_fn(&self) -> impl Fn(usize, usize, &Stat, &Stat) -> bool + Send + Sync + 'static {
+        let files = self.files.clone();
+        move |src: usize, dst: usize, s: &Stat, d: &Stat| {
+            let key = |st: &Stat| (st.st_dev, st.st_ino);
+            let holds = |fd: Option<Arc<std::os::fd::OwnedFd>>, want: (u64, u64)| {
+                fd.is_some_and(|fd| {
+                    crate::replica::ops::fstat(std::os::fd::AsFd::as_fd(&*fd))
+                        .is_ok_and(|st| key(&st) == want)
+                })
+            };
+            let mut displaced = false;
+            for h in files.all(|h| holds(h.fd(dst), key(d))) {
+                if holds(h.fd(src), key(s)) {
+                    continue;
+                }
+                displaced = true;
+                if h.is_writable() {
+                    h.drop_fd(dst);
+                }
+            }
+            displaced
         }
     }
 

@@ -125,7 +125,8 @@ impl ChironFs {
         let ctl = Arc::new(
             CopyControl::with_throttle(throttle.clone())
                 .with_chunk_guard(me)
-                .with_link_hint(self.link_hint()),
+                .with_link_hint(self.link_hint())
+                .with_displace(self.displace_fn()),
         );
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         *self.running[i].lock() = Some((Instant::now(), ctl.clone(), total.clone()));
@@ -264,6 +265,17 @@ impl ChironFs {
                         return;
                     }
                 }
+            }
+        }
+        // Open files unlinked while it was out follow it too.
+        match self.join_unlinked(i) {
+            Ok(()) => {}
+            Err(e) if r.is_failure(e) => {
+                return self.resync_failed(i, "resync", &RelPath::root(), e);
+            }
+            Err(e) => {
+                tracing::debug!("resync of open unlinked files: {e}");
+                return;
             }
         }
         // What was copied is on disk before the replica is trusted again.

@@ -531,7 +531,14 @@ impl Job<'_> {
             libc::O_WRONLY
         };
         let dst_st = linked.or(dst_st);
-        let reuse = linked.is_some() || dst_st.as_ref().is_some_and(|d| self.reusable(sst, d));
+        // An open of another file holds the destination inode (the source
+        // renamed or unlinked that file, and the destination missed it):
+        // written in place, the copy would become what that open writes.
+        let reuse = linked.is_some()
+            || dst_st.as_ref().is_some_and(|d| {
+                self.reusable(sst, d)
+                    && !(self.ctl.displaced)(self.src.index, self.dst.index, sst, d)
+            });
         let dfd = if reuse {
             let f =
                 ops::openat(ddir, name, access | libc::O_NONBLOCK, 0).map_err(raced_if_absent)?;

@@ -121,9 +121,15 @@ pub struct CopyControl {
     guard: Box<GuardFn>,
     links: Mutex<LinkMap>,
     link_hint: Box<HintFn>,
+    displaced: Box<DisplaceFn>,
 }
 
 type HintFn = dyn Fn(&RelPath) -> Vec<RelPath> + Send + Sync;
+
+/// (source replica index, destination replica index, source inode's
+/// stat, destination inode's stat) -> the destination inode is held for
+/// another file (see [`CopyControl::with_displace`]).
+type DisplaceFn = dyn Fn(usize, usize, &Stat, &Stat) -> bool + Send + Sync;
 
 /// Hard-link bookkeeping across the calls of one pass.
 #[derive(Default)]
@@ -154,7 +160,24 @@ impl CopyControl {
             guard: Box::new(|_, _| Box::new(())),
             links: Mutex::new(LinkMap::default()),
             link_hint: Box::new(|_| Vec::new()),
+            displaced: Box::new(|_, _, _, _| false),
         }
+    }
+
+    /// Sets how the engine learns that a destination file is held open by
+    /// the filesystem for another file than the source's: `f(src, dst,
+    /// s, d)` returns true when some open holds inode `d` on replica `dst`
+    /// while its file on replica `src` is not inode `s` (it was renamed
+    /// away or unlinked there, and `dst` missed that). Such a destination
+    /// is never written in place: it is replaced by a new file, so that
+    /// the open's writes do not land in the copy. Called under the path's
+    /// guard, before the copy of a regular file over an existing one.
+    pub fn with_displace(
+        mut self,
+        f: impl Fn(usize, usize, &Stat, &Stat) -> bool + Send + Sync + 'static,
+    ) -> CopyControl {
+        self.displaced = Box::new(f);
+        self
     }
 
     /// Sets where other names of a file may be learnt: `f(path)` returns
