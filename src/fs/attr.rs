@@ -79,17 +79,12 @@ impl ChironFs {
     }
 
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Stat> {
-        if let Some(h) = self.handle_for(ino, fh)
-            && let Ok(r) = self.serving_reader(&h)
-            && let Some(fd) = h.fd(r)
-        {
-            let rep = &self.replicas[r];
-            match self.on_replica(r, move |_| ops::fstat(fd.as_fd())) {
+        if let Some(h) = self.handle_for(ino, fh) {
+            match self.getattr_open(&h) {
                 Ok(st) => return Ok(st),
-                Err(e) if rep.is_failure(e) => {
-                    self.fail(r, "getattr", &self.describe(ino), e);
-                }
-                Err(e) => return Err(e),
+                // Its file has no name left: only the open reaches it.
+                Err(e) if self.locate(ino).is_err() => return Err(e),
+                Err(_) => {}
             }
         }
         let loc = self.locate(ino)?;
@@ -98,6 +93,30 @@ impl ChironFs {
             on_inode(rep, &loc, None, |at| at.stat())
         })?;
         Ok(st)
+    }
+
+    /// The attributes of an open's file, through the open's fd on a
+    /// serving replica (failing over as a read does).
+    fn getattr_open(&self, h: &super::file::FileHandle) -> Result<Stat> {
+        let mut tried = Vec::new();
+        loop {
+            let r = self.serving_reader(h)?;
+            let Some(fd) = h.fd(r) else {
+                tried.push(r);
+                self.fail_over_reader(h, &tried)?;
+                continue;
+            };
+            let rep = &self.replicas[r];
+            match self.on_replica(r, move |_| ops::fstat(fd.as_fd())) {
+                Ok(st) => return Ok(st),
+                Err(e) if rep.is_failure(e) => {
+                    self.fail(r, "getattr", &self.describe(h.ino), e);
+                    tried.push(r);
+                    self.fail_over_reader(h, &tried)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> Result<Stat> {

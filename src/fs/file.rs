@@ -39,6 +39,11 @@ pub struct FileHandle {
     /// A writable open the kernel put in passthrough mode: an mmap of it
     /// stores into this replica's file only (see `open`).
     exposed: Option<usize>,
+    /// Held shared by each change through this open (from reading its fds
+    /// to the end of the fan-out), exclusively by `join_unlinked` while it
+    /// copies the file and gives the open a new fd: no change can then
+    /// miss both the copy and the new fd. Taken before any path lock.
+    gate: parking_lot::RwLock<()>,
 }
 
 impl FileHandle {
@@ -46,10 +51,10 @@ impl FileHandle {
         self.fds.lock().get(replica).cloned().flatten()
     }
 
-    /// Lets go of the fd on `replica` (see `ChironFs::displace_fn`).
-    pub(super) fn drop_fd(&self, replica: usize) {
-        let fd = self.fds.lock().get_mut(replica).and_then(Option::take);
-        drop(fd);
+    /// Lets go of the fd on `replica` (see `ChironFs::displace_fn`); the
+    /// caller closes it (`discard_on`).
+    pub(super) fn drop_fd(&self, replica: usize) -> Option<Arc<OwnedFd>> {
+        self.fds.lock().get_mut(replica).and_then(Option::take)
     }
 
     pub fn reader(&self) -> usize {
@@ -356,6 +361,7 @@ impl ChironFs {
             session: s.session,
             oflags: s.oflags,
             exposed: s.exposed,
+            gate: parking_lot::RwLock::new(()),
         })
     }
 
@@ -474,13 +480,16 @@ impl ChironFs {
             return;
         };
         let path = ppath.join(name);
-        // A replica behind for the path may hold another file there.
-        let targets: Vec<usize> = self
+        // A replica behind for the path may hold another file there: it
+        // gets a nameless copy of the current one instead.
+        let (targets, behind): (Vec<usize>, Vec<usize>) = self
             .writers()
             .into_iter()
-            .filter(|&i| !self.marked_at_or_above(i, &path))
             .filter(|&i| held.iter().any(|h| h.fd(i).is_none()))
-            .collect();
+            .partition(|&i| !self.marked_at_or_above(i, &path));
+        if !behind.is_empty() {
+            self.pin_copies(&held, &path, &behind);
+        }
         if targets.is_empty() {
             return;
         }
@@ -522,6 +531,56 @@ impl ChironFs {
                 let mut slot = h.fds.lock();
                 if slot[i].is_none() {
                     slot[i] = fd;
+                }
+            }
+        }
+    }
+
+    /// For `pin_open`: opens of the file at `path` (about to lose its last
+    /// name) that have no fd on the replicas in `behind` (marked for the
+    /// path: what they have there may be an older file) get a nameless
+    /// copy of it there, made from a replica not behind, with their
+    /// changes and the path's held off meanwhile (gates, then the path's
+    /// lock). On each replica's own threads, under `replica_timeout`; a
+    /// copy that fails leaves those opens without an fd there (their
+    /// changes mark it; `join_unlinked` tries again when it is resynced).
+    fn pin_copies(&self, held: &[Arc<FileHandle>], path: &RelPath, behind: &[usize]) {
+        let mut held = held.to_vec();
+        held.sort_by_key(|h| !h.is_writable());
+        let _gates: Vec<_> = held.iter().map(|h| h.gate.write()).collect();
+        let _g = self.locks.lock_all(std::slice::from_ref(path));
+        let Some(src) = held.iter().find_map(|h| {
+            self.readers()
+                .into_iter()
+                .filter(|&s| !self.marked_at_or_above(s, path))
+                .find_map(|s| h.fd(s))
+        }) else {
+            return;
+        };
+        // Other names keep it: what a replica behind has under them is
+        // copied by name (a nameless copy would take the open's writes
+        // away from that inode there).
+        if ops::fstat(src.as_fd()).map_or(true, |st| st.st_nlink != 1) {
+            return;
+        }
+        let copies = fanout::run(
+            &self.replicas,
+            behind,
+            self.opts.replica_timeout,
+            move |rep| nameless_copy(rep, &src).map(Arc::new),
+        );
+        for (i, fd) in copies {
+            let fd = match fd {
+                Ok(fd) => fd,
+                Err(e) => {
+                    tracing::debug!("{path}: no copy of an open file on a replica behind: {e}");
+                    continue;
+                }
+            };
+            for h in &held {
+                let mut fds = h.fds.lock();
+                if fds[i].is_none() {
+                    fds[i] = Some(fd.clone());
                 }
             }
         }
@@ -569,6 +628,7 @@ impl ChironFs {
         T: Send + 'static,
         F: Fn(&OwnedFd) -> Result<T> + Send + Sync + 'static,
     {
+        let _gate = h.gate.read();
         let (targets, fds) = self.write_fds(h);
         if targets.is_empty() {
             return Err(Errno::EIO);
@@ -841,17 +901,9 @@ impl ChironFs {
     /// waits for the server; src/DESIGN.md, section 3, step 6).
     pub(super) fn discard(&self, fds: Vec<Option<Arc<OwnedFd>>>) {
         for (i, fd) in fds.into_iter().enumerate() {
-            let Some(fd) = fd else { continue };
-            if self.replicas[i].inline {
-                drop(fd);
-                continue;
+            if let Some(fd) = fd {
+                discard_on(&self.replicas, i, fd);
             }
-            let reps = self.replicas.clone();
-            reps[i].queued.fetch_add(1, Ordering::SeqCst);
-            self.replicas[i].submit(move || {
-                drop(fd);
-                reps[i].queued.fetch_sub(1, Ordering::SeqCst);
-            });
         }
     }
 
@@ -947,9 +999,9 @@ impl ChironFs {
     /// them, yet once `replica` serves, the replicas their fds are on may
     /// leave service and the open must still read and write its file.
     /// Called by the resync once the replica's marks are copied, before it
-    /// is declared in sync. Runs under the root's lock, which every change
-    /// through a handle of an unlinked file takes (its path is the root),
-    /// so no write lands between the copy and the new fd. An open whose
+    /// is declared in sync. Holds the opens' gates (no change through them
+    /// runs between the copy and the new fd, whatever path it locked) and
+    /// the root's lock (the path of an unlinked file). An open whose
     /// file no serving replica holds stays as it is (it gets EIO once its
     /// last fd's replica leaves service).
     pub(super) fn join_unlinked(&self, replica: usize) -> Result<()> {
@@ -965,12 +1017,19 @@ impl ChironFs {
             v.dedup();
             v
         };
-        if orphans(self).is_empty() {
-            return Ok(());
-        }
-        let _g = self.locks.lock_all(&[RelPath::root()]);
         for ino in orphans(self) {
-            let held = self.files.all(|h| h.ino == ino);
+            let mut held = self.files.all(|h| h.ino == ino);
+            // Writable opens first: their fds are dropped when a replica
+            // leaves service, so one on a serving replica is current.
+            held.sort_by_key(|h| !h.is_writable());
+            // Every change through these opens waits (gates before the
+            // lock, as a change takes them).
+            let _gates: Vec<_> = held.iter().map(|h| h.gate.write()).collect();
+            let _g = self.locks.lock_all(&[RelPath::root()]);
+            let rep = &self.replicas[replica];
+            if !rep.is_writable() || held.iter().all(|h| h.fd(replica).is_some()) {
+                continue;
+            }
             let Some(src) = held.iter().find_map(|h| {
                 (0..self.replicas.len())
                     .filter(|&s| s != replica && self.replicas[s].is_serving())
@@ -978,72 +1037,101 @@ impl ChironFs {
             }) else {
                 continue;
             };
-            let fd = self.nameless_copy(replica, &src)?;
+            // A name the inode table never learnt (a hard link) still
+            // reaches it: the copy by name covers it.
+            match ops::fstat(src.as_fd()) {
+                Ok(st) if st.st_nlink == 0 => {}
+                _ => continue,
+            }
+            let fd = match nameless_copy(rep, &src) {
+                Ok(fd) => Arc::new(fd),
+                Err(e) if rep.is_failure(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        "replica {}: cannot copy an open unlinked file there: {e}",
+                        rep.spec.path.display()
+                    );
+                    continue;
+                }
+            };
             for h in &held {
                 let mut fds = h.fds.lock();
                 if fds[replica].is_none() {
                     fds[replica] = Some(fd.clone());
                 }
             }
+            // Left service meanwhile: its fds go, as `forget_fds` does.
+            if !rep.is_writable() {
+                for h in held.iter().filter(|h| h.is_writable()) {
+                    if let Some(fd) = h.drop_fd(replica) {
+                        discard_on(&self.replicas, replica, fd);
+                    }
+                }
+            }
         }
         Ok(())
     }
+}
 
-    /// A new file with no name on `replica` holding what `src` holds
-    /// (content, mode, owner, times): O_TMPFILE at the replica's root, or,
-    /// where the filesystem has none, a file made and unlinked at once in
-    /// the replica's internal directory.
-    fn nameless_copy(&self, replica: usize, src: &OwnedFd) -> Result<Arc<OwnedFd>> {
-        let rep = &self.replicas[replica];
-        let st = ops::fstat(src.as_fd())?;
-        let root = rep.dir(&RelPath::root())?;
-        let fd = match ops::openat(fd_of(&root), c".", libc::O_TMPFILE | libc::O_RDWR, 0o600) {
-            Ok(fd) => fd,
-            Err(e) if matches!(e.0, libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL) => {
-                let internal = std::ffi::CString::new(crate::replica::INTERNAL_NAME)
+/// A new file with no name on `rep` holding what `src` holds (content,
+/// owner, mode, xattrs, times): O_TMPFILE at the replica's root, or, where
+/// the filesystem has none, a file made and unlinked at once in the
+/// replica's internal directory.
+fn nameless_copy(rep: &crate::replica::Replica, src: &OwnedFd) -> Result<OwnedFd> {
+    let st = ops::fstat(src.as_fd())?;
+    let root = rep.dir(&RelPath::root())?;
+    let fd = match ops::openat(fd_of(&root), c".", libc::O_TMPFILE | libc::O_RDWR, 0o600) {
+        Ok(fd) => fd,
+        Err(e) if matches!(e.0, libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL) => {
+            let internal =
+                std::ffi::CString::new(crate::replica::INTERNAL_NAME).map_err(|_| Errno::EIO)?;
+            let dir = ops::openat(
+                fd_of(&root),
+                &internal,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )?;
+            let name =
+                std::ffi::CString::new(format!("unlinked-{}-{}", std::process::id(), st.st_ino))
                     .map_err(|_| Errno::EIO)?;
-                let dir = ops::openat(
-                    fd_of(&root),
-                    &internal,
-                    libc::O_RDONLY | libc::O_DIRECTORY,
-                    0,
-                )?;
-                let name = std::ffi::CString::new(format!(
-                    "unlinked-{}-{}",
-                    std::process::id(),
-                    st.st_ino
-                ))
-                .map_err(|_| Errno::EIO)?;
-                let fd = ops::openat(
-                    fd_of(&dir),
-                    &name,
-                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                    0o600,
-                )?;
-                ops::unlinkat(fd_of(&dir), &name, 0)?;
-                fd
-            }
-            Err(e) => return Err(e),
-        };
-        let copied = ops::copy_range(src.as_fd(), 0, fd.as_fd(), 0, st.st_size as u64)?;
-        if copied < st.st_size as u64 {
-            At::Fd(fd.as_fd()).truncate(st.st_size as u64)?;
+            let fd = ops::openat(
+                fd_of(&dir),
+                &name,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                0o600,
+            )?;
+            ops::unlinkat(fd_of(&dir), &name, 0)?;
+            fd
         }
-        At::Fd(fd.as_fd()).chown(st.st_uid, st.st_gid)?;
-        At::Fd(fd.as_fd()).chmod(st.st_mode & 0o7777)?;
-        let times = [
-            libc::timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec,
-            },
-            libc::timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec,
-            },
-        ];
-        At::Fd(fd.as_fd()).utimens(&times)?;
-        Ok(Arc::new(fd))
+        Err(e) => return Err(e),
+    };
+    ops::copy_range(src.as_fd(), 0, fd.as_fd(), 0, st.st_size as u64)?;
+    let dst = At::Fd(fd.as_fd());
+    if let Err(e) = crate::resync::attrs::copy_attrs(At::Fd(src.as_fd()), &st, dst) {
+        // Some filesystems cannot list the xattrs of a file with no name
+        // (a FUSE one resolves the inode by path): owner, mode and times
+        // still follow.
+        tracing::debug!("xattrs of an open unlinked file not copied: {e}");
+        dst.chown(st.st_uid, st.st_gid)?;
+        dst.chmod(st.st_mode & 0o7777)?;
+        dst.utimens(&crate::resync::attrs::times_of(&st))?;
     }
+    Ok(fd)
+}
+
+/// Closes `fd` of replica `i`: on its own threads for a pooled replica
+/// (a close on a hung one must not hold up the caller).
+pub(super) fn discard_on(replicas: &Arc<[crate::replica::Replica]>, i: usize, fd: Arc<OwnedFd>) {
+    if replicas[i].inline {
+        drop(fd);
+        return;
+    }
+    let reps = replicas.clone();
+    reps[i].queued.fetch_add(1, Ordering::SeqCst);
+    replicas[i].submit(move || {
+        drop(fd);
+        reps[i].queued.fetch_sub(1, Ordering::SeqCst);
+    });
 }
 
 /// What a new handle holds (see [`FileHandle`]).

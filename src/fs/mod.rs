@@ -166,25 +166,34 @@ impl ChironFs {
     /// file): the copy makes a new inode instead of writing into it.
     fn displace_fn(&self) -> impl Fn(usize, usize, &Stat, &Stat) -> bool + Send + Sync + 'static {
         let files = self.files.clone();
+        let replicas = self.replicas.clone();
         move |src: usize, dst: usize, s: &Stat, d: &Stat| {
             let key = |st: &Stat| (st.st_dev, st.st_ino);
-            let holds = |fd: Option<Arc<std::os::fd::OwnedFd>>, want: (u64, u64)| {
-                fd.is_some_and(|fd| {
-                    crate::replica::ops::fstat(std::os::fd::AsFd::as_fd(&*fd))
+            let is = |fd: &Option<Arc<std::os::fd::OwnedFd>>, want: (u64, u64)| {
+                fd.as_ref().is_some_and(|fd| {
+                    crate::replica::ops::fstat(std::os::fd::AsFd::as_fd(&**fd))
                         .is_ok_and(|st| key(&st) == want)
                 })
             };
-            let mut displaced = false;
-            for h in files.all(|h| holds(h.fd(dst), key(d))) {
-                if holds(h.fd(src), key(s)) {
-                    continue;
-                }
-                displaced = true;
-                if h.is_writable() {
-                    h.drop_fd(dst);
+            // The table's lock is not held across the fstats (a hung
+            // replica would stop every open and release with it).
+            let holders: Vec<_> = files
+                .all(|h| h.fd(dst).is_some())
+                .into_iter()
+                .filter(|h| is(&h.fd(dst), key(d)))
+                .collect();
+            if holders.iter().all(|h| is(&h.fd(src), key(s))) {
+                return false;
+            }
+            // The destination is made anew: every writable open holding the
+            // old inode, its own file or not, lets go of it (its writes
+            // there would miss the new one).
+            for h in holders.iter().filter(|h| h.is_writable()) {
+                if let Some(fd) = h.drop_fd(dst) {
+                    file::discard_on(&replicas, dst, fd);
                 }
             }
-            displaced
+            true
         }
     }
 
