@@ -249,6 +249,51 @@ fn open_file_replaced_by_a_rename_the_resyncing_replica_missed() {
     m.assert_replicas_identical();
 }
 
+/// A file opened for writing while replica b resyncs and is still behind
+/// for it (the open's fd on b is b's older copy), then unlinked: once b is
+/// in sync and a is out, the open must read its file's current bytes from
+/// b, not the older copy (pin_open gives it a nameless copy of the current
+/// file on b at unlink time).
+#[test]
+fn open_file_unlinked_while_the_resyncing_replica_was_behind() {
+    let fx = Fixture::new(&["resync_bandwidth=1"]);
+    let m = &fx.m;
+    fs::write(m.path("f"), b"first version").unwrap();
+    fx.set_enabled(1, false);
+    fs::write(m.path("f"), b"second version, written while b was out").unwrap();
+    fs::write(m.path("a_big"), vec![7u8; 3 << 20]).unwrap();
+    fx.set_enabled(1, true);
+    let held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .expect("open f read-write while b resyncs");
+    let st = status(&fx.sock);
+    assert_eq!(
+        st["replicas"][1]["state"], "resyncing",
+        "b must still be resyncing when f is opened and unlinked (the test's premise): {st}"
+    );
+    use std::os::unix::fs::FileExt;
+    held.write_all_at(b"HELD", 0)
+        .expect("write through the held open");
+    fs::remove_file(m.path("f")).expect("unlink f");
+    fx.wait_in_sync("after enable (f unlinked while b resynced)");
+    fx.set_enabled(0, false);
+    let mut got = vec![0u8; 64];
+    let n = held
+        .read_at(&mut got, 0)
+        .expect("read through the held open with a out");
+    assert_same(
+        "the held open's unlinked file, read from b with a out",
+        &got[..n],
+        b"HELDnd version, written while b was out",
+    );
+    drop(held);
+    fx.set_enabled(0, true);
+    fx.wait_in_sync("after enabling a again");
+    m.assert_replicas_identical();
+}
+
 /// A store through a shared writable mmap, while another process reads the
 /// file through FUSE passthrough (opt-in), must reach every replica.
 #[test]

@@ -480,13 +480,17 @@ impl ChironFs {
             return;
         };
         let path = ppath.join(name);
-        // A replica behind for the path may hold another file there: it
-        // gets a nameless copy of the current one instead.
-        let (targets, behind): (Vec<usize>, Vec<usize>) = self
+        // A replica behind for the path may hold another file or an older
+        // copy there (an open made while it was behind has its fd on that):
+        // every open gets a nameless copy of the current file there instead.
+        let (behind, targets): (Vec<usize>, Vec<usize>) = self
             .writers()
             .into_iter()
+            .partition(|&i| self.marked_at_or_above(i, &path));
+        let targets: Vec<usize> = targets
+            .into_iter()
             .filter(|&i| held.iter().any(|h| h.fd(i).is_none()))
-            .partition(|&i| !self.marked_at_or_above(i, &path));
+            .collect();
         if !behind.is_empty() {
             self.pin_copies(&held, &path, &behind);
         }
@@ -537,9 +541,9 @@ impl ChironFs {
     }
 
     /// For `pin_open`: opens of the file at `path` (about to lose its last
-    /// name) that have no fd on the replicas in `behind` (marked for the
-    /// path: what they have there may be an older file) get a nameless
-    /// copy of it there, made from a replica not behind, with their
+    /// name) get, on the replicas in `behind` (marked for the path: what
+    /// they have there, and an fd an open took on it, may be an older
+    /// file), a nameless copy of it made from a replica not behind, with their
     /// changes and the path's held off meanwhile (gates, then the path's
     /// lock). On each replica's own threads, under `replica_timeout`; a
     /// copy that fails leaves those opens without an fd there (their
@@ -578,9 +582,9 @@ impl ChironFs {
                 }
             };
             for h in &held {
-                let mut fds = h.fds.lock();
-                if fds[i].is_none() {
-                    fds[i] = Some(fd.clone());
+                let old = h.fds.lock()[i].replace(fd.clone());
+                if let Some(old) = old {
+                    discard_on(&self.replicas, i, old);
                 }
             }
         }
@@ -1043,8 +1047,18 @@ impl ChironFs {
                 Ok(st) if st.st_nlink == 0 => {}
                 _ => continue,
             }
-            let fd = match nameless_copy(rep, &src) {
-                Ok(fd) => Arc::new(fd),
+            // On the replica's own threads, under `replica_timeout`: the
+            // gates held meanwhile stop every change through these opens.
+            let copied = fanout::run(
+                &self.replicas,
+                &[replica],
+                self.opts.replica_timeout,
+                move |rep| nameless_copy(rep, &src).map(Arc::new),
+            )
+            .pop()
+            .map_or(Err(Errno::EIO), |(_, r)| r);
+            let fd = match copied {
+                Ok(fd) => fd,
                 Err(e) if rep.is_failure(e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(
