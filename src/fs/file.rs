@@ -540,6 +540,24 @@ impl ChironFs {
         }
     }
 
+    /// The writable opens whose file is `ino` or, for a directory, lies
+    /// beneath `path` (its name as the inode table has it now): the opens
+    /// whose changes mark a path that a rename or unlink of `path` changes.
+    pub(super) fn opens_at(&self, ino: Option<u64>, path: &RelPath) -> Vec<Arc<FileHandle>> {
+        let mut prefix = path.as_bytes().to_vec();
+        prefix.push(b'/');
+        self.files
+            .all(|h| h.is_writable())
+            .into_iter()
+            .filter(|h| {
+                Some(h.ino) == ino || {
+                    let p = self.describe(h.ino);
+                    p.as_bytes().starts_with(&prefix)
+                }
+            })
+            .collect()
+    }
+
     /// For `pin_open`: opens of the file at `path` (about to lose its last
     /// name) get, on the replicas in `behind` (marked for the path: what
     /// they have there, and an fd an open took on it, may be an older
@@ -551,7 +569,7 @@ impl ChironFs {
     fn pin_copies(&self, held: &[Arc<FileHandle>], path: &RelPath, behind: &[usize]) {
         let mut held = held.to_vec();
         held.sort_by_key(|h| !h.is_writable());
-        let _gates: Vec<_> = held.iter().map(|h| h.gate.write()).collect();
+        // The caller (unlink, rename) holds the opens' gates.
         let _g = self.locks.lock_all(std::slice::from_ref(path));
         let Some(src) = held.iter().find_map(|h| {
             self.readers()
@@ -1028,7 +1046,7 @@ impl ChironFs {
             held.sort_by_key(|h| !h.is_writable());
             // Every change through these opens waits (gates before the
             // lock, as a change takes them).
-            let _gates: Vec<_> = held.iter().map(|h| h.gate.write()).collect();
+            let _gates = hold_gates(&held);
             let _g = self.locks.lock_all(&[RelPath::root()]);
             let rep = &self.replicas[replica];
             if !rep.is_writable() || held.iter().all(|h| h.fd(replica).is_some()) {
@@ -1131,6 +1149,18 @@ fn nameless_copy(rep: &crate::replica::Replica, src: &OwnedFd) -> Result<OwnedFd
         dst.utimens(&crate::resync::attrs::times_of(&st))?;
     }
     Ok(fd)
+}
+
+/// Holds the gates of `opens` (see [`FileHandle::gate`]): no change
+/// through them runs until the guards are dropped. Taken before any path
+/// lock.
+/// Always in one order (by address), each once: two callers holding
+/// overlapping sets never wait on each other in a cycle.
+pub(super) fn hold_gates(opens: &[Arc<FileHandle>]) -> Vec<parking_lot::RwLockWriteGuard<'_, ()>> {
+    let mut order: Vec<&Arc<FileHandle>> = opens.iter().collect();
+    order.sort_by_key(|h| Arc::as_ptr(h) as usize);
+    order.dedup_by_key(|h| Arc::as_ptr(h) as usize);
+    order.into_iter().map(|h| h.gate.write()).collect()
 }
 
 /// Closes `fd` of replica `i`: on its own threads for a pooled replica

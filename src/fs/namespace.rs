@@ -234,6 +234,12 @@ impl ChironFs {
         let n2 = name.clone();
         // A file's other names keep what this one's marks say it lacks.
         let others = self.inodes.read().names_of(&path);
+        // No change through an open of it runs until the marks are carried
+        // and the table renamed it: such a change marks the name the table
+        // gives (DESIGN.md section 3, "Names and marks").
+        let ino = self.inodes.read().child(parent, &name);
+        let opens = self.opens_at(ino, &path);
+        let _gates = super::file::hold_gates(&opens);
         // Open files about to lose their last name get fds everywhere now.
         self.pin_open(parent, &name);
         self.mutate(op, &path, move |rep| {
@@ -263,6 +269,15 @@ impl ChironFs {
         let dest = p2.join(&newname);
         let now = ops::now();
         let (n1, n2) = (name.clone(), newname.clone());
+        // As in `remove`: opens of both files (and of files beneath a
+        // directory) change nothing until marks and table follow.
+        let (a, b) = {
+            let t = self.inodes.read();
+            (t.child(parent, &name), t.child(newparent, &newname))
+        };
+        let mut opens = self.opens_at(a, &path);
+        opens.extend(self.opens_at(b, &dest));
+        let _gates = super::file::hold_gates(&opens);
         if flags & libc::RENAME_EXCHANGE == 0 {
             self.pin_open(newparent, &newname);
         }
