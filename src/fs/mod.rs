@@ -182,18 +182,24 @@ impl ChironFs {
                 .into_iter()
                 .filter(|h| is(&h.fd(dst), key(d)))
                 .collect();
-            if holders.iter().all(|h| is(&h.fd(src), key(s))) {
+            // Only an open seen holding another inode on the source counts
+            // (one with no fd there says nothing about its file).
+            let other = |h: &&Arc<file::FileHandle>| h.fd(src).is_some() && !is(&h.fd(src), key(s));
+            if !holders.iter().any(|h| other(&h)) {
                 return false;
             }
-            // The destination is made anew: every writable open holding the
-            // old inode, its own file or not, lets go of it (its writes
-            // there would miss the new one).
+            // Every writable open holding the destination inode, its own
+            // file or not, lets go of it: the copy rewrites or replaces it.
             for h in holders.iter().filter(|h| h.is_writable()) {
                 if let Some(fd) = h.drop_fd(dst) {
                     file::discard_on(&replicas, dst, fd);
                 }
             }
-            true
+            // Made anew only if it has no other name there: replacing a
+            // linked inode would split its names (those not copied in this
+            // pass would stay on the old one). Written in place, a
+            // read-only open of another file holding it sees the copy.
+            d.st_nlink <= 1
         }
     }
 
