@@ -200,16 +200,24 @@ fn held_write_handle_across_disable_enable() {
 /// seed 21). And once b is back in sync the open, whose file has no name
 /// left, must still read its own bytes with a unlinked file's only other
 /// replica out of service.
-#[test]
-fn open_file_replaced_by_a_rename_the_resyncing_replica_missed() {
-    // 1 MiB/s: the 3 MiB file resynced first keeps b resyncing (and behind
-    // for f) for about three seconds.
-    let fx = Fixture::new(&["resync_bandwidth=1"]);
+/// Replica b (of two, resyncing at 1 MiB/s) is made to miss `f` = `now`
+/// (after `before`) and `extra` files, then enabled: a 3 MiB file it also
+/// missed, copied first, keeps it resyncing and behind for `f` for about
+/// three seconds. Returns `f` opened read-write in that window (its fd on
+/// b is b's older copy).
+fn open_while_b_is_behind(
+    fx: &Fixture,
+    before: &[u8],
+    now: &[u8],
+    extra: &[(&str, &[u8])],
+) -> File {
     let m = &fx.m;
-    fs::write(m.path("f"), b"f, before").unwrap();
+    fs::write(m.path("f"), before).unwrap();
     fx.set_enabled(1, false);
-    fs::write(m.path("f"), b"f, while b was out").unwrap();
-    fs::write(m.path("g"), b"g, the file renamed over f").unwrap();
+    fs::write(m.path("f"), now).unwrap();
+    for (name, data) in extra {
+        fs::write(m.path(name), data).unwrap();
+    }
     fs::write(m.path("a_big"), vec![7u8; 3 << 20]).unwrap();
     fx.set_enabled(1, true);
     let held = OpenOptions::new()
@@ -220,7 +228,31 @@ fn open_file_replaced_by_a_rename_the_resyncing_replica_missed() {
     let st = status(&fx.sock);
     assert_eq!(
         st["replicas"][1]["state"], "resyncing",
-        "b must still be resyncing when f is opened and replaced (the test's premise): {st}"
+        "b must still be resyncing when f is opened (the test's premise): {st}"
+    );
+    held
+}
+
+/// Reads what `held` holds with replica a out, which must be `expected`.
+fn read_held_with_a_out(fx: &Fixture, held: &File, what: &str, expected: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    fx.set_enabled(0, false);
+    let mut got = vec![0u8; 64];
+    let n = held
+        .read_at(&mut got, 0)
+        .expect("read through the held open with a out");
+    assert_same(what, &got[..n], expected);
+}
+
+#[test]
+fn open_file_replaced_by_a_rename_the_resyncing_replica_missed() {
+    let fx = Fixture::new(&["resync_bandwidth=1"]);
+    let m = &fx.m;
+    let held = open_while_b_is_behind(
+        &fx,
+        b"f, before",
+        b"f, while b was out",
+        &[("g", b"g, the file renamed over f")],
     );
     fs::rename(m.path("g"), m.path("f")).expect("rename g over f");
     fx.wait_in_sync("after enable (f replaced while b resynced)");
@@ -232,14 +264,10 @@ fn open_file_replaced_by_a_rename_the_resyncing_replica_missed() {
     assert_reads(m, "f", b"g, the file renamed over f", 4);
     // The open's file, unlinked, must be on b too now: with a out, the
     // open reads it from b.
-    fx.set_enabled(0, false);
-    let mut got = vec![0u8; 64];
-    let n = held
-        .read_at(&mut got, 0)
-        .expect("read through the held open with a out");
-    assert_same(
+    read_held_with_a_out(
+        &fx,
+        &held,
         "the held open's file, read with a out",
-        &got[..n],
         b"written through the held open",
     );
     drop(held);
@@ -258,34 +286,21 @@ fn open_file_replaced_by_a_rename_the_resyncing_replica_missed() {
 fn open_file_unlinked_while_the_resyncing_replica_was_behind() {
     let fx = Fixture::new(&["resync_bandwidth=1"]);
     let m = &fx.m;
-    fs::write(m.path("f"), b"first version").unwrap();
-    fx.set_enabled(1, false);
-    fs::write(m.path("f"), b"second version, written while b was out").unwrap();
-    fs::write(m.path("a_big"), vec![7u8; 3 << 20]).unwrap();
-    fx.set_enabled(1, true);
-    let held = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(m.path("f"))
-        .expect("open f read-write while b resyncs");
-    let st = status(&fx.sock);
-    assert_eq!(
-        st["replicas"][1]["state"], "resyncing",
-        "b must still be resyncing when f is opened and unlinked (the test's premise): {st}"
+    let held = open_while_b_is_behind(
+        &fx,
+        b"first version",
+        b"second version, written while b was out",
+        &[],
     );
     use std::os::unix::fs::FileExt;
     held.write_all_at(b"HELD", 0)
         .expect("write through the held open");
     fs::remove_file(m.path("f")).expect("unlink f");
     fx.wait_in_sync("after enable (f unlinked while b resynced)");
-    fx.set_enabled(0, false);
-    let mut got = vec![0u8; 64];
-    let n = held
-        .read_at(&mut got, 0)
-        .expect("read through the held open with a out");
-    assert_same(
+    read_held_with_a_out(
+        &fx,
+        &held,
         "the held open's unlinked file, read from b with a out",
-        &got[..n],
         b"HELDnd version, written while b was out",
     );
     drop(held);
