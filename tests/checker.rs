@@ -69,7 +69,8 @@
 //! CHIRONFS_CHECKER_VERBOSE=1 (print the operator's actions and the checks
 //! of passing seeds too), CHIRONFS_CHECKER_HISTORY_DIR (a directory: a
 //! failing seed writes its whole kept history, the last 20,000 operations,
-//! to `seed-<n>.history` there), CHIRONFS_CHECKER_OPTS (extra -o options, comma
+//! to `seed-<n>.history` there, and the daemon's whole log to
+//! `seed-<n>.daemon.log`), CHIRONFS_CHECKER_OPTS (extra -o options, comma
 //! separated; none by default, see [`DEFAULT_OPTS`]; set it to
 //! `passthrough=true` to include passthrough's documented limits).
 
@@ -435,6 +436,8 @@ impl Gate {
 
 struct Shared {
     start: Instant,
+    /// The wall clock at `start`, to line the history up with the daemon's log.
+    wall_start: std::time::SystemTime,
     /// For the replica states a failure report shows.
     ctl: Ctl,
     stop: AtomicBool,
@@ -459,6 +462,7 @@ impl Shared {
     fn new(clients: usize, ctl: Ctl) -> Shared {
         Shared {
             start: Instant::now(),
+            wall_start: std::time::SystemTime::now(),
             ctl,
             stop: AtomicBool::new(false),
             crash_epoch: AtomicU64::new(0),
@@ -2331,15 +2335,26 @@ fn run_seed(settings: &Settings, seed: u64) -> Result<(), String> {
     }
     // For triage: the whole kept history (the last HISTORY_KEPT operations)
     // in a file, since a handle's story often starts long before the tail.
+    let log = op.rig.log();
     if let Ok(dir) = std::env::var("CHIRONFS_CHECKER_HISTORY_DIR") {
-        let file = std::path::Path::new(&dir).join(format!("seed-{seed}.history"));
-        let all = shared.tail(HISTORY_KEPT);
+        let dir = std::path::Path::new(&dir);
+        let file = dir.join(format!("seed-{seed}.history"));
+        let t0 = shared
+            .wall_start
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let all = format!("time 0 is {t0:.6} (Unix time)\n{}", shared.tail(HISTORY_KEPT));
         match std::fs::write(&file, all) {
             Ok(()) => eprintln!("checker: seed {seed}: history in {}", file.display()),
             Err(e) => eprintln!("checker: cannot write {}: {e}", file.display()),
         }
+        // With CHIRONFS_CHECKER_OPTS=log_level=trace, the daemon's account of
+        // every mark, copy and fan-out, to line up with the history.
+        let file = dir.join(format!("seed-{seed}.daemon.log"));
+        if let Err(e) = std::fs::write(&file, &log) {
+            eprintln!("checker: cannot write {}: {e}", file.display());
+        }
     }
-    let log = op.rig.log();
     let log_lines: Vec<&str> = log.lines().collect();
     let log_tail = log_lines[log_lines.len().saturating_sub(80)..].join("\n");
     let (first_who, first) = &failures[0];

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use super::fanout;
 use super::handles::Mode;
 use super::namespace::{Owner, settle_new_entry};
-use super::{ChironFs, Entry};
+use super::{AUDIT, ChironFs, Entry, audit_inos};
 use crate::errno::{Errno, Result};
 use crate::replica::ops::{self, At, OMIT, fd_of};
 use crate::replica::{Name, RelPath};
@@ -352,7 +352,9 @@ impl ChironFs {
         if s.session.is_some() {
             self.writable_handles.fetch_add(1, Ordering::SeqCst);
         }
-        self.files.insert(FileHandle {
+        let inos = audit_inos(&self.replicas, &s.fds);
+        let (ino, writable, reader) = (s.ino, s.session.is_some(), s.reader);
+        let fh = self.files.insert(FileHandle {
             ino: s.ino,
             fds: Mutex::new(s.fds),
             reader: AtomicUsize::new(s.reader),
@@ -362,7 +364,12 @@ impl ChironFs {
             oflags: s.oflags,
             exposed: s.exposed,
             gate: parking_lot::RwLock::new(()),
-        })
+        });
+        tracing::trace!(
+            target: AUDIT,
+            "open fh {fh} ino {ino} writable={writable} reader=r{reader} on {inos:?}"
+        );
+        fh
     }
 
     /// How many open files the kernel reads on replica `i` directly.
@@ -599,6 +606,11 @@ impl ChironFs {
                     continue;
                 }
             };
+            tracing::trace!(
+                target: AUDIT,
+                "pin {path} r{i}: nameless copy for {:?}",
+                held.iter().map(|h| h.ino).collect::<Vec<_>>()
+            );
             for h in &held {
                 let old = h.fds.lock()[i].replace(fd.clone());
                 if let Some(old) = old {
@@ -655,6 +667,7 @@ impl ChironFs {
         if targets.is_empty() {
             return Err(Errno::EIO);
         }
+        tracing::trace!(target: AUDIT, "{op} through ino {} on {:?}", h.ino, audit_inos(&self.replicas, &fds));
         self.mutate_on(
             op,
             &self.describe(h.ino),
@@ -886,6 +899,7 @@ impl ChironFs {
 
     pub fn release(&self, fh: u64) -> Result<()> {
         let h = self.files.remove(fh).ok_or(Errno::EBADF)?;
+        tracing::trace!(target: AUDIT, "release fh {fh} ino {}", h.ino);
         if let Some(b) = h.exposed
             && self.replicas[b].is_writable()
         {
@@ -999,6 +1013,12 @@ impl ChironFs {
                     let mut fds = h.fds.lock();
                     if fds[replica].is_none() {
                         fds[replica] = Some(Arc::new(fd));
+                        tracing::trace!(
+                            target: AUDIT,
+                            "join {path} ino {} r{replica}: {:?}",
+                            h.ino,
+                            audit_inos(&self.replicas, &fds)
+                        );
                     }
                 }
                 Err(e) => {
@@ -1086,6 +1106,11 @@ impl ChironFs {
                     continue;
                 }
             };
+            tracing::trace!(
+                target: AUDIT,
+                "unlinked r{replica}: nameless copy for {:?}",
+                held.iter().map(|h| h.ino).collect::<Vec<_>>()
+            );
             for h in &held {
                 let mut fds = h.fds.lock();
                 if fds[replica].is_none() {

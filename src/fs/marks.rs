@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use super::ChironFs;
+use super::{AUDIT, ChironFs};
 use crate::errno::Errno;
 use crate::meta::MetaStore;
 use crate::replica::{RelPath, State};
@@ -253,6 +253,7 @@ impl ChironFs {
     /// taken from an in-sync replica's reads.
     pub(super) fn record_missed(&self, p: &RelPath, replica: usize) {
         let r = &self.replicas[replica];
+        tracing::trace!(target: AUDIT, "mark {p} r{replica}");
         self.marks.stripe(p, replica).fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.marks.store.mark_missed(p.as_bytes(), &r.id) {
             // The replica cannot be trusted to be complete any more.
@@ -273,6 +274,7 @@ impl ChironFs {
     /// at `to`: a rename or a link moved it there on every replica that
     /// applied it, stale copies included. Marks are copied, never moved.
     pub(super) fn carry_marks(&self, from: &RelPath, to: &RelPath) {
+        tracing::trace!(target: AUDIT, "carry marks {from} -> {to}");
         let store = &self.marks.store;
         let mut prefix = from.as_bytes().to_vec();
         prefix.push(b'/');
@@ -322,8 +324,10 @@ impl ChironFs {
         self.marks.store.clear_missed(raw, &id)?;
         if self.marks.generation(p, replica) != generation {
             self.marks.store.mark_missed(raw, &id)?;
+            tracing::trace!(target: AUDIT, "clear {p} r{replica}: kept (generation moved)");
             return Ok(false);
         }
+        tracing::trace!(target: AUDIT, "clear {p} r{replica}: cleared");
         if self.marks.remove_stale(p, replica) {
             self.record_ledger();
         }

@@ -32,6 +32,34 @@ use crate::replica::{INTERNAL_NAME, Name, RelPath, Replica};
 pub use attr::{SetAttr, SetTime};
 pub use file::{IoMode, Opened};
 use inodes::InodeTable;
+
+/// The tracing target of the consistency audit trail: at `trace` level
+/// (`-o log_level=trace`), every mark, copy decision and fan-out with the
+/// backing inodes it reached, to line up with a checker history
+/// (tests/checker.rs) when a seed fails.
+pub(crate) const AUDIT: &str = "chironfs::audit";
+
+/// `(replica, st_ino)` of each fd, for the audit trail; empty unless it is
+/// on. Only local replicas are asked (a pooled one may hang); 0 for others.
+pub(crate) fn audit_inos(
+    replicas: &[Replica],
+    fds: &[Option<Arc<std::os::fd::OwnedFd>>],
+) -> Vec<(usize, u64)> {
+    if !tracing::enabled!(target: AUDIT, tracing::Level::TRACE) {
+        return Vec::new();
+    }
+    fds.iter()
+        .enumerate()
+        .filter_map(|(i, fd)| {
+            let fd = fd.as_ref()?;
+            if !replicas.get(i).is_some_and(|r| r.inline) {
+                return Some((i, 0));
+            }
+            let st = crate::replica::ops::fstat(std::os::fd::AsFd::as_fd(&**fd)).ok()?;
+            Some((i, st.st_ino))
+        })
+        .collect()
+}
 pub use inodes::ROOT;
 pub use namespace::Owner;
 pub use status::{FsStatus, ReplicaStatus};
@@ -190,6 +218,13 @@ impl ChironFs {
             }
             // Every writable open holding the destination inode, its own
             // file or not, lets go of it: the copy rewrites or replaces it.
+            tracing::trace!(
+                target: AUDIT,
+                "displace r{dst} inode {} (nlink {}): source r{src} inode {}",
+                d.st_ino,
+                d.st_nlink,
+                s.st_ino
+            );
             for h in holders.iter().filter(|h| h.is_writable()) {
                 if let Some(fd) = h.drop_fd(dst) {
                     file::discard_on(&replicas, dst, fd);
@@ -364,6 +399,10 @@ impl ChironFs {
             .map(|(i, r)| (*i, r.as_ref().err().copied()))
             .collect();
         let outcome = self.judge(op, &summary, needed, &stale);
+        tracing::trace!(
+            target: AUDIT,
+            "{op} {path} also={also:?} targets={targets:?} stale={stale:?} results={summary:?}"
+        );
         for &(i, e) in &outcome.failed {
             self.fail(i, op, path, e);
         }

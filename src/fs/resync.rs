@@ -226,11 +226,18 @@ impl ChironFs {
                         return;
                     }
                 };
-                match if settled {
+                let copied = if settled {
                     Ok(Default::default())
                 } else {
                     sync_path(src, r, &p, SyncMode::Entries, &ctl)
-                } {
+                };
+                tracing::trace!(
+                    target: super::AUDIT,
+                    "copy {p} r{} -> r{i} (generation {generation}): {:?}",
+                    src.index,
+                    copied.as_ref().map(|_| ())
+                );
+                match copied {
                     Ok(_) => {}
                     // An errno does not say which side failed: the source is
                     // blamed only if it is visibly unhealthy.

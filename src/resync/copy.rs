@@ -356,18 +356,18 @@ impl Job<'_> {
     }
 
     /// Whether the destination inode `d` may be written in place for the
-    /// source inode `s`: it has no other name, or it looks like the same
-    /// link group and no other source inode was copied into it this pass.
+    /// source inode `s`: it has no other name; or this pass copied `s` into
+    /// it (its names are names of `s` this pass linked to it: replacing it
+    /// would split them off, while the names of `s` not linked yet have
+    /// fewer links there); or, not claimed this pass, it looks like the same
+    /// link group (as many links).
     fn reusable(&self, s: &Stat, d: &Stat) -> bool {
         if d.st_nlink <= 1 {
             return true;
         }
-        if s.st_nlink != d.st_nlink {
-            return false;
-        }
         match self.ctl.links.lock().claimed.get(&inode_key(d)) {
             Some(k) => *k == inode_key(s),
-            None => true,
+            None => s.st_nlink == d.st_nlink,
         }
     }
 
@@ -424,6 +424,7 @@ impl Job<'_> {
             }
             _ => return Ok(self.forget_first(key)),
         };
+        tracing::trace!(target: "chironfs::audit", "link {path} to first copy {first}");
         if let Some(d) = dst_st {
             if same_inode(d, &fst) {
                 return Ok(true);
@@ -558,7 +559,17 @@ impl Job<'_> {
                 r => r?,
             }
         };
-        self.claim(path, sst, &ops::fstat(fd_of(&dfd))?);
+        let dst_now = ops::fstat(fd_of(&dfd))?;
+        tracing::trace!(
+            target: "chironfs::audit",
+            "file {path}: source inode {} nlink {}; destination inode {} ({}){}",
+            sst.st_ino,
+            sst.st_nlink,
+            dst_now.st_ino,
+            if reuse { "in place" } else { "made anew" },
+            if linked.is_some() { ", linked to the first copy" } else { "" }
+        );
+        self.claim(path, sst, &dst_now);
         drop(g);
         self.copy_content(path, &sfd, &dfd, sst.st_nlink)?;
         let _g = self.file_guard(path, ops::fstat(fd_of(&sfd))?.st_nlink.max(sst.st_nlink));

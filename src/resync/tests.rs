@@ -956,6 +956,32 @@ fn hard_links_across_calls_of_one_pass() {
 }
 
 #[test]
+fn a_first_copy_copied_again_keeps_the_names_linked_to_it() {
+    // Checker seed 4 (60 s): one pass copied a directory (its three-link
+    // file's first name was made there, a second name linked to it), then
+    // that first name's own mark. Its copy had fewer links than the source
+    // (the third name not linked yet), so it was made anew: the name linked
+    // so far kept the old inode, split from the group for good.
+    let (src, dst) = (TestReplica::new(0), TestReplica::new(1));
+    for t in [&src, &dst] {
+        fs::create_dir(t.p("d")).unwrap();
+        fs::create_dir(t.p("e")).unwrap();
+    }
+    fs::write(src.p("d/f2"), b"the group").unwrap();
+    fs::hard_link(src.p("d/f2"), src.p("d/f1")).unwrap();
+    fs::hard_link(src.p("d/f2"), src.p("e/f3")).unwrap();
+    let ctl = CopyControl::new(0);
+    for p in ["d/f2", "d", "d/f1", "d/f2", "e/f3"] {
+        sync_path(&src.rep, &dst.rep, &rel(p), SyncMode::Entries, &ctl).unwrap();
+    }
+    let ino = |p: &str| fs::metadata(dst.p(p)).unwrap().ino();
+    assert_eq!(ino("d/f1"), ino("d/f2"), "d/f1 split from d/f2");
+    assert_eq!(ino("e/f3"), ino("d/f2"), "e/f3 split from d/f2");
+    assert_eq!(fs::metadata(dst.p("d/f2")).unwrap().nlink(), 3);
+    assert_eq!(diffs(&src, &dst, "", true), set(&[]));
+}
+
+#[test]
 fn swapped_link_partners_are_found_and_fixed() {
     // Same link counts, same content, same times: only the link structure
     // tells {p1,p2},{q1,q2} on src from {p1,q1},{p2,q2} on dst.
