@@ -2343,7 +2343,10 @@ fn run_seed(settings: &Settings, seed: u64) -> Result<(), String> {
             .wall_start
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let all = format!("time 0 is {t0:.6} (Unix time)\n{}", shared.tail(HISTORY_KEPT));
+        let all = format!(
+            "time 0 is {t0:.6} (Unix time)\n{}",
+            shared.tail(HISTORY_KEPT)
+        );
         match std::fs::write(&file, all) {
             Ok(()) => eprintln!("checker: seed {seed}: history in {}", file.display()),
             Err(e) => eprintln!("checker: cannot write {}: {e}", file.display()),

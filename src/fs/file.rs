@@ -943,14 +943,18 @@ impl ChironFs {
         }
     }
 
-    /// Replica `replica` left service: writable opens drop their fds on it
-    /// (what they point to may be replaced or moved by the time it is back;
-    /// `join_handles` gives them a fresh one then).
+    /// Replica `replica` left service: opens drop their fds on it (what
+    /// they point to may be replaced or moved by the time it is back, and
+    /// an unlinked file there misses every write made meanwhile; a resync
+    /// cannot reach it by name). Writable opens get a fresh fd from
+    /// `join_handles` or `join_unlinked`; a read-only one fails over at its
+    /// next read. Not a read-only open's passthrough backing file: the
+    /// kernel reads it without asking (src/DESIGN.md section 4).
     pub(super) fn forget_fds(&self, replica: usize) {
-        if self.writable_handles.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        for h in self.files.all(|h| h.is_writable()) {
+        let drops = |h: &FileHandle| {
+            h.fd(replica).is_some() && (h.is_writable() || h.kernel_backing() != Some(replica))
+        };
+        for h in self.files.all(drops) {
             let fd = h.fds.lock().get_mut(replica).and_then(Option::take);
             let mut v = vec![None; replica + 1];
             v[replica] = fd;

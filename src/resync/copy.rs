@@ -512,14 +512,21 @@ impl Job<'_> {
         let seeded = sst.st_nlink > 1 && self.seed_first(sdir, path, sst);
         let mut linked = None;
         if sst.st_nlink > 1 && self.link_to_first(ddir, path, name, sst, dst_st.as_ref())? {
-            if !seeded {
+            let now = ops::stat_at(ddir, name)?;
+            // The first copy is current unless the file changed since: a
+            // write that reached the source alone (marking the name it went
+            // through, not the first) leaves another size or mtime (every
+            // write sets one mtime on all the replicas it reaches).
+            let unchanged = now.st_size == sst.st_size
+                && (now.st_mtime, now.st_mtime_nsec) == (sst.st_mtime, sst.st_mtime_nsec);
+            if !seeded && unchanged {
                 drop(g);
                 self.count_entry();
                 return Ok(());
             }
-            // Linked to a name this pass did not copy: its content is not
-            // known to be current, so it is copied into the shared inode.
-            linked = Some(ops::stat_at(ddir, name)?);
+            // Linked to a name this pass did not copy, or to a copy older
+            // than the file: copied into the shared inode.
+            linked = Some(now);
         }
         let sfd = sys::open_read(sdir, name).map_err(raced_if_absent)?;
         let sst2 = ops::fstat(fd_of(&sfd))?;

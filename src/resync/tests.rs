@@ -982,6 +982,34 @@ fn a_first_copy_copied_again_keeps_the_names_linked_to_it() {
 }
 
 #[test]
+fn a_name_linked_to_a_first_copy_brings_a_later_write() {
+    // Checker seed 4 (60 s), after the fix above: the pass copied a group's
+    // first name; then a write through another name reached the source
+    // alone (the destination was still behind for that name) and marked
+    // it; that name's copy only linked it to the first copy, whose content
+    // was older, and its mark was cleared.
+    let (src, dst) = (TestReplica::new(0), TestReplica::new(1));
+    fs::write(src.p("a"), noise(20_000, 1)).unwrap();
+    fs::hard_link(src.p("a"), src.p("b")).unwrap();
+    let ctl = CopyControl::new(0);
+    sync_path(&src.rep, &dst.rep, &rel("a"), SyncMode::Entries, &ctl).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(src.p("b")).unwrap();
+    f.write_all_at(b"written through the other name", 12_345)
+        .unwrap();
+    drop(f);
+    sync_path(&src.rep, &dst.rep, &rel("b"), SyncMode::Entries, &ctl).unwrap();
+    assert_eq!(
+        fs::metadata(dst.p("a")).unwrap().ino(),
+        fs::metadata(dst.p("b")).unwrap().ino()
+    );
+    assert!(
+        fs::read(dst.p("b")).unwrap() == fs::read(src.p("b")).unwrap(),
+        "b's write is missing"
+    );
+    assert_eq!(diffs(&src, &dst, "", true), set(&[]));
+}
+
+#[test]
 fn swapped_link_partners_are_found_and_fixed() {
     // Same link counts, same content, same times: only the link structure
     // tells {p1,p2},{q1,q2} on src from {p1,q1},{p2,q2} on dst.

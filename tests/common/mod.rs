@@ -1301,13 +1301,19 @@ pub fn assert_same(what: &str, got: &[u8], expected: &[u8]) {
     }
 }
 
+/// Drops the cached pages of `f`'s file: its next read comes from the
+/// daemon (or its passthrough backing file).
+pub fn drop_cached(f: &File) {
+    use std::os::fd::AsRawFd;
+    // Safe because the fd is valid while `f` lives.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
 /// Reads `p` through a fresh open, after dropping its cached pages so the
 /// bytes come from the daemon (or its passthrough backing file).
 pub fn read_uncached(p: &Path) -> io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
     let mut f = File::open(p)?;
-    // Safe because the fd is valid while `f` lives.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    drop_cached(&f);
     let mut v = Vec::new();
     f.read_to_end(&mut v)?;
     Ok(v)
