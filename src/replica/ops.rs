@@ -15,7 +15,9 @@ use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, Whence};
 
-use crate::errno::{Errno, Result, check, check_size};
+use rustix::fs as xattr;
+
+use crate::errno::{Errno, Result};
 
 pub type Stat = libc::stat;
 
@@ -157,45 +159,33 @@ impl At<'_> {
         }
     }
 
+    // The xattr calls are the path forms (they follow the /proc magic
+    // link to the pinned inode); nix has none, rustix (already built for
+    // tempfile) does.
+
     pub fn getxattr(self, attr: &CStr) -> Result<Vec<u8>> {
         self.with_inode_path(|p| {
-            read_sized(|buf, len| {
-                // Safe because `buf` has room for `len` bytes (or is null with len 0).
-                unsafe { libc::getxattr(p.as_ptr(), attr.as_ptr(), buf.cast(), len) }
-            })
+            read_sized(
+                || xattr::getxattr_query(p, attr),
+                |buf| xattr::getxattr(p, attr, buf),
+            )
         })
     }
 
     pub fn listxattr(self) -> Result<Vec<u8>> {
         self.with_inode_path(|p| {
-            read_sized(|buf, len| {
-                // Safe because `buf` has room for `len` bytes (or is null with len 0).
-                unsafe { libc::listxattr(p.as_ptr(), buf.cast(), len) }
-            })
+            read_sized(|| xattr::listxattr_query(p), |buf| xattr::listxattr(p, buf))
         })
     }
 
+    /// `flags` as setxattr(2) takes it (`XATTR_CREATE`, `XATTR_REPLACE`), passed unchanged.
     pub fn setxattr(self, attr: &CStr, value: &[u8], flags: i32) -> Result<()> {
-        self.with_inode_path(|p| {
-            // Safe because `value` is valid for its length and strings are C strings.
-            check(unsafe {
-                libc::setxattr(
-                    p.as_ptr(),
-                    attr.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    flags,
-                )
-            })
-            .map(drop)
-        })
+        let flags = xattr::XattrFlags::from_bits_retain(flags as u32);
+        self.with_inode_path(|p| Ok(xattr::setxattr(p, attr, value, flags)?))
     }
 
     pub fn removexattr(self, attr: &CStr) -> Result<()> {
-        self.with_inode_path(|p| {
-            // Safe because both are valid C strings.
-            check(unsafe { libc::removexattr(p.as_ptr(), attr.as_ptr()) }).map(drop)
-        })
+        self.with_inode_path(|p| Ok(xattr::removexattr(p, attr)?))
     }
 }
 
@@ -216,12 +206,16 @@ pub fn fd_of(fd: &OwnedFd) -> BorrowedFd<'_> {
     fd.as_fd()
 }
 
-/// Calls a size-probing syscall (xattr style) until the buffer fits.
-fn read_sized(mut call: impl FnMut(*mut u8, usize) -> libc::ssize_t) -> Result<Vec<u8>> {
+/// Asks an xattr-style call for the size it needs (`query`, the call with
+/// size 0), then reads (`read`), until the buffer fits.
+fn read_sized(
+    mut query: impl FnMut() -> rustix::io::Result<usize>,
+    mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> Result<Vec<u8>> {
     for _ in 0..8 {
-        let need = check_size(call(std::ptr::null_mut(), 0))?;
+        let need = query()?;
         let mut buf = vec![0u8; need.max(1)];
-        match check_size(call(buf.as_mut_ptr(), buf.len())) {
+        match read(&mut buf).map_err(Errno::from) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
@@ -283,17 +277,11 @@ pub fn renameat2(
     to_name: &CStr,
     flags: u32,
 ) -> Result<()> {
-    // Safe because names are valid C strings.
-    check(unsafe {
-        libc::renameat2(
-            from.as_raw_fd(),
-            from_name.as_ptr(),
-            to.as_raw_fd(),
-            to_name.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    // rustix, not nix: nix has renameat2 only on glibc targets.
+    let flags = rustix::fs::RenameFlags::from_bits_retain(flags);
+    Ok(rustix::fs::renameat_with(
+        from, from_name, to, to_name, flags,
+    )?)
 }
 
 pub fn readlinkat(dir: BorrowedFd, name: &CStr) -> Result<Vec<u8>> {
@@ -448,4 +436,83 @@ pub fn read_dir(dir: OwnedFd) -> Result<Vec<RawDirEntry>> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn dir() -> (tempfile::TempDir, OwnedFd) {
+        let t = tempfile::tempdir().unwrap();
+        let fd: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        (t, fd)
+    }
+
+    #[test]
+    fn xattrs_round_trip_and_keep_their_errnos() {
+        let (_t, d) = dir();
+        let d = d.as_fd();
+        drop(openat(d, c"f", libc::O_CREAT | libc::O_WRONLY, 0o644).unwrap());
+        let at = At::Entry(d, c"f");
+        assert_eq!(at.getxattr(c"user.none"), Err(Errno(libc::ENODATA)));
+        // Larger than any first guess: the size is asked for, then read.
+        let big = vec![7u8; 3000];
+        at.setxattr(c"user.big", &big, 0).unwrap();
+        at.setxattr(c"user.empty", b"", 0).unwrap();
+        assert_eq!(at.getxattr(c"user.big").unwrap(), big);
+        assert_eq!(at.getxattr(c"user.empty").unwrap(), b"");
+        let e = at.setxattr(c"user.big", b"x", libc::XATTR_CREATE);
+        assert_eq!(e, Err(Errno::EEXIST));
+        let e = at.setxattr(c"user.new", b"x", libc::XATTR_REPLACE);
+        assert_eq!(e, Err(Errno(libc::ENODATA)));
+        let mut names: Vec<_> = at
+            .listxattr()
+            .unwrap()
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        names.sort();
+        assert_eq!(names, [b"user.big".to_vec(), b"user.empty".to_vec()]);
+        at.removexattr(c"user.big").unwrap();
+        assert_eq!(at.removexattr(c"user.big"), Err(Errno(libc::ENODATA)));
+        // Through an O_PATH fd, as an open of a file is pinned.
+        let pinned = open_path(d, c"f").unwrap();
+        assert_eq!(At::Fd(pinned.as_fd()).getxattr(c"user.empty").unwrap(), b"");
+    }
+
+    #[test]
+    fn raw_flags_reach_the_kernel_unchanged() {
+        let (_t, d) = dir();
+        let d = d.as_fd();
+        for n in [c"a", c"b"] {
+            drop(openat(d, n, libc::O_CREAT | libc::O_WRONLY, 0o600).unwrap());
+        }
+        let e = renameat2(d, c"a", d, c"b", libc::RENAME_NOREPLACE);
+        assert_eq!(e, Err(Errno::EEXIST));
+        renameat2(d, c"a", d, c"b", libc::RENAME_EXCHANGE).unwrap();
+        assert_eq!(unlinkat(d, c"a", 0x4000), Err(Errno::EINVAL));
+        mkdirat(d, c"sub", 0o700).unwrap();
+        assert_eq!(unlinkat(d, c"sub", 0), Err(Errno::EISDIR));
+        unlinkat(d, c"sub", libc::AT_REMOVEDIR).unwrap();
+        let f = openat(d, c"a", libc::O_RDWR, 0).unwrap();
+        assert_eq!(lseek(f.as_fd(), 0, 42), Err(Errno::EINVAL));
+        assert_eq!(
+            lseek(f.as_fd(), 0, libc::SEEK_DATA),
+            Err(Errno(libc::ENXIO))
+        );
+        // The final name is never followed.
+        symlinkat(c"a", d, c"link").unwrap();
+        assert_eq!(readlinkat(d, c"link").unwrap(), b"a");
+        let e = openat(d, c"link", libc::O_RDONLY, 0).unwrap_err();
+        assert_eq!(e, Errno(libc::ELOOP));
+        let st = stat_at(d, c"link").unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+        mknodat(d, c"fifo", libc::S_IFIFO | 0o640, 0).unwrap();
+        let st = stat_at(d, c"fifo").unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFIFO);
+        // The permissions given, less the umask.
+        assert_eq!(st.st_mode & 0o7777 & !0o640, 0);
+    }
 }
