@@ -27,15 +27,6 @@ impl Errno {
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
     pub const ERANGE: Errno = Errno(libc::ERANGE);
 
-    /// The errno of the last failed libc call on this thread.
-    pub fn last() -> Errno {
-        Errno(
-            io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        )
-    }
-
     /// Errors that mean the replica itself is unhealthy, as opposed to a
     /// result about the path (ENOENT, EEXIST, EACCES...) that every healthy
     /// replica would give alike.
@@ -65,20 +56,6 @@ impl Errno {
     }
 }
 
-/// Converts a libc return value (-1 on error) into a Result.
-pub fn check(ret: libc::c_int) -> Result<libc::c_int> {
-    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
-}
-
-/// Like [`check`], for calls returning `ssize_t`.
-pub fn check_size(ret: libc::ssize_t) -> Result<usize> {
-    if ret < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
 impl From<io::Error> for Errno {
     fn from(e: io::Error) -> Self {
         Errno(e.raw_os_error().unwrap_or(libc::EIO))
@@ -88,6 +65,12 @@ impl From<io::Error> for Errno {
 impl From<nix::Error> for Errno {
     fn from(e: nix::Error) -> Self {
         Errno(e as i32)
+    }
+}
+
+impl From<rustix::io::Errno> for Errno {
+    fn from(e: rustix::io::Errno) -> Self {
+        Errno(e.raw_os_error())
     }
 }
 

@@ -10,13 +10,15 @@ mod systemd;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::stat::Mode;
 use nix::unistd::{ForkResult, fork, pipe, setsid};
 
 use crate::config::Config;
@@ -154,8 +156,7 @@ fn serve(
     log::init(target, level)
         .map_err(|e| StartupError::Other(format!("cannot open the log: {e}")))?;
     // Modes are given exactly by the kernel (which applied the caller's umask).
-    // Safe: umask has no failure mode.
-    unsafe { libc::umask(0) };
+    nix::sys::stat::umask(Mode::empty());
     raise_fd_limit();
 
     // Absolute: the store opens files under it for as long as it runs,
@@ -430,47 +431,30 @@ fn open_root(c: &CheckedReplica) -> Result<OwnedFd, StartupError> {
     let setup = |e: String| StartupError::ReplicaSetup(c.shown.clone(), e);
     let path =
         CString::new(c.spec.path.as_os_str().as_bytes()).map_err(|e| setup(e.to_string()))?;
-    // Safe because `path` is a valid C string; the fd is owned right below.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(setup(std::io::Error::last_os_error().to_string()));
-    }
-    // Safe because the fd was just returned to us.
-    let root = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(root)
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    nix::fcntl::open(path.as_c_str(), flags, Mode::empty())
+        // Shown as before: "No such file or directory (os error 2)".
+        .map_err(|e| setup(std::io::Error::from(e).to_string()))
 }
 
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // Safe because `lim` is a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, max)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, max, max);
     }
 }
 
 /// Points stdin/stdout/stderr at /dev/null once the daemon is in the background.
 fn detach_stdio() {
-    // Safe because the path is a valid C string and dup2 targets are the std fds.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
+    use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout};
+    let Ok(null) = nix::fcntl::open(c"/dev/null", OFlag::O_RDWR, Mode::empty()) else {
+        return;
+    };
+    let _ = dup2_stdin(&null);
+    let _ = dup2_stdout(&null);
+    let _ = dup2_stderr(&null);
+    if null.as_raw_fd() <= 2 {
+        // It is one of the three now (they were closed): keep it open.
+        let _ = null.into_raw_fd();
     }
 }

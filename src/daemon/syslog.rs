@@ -6,10 +6,10 @@
 //! foreground whose standard error is the journal (a systemd unit) logs to
 //! journald too.
 
-use std::ffi::CString;
 use std::io::{self, Write};
 use std::path::Path;
 
+use nix::syslog::Severity;
 use tracing::{Level, Metadata};
 use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::fmt::MakeWriter;
@@ -18,12 +18,12 @@ use tracing_subscriber::fmt::MakeWriter;
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// The syslog severity of a tracing level.
-pub fn severity(level: &Level) -> libc::c_int {
+pub fn severity(level: &Level) -> Severity {
     match *level {
-        Level::ERROR => libc::LOG_ERR,
-        Level::WARN => libc::LOG_WARNING,
-        Level::INFO => libc::LOG_INFO,
-        _ => libc::LOG_DEBUG,
+        Level::ERROR => Severity::LOG_ERR,
+        Level::WARN => Severity::LOG_WARNING,
+        Level::INFO => Severity::LOG_INFO,
+        _ => Severity::LOG_DEBUG,
     }
 }
 
@@ -79,17 +79,17 @@ pub fn stderr_is_journal() -> bool {
 
 /// Opens the syslog connection (ident `chironfs`, facility daemon).
 pub fn open() {
-    // Safe because the ident is a 'static C string.
-    unsafe { libc::openlog(c"chironfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+    use nix::syslog::{Facility, LogFlags};
+    // Fails only for an ident with a NUL in it.
+    let _ = nix::syslog::openlog(Some(c"chironfs"), LogFlags::LOG_PID, Facility::LOG_DAEMON);
 }
 
 /// Sends one line at one severity: syslog(3), or a test's capture.
-pub type Sink = fn(libc::c_int, &str);
+pub type Sink = fn(Severity, &str);
 
-fn to_syslog(priority: libc::c_int, line: &str) {
-    let msg = CString::new(line.replace('\0', " ")).unwrap_or_default();
-    // Safe because both strings are valid C strings and "%s" takes one.
-    unsafe { libc::syslog(priority, c"%s".as_ptr(), msg.as_ptr()) };
+fn to_syslog(severity: Severity, line: &str) {
+    // syslog(3) with "%s"; the facility is openlog's (daemon).
+    let _ = nix::syslog::syslog(severity, line.replace('\0', " ").as_str());
 }
 
 /// Makes, for each event, a writer that sends its lines at the event's
@@ -111,7 +111,7 @@ impl SyslogMaker {
 
 pub struct SyslogWriter {
     sink: Sink,
-    priority: libc::c_int,
+    priority: Severity,
 }
 
 impl Write for SyslogWriter {
@@ -132,7 +132,7 @@ impl<'a> MakeWriter<'a> for SyslogMaker {
     fn make_writer(&'a self) -> SyslogWriter {
         SyslogWriter {
             sink: self.sink,
-            priority: libc::LOG_INFO,
+            priority: Severity::LOG_INFO,
         }
     }
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> SyslogWriter {
@@ -152,11 +152,11 @@ mod tests {
 
     #[test]
     fn levels_map_to_syslog_severities() {
-        assert_eq!(severity(&Level::ERROR), libc::LOG_ERR);
-        assert_eq!(severity(&Level::WARN), libc::LOG_WARNING);
-        assert_eq!(severity(&Level::INFO), libc::LOG_INFO);
-        assert_eq!(severity(&Level::DEBUG), libc::LOG_DEBUG);
-        assert_eq!(severity(&Level::TRACE), libc::LOG_DEBUG);
+        assert_eq!(severity(&Level::ERROR) as libc::c_int, libc::LOG_ERR);
+        assert_eq!(severity(&Level::WARN) as libc::c_int, libc::LOG_WARNING);
+        assert_eq!(severity(&Level::INFO) as libc::c_int, libc::LOG_INFO);
+        assert_eq!(severity(&Level::DEBUG) as libc::c_int, libc::LOG_DEBUG);
+        assert_eq!(severity(&Level::TRACE) as libc::c_int, libc::LOG_DEBUG);
     }
 
     #[test]
@@ -169,13 +169,17 @@ mod tests {
             (Level::DEBUG, m.debug),
             (Level::TRACE, m.trace),
         ] {
-            assert_eq!((p as u8 - b'0') as libc::c_int, severity(&level), "{level}");
+            assert_eq!(
+                (p as u8 - b'0') as libc::c_int,
+                severity(&level) as libc::c_int,
+                "{level}"
+            );
         }
     }
 
-    static CAPTURED: Mutex<Vec<(libc::c_int, String)>> = Mutex::new(Vec::new());
+    static CAPTURED: Mutex<Vec<(Severity, String)>> = Mutex::new(Vec::new());
 
-    fn capture(priority: libc::c_int, line: &str) {
+    fn capture(priority: Severity, line: &str) {
         CAPTURED.lock().unwrap().push((priority, line.to_string()));
     }
 
@@ -196,7 +200,7 @@ mod tests {
         let lines = std::mem::take(&mut *CAPTURED.lock().unwrap());
         assert_eq!(lines.len(), 2, "{lines:?}");
         let (priority, line) = &lines[0];
-        assert_eq!(*priority, libc::LOG_ERR, "{line}");
+        assert_eq!(*priority, Severity::LOG_ERR, "{line}");
         for field in [
             "replica=/srv/b",
             "op=\"write\"",
@@ -209,6 +213,6 @@ mod tests {
             line.contains("replica /srv/b failed: write /dir/file: EIO"),
             "{line}"
         );
-        assert_eq!(lines[1].0, libc::LOG_INFO, "{:?}", lines[1]);
+        assert_eq!(lines[1].0, Severity::LOG_INFO, "{:?}", lines[1]);
     }
 }

@@ -240,15 +240,15 @@ impl ChironFs {
                     continue;
                 }
             };
-            let frsize = st.f_frsize.max(1);
+            let frsize = st.fragment_size().max(1);
             let s = FsStats {
-                blocks: st.f_blocks,
-                bfree: st.f_bfree,
-                bavail: st.f_bavail,
-                files: st.f_files,
-                ffree: st.f_ffree,
-                bsize: st.f_bsize as u32,
-                namelen: st.f_namemax as u32,
+                blocks: st.blocks(),
+                bfree: st.blocks_free(),
+                bavail: st.blocks_available(),
+                files: st.files(),
+                ffree: st.files_free(),
+                bsize: st.block_size() as u32,
+                namelen: st.name_max() as u32,
                 frsize: frsize as u32,
             };
             let avail = |s: &FsStats| s.bavail.saturating_mul(s.frsize as u64);

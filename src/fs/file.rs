@@ -634,13 +634,12 @@ impl ChironFs {
             std::os::fd::AsRawFd::as_raw_fd(&*held)
         ))
         .map_err(|_| Errno::EINVAL)?;
-        // Safe: a valid C string; the fd returned is owned right below.
-        let fd = unsafe { libc::open(link.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(Errno::last());
-        }
-        // Safe: the kernel just returned this fd.
-        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+        Ok(nix::fcntl::open(
+            link.as_c_str(),
+            flags,
+            nix::sys::stat::Mode::empty(),
+        )?)
     }
 
     /// The serving replicas this handle can write to, with their fds.

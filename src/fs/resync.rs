@@ -286,10 +286,8 @@ impl ChironFs {
             }
         }
         // What was copied is on disk before the replica is trusted again.
-        // Safe: plain syscall on the replica's root fd.
-        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&*r.root())) } != 0 {
-            let e = Errno::last();
-            return self.resync_failed(i, "syncfs", &RelPath::root(), e);
+        if let Err(e) = nix::unistd::syncfs(&*r.root()) {
+            return self.resync_failed(i, "syncfs", &RelPath::root(), e.into());
         }
         // In sync only if no mark came between the last look and the change
         // of state (`record_missed` writes the mark, then bumps the

@@ -4,9 +4,9 @@
 //! replica it claims to be, and is never written or read.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use crate::errno::{Errno, Result, check};
+use crate::errno::{Errno, Result};
 use crate::meta::ReplicaId;
 use crate::replica::INTERNAL_NAME;
 use crate::replica::ops;
@@ -58,8 +58,7 @@ pub fn create(root: BorrowedFd, id: &ReplicaId) -> Result<ReplicaId> {
     let _ = ops::unlinkat(d, &tmp, 0);
     match linked {
         Ok(()) => {
-            // Safe: plain syscall on a borrowed fd.
-            check(unsafe { libc::fsync(d.as_raw_fd()) })?;
+            ops::fsync(d, false)?;
             Ok(*id)
         }
         Err(e) if e.0 == libc::EEXIST => read(root)?.ok_or(Errno::ENOENT),
@@ -112,8 +111,7 @@ pub fn write_internal(root: BorrowedFd, name: &str, data: &[u8]) -> Result<()> {
         let _ = ops::unlinkat(d, &tmp, 0);
         return Err(e);
     }
-    // Safe: plain syscall on a borrowed fd.
-    check(unsafe { libc::fsync(d.as_raw_fd()) })?;
+    ops::fsync(d, false)?;
     Ok(())
 }
 

@@ -242,18 +242,12 @@ impl Replica {
             self.spec.path.as_os_str(),
         ))
         .map_err(|_| Errno::EINVAL)?;
-        // Safe because `path` is a valid C string; the fd is owned right below.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(Errno::last());
-        }
-        // Safe because the kernel just returned this fd.
-        let fresh = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        use nix::fcntl::OFlag;
+        let fresh = nix::fcntl::open(
+            path.as_c_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
         if identity::read(fresh.as_fd())? != Some(self.id) {
             return Ok(false);
         }
@@ -279,19 +273,10 @@ impl Replica {
     /// end, with an error if need be), as opposed to a network or FUSE
     /// filesystem that can hang forever.
     pub fn is_local_fs(&self) -> bool {
-        let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-        // Safe because `st` is large enough and only read after success.
-        if unsafe {
-            libc::fstatfs(
-                std::os::fd::AsRawFd::as_raw_fd(&*self.root()),
-                st.as_mut_ptr(),
-            )
-        } != 0
-        {
+        let Ok(st) = nix::sys::statfs::fstatfs(&*self.root()) else {
             return false;
-        }
-        // Safe: fstatfs succeeded, so `st` is initialised.
-        let t = unsafe { st.assume_init() }.f_type;
+        };
+        let t = st.filesystem_type().0;
         const LOCAL: &[i64] = &[
             0xEF53,      // ext2/3/4
             0x5846_5342, // xfs

@@ -7,10 +7,17 @@
 //! `/proc/self/fd`, which cannot be redirected by a racing rename).
 
 use std::ffi::{CStr, CString};
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
 
-use crate::errno::{Errno, Result, check, check_size};
+use nix::fcntl::{AT_FDCWD, AtFlags, FallocateFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, Whence};
+
+use rustix::fs as xattr;
+
+use crate::errno::{Errno, Result};
 
 pub type Stat = libc::stat;
 
@@ -24,13 +31,14 @@ pub const OMIT: libc::timespec = libc::timespec {
 
 /// The current time, as one value every replica will be given.
 pub fn now() -> libc::timespec {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // Safe because `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    ts
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME) {
+        Ok(ts) => *ts.as_ref(),
+        // CLOCK_REALTIME always exists; were it refused, the epoch.
+        Err(_) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+    }
 }
 
 /// What a metadata call acts on.
@@ -55,31 +63,25 @@ pub fn open_path(dir: BorrowedFd, name: &CStr) -> Result<OwnedFd> {
 /// openat with O_CLOEXEC | O_NOFOLLOW always added.
 pub fn openat(dir: BorrowedFd, name: &CStr, flags: i32, mode: u32) -> Result<OwnedFd> {
     let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    // Safe because `name` is a valid C string and the fd is owned below.
-    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) })?;
-    // Safe because the kernel just returned this fd and no one else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // `_retain`: the bits go to the kernel exactly as given.
+    Ok(nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::from_bits_retain(flags),
+        Mode::from_bits_retain(mode),
+    )?)
 }
 
 pub fn fstat(fd: BorrowedFd) -> Result<Stat> {
-    let mut st = MaybeUninit::<Stat>::uninit();
-    // Safe because `st` is large enough and is only read after success.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    Ok(unsafe { st.assume_init() })
+    Ok(nix::sys::stat::fstat(fd)?)
 }
 
 pub fn stat_at(dir: BorrowedFd, name: &CStr) -> Result<Stat> {
-    let mut st = MaybeUninit::<Stat>::uninit();
-    // Safe because `st` is large enough and is only read after success.
-    check(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(unsafe { st.assume_init() })
+    Ok(nix::sys::stat::fstatat(
+        dir,
+        name,
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?)
 }
 
 impl At<'_> {
@@ -90,34 +92,25 @@ impl At<'_> {
         }
     }
 
+    /// `u32::MAX` (-1) for either id leaves it alone, as chown(2) has it.
     pub fn chown(self, uid: u32, gid: u32) -> Result<()> {
-        // Safe because the pointers are valid C strings.
-        check(unsafe {
-            match self {
-                At::Fd(fd) => libc::fchown(fd.as_raw_fd(), uid, gid),
-                At::Entry(dir, name) => libc::fchownat(
-                    dir.as_raw_fd(),
-                    name.as_ptr(),
-                    uid,
-                    gid,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                ),
+        let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        match self {
+            At::Fd(fd) => nix::unistd::fchown(fd, uid, gid)?,
+            At::Entry(dir, name) => {
+                nix::unistd::fchownat(dir, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)?
             }
-        })?;
+        }
         Ok(())
     }
 
     pub fn chmod(self, mode: u32) -> Result<()> {
         match self {
-            At::Fd(fd) => {
-                // Safe: plain syscall on a borrowed fd.
-                let r = unsafe { libc::fchmod(fd.as_raw_fd(), mode) };
-                if r < 0 && Errno::last() == Errno::EBADF {
-                    // O_PATH fd: go through its /proc link.
-                    return chmod_proc(fd.as_raw_fd(), mode);
-                }
-                check(r).map(drop)
-            }
+            At::Fd(fd) => match nix::sys::stat::fchmod(fd, Mode::from_bits_retain(mode)) {
+                // O_PATH fd: go through its /proc link.
+                Err(nix::Error::EBADF) => chmod_proc(fd.as_raw_fd(), mode),
+                r => Ok(r?),
+            },
             At::Entry(dir, name) => {
                 let pinned = open_path(dir, name)?;
                 if fstat(fd_of(&pinned))?.st_mode & libc::S_IFMT == libc::S_IFLNK {
@@ -129,33 +122,28 @@ impl At<'_> {
     }
 
     pub fn utimens(self, times: &Times) -> Result<()> {
-        // Safe because `times` points at two timespecs and names are C strings.
-        check(unsafe {
-            match self {
-                At::Fd(fd) => libc::futimens(fd.as_raw_fd(), times.as_ptr()),
-                At::Entry(dir, name) => libc::utimensat(
-                    dir.as_raw_fd(),
-                    name.as_ptr(),
-                    times.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                ),
-            }
-        })?;
+        let (atime, mtime) = (TimeSpec::from(times[0]), TimeSpec::from(times[1]));
+        match self {
+            At::Fd(fd) => nix::sys::stat::futimens(fd, &atime, &mtime)?,
+            At::Entry(dir, name) => nix::sys::stat::utimensat(
+                dir,
+                name,
+                &atime,
+                &mtime,
+                UtimensatFlags::NoFollowSymlink,
+            )?,
+        }
         Ok(())
     }
 
     pub fn truncate(self, size: u64) -> Result<()> {
         let size = i64::try_from(size).map_err(|_| Errno(libc::EFBIG))?;
         match self {
-            At::Fd(fd) => {
-                // Safe: plain syscall on a borrowed fd.
-                check(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
-            }
+            At::Fd(fd) => Ok(nix::unistd::ftruncate(fd, size)?),
             At::Entry(dir, name) => {
                 // O_NONBLOCK: never hang on a FIFO swapped in by a racing user.
                 let f = openat(dir, name, libc::O_WRONLY | libc::O_NONBLOCK, 0)?;
-                // Safe: plain syscall on an fd we own.
-                check(unsafe { libc::ftruncate(f.as_raw_fd(), size) }).map(drop)
+                Ok(nix::unistd::ftruncate(&f, size)?)
             }
         }
     }
@@ -171,52 +159,45 @@ impl At<'_> {
         }
     }
 
+    // The xattr calls are the path forms (they follow the /proc magic
+    // link to the pinned inode); nix has none, rustix (already built for
+    // tempfile) does.
+
     pub fn getxattr(self, attr: &CStr) -> Result<Vec<u8>> {
         self.with_inode_path(|p| {
-            read_sized(|buf, len| {
-                // Safe because `buf` has room for `len` bytes (or is null with len 0).
-                unsafe { libc::getxattr(p.as_ptr(), attr.as_ptr(), buf.cast(), len) }
-            })
+            read_sized(
+                || xattr::getxattr_query(p, attr),
+                |buf| xattr::getxattr(p, attr, buf),
+            )
         })
     }
 
     pub fn listxattr(self) -> Result<Vec<u8>> {
         self.with_inode_path(|p| {
-            read_sized(|buf, len| {
-                // Safe because `buf` has room for `len` bytes (or is null with len 0).
-                unsafe { libc::listxattr(p.as_ptr(), buf.cast(), len) }
-            })
+            read_sized(|| xattr::listxattr_query(p), |buf| xattr::listxattr(p, buf))
         })
     }
 
+    /// `flags` as setxattr(2) takes it (`XATTR_CREATE`, `XATTR_REPLACE`), passed unchanged.
     pub fn setxattr(self, attr: &CStr, value: &[u8], flags: i32) -> Result<()> {
-        self.with_inode_path(|p| {
-            // Safe because `value` is valid for its length and strings are C strings.
-            check(unsafe {
-                libc::setxattr(
-                    p.as_ptr(),
-                    attr.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    flags,
-                )
-            })
-            .map(drop)
-        })
+        let flags = xattr::XattrFlags::from_bits_retain(flags as u32);
+        self.with_inode_path(|p| Ok(xattr::setxattr(p, attr, value, flags)?))
     }
 
     pub fn removexattr(self, attr: &CStr) -> Result<()> {
-        self.with_inode_path(|p| {
-            // Safe because both are valid C strings.
-            check(unsafe { libc::removexattr(p.as_ptr(), attr.as_ptr()) }).map(drop)
-        })
+        self.with_inode_path(|p| Ok(xattr::removexattr(p, attr)?))
     }
 }
 
 fn chmod_proc(fd: RawFd, mode: u32) -> Result<()> {
+    // chmod(2) of the path, following the magic link to the inode.
     let p = proc_path(fd);
-    // Safe because `p` is a valid C string.
-    check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+    Ok(nix::sys::stat::fchmodat(
+        AT_FDCWD,
+        p.as_c_str(),
+        Mode::from_bits_retain(mode),
+        FchmodatFlags::FollowSymlink,
+    )?)
 }
 
 /// Borrows an owned fd (shorthand).
@@ -225,12 +206,16 @@ pub fn fd_of(fd: &OwnedFd) -> BorrowedFd<'_> {
     fd.as_fd()
 }
 
-/// Calls a size-probing syscall (xattr style) until the buffer fits.
-fn read_sized(mut call: impl FnMut(*mut u8, usize) -> libc::ssize_t) -> Result<Vec<u8>> {
+/// Asks an xattr-style call for the size it needs (`query`, the call with
+/// size 0), then reads (`read`), until the buffer fits.
+fn read_sized(
+    mut query: impl FnMut() -> rustix::io::Result<usize>,
+    mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> Result<Vec<u8>> {
     for _ in 0..8 {
-        let need = check_size(call(std::ptr::null_mut(), 0))?;
+        let need = query()?;
         let mut buf = vec![0u8; need.max(1)];
-        match check_size(call(buf.as_mut_ptr(), buf.len())) {
+        match read(&mut buf).map_err(Errno::from) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
@@ -244,37 +229,45 @@ fn read_sized(mut call: impl FnMut(*mut u8, usize) -> libc::ssize_t) -> Result<V
 }
 
 pub fn mkdirat(dir: BorrowedFd, name: &CStr, mode: u32) -> Result<()> {
-    // Safe because `name` is a valid C string.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+    Ok(nix::sys::stat::mkdirat(
+        dir,
+        name,
+        Mode::from_bits_retain(mode),
+    )?)
 }
 
+/// `mode` carries the file type and the permissions, as mknod(2) takes it.
 pub fn mknodat(dir: BorrowedFd, name: &CStr, mode: u32, rdev: u64) -> Result<()> {
-    // Safe because `name` is a valid C string.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+    // nix ORs the two halves back together: the kernel sees `mode` unchanged.
+    let kind = SFlag::from_bits_retain(mode & libc::S_IFMT);
+    let perm = Mode::from_bits_retain(mode & !libc::S_IFMT);
+    Ok(nix::sys::stat::mknodat(dir, name, kind, perm, rdev)?)
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd, name: &CStr) -> Result<()> {
-    // Safe because both are valid C strings.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+    Ok(nix::unistd::symlinkat(target, dir, name)?)
 }
 
+/// `flags` is 0 or `AT_REMOVEDIR`, as unlinkat(2) takes it.
 pub fn unlinkat(dir: BorrowedFd, name: &CStr, flags: i32) -> Result<()> {
-    // Safe because `name` is a valid C string.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+    let flag = match flags {
+        0 => UnlinkatFlags::NoRemoveDir,
+        libc::AT_REMOVEDIR => UnlinkatFlags::RemoveDir,
+        // What unlinkat(2) answers to any other flag.
+        _ => return Err(Errno::EINVAL),
+    };
+    Ok(nix::unistd::unlinkat(dir, name, flag)?)
 }
 
 pub fn linkat(from: BorrowedFd, from_name: &CStr, to: BorrowedFd, to_name: &CStr) -> Result<()> {
-    // Safe because names are valid C strings; flags 0 never follows a symlink.
-    check(unsafe {
-        libc::linkat(
-            from.as_raw_fd(),
-            from_name.as_ptr(),
-            to.as_raw_fd(),
-            to_name.as_ptr(),
-            0,
-        )
-    })
-    .map(drop)
+    // No AT_SYMLINK_FOLLOW: a symlink named here is linked, never followed.
+    Ok(nix::unistd::linkat(
+        from,
+        from_name,
+        to,
+        to_name,
+        AtFlags::empty(),
+    )?)
 }
 
 pub fn renameat2(
@@ -284,32 +277,15 @@ pub fn renameat2(
     to_name: &CStr,
     flags: u32,
 ) -> Result<()> {
-    // Safe because names are valid C strings.
-    check(unsafe {
-        libc::renameat2(
-            from.as_raw_fd(),
-            from_name.as_ptr(),
-            to.as_raw_fd(),
-            to_name.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    // rustix, not nix: nix has renameat2 only on glibc targets.
+    let flags = rustix::fs::RenameFlags::from_bits_retain(flags);
+    Ok(rustix::fs::renameat_with(
+        from, from_name, to, to_name, flags,
+    )?)
 }
 
 pub fn readlinkat(dir: BorrowedFd, name: &CStr) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // Safe because `buf` has room for its length.
-    let n = check_size(unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
-    buf.truncate(n);
-    Ok(buf)
+    Ok(nix::fcntl::readlinkat(dir, name)?.into_vec())
 }
 
 /// Reads up to `len` bytes at `offset`, retrying short reads until EOF.
@@ -317,15 +293,8 @@ pub fn pread_full(fd: BorrowedFd, len: usize, offset: u64) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut done = 0;
     while done < len {
-        // Safe because the slice past `done` is valid for the remaining length.
-        let n = check_size(unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                len - done,
-                (offset + done as u64) as i64,
-            )
-        });
+        let n = nix::sys::uio::pread(fd, &mut buf[done..], (offset + done as u64) as i64)
+            .map_err(Errno::from);
         match n {
             Ok(0) => break,
             Ok(n) => done += n,
@@ -342,15 +311,8 @@ pub fn pread_full(fd: BorrowedFd, len: usize, offset: u64) -> Result<Vec<u8>> {
 pub fn pwrite_all(fd: BorrowedFd, data: &[u8], offset: u64) -> Result<usize> {
     let mut done = 0;
     while done < data.len() {
-        // Safe because the slice past `done` is valid for the remaining length.
-        let n = check_size(unsafe {
-            libc::pwrite(
-                fd.as_raw_fd(),
-                data[done..].as_ptr().cast(),
-                data.len() - done,
-                (offset + done as u64) as i64,
-            )
-        });
+        let n = nix::sys::uio::pwrite(fd, &data[done..], (offset + done as u64) as i64)
+            .map_err(Errno::from);
         match n {
             Ok(0) => return Err(Errno::ENOSPC),
             Ok(n) => done += n,
@@ -380,10 +342,8 @@ pub fn copy_range(
         if in_kernel {
             let mut a = i64::try_from(off_in + done).map_err(|_| Errno(libc::EFBIG))?;
             let mut b = i64::try_from(off_out + done).map_err(|_| Errno(libc::EFBIG))?;
-            // Safe because both offsets point at live i64s and the fds are borrowed.
-            let r = check_size(unsafe {
-                libc::copy_file_range(src.as_raw_fd(), &mut a, dst.as_raw_fd(), &mut b, want, 0)
-            });
+            let r = nix::fcntl::copy_file_range(src, Some(&mut a), dst, Some(&mut b), want)
+                .map_err(Errno::from);
             match r {
                 Ok(0) => break,
                 Ok(n) => done += n as u64,
@@ -410,33 +370,35 @@ pub fn copy_range(
 }
 
 pub fn fsync(fd: BorrowedFd, datasync: bool) -> Result<()> {
-    // Safe: plain syscalls on a borrowed fd.
-    check(unsafe {
-        if datasync {
-            libc::fdatasync(fd.as_raw_fd())
-        } else {
-            libc::fsync(fd.as_raw_fd())
-        }
-    })
-    .map(drop)
+    if datasync {
+        Ok(nix::unistd::fdatasync(fd)?)
+    } else {
+        Ok(nix::unistd::fsync(fd)?)
+    }
 }
 
+/// `mode` as fallocate(2) takes it (`FALLOC_FL_*` bits, passed unchanged).
 pub fn fallocate(fd: BorrowedFd, mode: i32, offset: u64, len: u64) -> Result<()> {
-    // Safe: plain syscall on a borrowed fd.
-    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as i64, len as i64) }).map(drop)
+    let mode = FallocateFlags::from_bits_retain(mode);
+    Ok(nix::fcntl::fallocate(fd, mode, offset as i64, len as i64)?)
 }
 
+/// `whence` as lseek(2) takes it (`SEEK_SET` ... `SEEK_HOLE`).
 pub fn lseek(fd: BorrowedFd, offset: i64, whence: i32) -> Result<i64> {
-    // Safe: plain syscall on a borrowed fd.
-    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
-    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+    let whence = match whence {
+        libc::SEEK_SET => Whence::SeekSet,
+        libc::SEEK_CUR => Whence::SeekCur,
+        libc::SEEK_END => Whence::SeekEnd,
+        libc::SEEK_DATA => Whence::SeekData,
+        libc::SEEK_HOLE => Whence::SeekHole,
+        // What lseek(2) answers to any other whence.
+        _ => return Err(Errno::EINVAL),
+    };
+    Ok(nix::unistd::lseek(fd, offset, whence)?)
 }
 
-pub fn fstatvfs(fd: BorrowedFd) -> Result<libc::statvfs> {
-    let mut st = MaybeUninit::<libc::statvfs>::uninit();
-    // Safe because `st` is large enough and only read after success.
-    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    Ok(unsafe { st.assume_init() })
+pub fn fstatvfs(fd: BorrowedFd) -> Result<nix::sys::statvfs::Statvfs> {
+    Ok(nix::sys::statvfs::fstatvfs(fd)?)
 }
 
 /// One directory entry as read from a replica.
@@ -474,4 +436,83 @@ pub fn read_dir(dir: OwnedFd) -> Result<Vec<RawDirEntry>> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn dir() -> (tempfile::TempDir, OwnedFd) {
+        let t = tempfile::tempdir().unwrap();
+        let fd: OwnedFd = std::fs::File::open(t.path()).unwrap().into();
+        (t, fd)
+    }
+
+    #[test]
+    fn xattrs_round_trip_and_keep_their_errnos() {
+        let (_t, d) = dir();
+        let d = d.as_fd();
+        drop(openat(d, c"f", libc::O_CREAT | libc::O_WRONLY, 0o644).unwrap());
+        let at = At::Entry(d, c"f");
+        assert_eq!(at.getxattr(c"user.none"), Err(Errno(libc::ENODATA)));
+        // Larger than any first guess: the size is asked for, then read.
+        let big = vec![7u8; 3000];
+        at.setxattr(c"user.big", &big, 0).unwrap();
+        at.setxattr(c"user.empty", b"", 0).unwrap();
+        assert_eq!(at.getxattr(c"user.big").unwrap(), big);
+        assert_eq!(at.getxattr(c"user.empty").unwrap(), b"");
+        let e = at.setxattr(c"user.big", b"x", libc::XATTR_CREATE);
+        assert_eq!(e, Err(Errno::EEXIST));
+        let e = at.setxattr(c"user.new", b"x", libc::XATTR_REPLACE);
+        assert_eq!(e, Err(Errno(libc::ENODATA)));
+        let mut names: Vec<_> = at
+            .listxattr()
+            .unwrap()
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        names.sort();
+        assert_eq!(names, [b"user.big".to_vec(), b"user.empty".to_vec()]);
+        at.removexattr(c"user.big").unwrap();
+        assert_eq!(at.removexattr(c"user.big"), Err(Errno(libc::ENODATA)));
+        // Through an O_PATH fd, as an open of a file is pinned.
+        let pinned = open_path(d, c"f").unwrap();
+        assert_eq!(At::Fd(pinned.as_fd()).getxattr(c"user.empty").unwrap(), b"");
+    }
+
+    #[test]
+    fn raw_flags_reach_the_kernel_unchanged() {
+        let (_t, d) = dir();
+        let d = d.as_fd();
+        for n in [c"a", c"b"] {
+            drop(openat(d, n, libc::O_CREAT | libc::O_WRONLY, 0o600).unwrap());
+        }
+        let e = renameat2(d, c"a", d, c"b", libc::RENAME_NOREPLACE);
+        assert_eq!(e, Err(Errno::EEXIST));
+        renameat2(d, c"a", d, c"b", libc::RENAME_EXCHANGE).unwrap();
+        assert_eq!(unlinkat(d, c"a", 0x4000), Err(Errno::EINVAL));
+        mkdirat(d, c"sub", 0o700).unwrap();
+        assert_eq!(unlinkat(d, c"sub", 0), Err(Errno::EISDIR));
+        unlinkat(d, c"sub", libc::AT_REMOVEDIR).unwrap();
+        let f = openat(d, c"a", libc::O_RDWR, 0).unwrap();
+        assert_eq!(lseek(f.as_fd(), 0, 42), Err(Errno::EINVAL));
+        assert_eq!(
+            lseek(f.as_fd(), 0, libc::SEEK_DATA),
+            Err(Errno(libc::ENXIO))
+        );
+        // The final name is never followed.
+        symlinkat(c"a", d, c"link").unwrap();
+        assert_eq!(readlinkat(d, c"link").unwrap(), b"a");
+        let e = openat(d, c"link", libc::O_RDONLY, 0).unwrap_err();
+        assert_eq!(e, Errno(libc::ELOOP));
+        let st = stat_at(d, c"link").unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+        mknodat(d, c"fifo", libc::S_IFIFO | 0o640, 0).unwrap();
+        let st = stat_at(d, c"fifo").unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFIFO);
+        // The permissions given, less the umask.
+        assert_eq!(st.st_mode & 0o7777 & !0o640, 0);
+    }
 }

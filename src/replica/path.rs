@@ -10,7 +10,7 @@
 //! or swapped in on a replica makes the call fail (ELOOP), never escape.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::errno::{Errno, Result};
@@ -125,43 +125,23 @@ impl std::fmt::Debug for Name {
     }
 }
 
-/// `struct open_how` of openat2(2).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
 /// Opens directory `rel` beneath `root` for use as the parent of `*at`
 /// calls. Never follows a symlink, never leaves `root`.
 pub fn open_dir_beneath(root: &OwnedFd, rel: &RelPath) -> Result<OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let path = rel.to_cstring();
-    let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
-    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
     loop {
-        // Safe because `path` and `how` outlive the call and the size passed
-        // is the size of `how`.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root.as_raw_fd(),
-                path.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd >= 0 {
-            // Safe because the kernel just returned this fd to us and nobody else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        }
-        let e = Errno::last();
-        // EAGAIN: a concurrent rename raced the lookup; try again.
-        if e.0 != libc::EAGAIN {
-            return Err(e);
+        match nix::fcntl::openat2(root, path.as_c_str(), how) {
+            // EAGAIN: a concurrent rename raced the lookup; try again.
+            Err(nix::Error::EAGAIN) => continue,
+            r => return Ok(r?),
         }
     }
 }

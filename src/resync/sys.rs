@@ -1,9 +1,9 @@
 //! Syscall wrappers the copy engine needs beyond `replica::ops`.
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use crate::errno::{Errno, Result, check_size};
+use crate::errno::{Errno, Result};
 use crate::replica::ops;
 
 /// `copy_file_range` of up to `len` bytes from `src` at `off` to `dst` at
@@ -12,20 +12,9 @@ pub fn copy_file_range(src: BorrowedFd, dst: BorrowedFd, off: u64, len: usize) -
     let mut off_in = i64::try_from(off).map_err(|_| Errno(libc::EFBIG))?;
     let mut off_out = off_in;
     loop {
-        // Safe because both offsets point at live i64s and the fds are borrowed.
-        let r = check_size(unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut off_in,
-                dst.as_raw_fd(),
-                &mut off_out,
-                len,
-                0,
-            )
-        });
-        match r {
-            Err(e) if e.0 == libc::EINTR => continue,
-            r => return r,
+        match nix::fcntl::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), len) {
+            Err(nix::Error::EINTR) => continue,
+            r => return Ok(r?),
         }
     }
 }
@@ -36,20 +25,11 @@ pub fn pread_into(fd: BorrowedFd, buf: &mut [u8], off: u64) -> Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         let pos = i64::try_from(off + done as u64).map_err(|_| Errno(libc::EFBIG))?;
-        // Safe because the slice past `done` is valid for its length.
-        let r = check_size(unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
-                pos,
-            )
-        });
-        match r {
+        match nix::sys::uio::pread(fd, &mut buf[done..], pos) {
             Ok(0) => break,
             Ok(n) => done += n,
-            Err(e) if e.0 == libc::EINTR => continue,
-            Err(e) => return Err(e),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(done)

@@ -66,26 +66,11 @@ fn cpath(p: &Path) -> CString {
 }
 
 fn set_mtime(p: &Path, sec: i64, nsec: i64) {
-    let ts = [
-        libc::timespec {
-            tv_sec: sec - 1000,
-            tv_nsec: nsec,
-        },
-        libc::timespec {
-            tv_sec: sec,
-            tv_nsec: nsec,
-        },
-    ];
-    let c = cpath(p);
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    assert_eq!(r, 0, "utimensat {}", p.display());
+    use nix::sys::time::TimeSpec;
+    let (atime, mtime) = (TimeSpec::new(sec - 1000, nsec), TimeSpec::new(sec, nsec));
+    let flag = nix::sys::stat::UtimensatFlags::NoFollowSymlink;
+    let r = nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &atime, &mtime, flag);
+    assert_eq!(r, Ok(()), "utimensat {}", p.display());
 }
 
 /// Gives `to` the mtime of `from` (both not followed).
@@ -95,45 +80,35 @@ fn copy_mtime(from: &Path, to: &Path) {
 }
 
 fn lsetxattr(p: &Path, name: &str, value: &[u8]) {
-    let (c, n) = (cpath(p), CString::new(name).unwrap());
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "lsetxattr {name} on {}", p.display());
+    let r = rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty());
+    assert_eq!(r, Ok(()), "lsetxattr {name} on {}", p.display());
 }
 
 fn lremovexattr(p: &Path, name: &str) {
-    let (c, n) = (cpath(p), CString::new(name).unwrap());
-    assert_eq!(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) }, 0);
+    assert_eq!(rustix::fs::lremovexattr(p, name), Ok(()));
 }
 
 fn lxattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let c = cpath(p);
     let mut names = vec![0u8; 65536];
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    assert!(n >= 0, "llistxattr {}", p.display());
-    names.truncate(n as usize);
+    let n = rustix::fs::llistxattr(p, &mut names[..]);
+    let n = n.unwrap_or_else(|e| panic!("llistxattr {}: {e}", p.display()));
+    names.truncate(n);
     let mut out = BTreeMap::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cn = CString::new(name).unwrap();
         let mut v = vec![0u8; 65536];
-        let k = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        assert!(k >= 0);
-        v.truncate(k as usize);
+        let k = rustix::fs::lgetxattr(p, cn.as_c_str(), &mut v[..]).unwrap();
+        v.truncate(k);
         out.insert(name.to_vec(), v);
     }
     out
 }
 
 fn mknod(p: &Path, mode: u32, dev: u64) -> bool {
-    let c = cpath(p);
-    unsafe { libc::mknod(c.as_ptr(), mode, dev) == 0 }
+    use nix::sys::stat::{Mode, SFlag};
+    let kind = SFlag::from_bits_retain(mode & libc::S_IFMT);
+    let perm = Mode::from_bits_retain(mode & !libc::S_IFMT);
+    nix::sys::stat::mknod(p, kind, perm, dev).is_ok()
 }
 
 fn have_setfacl() -> bool {

@@ -367,7 +367,7 @@ fn foca_config(interval: Duration) -> foca::Config {
         suspect_to_down_after: interval * 4,
         // Identities renew themselves, so a long memory of the down ones
         // costs nothing but a few entries (foca's default).
-        remove_down_after: Duration::from_secs(24 * 60 * 60),
+        remove_down_after: Some(Duration::from_secs(24 * 60 * 60)),
         max_packet_size: n(MAX_PAYLOAD),
         notify_down_members: true,
         periodic_announce: Some(PeriodicParams {
@@ -1135,7 +1135,7 @@ async fn seed_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::Rng;
+    use rand::RngExt;
 
     fn params(interval_ms: u64, min_sd_ms: u64, pause_ms: u64) -> PhiParams {
         PhiParams::from_timing(&GossipTiming {
