@@ -164,11 +164,15 @@ impl InodeTable {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 // Replaced behind our back only if the replica it was last
                 // read from now has another inode there: a key of another
-                // replica may be outdated by a resync's copy, and a
-                // directory given a new number would orphan what the
-                // kernel holds beneath it.
-                let other_inode =
-                    first.is_some_and(|k| node.keys.first().is_some_and(|n| n.0 == k.0 && *n != k));
+                // replica may be outdated by a resync's copy. Never a
+                // directory: a new number would orphan what the kernel
+                // holds beneath it and the dentry it holds for it (a
+                // resync makes a directory anew on a replica that lacked
+                // it), and two directories at one name are one to a
+                // filesystem that works by path.
+                let other_inode = kind != libc::S_IFDIR
+                    && first
+                        .is_some_and(|k| node.keys.first().is_some_and(|n| n.0 == k.0 && *n != k));
                 if node.kind == kind && !other_inode {
                     node.lookups += 1;
                     self.note_keys(ino, keys);
@@ -553,8 +557,13 @@ mod tests {
         assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 20)], 2), d);
         assert_eq!(look(&mut t, ROOT, "d", DIR, &[(0, 1, 10)], 2), d);
         assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 21)], 2), d);
-        // Replaced on the replica it was last read from: a new inode.
-        assert_ne!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 22)], 2), d);
+        // Replaced on the replica it was last read from too: a directory
+        // keeps its number (the kernel's dentry for it, and what it holds
+        // beneath it, stay valid).
+        assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 22)], 2), d);
+        // A file replaced there is another file: a new number.
+        let f = look(&mut t, ROOT, "f", REG, &[(1, 2, 30)], 2);
+        assert_ne!(look(&mut t, ROOT, "f", REG, &[(1, 2, 31)], 2), f);
     }
 
     #[test]

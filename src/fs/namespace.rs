@@ -63,14 +63,25 @@ impl ChironFs {
         let ppath = self.path(parent)?;
         let path = ppath.join(&name);
         let n2 = name.clone();
-        let (r, st) = self.read_meta("lookup", &path, move |rep| {
+        let found = self.read_meta("lookup", &path, move |rep| {
             let name = &n2;
             ops::stat_at(fd_of(&rep.dir(&ppath)?), name.as_c())
+        });
+        let (r, st) = found.inspect_err(|e| {
+            tracing::trace!(target: super::AUDIT, "lookup {path} under ino {parent}: {e}");
         })?;
-        if st.st_nlink > 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Ok(self.remember_linked(parent, &name, &path, r, st));
-        }
-        Ok(self.remember(parent, &name, r, &st))
+        let entry = if st.st_nlink > 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            self.remember_linked(parent, &name, &path, r, st)
+        } else {
+            self.remember(parent, &name, r, &st)
+        };
+        tracing::trace!(
+            target: super::AUDIT,
+            "lookup {path} under ino {parent}: ino {} from r{r} (inode {})",
+            entry.ino,
+            st.st_ino
+        );
+        Ok(entry)
     }
 
     /// `remember` for a file with several links: two names of one file
