@@ -162,18 +162,14 @@ impl InodeTable {
         let first = keys.first().copied();
         if let Some(&ino) = self.children.get(&link) {
             if let Some(node) = self.nodes.get_mut(&ino) {
-                // Replaced behind our back only if the replica it was last
-                // read from now has another inode there: a key of another
-                // replica may be outdated by a resync's copy. Never a
-                // directory: a new number would orphan what the kernel
-                // holds beneath it and the dentry it holds for it (a
-                // resync makes a directory anew on a replica that lacked
-                // it), and two directories at one name are one to a
-                // filesystem that works by path.
-                let other_inode = kind != libc::S_IFDIR
-                    && first
-                        .is_some_and(|k| node.keys.first().is_some_and(|n| n.0 == k.0 && *n != k));
-                if node.kind == kind && !other_inode {
+                // The same kind at the same name is the same node, whatever
+                // inode a replica now has there: the table follows every
+                // change made through the mount, so another inode is a
+                // resync's copy (made anew on a replica that was behind),
+                // and a new number would orphan the kernel's dentry for the
+                // name (its next open ENOENT: checker seed 6), or what it
+                // holds beneath a directory.
+                if node.kind == kind {
                     node.lookups += 1;
                     self.note_keys(ino, keys);
                     return ino;
@@ -557,13 +553,15 @@ mod tests {
         assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 20)], 2), d);
         assert_eq!(look(&mut t, ROOT, "d", DIR, &[(0, 1, 10)], 2), d);
         assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 21)], 2), d);
-        // Replaced on the replica it was last read from too: a directory
-        // keeps its number (the kernel's dentry for it, and what it holds
-        // beneath it, stay valid).
+        // Replaced on the replica it was last read from too: it keeps its
+        // number (the kernel's dentry for it, and what it holds beneath
+        // it, stay valid).
         assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 22)], 2), d);
-        // A file replaced there is another file: a new number.
+        // A file too (a resync made it anew there).
         let f = look(&mut t, ROOT, "f", REG, &[(1, 2, 30)], 2);
-        assert_ne!(look(&mut t, ROOT, "f", REG, &[(1, 2, 31)], 2), f);
+        assert_eq!(look(&mut t, ROOT, "f", REG, &[(1, 2, 31)], 2), f);
+        // Another kind at the name is another node.
+        assert_ne!(look(&mut t, ROOT, "f", DIR, &[(1, 2, 32)], 2), f);
     }
 
     #[test]
