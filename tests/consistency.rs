@@ -357,6 +357,47 @@ fn read_only_open_of_an_unlinked_file_across_its_replica_leaving() {
     m.assert_replicas_identical();
 }
 
+/// A file held open while a replica is out, whose resync then makes it
+/// anew on that replica (it was linked there to a name unlinked
+/// meanwhile): a later lookup of its name reads the new inode there. The
+/// open must still be the file at that name (checker seed 6: the name got
+/// a new inode number, the open's number lost its name, and an open by
+/// name through the kernel's dentry got ENOENT).
+#[test]
+fn held_open_of_a_file_the_resync_made_anew() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    // priority: lookups read replica a; no entry or attribute caching, so
+    // every path walk asks the daemon.
+    let fx = Fixture::new(&["read_policy=priority", "entry_timeout=0", "attr_timeout=0"]);
+    let m = &fx.m;
+    fs::write(m.path("f"), b"0123456789").unwrap();
+    fs::hard_link(m.path("f"), m.path("g")).unwrap();
+    let held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .expect("open f read-write");
+    fx.set_enabled(0, false);
+    fs::remove_file(m.path("g")).expect("unlink g with a out");
+    held.write_all_at(b"AB", 0).expect("write with a out");
+    fx.set_enabled(0, true);
+    fx.wait_in_sync("after a is back (f copied anew there)");
+    let st = fs::metadata(m.path("f")).expect("stat f by name");
+    assert_eq!(st.nlink(), 1, "f's link count");
+    held.write_all_at(b"CD", 2).expect("write through the held open");
+    let st = held.metadata().expect("fstat of the held open");
+    assert_eq!((st.len(), st.nlink()), (10, 1), "fstat of the held open (size, links)");
+    drop(held);
+    let again = OpenOptions::new()
+        .write(true)
+        .open(m.path("f"))
+        .expect("open f by name again");
+    drop(again);
+    fx.wait_in_sync("after closing f");
+    assert_on_replicas(m, "f", b"ABCD456789");
+    m.assert_replicas_identical();
+}
+
 /// A store through a shared writable mmap, while another process reads the
 /// file through FUSE passthrough (opt-in), must reach every replica.
 #[test]
