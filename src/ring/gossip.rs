@@ -32,8 +32,9 @@
 //! this module owns the UDP socket and wraps every datagram.
 //!
 //! **Authentication.** Every datagram is `foca bytes ‖ HMAC-SHA256 tag`
-//! (32 bytes), keyed with `HMAC-SHA256(secret, "chironfs gossip v1")` so
-//! that the same shared secret gives other keys to other protocols. The tag
+//! (32 bytes), keyed with the gossip key that `keys::Secret` derives from
+//! the ring's secret under a label of its own, so that the links' Noise
+//! key and this one say nothing of each other. The tag
 //! is checked in constant time before anything is parsed. Datagrams that
 //! are too short, too long, fail the tag or do not decode are dropped and
 //! logged with `warn!`, at most one line per source address every 10 s
@@ -86,11 +87,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::keys::Secret;
 use super::{Liveness, NodeId};
 
-/// Label of the key derivation: a different protocol using the same shared
-/// secret derives a different key.
-const KEY_LABEL: &[u8] = b"chironfs gossip v1";
 const TAG_LEN: usize = 32;
 /// Largest foca payload, below a common MTU once the tag is added.
 const MAX_PAYLOAD: usize = 1400;
@@ -158,8 +157,8 @@ pub struct GossipConfig {
     /// Gossip addresses (`host:port`) of some other nodes. Unresolvable ones
     /// are logged and retried, not fatal.
     pub seeds: Vec<String>,
-    /// Shared by all the ring's nodes; must not be empty.
-    pub secret: Vec<u8>,
+    /// Shared by all the ring's nodes: the gossip key is derived from it.
+    pub secret: Secret,
     pub timing: GossipTiming,
 }
 
@@ -191,7 +190,7 @@ impl Gossip {
         if cfg.ring_addr.is_empty() || cfg.ring_addr.len() > MAX_RING_ADDR {
             return Err(invalid("ring address must be 1 to 255 bytes"));
         }
-        let auth = Auth::new(&cfg.secret)?;
+        let auth = Auth::new(cfg.secret.gossip_key())?;
         let socket = UdpSocket::bind(cfg.listen).await?;
         let local = socket.local_addr()?;
 
@@ -726,15 +725,8 @@ struct Auth {
 }
 
 impl Auth {
-    fn new(secret: &[u8]) -> io::Result<Auth> {
-        if secret.is_empty() {
-            return Err(invalid("the gossip secret must not be empty"));
-        }
-        let bad_key = |_| invalid("unusable gossip secret");
-        let mut kdf = HmacSha256::new_from_slice(secret).map_err(bad_key)?;
-        kdf.update(KEY_LABEL);
-        let key = kdf.finalize().into_bytes();
-        let mac = HmacSha256::new_from_slice(&key).map_err(bad_key)?;
+    fn new(key: &[u8; 32]) -> io::Result<Auth> {
+        let mac = HmacSha256::new_from_slice(key).map_err(|_| invalid("unusable gossip key"))?;
         Ok(Auth { mac })
     }
 
@@ -1227,8 +1219,8 @@ mod tests {
 
     #[test]
     fn auth_tags_and_rejects() {
-        let a = Auth::new(b"secret one").unwrap();
-        let b = Auth::new(b"secret two").unwrap();
+        let a = Auth::new(&[1; 32]).unwrap();
+        let b = Auth::new(&[2; 32]).unwrap();
         let sealed = a.seal(b"hello");
         assert_eq!(sealed.len(), 5 + TAG_LEN);
         assert_eq!(a.open(&sealed), Some(&b"hello"[..]));
@@ -1238,7 +1230,6 @@ mod tests {
         assert_eq!(a.open(&tampered), None);
         assert_eq!(a.open(&sealed[..TAG_LEN - 1]), None);
         assert_eq!(a.open(&[]), None);
-        assert!(Auth::new(b"").is_err());
     }
 
     #[test]
@@ -1261,6 +1252,10 @@ mod tests {
     // --- Several nodes on loopback -----------------------------------------
 
     const SECRET: &[u8] = b"the ring's shared secret";
+
+    fn ring_secret(bytes: &[u8]) -> Secret {
+        Secret::new(bytes).unwrap()
+    }
     const THRESHOLD: f64 = 8.0;
 
     fn fast() -> GossipTiming {
@@ -1287,7 +1282,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             ring_addr: ring_addr(name),
             seeds: seeds.iter().map(|g| g.local_addr().to_string()).collect(),
-            secret: secret.to_vec(),
+            secret: ring_secret(secret),
             timing: fast(),
         })
         .await
@@ -1382,7 +1377,7 @@ mod tests {
                 listen: addr,
                 ring_addr: "b.restarted.test:7400".to_string(),
                 seeds: vec![a.local_addr().to_string()],
-                secret: SECRET.to_vec(),
+                secret: ring_secret(SECRET),
                 timing: fast(),
             };
             match Gossip::start(cfg).await {
@@ -1439,7 +1434,7 @@ mod tests {
 
         let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let target = a.local_addr();
-        let auth = Auth::new(SECRET).unwrap();
+        let auth = Auth::new(ring_secret(SECRET).gossip_key()).unwrap();
         let mut rng = SmallRng::seed_from_u64(42);
         let mut junk = |len: usize| (0..len).map(|_| rng.random::<u8>()).collect::<Vec<u8>>();
         let mut datagrams: Vec<Vec<u8>> = vec![
