@@ -40,6 +40,7 @@ pub mod hash;
 pub mod keys;
 pub mod layout;
 pub mod layout_v1;
+pub mod lograte;
 pub mod membership;
 pub mod merkle;
 pub mod msg;

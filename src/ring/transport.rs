@@ -9,15 +9,20 @@
 //! costs a round trip.
 //!
 //! Whatever a peer sends that is unauthenticated, malformed or too slow
-//! costs it that connection, never the server: one warning names the
-//! address and the reason. Every wait is bounded: a call by its timeout,
-//! a handshake by [`HANDSHAKE_TIMEOUT`], a quiet connection by
-//! [`IDLE_TIMEOUT`], and the connections served at once by
-//! [`MAX_CONNECTIONS`].
+//! costs it that connection, never the server: a warning names the address
+//! and the reason, at most one line per source address every
+//! [`REFUSAL_LOG_EVERY`] (with the count of those not logged). Every wait
+//! is bounded: a call by its timeout, a handshake by [`HANDSHAKE_TIMEOUT`],
+//! a quiet connection by [`IDLE_TIMEOUT`], the connections served at once
+//! by [`MAX_CONNECTIONS`], and those of one source address still in their
+//! handshake by [`MAX_HANDSHAKES_PER_SOURCE`]: a host without the secret
+//! can hold no more than that many slots, for 5 s each. Authenticated
+//! connections are not limited per address, since the nodes of a test
+//! ring, or behind one NAT, share one.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +33,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::keys::Credentials;
+use super::lograte::LogLimiter;
 use super::noise::{
     self, ClientHandshake, HEADER_LEN, RECORD_HEADER_LEN, ServerHandshake, Session,
 };
@@ -45,6 +51,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections served at once; more are closed as soon as accepted.
 pub const MAX_CONNECTIONS: usize = 512;
+/// Connections from one source address still in their handshake; more are
+/// closed as soon as accepted.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
+/// At most one warning per source address (or per peer node, for a call
+/// refused by this node) this often.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Idle connections kept per peer.
 const POOL_PER_PEER: usize = 4;
 /// An idle connection older than this is not reused: well under
@@ -204,6 +216,8 @@ struct Inner {
     timeout: Duration,
     resolve: Resolver,
     idle: Mutex<HashMap<NodeId, Vec<Conn>>>,
+    /// Warnings about peers refused by this node's checks (another key).
+    refusals: Mutex<LogLimiter<NodeId>>,
 }
 
 impl TcpNet {
@@ -217,6 +231,7 @@ impl TcpNet {
                 timeout,
                 resolve,
                 idle: Mutex::new(HashMap::new()),
+                refusals: Mutex::new(LogLimiter::new(REFUSAL_LOG_EVERY)),
             }),
         }
     }
@@ -297,8 +312,10 @@ impl Inner {
     /// known by: the operator has to act (the node was reinstalled, or
     /// someone poses as it).
     fn warn_refused(&self, to: &NodeId, e: &LinkError) {
-        if let LinkError::Wire(e @ (WireError::KeyChanged(_) | WireError::OwnKey(_))) = e {
-            tracing::warn!(node = %to, "ring: call to {to} refused: {e}");
+        if let LinkError::Wire(e @ (WireError::KeyChanged(_) | WireError::OwnKey(_))) = e
+            && let Some(n) = self.refusals.lock().note(to, std::time::Instant::now())
+        {
+            tracing::warn!(node = %to, unlogged = n, "ring: call to {to} refused: {e}");
         }
     }
 
@@ -323,16 +340,61 @@ impl Inner {
     }
 }
 
-/// What the connections of one server share.
+/// What the connections of one server share: who is in a handshake, and
+/// the log limits.
 struct Shared {
     creds: Credentials,
     handler: Arc<dyn Handler>,
+    handshaking: Mutex<HashMap<IpAddr, usize>>,
+    log: Mutex<LogLimiter<IpAddr>>,
 }
 
 impl Shared {
-    /// Logs what became of a connection from `addr` (refused, dropped).
+    /// Logs what became of a connection from `addr` (refused, dropped),
+    /// within the limit of one line per source address.
     fn warn(&self, addr: SocketAddr, what: impl std::fmt::Display) {
-        tracing::warn!(peer = %addr, "ring connection from {addr} {what}");
+        if let Some(n) = self.log.lock().note(&addr.ip(), std::time::Instant::now()) {
+            if n > 0 {
+                tracing::warn!(peer = %addr, unlogged = n,
+                    "ring connection from {addr} {what} ({n} more from {} not logged in the last {} s)",
+                    addr.ip(), REFUSAL_LOG_EVERY.as_secs());
+            } else {
+                tracing::warn!(peer = %addr, "ring connection from {addr} {what}");
+            }
+        }
+    }
+
+    /// A handshake slot for `ip`, or `None` if it has all of its own.
+    fn begin_handshake(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let mut h = self.handshaking.lock();
+        let n = h.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            shared: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A connection of one source address in its handshake; released when
+/// dropped.
+struct HandshakeSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut h = self.shared.handshaking.lock();
+        if let Some(n) = h.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                h.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -340,7 +402,12 @@ impl Shared {
 /// until the returned future is dropped, which closes every connection it
 /// serves.
 pub async fn serve(listener: TcpListener, creds: Credentials, handler: Arc<dyn Handler>) {
-    let shared = Arc::new(Shared { creds, handler });
+    let shared = Arc::new(Shared {
+        creds,
+        handler,
+        handshaking: Mutex::new(HashMap::new()),
+        log: Mutex::new(LogLimiter::new(REFUSAL_LOG_EVERY)),
+    });
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -350,7 +417,14 @@ pub async fn serve(listener: TcpListener, creds: Credentials, handler: Arc<dyn H
                         shared.warn(addr, format_args!("refused: {MAX_CONNECTIONS} connections already open"));
                         continue;
                     }
-                    conns.spawn(connection(stream, addr, shared.clone()));
+                    let Some(slot) = shared.begin_handshake(addr.ip()) else {
+                        shared.warn(addr, format_args!(
+                            "refused: {MAX_HANDSHAKES_PER_SOURCE} connections from {} already in their handshake",
+                            addr.ip()
+                        ));
+                        continue;
+                    };
+                    conns.spawn(connection(stream, addr, shared.clone(), slot));
                 }
                 Err(e) => {
                     tracing::warn!("ring listener: accept failed: {e}");
@@ -399,7 +473,12 @@ impl Drop for Server {
 
 /// Serves one connection to its end, logging why it ended if it was not
 /// the peer's choice.
-async fn connection(mut stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
+async fn connection(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    slot: HandshakeSlot,
+) {
     let _ = stream.set_nodelay(true);
     let session = match timeout(HANDSHAKE_TIMEOUT, accept(&mut stream, &shared.creds)).await {
         Ok(Ok(session)) => session,
@@ -415,6 +494,7 @@ async fn connection(mut stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>
             return;
         }
     };
+    drop(slot);
     let peer = session.peer().clone();
     match answer(&mut stream, session, &*shared.handler).await {
         Ok(()) => tracing::debug!(peer = %addr, node = %peer, "ring connection closed"),
@@ -759,6 +839,40 @@ mod tests {
         assert!(
             why.contains("node b presented static key") && why.contains("reinstalled"),
             "{why}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_source_holds_few_connections_in_their_handshake() {
+        logs();
+        let s = secret("ring");
+        let b = server("b", &s).await;
+        // Connections that never say a word hold the slots of 127.0.0.1.
+        let mut silent = Vec::new();
+        for _ in 0..MAX_HANDSHAKES_PER_SOURCE {
+            silent.push(TcpStream::connect(b.local_addr()).await.unwrap());
+        }
+        let start = Instant::now();
+        let mut one_more = TcpStream::connect(b.local_addr()).await.unwrap();
+        assert!(closed(&mut one_more).await);
+        assert!(
+            start.elapsed() < HANDSHAKE_TIMEOUT,
+            "closed at once, not after the handshake timeout"
+        );
+        // Once they are gone, the address gets in again.
+        drop(silent);
+        let a = net("a", &s, Duration::from_secs(5), &[("b", b.local_addr())]);
+        let mut ok = false;
+        for _ in 0..50 {
+            if hello(&a, "b").await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            ok,
+            "127.0.0.1 still refused once its connections were closed"
         );
     }
 
