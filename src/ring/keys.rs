@@ -189,13 +189,14 @@ impl StaticKey {
     }
 
     /// This node's key from `dir/node.key`, drawn and saved there (mode
-    /// 0600) if there is none yet. Refused if the file has another size
-    /// or is readable by group or others.
-    pub fn load_or_create(dir: &Path) -> Result<StaticKey, String> {
+    /// 0600) if there is none yet (then the flag is true). Refused if the
+    /// file has another size or is readable by group or others. Logs
+    /// nothing: a failed start says one thing, its error.
+    pub fn load_or_create(dir: &Path) -> Result<(StaticKey, bool), String> {
         create_private_dir(dir)?;
         let path = dir.join(STATIC_KEY_FILE);
         match read_private_file(&path, KEY_LEN) {
-            Ok(bytes) => return StaticKey::from_bytes(&path, &bytes),
+            Ok(bytes) => return Ok((StaticKey::from_bytes(&path, &bytes)?, false)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("ring static key '{}': {e}", path.display())),
         }
@@ -205,16 +206,11 @@ impl StaticKey {
         let placed = write_durably(dir, STATIC_KEY_FILE, key.private.as_slice(), Place::Link)
             .map_err(|e| format!("ring static key '{}': cannot save it: {e}", path.display()))?;
         if placed {
-            tracing::info!(
-                "ring: drew this node's static key {} (saved in {})",
-                key.public,
-                path.display()
-            );
-            return Ok(key);
+            return Ok((key, true));
         }
         let bytes = read_private_file(&path, KEY_LEN)
             .map_err(|e| format!("ring static key '{}': {e}", path.display()))?;
-        StaticKey::from_bytes(&path, &bytes)
+        Ok((StaticKey::from_bytes(&path, &bytes)?, false))
     }
 
     fn from_bytes(path: &Path, bytes: &[u8]) -> Result<StaticKey, String> {
@@ -238,13 +234,19 @@ impl fmt::Debug for StaticKey {
 /// Reads a file that only its owner may read, of at most `max` bytes
 /// (one more is read, to see a longer file).
 fn read_private_file(path: &Path, max: usize) -> io::Result<Vec<u8>> {
+    read_guarded_file(path, max, 0o077, "readable")
+}
+
+/// Reads a file of at most `max` bytes (one more is read, to see a longer
+/// file) whose mode has none of the bits of `forbidden`.
+fn read_guarded_file(path: &Path, max: usize, forbidden: u32, what: &str) -> io::Result<Vec<u8>> {
     let file = File::open(path)?;
     let mode = file.metadata()?.mode();
-    if mode & 0o077 != 0 {
+    if mode & forbidden != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "readable by group or others (mode {:04o}): chmod 600 it",
+                "{what} by group or others (mode {:04o}): chmod 600 it",
                 mode & 0o7777
             ),
         ));
@@ -457,7 +459,8 @@ const MAX_KNOWN_FILE: usize = 1 << 20;
 
 fn read_known(path: &Path) -> Result<BTreeMap<NodeId, PublicKey>, String> {
     let what = || format!("ring known nodes '{}'", path.display());
-    let bytes = match read_private_file(path, MAX_KNOWN_FILE) {
+    // Public keys: others may read them, not change them.
+    let bytes = match read_guarded_file(path, MAX_KNOWN_FILE, 0o022, "writable") {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(format!("{}: {e}", what())),
@@ -510,17 +513,19 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Loads (or, the first time, draws) this node's static key and the
-    /// nodes it knows from the ring's directory `dir`.
-    pub fn load(me: NodeId, secret: Secret, dir: &Path) -> Result<Credentials, String> {
-        let key = StaticKey::load_or_create(dir)?;
+    /// Loads (or, the first time, draws: then the flag is true) this
+    /// node's static key and the nodes it knows from the ring's directory
+    /// `dir`.
+    pub fn load(me: NodeId, secret: Secret, dir: &Path) -> Result<(Credentials, bool), String> {
+        let (key, drawn) = StaticKey::load_or_create(dir)?;
         let known = KnownNodes::load(dir)?;
-        Ok(Credentials {
+        let creds = Credentials {
             me,
             secret,
             key,
             known,
-        })
+        };
+        Ok((creds, drawn))
     }
 
     /// Credentials held in memory only, with a key that is a function of
@@ -574,8 +579,10 @@ mod tests {
     fn the_static_key_is_drawn_once_and_kept_private() {
         let dir = tempfile::tempdir().unwrap();
         let ring = dir.path().join("ring");
-        let k1 = StaticKey::load_or_create(&ring).unwrap();
-        let k2 = StaticKey::load_or_create(&ring).unwrap();
+        let (k1, drawn) = StaticKey::load_or_create(&ring).unwrap();
+        assert!(drawn);
+        let (k2, drawn) = StaticKey::load_or_create(&ring).unwrap();
+        assert!(!drawn);
         assert_eq!(k1.public(), k2.public());
         assert_eq!(k1.private(), k2.private());
         let path = ring.join(STATIC_KEY_FILE);
@@ -594,7 +601,7 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(STATIC_KEY_FILE)]);
         // Another directory, another key.
-        let k3 = StaticKey::load_or_create(&dir.path().join("other")).unwrap();
+        let (k3, _) = StaticKey::load_or_create(&dir.path().join("other")).unwrap();
         assert_ne!(k1.public(), k3.public());
         // Readable by others: refused, naming the file.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -672,8 +679,16 @@ mod tests {
             assert!(e.contains(needle) && e.contains("known_nodes"), "{e}");
         }
         write(&format!("b {key}\n"));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            KnownNodes::load(dir.path()).is_ok(),
+            "public keys may be read"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
         let e = KnownNodes::load(dir.path()).err().unwrap();
-        assert!(e.contains("chmod 600"), "{e}");
+        assert!(
+            e.contains("writable by group or others") && e.contains("chmod 600"),
+            "{e}"
+        );
     }
 }

@@ -104,6 +104,9 @@ impl RingService {
     pub fn start(cfg: &RingConfig, dir: &Path) -> Result<RingService, String> {
         let id = node_id(cfg)?;
         let secret = read_secret(&cfg.secret_file)?;
+        // This node's static key and the nodes it met, beside its store.
+        let (creds, drawn) =
+            Credentials::load(id.clone(), secret.clone(), dir).map_err(|e| format!("ring: {e}"))?;
         let seeds = seeds(cfg)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -171,10 +174,6 @@ impl RingService {
             Ok::<_, String>((listener, advertise, Arc::new(gossip)))
         })?;
         let _ = gossip_slot.set(gossip.clone());
-        // This node's static key and the nodes it met, beside its store
-        // (once the ports are taken: a start that fails on them leaves no
-        // key behind and logs nothing but its error).
-        let creds = Credentials::load(id.clone(), secret, dir).map_err(|e| format!("ring: {e}"))?;
         let net = Arc::new(TcpNet::new(creds.clone(), secs(cfg.timeout), resolver));
         let mut ncfg = NodeConfig::new(id.clone());
         ncfg.quorum = Quorum {
@@ -202,8 +201,16 @@ impl RingService {
             server
         };
         tracing::info!(
-            "ring: node {id} listening on {advertise}, static key {}",
-            creds.key.public()
+            "ring: node {id} listening on {advertise}, static key {}{}",
+            creds.key.public(),
+            if drawn {
+                format!(
+                    " (drawn now, saved in {})",
+                    dir.join(super::keys::STATIC_KEY_FILE).display()
+                )
+            } else {
+                String::new()
+            }
         );
         Ok(RingService {
             node,

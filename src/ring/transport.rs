@@ -71,6 +71,8 @@ const READ_CHUNK: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
     #[error("{0}")]
+    Connect(io::Error),
+    #[error("{0}")]
     Io(#[from] io::Error),
     #[error("{0}")]
     Wire(#[from] WireError),
@@ -161,7 +163,7 @@ impl Conn {
     /// Connects to `addr` and runs the handshake, refusing a server that
     /// is not `to`, or not by the key this node knows `to` by.
     async fn open(creds: &Credentials, to: &NodeId, addr: &str) -> Result<Conn, LinkError> {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
         // Records are written whole; do not hold the last segment back.
         let _ = stream.set_nodelay(true);
         let session = Conn::handshake(&mut stream, creds, to).await?;
@@ -272,7 +274,7 @@ impl Inner {
                 Err(_) => return Err(NetError::Timeout(to)),
                 Ok(Err(e)) => {
                     let why = match e {
-                        LinkError::Io(e) => format!("cannot connect to {addr}: {e}"),
+                        LinkError::Connect(e) => format!("cannot connect to {addr}: {e}"),
                         e => {
                             self.warn_refused(&to, &e);
                             format!("handshake with {addr} failed: {e}")

@@ -55,10 +55,10 @@ pub enum WireError {
     #[error("answered as node {got}, not {expected}: wrong address for {expected}?")]
     WrongNode { expected: NodeId, got: NodeId },
     #[error(
-        "handshake failed: the peer does not hold this ring's secret (or its last message was altered in transit)"
+        "the peer does not hold this ring's secret (or its last handshake message was altered in transit)"
     )]
     SecretMismatch,
-    #[error("handshake failed {step}: {reason}")]
+    #[error("{step}: {reason}")]
     Noise { step: &'static str, reason: String },
     #[error("{0}")]
     KeyChanged(#[from] Box<KeyChanged>),
