@@ -31,25 +31,38 @@
 //! `handle_data` and hands out the bytes to send through its `Runtime`, so
 //! this module owns the UDP socket and wraps every datagram.
 //!
-//! **Authentication.** Every datagram is `foca bytes ‖ HMAC-SHA256 tag`
-//! (32 bytes), keyed with `HMAC-SHA256(secret, "chironfs gossip v1")` so
-//! that the same shared secret gives other keys to other protocols. The tag
-//! is checked in constant time before anything is parsed. Datagrams that
-//! are too short, too long, fail the tag or do not decode are dropped and
-//! logged with `warn!`, at most one line per source address every 10 s
-//! (with a count of those dropped silently), so a flood cannot fill the log.
+//! **Authentication.** Every datagram is `foca bytes ‖ sender instance
+//! (8 bytes) ‖ counter (8) ‖ to-any flag (1) ‖ HMAC-SHA256 tag (32)`. The
+//! tag covers all of it and the name of the node the datagram is for (or
+//! none, for an announcement to a seed whose name is not known yet: the
+//! flag), under the gossip key that `keys::Secret` derives from the ring's
+//! secret with a label of its own (not the links' Noise key). The tag is
+//! checked in constant time before anything is parsed.
 //!
-//! What the tag does **not** stop: anyone holding the secret is a member;
-//! there is no confidentiality (gossip is readable on the wire: node names,
-//! addresses, layout versions); and a captured datagram can be **replayed**,
-//! as there are no nonces or timestamps. Replays are mostly harmless: SWIM
-//! state carries incarnation numbers and identities carry a generation, so
-//! old news loses against newer news (a node declared down stays down, a
-//! replayed layout version is older than the one already seen, by sequence
-//! number). What a replaying attacker on the path *can* do is delay the
-//! detection of a node that just died, by replaying its recent datagrams:
-//! phi counts its gossip messages, and SWIM acks carry only an 8-bit probe
-//! number. Against that, use a network the attacker is not on.
+//! **Replays.** The instance is drawn at random when gossip starts, and the
+//! counter numbers its datagrams from 1. A receiver keeps, per sender
+//! instance, the highest counter seen and which of the 128 below it came
+//! (a sliding window, as IPsec does), so a datagram captured and sent
+//! again to the same node is dropped, as is one older than the window; the
+//! node name under the tag keeps one sent to a node from being taken by
+//! another. Datagrams that are too short, too long, fail the tag, are
+//! replayed or do not decode are dropped and logged with `warn!`, at most
+//! one line per source address every 10 s (with a count of those dropped
+//! silently), so a flood cannot fill the log.
+//!
+//! What this does **not** stop: anyone holding the secret is a member and
+//! can claim any node name in gossip (only the links, `noise`, bind names
+//! to keys); there is no confidentiality (gossip is readable on the wire:
+//! node names, addresses, layout versions); a passive capture of one
+//! datagram lets its holder test guesses of the secret offline (the tag is
+//! a function of the secret and public bytes: use a random secret); a node
+//! that restarted forgets the windows, so datagrams captured before, of
+//! instances still running, are each taken once more (one per instance
+//! forgotten to make room, too, past [`MAX_INSTANCES`]); and an
+//! announcement to a seed (for any node) can be replayed once to each
+//! other node. Those are mostly harmless: SWIM state carries incarnation
+//! numbers and identities carry a generation, so old news loses against
+//! newer news, and heartbeats carry sequence numbers.
 //!
 //! **Identities.** A member is `(NodeId, gossip address, ring address,
 //! generation)`; the generation is the start time in microseconds, so a
@@ -86,23 +99,26 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::keys::Secret;
+use super::lograte::LogLimiter;
 use super::{Liveness, NodeId};
 
-/// Label of the key derivation: a different protocol using the same shared
-/// secret derives a different key.
-const KEY_LABEL: &[u8] = b"chironfs gossip v1";
 const TAG_LEN: usize = 32;
-/// Largest foca payload, below a common MTU once the tag is added.
+/// Sender instance, counter and flag, between the payload and the tag.
+const STAMP_LEN: usize = 8 + 8 + 1;
+/// Largest foca payload, below a common MTU once stamp and tag are added.
 const MAX_PAYLOAD: usize = 1400;
-const MAX_DATAGRAM: usize = MAX_PAYLOAD + TAG_LEN;
+const MAX_DATAGRAM: usize = MAX_PAYLOAD + STAMP_LEN + TAG_LEN;
+/// Width of the replay window of each sender instance.
+const REPLAY_WINDOW: u64 = 128;
+/// Sender instances whose replay windows are kept (the least recently
+/// heard from makes room for a new one).
+pub const MAX_INSTANCES: usize = 1024;
 /// Longest ring address carried in an identity (identities travel in every
 /// datagram header, so they must stay small).
 const MAX_RING_ADDR: usize = 255;
 /// At most one warning per source address this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-/// Source addresses tracked by the log limiter (a flood from many spoofed
-/// addresses shares one extra bucket beyond this).
-const LOG_LIMITER_ENTRIES: usize = 256;
 /// "Every member" for foca's periodic gossip: more than any ring has.
 const GOSSIP_FANOUT: usize = 1024;
 /// How many times foca sends one membership update or heartbeat record.
@@ -158,8 +174,8 @@ pub struct GossipConfig {
     /// Gossip addresses (`host:port`) of some other nodes. Unresolvable ones
     /// are logged and retried, not fatal.
     pub seeds: Vec<String>,
-    /// Shared by all the ring's nodes; must not be empty.
-    pub secret: Vec<u8>,
+    /// Shared by all the ring's nodes: the gossip key is derived from it.
+    pub secret: Secret,
     pub timing: GossipTiming,
 }
 
@@ -191,7 +207,7 @@ impl Gossip {
         if cfg.ring_addr.is_empty() || cfg.ring_addr.len() > MAX_RING_ADDR {
             return Err(invalid("ring address must be 1 to 255 bytes"));
         }
-        let auth = Auth::new(&cfg.secret)?;
+        let auth = Auth::new(cfg.secret.gossip_key())?;
         let socket = UdpSocket::bind(cfg.listen).await?;
         let local = socket.local_addr()?;
 
@@ -232,7 +248,8 @@ impl Gossip {
             timers: BTreeMap::new(),
             timer_seq: 0,
             beat_seq: 0,
-            drops: DropLog::default(),
+            replays: ReplayWindows::default(),
+            drops: LogLimiter::new(LOG_EVERY),
             leaving: false,
         };
         tracing::info!(node = %cfg.node, gossip = %local, ring = %cfg.ring_addr, "gossip: started");
@@ -723,85 +740,131 @@ fn phi_of(elapsed: f64, mean: f64, std_dev: f64) -> f64 {
 
 struct Auth {
     mac: HmacSha256,
+    /// This process's sender instance, and the counter of its last
+    /// datagram.
+    instance: u64,
+    counter: u64,
+}
+
+/// Where an authentic datagram came from: its sender instance and
+/// counter, for the replay windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    instance: u64,
+    counter: u64,
 }
 
 impl Auth {
-    fn new(secret: &[u8]) -> io::Result<Auth> {
-        if secret.is_empty() {
-            return Err(invalid("the gossip secret must not be empty"));
-        }
-        let bad_key = |_| invalid("unusable gossip secret");
-        let mut kdf = HmacSha256::new_from_slice(secret).map_err(bad_key)?;
-        kdf.update(KEY_LABEL);
-        let key = kdf.finalize().into_bytes();
-        let mac = HmacSha256::new_from_slice(&key).map_err(bad_key)?;
-        Ok(Auth { mac })
+    fn new(key: &[u8; 32]) -> io::Result<Auth> {
+        let mac = HmacSha256::new_from_slice(key).map_err(|_| invalid("unusable gossip key"))?;
+        let instance = getrandom::u64()
+            .map_err(|e| io::Error::other(format!("no randomness for the gossip instance: {e}")))?;
+        Ok(Auth {
+            mac,
+            instance,
+            counter: 0,
+        })
     }
 
-    fn seal(&self, payload: &[u8]) -> Vec<u8> {
+    fn tag(&self, body: &[u8], to: Option<&NodeId>) -> HmacSha256 {
         let mut mac = self.mac.clone();
-        mac.update(payload);
-        let tag = mac.finalize().into_bytes();
-        let mut out = Vec::with_capacity(payload.len() + TAG_LEN);
+        match to {
+            Some(n) => {
+                mac.update(&[n.as_str().len() as u8]);
+                mac.update(n.as_str().as_bytes());
+            }
+            None => mac.update(&[0]),
+        }
+        mac.update(body);
+        mac
+    }
+
+    /// The datagram carrying `payload` to node `to` (`None`: any node).
+    fn seal(&mut self, payload: &[u8], to: Option<&NodeId>) -> Vec<u8> {
+        self.counter += 1;
+        let mut out = Vec::with_capacity(payload.len() + STAMP_LEN + TAG_LEN);
         out.extend_from_slice(payload);
+        out.extend_from_slice(&self.instance.to_be_bytes());
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out.push(u8::from(to.is_none()));
+        let tag = self.tag(&out, to).finalize().into_bytes();
         out.extend_from_slice(&tag);
         out
     }
 
-    /// The payload if the tag is right (compared in constant time).
-    fn open<'a>(&self, datagram: &'a [u8]) -> Option<&'a [u8]> {
+    /// The payload and stamp of a datagram for node `me` (or any node) if
+    /// the tag is right (compared in constant time).
+    fn open<'a>(&self, datagram: &'a [u8], me: &NodeId) -> Option<(&'a [u8], Stamp)> {
         let cut = datagram.len().checked_sub(TAG_LEN)?;
-        let (payload, tag) = datagram.split_at(cut);
-        let mut mac = self.mac.clone();
-        mac.update(payload);
-        mac.verify_slice(tag).ok().map(|()| payload)
+        let (body, tag) = datagram.split_at(cut);
+        let payload_len = body.len().checked_sub(STAMP_LEN)?;
+        let (payload, stamp) = body.split_at(payload_len);
+        let to_any = match stamp[16] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        self.tag(body, if to_any { None } else { Some(me) })
+            .verify_slice(tag)
+            .ok()?;
+        let instance = u64::from_be_bytes(stamp[..8].try_into().ok()?);
+        let counter = u64::from_be_bytes(stamp[8..16].try_into().ok()?);
+        Some((payload, Stamp { instance, counter }))
     }
 }
 
-/// Rate limit for warnings about dropped datagrams: one line per source
-/// address per `LOG_EVERY`, saying how many were dropped without a line.
+/// The replay windows of the sender instances heard from.
 #[derive(Default)]
-struct DropLog {
-    by_addr: HashMap<SocketAddr, LogWindow>,
-    /// Shared by the addresses that do not fit in `by_addr`.
-    overflow: LogWindow,
+struct ReplayWindows {
+    by_instance: HashMap<u64, Window>,
 }
 
-#[derive(Default)]
-struct LogWindow {
-    since: Option<Instant>,
-    suppressed: u64,
+struct Window {
+    /// The highest counter seen.
+    top: u64,
+    /// Bit i: counter `top - i` was seen.
+    seen: u128,
+    last: Instant,
 }
 
-impl LogWindow {
-    fn hit(&mut self, now: Instant) -> Option<u64> {
-        match self.since {
-            Some(since) if now.saturating_duration_since(since) < LOG_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.since = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
+impl ReplayWindows {
+    /// Whether a datagram of this stamp is new (it is then recorded).
+    fn fresh(&mut self, stamp: Stamp, now: Instant) -> bool {
+        if !self.by_instance.contains_key(&stamp.instance)
+            && self.by_instance.len() >= MAX_INSTANCES
+            && let Some(oldest) = self
+                .by_instance
+                .iter()
+                .min_by_key(|(_, w)| w.last)
+                .map(|(i, _)| *i)
+        {
+            self.by_instance.remove(&oldest);
         }
-    }
-}
-
-impl DropLog {
-    /// `Some(n)`: log this drop, `n` earlier ones went unlogged.
-    fn note(&mut self, from: SocketAddr, now: Instant) -> Option<u64> {
-        if !self.by_addr.contains_key(&from) && self.by_addr.len() >= LOG_LIMITER_ENTRIES {
-            self.by_addr.retain(|_, w| {
-                w.since
-                    .is_some_and(|s| now.saturating_duration_since(s) < LOG_EVERY)
-            });
+        let w = self.by_instance.entry(stamp.instance).or_insert(Window {
+            top: stamp.counter,
+            seen: 0,
+            last: now,
+        });
+        w.last = now;
+        if stamp.counter > w.top {
+            let shift = stamp.counter - w.top;
+            w.seen = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                w.seen << shift
+            };
+            w.top = stamp.counter;
         }
-        if self.by_addr.contains_key(&from) || self.by_addr.len() < LOG_LIMITER_ENTRIES {
-            self.by_addr.entry(from).or_default().hit(now)
-        } else {
-            self.overflow.hit(now)
+        let age = w.top - stamp.counter;
+        if age >= REPLAY_WINDOW {
+            return false;
         }
+        let bit = 1u128 << age;
+        if w.seen & bit != 0 {
+            return false;
+        }
+        w.seen |= bit;
+        true
     }
 }
 
@@ -825,11 +888,12 @@ struct Driver {
     socket: UdpSocket,
     inner: Arc<Inner>,
     auth: Auth,
+    replays: ReplayWindows,
     /// foca's timers, by due time (then order of submission).
     timers: BTreeMap<(Instant, u64), Timer<Ident>>,
     timer_seq: u64,
     beat_seq: u64,
-    drops: DropLog,
+    drops: LogLimiter<SocketAddr>,
     /// Leaving on purpose: foca then reports us down, which is no news.
     leaving: bool,
 }
@@ -881,12 +945,15 @@ impl Driver {
     fn on_datagram(&mut self, data: &[u8], from: SocketAddr) {
         let reason = if data.len() > MAX_DATAGRAM {
             "too long"
-        } else if data.len() <= TAG_LEN {
+        } else if data.len() <= STAMP_LEN + TAG_LEN {
             "too short"
         } else {
-            match self.auth.open(data) {
+            match self.auth.open(data, &self.inner.me) {
                 None => "bad authentication tag",
-                Some(payload) => match self.foca.handle_data(payload, &mut self.rt) {
+                Some((_, stamp)) if !self.replays.fresh(stamp, Instant::now()) => {
+                    "replayed, duplicated or too old"
+                }
+                Some((payload, _)) => match self.foca.handle_data(payload, &mut self.rt) {
                     Ok(()) => {
                         if let Some(src) = periodic_gossip_sender(payload) {
                             self.inner.record_arrival(&src, Instant::now());
@@ -894,7 +961,7 @@ impl Driver {
                         return;
                     }
                     Err(e) if is_decode_error(&e) => {
-                        if let Some(n) = self.drops.note(from, Instant::now()) {
+                        if let Some(n) = self.drops.note(&from, Instant::now()) {
                             tracing::warn!(%from, error = %e, unlogged_drops = n,
                                 "gossip: dropped an authenticated datagram that does not decode");
                         }
@@ -907,7 +974,7 @@ impl Driver {
                 },
             }
         };
-        if let Some(n) = self.drops.note(from, Instant::now()) {
+        if let Some(n) = self.drops.note(&from, Instant::now()) {
             tracing::warn!(%from, len = data.len(), reason, unlogged_drops = n,
                 "gossip: dropped a datagram");
         }
@@ -967,7 +1034,9 @@ impl Driver {
     /// Sends what foca wants sent, schedules its timers, logs its news.
     async fn flush(&mut self) {
         while let Some((to, data)) = self.rt.to_send() {
-            let datagram = self.auth.seal(&data);
+            // A seed's identity is not known yet (seed_ident): any node.
+            let dest = (!to.ring.is_empty()).then_some(&to.node);
+            let datagram = self.auth.seal(&data, dest);
             if let Err(e) = self.socket.send_to(&datagram, to.gossip).await {
                 tracing::debug!(to = %to.gossip, error = %e, "gossip: send failed");
             }
@@ -1227,40 +1296,73 @@ mod tests {
 
     #[test]
     fn auth_tags_and_rejects() {
-        let a = Auth::new(b"secret one").unwrap();
-        let b = Auth::new(b"secret two").unwrap();
-        let sealed = a.seal(b"hello");
-        assert_eq!(sealed.len(), 5 + TAG_LEN);
-        assert_eq!(a.open(&sealed), Some(&b"hello"[..]));
-        assert_eq!(b.open(&sealed), None);
-        let mut tampered = sealed.clone();
-        tampered[0] ^= 1;
-        assert_eq!(a.open(&tampered), None);
-        assert_eq!(a.open(&sealed[..TAG_LEN - 1]), None);
-        assert_eq!(a.open(&[]), None);
-        assert!(Auth::new(b"").is_err());
+        let mut a = Auth::new(&[1; 32]).unwrap();
+        let b = Auth::new(&[2; 32]).unwrap();
+        let (x, y) = (id("x"), id("y"));
+        let sealed = a.seal(b"hello", Some(&x));
+        assert_eq!(sealed.len(), 5 + STAMP_LEN + TAG_LEN);
+        let (payload, stamp) = a.open(&sealed, &x).unwrap();
+        assert_eq!(payload, b"hello");
+        assert_eq!(
+            stamp,
+            Stamp {
+                instance: a.instance,
+                counter: 1
+            }
+        );
+        assert_eq!(b.open(&sealed, &x), None, "another key");
+        assert_eq!(a.open(&sealed, &y), None, "for another node");
+        for i in 0..sealed.len() {
+            let mut tampered = sealed.clone();
+            tampered[i] ^= 1;
+            assert_eq!(a.open(&tampered, &x), None, "byte {i}");
+        }
+        assert_eq!(a.open(&sealed[..TAG_LEN - 1], &x), None);
+        assert_eq!(a.open(&sealed[..STAMP_LEN + TAG_LEN - 1], &x), None);
+        assert_eq!(a.open(&[], &x), None);
+        // For any node: every node takes it.
+        let any = a.seal(b"announce", None);
+        assert_eq!(a.open(&any, &x).unwrap().1.counter, 2);
+        assert_eq!(a.open(&any, &y).unwrap().0, b"announce");
+        // A new process, a new instance.
+        assert_ne!(Auth::new(&[1; 32]).unwrap().instance, a.instance);
     }
 
     #[test]
-    fn drop_log_is_rate_limited_per_address_and_bounded() {
-        let mut log = DropLog::default();
-        let t0 = Instant::now();
-        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        assert_eq!(log.note(addr, t0), Some(0));
-        for i in 1..=100 {
-            assert_eq!(log.note(addr, t0 + Duration::from_millis(i)), None);
+    fn replayed_and_old_datagrams_are_refused() {
+        let mut w = ReplayWindows::default();
+        let now = Instant::now();
+        let s = |instance, counter| Stamp { instance, counter };
+        assert!(w.fresh(s(1, 10), now));
+        assert!(!w.fresh(s(1, 10), now), "replayed");
+        // Out of order within the window: taken once.
+        assert!(w.fresh(s(1, 12), now));
+        assert!(w.fresh(s(1, 11), now));
+        assert!(!w.fresh(s(1, 11), now));
+        assert!(w.fresh(s(1, 9), now));
+        // Another instance has a window of its own.
+        assert!(w.fresh(s(2, 10), now));
+        // Far ahead: what was the window is now too old.
+        assert!(w.fresh(s(1, 12 + REPLAY_WINDOW), now));
+        assert!(!w.fresh(s(1, 12), now), "just out of the window");
+        assert!(w.fresh(s(1, 13), now), "just in it, never seen");
+        assert!(!w.fresh(s(1, 13), now));
+        assert!(!w.fresh(s(1, 0), now));
+        // Bounded: the least recently heard from instance makes room.
+        for i in 0..2 * MAX_INSTANCES as u64 {
+            assert!(w.fresh(s(100 + i, 1), now + Duration::from_millis(i)));
         }
-        assert_eq!(log.note(addr, t0 + LOG_EVERY), Some(100));
-        // Many addresses: the map stays bounded, the rest share a bucket.
-        for port in 0..10_000u16 {
-            log.note(SocketAddr::from(([127, 0, 0, 2], port)), t0);
-        }
-        assert!(log.by_addr.len() <= LOG_LIMITER_ENTRIES);
+        assert_eq!(w.by_instance.len(), MAX_INSTANCES);
+        assert!(!w.fresh(s(100 + 2 * MAX_INSTANCES as u64 - 1, 1), now));
     }
 
     // --- Several nodes on loopback -----------------------------------------
 
     const SECRET: &[u8] = b"the ring's shared secret";
+
+    fn ring_secret(bytes: &[u8]) -> Secret {
+        Secret::new(bytes).unwrap()
+    }
     const THRESHOLD: f64 = 8.0;
 
     fn fast() -> GossipTiming {
@@ -1287,7 +1389,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             ring_addr: ring_addr(name),
             seeds: seeds.iter().map(|g| g.local_addr().to_string()).collect(),
-            secret: secret.to_vec(),
+            secret: ring_secret(secret),
             timing: fast(),
         })
         .await
@@ -1382,7 +1484,7 @@ mod tests {
                 listen: addr,
                 ring_addr: "b.restarted.test:7400".to_string(),
                 seeds: vec![a.local_addr().to_string()],
-                secret: SECRET.to_vec(),
+                secret: ring_secret(SECRET),
                 timing: fast(),
             };
             match Gossip::start(cfg).await {
@@ -1439,7 +1541,7 @@ mod tests {
 
         let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let target = a.local_addr();
-        let auth = Auth::new(SECRET).unwrap();
+        let mut auth = Auth::new(ring_secret(SECRET).gossip_key()).unwrap();
         let mut rng = SmallRng::seed_from_u64(42);
         let mut junk = |len: usize| (0..len).map(|_| rng.random::<u8>()).collect::<Vec<u8>>();
         let mut datagrams: Vec<Vec<u8>> = vec![
@@ -1450,9 +1552,9 @@ mod tests {
             vec![0; 9000],
             // Authentic but not foca: garbage, a truncated header, a
             // header followed by a bogus update count.
-            auth.seal(&junk(100)),
-            auth.seal(&[0]),
-            auth.seal(&[1, 1, b'x', 0xff, 0xff, 0xff]),
+            auth.seal(&junk(100), Some(&id("a"))),
+            auth.seal(&[0], Some(&id("a"))),
+            auth.seal(&[1, 1, b'x', 0xff, 0xff, 0xff], None),
         ];
         for len in [1, 31, 33, 64, 500, 1400, 1432] {
             datagrams.push(junk(len));

@@ -19,7 +19,10 @@
 //! - `quorum`: counting R and W over a key's preference lists;
 //! - `node`: one ring member: quorum reads and writes, read repair, hinted
 //!   handoff, anti-entropy, layout changes;
-//! - `wire`, `transport`: authenticated, length-limited frames over TCP;
+//! - `keys`: the secret's derived keys, each node's static key, the keys
+//!   of the nodes met (trust on first use);
+//! - `noise`, `wire`, `transport`: encrypted, authenticated, length-limited
+//!   frames over TCP (a Noise handshake, records, the message codec);
 //! - `gossip`: membership (foca, SWIM) and phi-accrual failure detection;
 //! - `sim`: an in-process network with kills and partitions, for tests;
 //! - `power_loss`: a store's copy as a power loss would leave it, for tests.
@@ -34,12 +37,15 @@ mod durability_tests;
 pub mod epoch;
 pub mod gossip;
 pub mod hash;
+pub mod keys;
 pub mod layout;
 pub mod layout_v1;
+pub mod lograte;
 pub mod membership;
 pub mod merkle;
 pub mod msg;
 pub mod node;
+pub mod noise;
 #[cfg(test)]
 pub mod power_loss;
 pub mod quorum;

@@ -1214,8 +1214,11 @@ impl Node {
 
     // ---- serving peers ----
 
+    /// Answers `req` from node `from`: authenticated by the transport (the
+    /// name a static key was bound to at first contact; see `keys`), so a
+    /// check of who may ask what belongs here.
     async fn serve(&self, from: NodeId, req: Request) -> Response {
-        match self.serve_inner(req).await {
+        match self.serve_inner(&from, req).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("ring: request from {from} refused: {e}");
@@ -1224,7 +1227,7 @@ impl Node {
         }
     }
 
-    async fn serve_inner(&self, req: Request) -> Result<Response> {
+    async fn serve_inner(&self, _from: &NodeId, req: Request) -> Result<Response> {
         Ok(match req {
             Request::Read { key } => {
                 check_key(&key)?;

@@ -11,9 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::gossip::{Gossip, GossipConfig, GossipTiming};
+use super::keys::{Credentials, Secret};
 use super::node::{Node, NodeConfig, Quorum};
 use super::transport::{Resolver, Server, TcpNet};
-use super::wire::Secret;
 use super::{Liveness, NodeId};
 use crate::config::RingConfig;
 
@@ -43,9 +43,9 @@ pub fn node_id(cfg: &RingConfig) -> Result<NodeId, String> {
 }
 
 /// Reads the shared secret: a file of at least 16 bytes (a trailing
-/// newline is not part of it), that only its owner may read. Returns it
-/// for the transport and, as bytes, for the gossip.
-pub fn read_secret(path: &Path) -> Result<(Secret, Vec<u8>), String> {
+/// newline is not part of it), that only its owner may read. Returns the
+/// keys derived from it, for the links and the gossip.
+pub fn read_secret(path: &Path) -> Result<Secret, String> {
     let what = format!("ring.secret_file '{}'", path.display());
     let meta = std::fs::metadata(path).map_err(|e| format!("{what}: {e}"))?;
     if meta.mode() & 0o077 != 0 {
@@ -62,7 +62,7 @@ pub fn read_secret(path: &Path) -> Result<(Secret, Vec<u8>), String> {
             trimmed.len()
         )
     })?;
-    Ok((secret, trimmed.to_vec()))
+    Ok(secret)
 }
 
 fn seeds(cfg: &RingConfig) -> Result<BTreeMap<NodeId, String>, String> {
@@ -103,7 +103,10 @@ impl RingService {
     /// Starts a ring member whose store lives in `dir`.
     pub fn start(cfg: &RingConfig, dir: &Path) -> Result<RingService, String> {
         let id = node_id(cfg)?;
-        let (secret, secret_bytes) = read_secret(&cfg.secret_file)?;
+        let secret = read_secret(&cfg.secret_file)?;
+        // This node's static key and the nodes it met, beside its store.
+        let (creds, drawn) =
+            Credentials::load(id.clone(), secret.clone(), dir).map_err(|e| format!("ring: {e}"))?;
         let seeds = seeds(cfg)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -163,7 +166,7 @@ impl RingService {
                 listen: gossip_addr,
                 ring_addr: advertise.clone(),
                 seeds: seeds.values().cloned().collect(),
-                secret: secret_bytes,
+                secret: secret.clone(),
                 timing,
             })
             .await
@@ -171,12 +174,7 @@ impl RingService {
             Ok::<_, String>((listener, advertise, Arc::new(gossip)))
         })?;
         let _ = gossip_slot.set(gossip.clone());
-        let net = Arc::new(TcpNet::new(
-            id.clone(),
-            secret.clone(),
-            secs(cfg.timeout),
-            resolver,
-        ));
+        let net = Arc::new(TcpNet::new(creds.clone(), secs(cfg.timeout), resolver));
         let mut ncfg = NodeConfig::new(id.clone());
         ncfg.quorum = Quorum {
             n: cfg.n,
@@ -190,7 +188,7 @@ impl RingService {
         let _ = node_slot.set(node.clone());
         let server = {
             let _guard = rt.enter();
-            let server = Server::spawn(listener, id.clone(), secret, Arc::new(node.clone()))
+            let server = Server::spawn(listener, creds.clone(), Arc::new(node.clone()))
                 .map_err(|e| format!("ring: {e}"))?;
             node.start();
             let (n, g) = (node.clone(), gossip.clone());
@@ -202,7 +200,18 @@ impl RingService {
             });
             server
         };
-        tracing::info!("ring: node {id} listening on {advertise}");
+        tracing::info!(
+            "ring: node {id} listening on {advertise}, static key {}{}",
+            creds.key.public(),
+            if drawn {
+                format!(
+                    " (drawn now, saved in {})",
+                    dir.join(super::keys::STATIC_KEY_FILE).display()
+                )
+            } else {
+                String::new()
+            }
+        );
         Ok(RingService {
             node,
             gossip,
