@@ -664,6 +664,8 @@ fn fsx_mmap_100k() {
         None
     };
 
+    // The daemon's log of the run (checked below).
+    let log = mount.log();
     if let Err(e) = catch(|| {
         let (status, _mount_root) = mount.unmount();
         assert!(
@@ -693,6 +695,25 @@ fn fsx_mmap_100k() {
     }
     if let Err(e) = catch(|| assert_replicas_identical(&replicas)) {
         problems.push(format!("replicas differ after fsx:\n{e}"));
+    }
+    // Nothing is logged per request at info or above (a busy server's
+    // syslog must show the line that matters): only the daemon's own
+    // lifecycle lines may appear.
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            [" INFO ", " WARN ", " ERROR "]
+                .iter()
+                .any(|lvl| l.contains(lvl))
+        })
+        .filter(|l| !l.contains(" chironfs::daemon"))
+        .collect();
+    if !noisy.is_empty() {
+        problems.push(format!(
+            "{} log lines at info or above during fsx (none expected), the first: {:?}",
+            noisy.len(),
+            &noisy[..noisy.len().min(5)]
+        ));
     }
 
     if !problems.is_empty() {
