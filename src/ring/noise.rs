@@ -85,11 +85,43 @@ fn noise_err(step: &'static str) -> impl Fn(snow::Error) -> WireError {
     }
 }
 
+/// The random numbers of a handshake (its ephemeral keys) from the
+/// `getrandom` the rest of the program uses: snow's own would pull a second
+/// version of it into the build.
+struct OsRandom;
+
+impl snow::types::Random for OsRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        getrandom::fill(dest).map_err(|_| snow::Error::Rng)
+    }
+}
+
+/// snow's default primitives, with [`OsRandom`].
+struct Resolver;
+
+impl snow::resolvers::CryptoResolver for Resolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        Some(Box::new(OsRandom))
+    }
+    fn resolve_dh(&self, c: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        snow::resolvers::DefaultResolver.resolve_dh(c)
+    }
+    fn resolve_hash(&self, c: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
+        snow::resolvers::DefaultResolver.resolve_hash(c)
+    }
+    fn resolve_cipher(
+        &self,
+        c: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        snow::resolvers::DefaultResolver.resolve_cipher(c)
+    }
+}
+
 fn builder(creds: &Credentials) -> Result<snow::Builder<'_>, WireError> {
     let params = NOISE_PARAMS
         .parse()
         .map_err(noise_err("parsing the Noise protocol name"))?;
-    snow::Builder::new(params)
+    snow::Builder::with_resolver(params, Box::new(Resolver))
         .local_private_key(creds.key.private())
         .and_then(|b| b.psk(3, creds.secret.psk()))
         .map_err(noise_err("setting up the handshake"))
