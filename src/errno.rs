@@ -63,8 +63,15 @@ impl From<io::Error> for Errno {
 }
 
 impl From<nix::Error> for Errno {
+    /// nix knows the errnos of its table only; any other (a network or FUSE
+    /// replica may return one, as NFS's internal ENOTSUPP 524) is its
+    /// `UnknownErrno`, 0: taken as EIO, what the client would get for it,
+    /// and a replica failure.
     fn from(e: nix::Error) -> Self {
-        Errno(e as i32)
+        match e {
+            nix::Error::UnknownErrno => Errno(libc::EIO),
+            e => Errno(e as i32),
+        }
     }
 }
 
@@ -84,5 +91,20 @@ impl fmt::Display for Errno {
 impl fmt::Debug for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", nix::errno::Errno::from_raw(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Errno;
+
+    #[test]
+    fn errnos_from_nix_keep_their_value_and_an_unknown_one_is_eio() {
+        assert_eq!(Errno::from(nix::Error::ENOENT), Errno(libc::ENOENT));
+        assert_eq!(Errno::from(nix::Error::ENOSPC), Errno(libc::ENOSPC));
+        // What nix makes of an errno outside its table (NFS's 524).
+        let unknown = nix::Error::from_raw(524);
+        assert_eq!(unknown, nix::Error::UnknownErrno);
+        assert_eq!(Errno::from(unknown), Errno(libc::EIO));
     }
 }
