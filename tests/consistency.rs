@@ -357,6 +357,37 @@ fn read_only_open_of_an_unlinked_file_across_its_replica_leaving() {
     m.assert_replicas_identical();
 }
 
+/// A read-only open whose replica left service and came back (it let go of
+/// its fd there) must read from that replica when it is the only one left
+/// serving, not answer EIO (review of the fix above); and `lseek` through
+/// it must work too.
+#[test]
+fn read_only_open_reads_its_replica_back_in_service_alone() {
+    use std::os::unix::fs::FileExt;
+    let fx = Fixture::new(&["read_policy=priority"]);
+    let m = &fx.m;
+    fs::write(m.path("f"), b"the only version").unwrap();
+    let ro = File::open(m.path("f")).expect("open f read-only");
+    let mut got = vec![0u8; 64];
+    let n = ro.read_at(&mut got, 0).expect("first read");
+    assert_same("f", &got[..n], b"the only version");
+    fx.set_enabled(0, false);
+    fx.set_enabled(0, true);
+    fx.wait_in_sync("after a is back");
+    fx.set_enabled(1, false);
+    drop_cached(&ro);
+    let n = ro.read_at(&mut got, 0).expect("read with only a serving");
+    assert_same("f, read from a alone", &got[..n], b"the only version");
+    use std::os::fd::AsRawFd;
+    // Safe: a plain lseek on a valid fd.
+    let end = unsafe { libc::lseek(ro.as_raw_fd(), 0, libc::SEEK_END) };
+    assert_eq!(end, 16, "lseek SEEK_END through the open");
+    drop(ro);
+    fx.set_enabled(1, true);
+    fx.wait_in_sync("after b is back");
+    m.assert_replicas_identical();
+}
+
 /// A file held open while a replica is out, whose resync then makes it
 /// anew on that replica (it was linked there to a name unlinked
 /// meanwhile): a later lookup of its name reads the new inode there. The

@@ -100,12 +100,7 @@ impl ChironFs {
     fn getattr_open(&self, h: &super::file::FileHandle) -> Result<Stat> {
         let mut tried = Vec::new();
         loop {
-            let r = self.serving_reader(h)?;
-            let Some(fd) = h.fd(r) else {
-                tried.push(r);
-                self.fail_over_reader(h, &tried)?;
-                continue;
-            };
+            let (r, fd) = self.reader_fd(h)?;
             let rep = &self.replicas[r];
             match self.on_replica(r, move |_| ops::fstat(fd.as_fd())) {
                 Ok(st) => return Ok(st),

@@ -74,6 +74,13 @@ impl FileHandle {
         }
     }
 
+    /// Whether this open lets go of its fd on `replica` when the replica
+    /// leaves service: every open but a read-only one in passthrough mode
+    /// on it (the kernel reads that backing file without asking).
+    pub(super) fn lets_go_of(&self, replica: usize) -> bool {
+        self.is_writable() || *self.mode.lock() != Mode::Passthrough(replica)
+    }
+
     pub fn mark_clean(&self) {
         self.dirty.store(false, Ordering::Relaxed);
     }
@@ -407,15 +414,8 @@ impl ChironFs {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         let mut tried = Vec::new();
         loop {
-            let r = self.serving_reader(&h)?;
+            let (r, fd) = self.reader_fd(&h)?;
             let rep = &self.replicas[r];
-            let Some(fd) = h.fd(r) else {
-                // Let go of by a resync (its file there was another's):
-                // read from another serving replica.
-                tried.push(r);
-                self.fail_over_reader(&h, &tried)?;
-                continue;
-            };
             let res = self.on_replica(r, move |_| {
                 ops::pread_full(fd.as_fd(), size as usize, offset)
             });
@@ -432,6 +432,21 @@ impl ChironFs {
     }
 
     /// Moves a handle's reads to another serving replica.
+    /// The serving reader of `h` and its fd there. An open without one
+    /// there (it let go of it when the replica left service, or a resync
+    /// replaced its file there) gets one from `fail_over_reader`: on the
+    /// replica the read policy picks, this one included (it serves the
+    /// file's current name, so that name is the open's file there).
+    pub(super) fn reader_fd(&self, h: &FileHandle) -> Result<(usize, Arc<OwnedFd>)> {
+        let r = self.serving_reader(h)?;
+        if let Some(fd) = h.fd(r) {
+            return Ok((r, fd));
+        }
+        self.fail_over_reader(h, &[])?;
+        let r = h.reader();
+        h.fd(r).map(|fd| (r, fd)).ok_or(Errno::EIO)
+    }
+
     pub(super) fn fail_over_reader(&self, h: &FileHandle, tried: &[usize]) -> Result<()> {
         let path = self.describe(h.ino);
         let next = self.choose_reader(&path, tried).ok_or(Errno::EIO)?;
@@ -891,8 +906,7 @@ impl ChironFs {
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
-        let r = self.serving_reader(&h)?;
-        let fd = h.fd(r).ok_or(Errno::EBADF)?;
+        let (r, fd) = self.reader_fd(&h)?;
         self.on_replica(r, move |_| ops::lseek(fd.as_fd(), offset, whence))
     }
 
@@ -950,10 +964,10 @@ impl ChironFs {
     /// next read. Not a read-only open's passthrough backing file: the
     /// kernel reads it without asking (src/DESIGN.md section 4).
     pub(super) fn forget_fds(&self, replica: usize) {
-        let drops = |h: &FileHandle| {
-            h.fd(replica).is_some() && (h.is_writable() || h.kernel_backing() != Some(replica))
-        };
-        for h in self.files.all(drops) {
+        for h in self
+            .files
+            .all(|h| h.fd(replica).is_some() && h.lets_go_of(replica))
+        {
             let fd = h.fds.lock().get_mut(replica).and_then(Option::take);
             let mut v = vec![None; replica + 1];
             v[replica] = fd;
@@ -1122,7 +1136,7 @@ impl ChironFs {
             }
             // Left service meanwhile: its fds go, as `forget_fds` does.
             if !rep.is_writable() {
-                for h in held.iter().filter(|h| h.is_writable()) {
+                for h in held.iter().filter(|h| h.lets_go_of(replica)) {
                     if let Some(fd) = h.drop_fd(replica) {
                         discard_on(&self.replicas, replica, fd);
                     }

@@ -52,6 +52,7 @@ pub fn sync_path(
     let mut job = Job {
         src,
         dst,
+        target: path,
         mode,
         ctl,
         stats: CopyStats::default(),
@@ -70,6 +71,8 @@ pub fn sync_path(
 struct Job<'a> {
     src: &'a Replica,
     dst: &'a Replica,
+    /// The path this call syncs (the marked one; others are beneath it).
+    target: &'a RelPath,
     mode: SyncMode,
     ctl: &'a CopyControl,
     stats: CopyStats,
@@ -517,9 +520,13 @@ impl Job<'_> {
             // write that reached the source alone (marking the name it went
             // through, not the first) leaves another size or mtime (every
             // write sets one mtime on all the replicas it reaches).
+            // The marked path itself is always copied, content (and, below,
+            // attributes): a change through it that reached the source
+            // alone may keep size and mtime (a later change through another
+            // name set one mtime on every replica; chmod, xattrs).
             let unchanged = now.st_size == sst.st_size
                 && (now.st_mtime, now.st_mtime_nsec) == (sst.st_mtime, sst.st_mtime_nsec);
-            if !seeded && unchanged {
+            if !seeded && unchanged && path != self.target {
                 drop(g);
                 self.count_entry();
                 return Ok(());

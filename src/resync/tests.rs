@@ -985,6 +985,31 @@ fn a_name_linked_to_a_first_copy_brings_a_later_write() {
 }
 
 #[test]
+fn a_marked_name_linked_to_a_first_copy_is_copied_even_with_equal_stamps() {
+    // Review of the fix above: a write through b reached the source alone
+    // (size unchanged), then a change through another name set one mtime
+    // on both replicas. The first copy then has the source's size and
+    // mtime, but not b's bytes: b, the marked path, must still be copied.
+    let (src, dst) = (TestReplica::new(0), TestReplica::new(1));
+    fs::write(src.p("a"), noise(20_000, 2)).unwrap();
+    fs::hard_link(src.p("a"), src.p("b")).unwrap();
+    let ctl = CopyControl::new(0);
+    sync_path(&src.rep, &dst.rep, &rel("a"), SyncMode::Entries, &ctl).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(src.p("b")).unwrap();
+    f.write_all_at(b"through b, on the source alone", 100)
+        .unwrap();
+    drop(f);
+    set_mtime(&src.p("a"), 1_700_000_000, 5);
+    set_mtime(&dst.p("a"), 1_700_000_000, 5);
+    sync_path(&src.rep, &dst.rep, &rel("b"), SyncMode::Entries, &ctl).unwrap();
+    assert!(
+        fs::read(dst.p("b")).unwrap() == fs::read(src.p("b")).unwrap(),
+        "b's write is missing"
+    );
+    assert_eq!(diffs(&src, &dst, "", true), set(&[]));
+}
+
+#[test]
 fn swapped_link_partners_are_found_and_fixed() {
     // Same link counts, same content, same times: only the link structure
     // tells {p1,p2},{q1,q2} on src from {p1,q1},{p2,q2} on dst.
