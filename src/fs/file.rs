@@ -257,6 +257,7 @@ impl ChironFs {
         }
         let ctl = crate::resync::CopyControl::new(0)
             .with_chunk_guard(self.lock_fn(false))
+            .with_made(self.made_fn())
             .verifying(true);
         let src = &self.replicas[backing];
         for i in self.writers().into_iter().filter(|&i| i != backing) {
@@ -994,54 +995,86 @@ impl ChironFs {
             };
             // The path on `replica` was just copied from `src`: it is this
             // open's file only if the path on `src` is the file this open
-            // holds there.
-            let on_src = self.replicas[src]
-                .dir(&ppath)
-                .and_then(|d| ops::stat_at(fd_of(&d), name.as_c()));
-            let held_src = h.fd(src).map(|fd| ops::fstat(fd.as_fd()));
-            match (on_src, held_src) {
-                (Ok(a), Some(Ok(b))) if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) => {}
-                _ => {
-                    held_back = true;
-                    continue;
-                }
+            // holds there. Every syscall on a replica runs on its own
+            // threads under `replica_timeout`: the resync holds the path's
+            // lock meanwhile, and a hung replica must not hold up every
+            // change of the path with it (checker seed 4: a join on a hung
+            // replica stalled the clients for the whole hang).
+            let Some(held_src) = h.fd(src) else {
+                held_back = true;
+                continue;
+            };
+            let (pp, nm) = (ppath.clone(), name.clone());
+            let same_on_src = self.on_replica(src, move |rep| {
+                let a = ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c())?;
+                let b = ops::fstat(held_src.as_fd())?;
+                Ok((a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
+            });
+            if !matches!(same_on_src, Ok(true)) {
+                held_back = true;
+                continue;
             }
-            let rep = &self.replicas[replica];
-            if let Some(fd) = h.fd(replica) {
-                // Still the file at the path there (not one the resync
-                // replaced): keep it.
-                let now = rep
-                    .dir(&ppath)
-                    .and_then(|d| ops::stat_at(fd_of(&d), name.as_c()));
-                let held = ops::fstat(fd.as_fd());
-                if let (Ok(a), Ok(b)) = (now, held)
-                    && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-                {
-                    continue;
-                }
-                h.fds.lock()[replica] = None;
-            }
+            let held = h.fd(replica);
             let oflags = h.oflags & !libc::O_TRUNC;
-            match rep
-                .dir(&ppath)
-                .and_then(|d| ops::openat(fd_of(&d), name.as_c(), oflags, 0))
-            {
-                Ok(fd) => {
-                    let mut fds = h.fds.lock();
-                    if fds[replica].is_none() {
-                        fds[replica] = Some(Arc::new(fd));
-                        tracing::trace!(
-                            target: AUDIT,
-                            "join {path} ino {} r{replica}: {:?}",
-                            h.ino,
-                            audit_inos(&self.replicas, &fds)
-                        );
+            let (pp, nm, old) = (ppath.clone(), name.clone(), held.clone());
+            let joined = self.on_replica(replica, move |rep| {
+                let dir = rep.dir(&pp)?;
+                if let Some(fd) = &old {
+                    // Still the file at the path there (not one the
+                    // resync replaced): kept.
+                    let now = ops::stat_at(fd_of(&dir), nm.as_c());
+                    let held = ops::fstat(fd.as_fd());
+                    if let (Ok(a), Ok(b)) = (now, held)
+                        && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+                    {
+                        return Ok(None);
+                    }
+                }
+                ops::openat(fd_of(&dir), nm.as_c(), oflags, 0).map(|fd| Some(Arc::new(fd)))
+            });
+            let rep = &self.replicas[replica];
+            match joined {
+                Ok(None) => {}
+                Ok(Some(fd)) => {
+                    let old = {
+                        let mut fds = h.fds.lock();
+                        let same = match (&fds[replica], &held) {
+                            (Some(now), Some(was)) => Arc::ptr_eq(now, was),
+                            (None, None) => true,
+                            _ => false,
+                        };
+                        // Changed meanwhile (the replica left service and
+                        // `forget_fds` took it): left as it is.
+                        if same {
+                            let old = fds[replica].replace(fd.clone());
+                            tracing::trace!(
+                                target: AUDIT,
+                                "join {path} ino {} r{replica}: {:?}",
+                                h.ino,
+                                audit_inos(&self.replicas, &fds)
+                            );
+                            old
+                        } else {
+                            held_back = true;
+                            Some(fd)
+                        }
+                    };
+                    if let Some(old) = old {
+                        discard_on(&self.replicas, replica, old);
                     }
                 }
                 Err(e) => {
                     tracing::debug!(
                         "cannot open {path} on a returning replica for a held handle: {e}"
                     );
+                    // Whether the fd it holds there is the file's is not
+                    // known: its writes skip the replica and mark the path.
+                    if let Some(old) = h.drop_fd(replica) {
+                        discard_on(&self.replicas, replica, old);
+                    }
+                    if rep.is_failure(e) {
+                        self.fail(replica, "open", path, e);
+                    }
                     held_back = true;
                 }
             }

@@ -233,6 +233,33 @@ impl InodeTable {
         }
     }
 
+    /// A resync put backing inode `key` at `path` on replica `key.0` (made
+    /// the entry anew there, or linked it to another name's copy): the
+    /// node the path names keeps its number, with `key` as its identity on
+    /// that replica, so that a lookup that reads it there is not taken for
+    /// a file replaced behind the table's back (a new number would orphan
+    /// the kernel's dentry for the name: its next open ENOENT). Changes the
+    /// table did not see keep that rule ([`InodeTable::lookup`]).
+    pub fn remade(&mut self, path: &RelPath, kind: u32, key: BackingKey) {
+        let Some(ino) = self.resolve(path) else {
+            return;
+        };
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if node.kind != kind {
+            return;
+        }
+        let Some(pos) = node.keys.iter().position(|n| n.0 == key.0) else {
+            return;
+        };
+        let old = std::mem::replace(&mut node.keys[pos], key);
+        if old != key && self.keys.get(&old) == Some(&ino) {
+            self.keys.remove(&old);
+        }
+        self.keys.insert(key, ino);
+    }
+
     /// The number an entry seen in a directory listing has or will have,
     /// so that readdir's d_ino matches the st_ino a later stat returns.
     pub fn number_for(&mut self, key: BackingKey) -> u64 {
@@ -555,6 +582,30 @@ mod tests {
         assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 21)], 2), d);
         // Replaced on the replica it was last read from: a new inode.
         assert_ne!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 22)], 2), d);
+    }
+
+    #[test]
+    fn a_name_the_resync_remade_keeps_its_number() {
+        // The resync made the file (and a directory) anew on replica 1,
+        // the replica each was last read from, and said so: the next
+        // lookup there is the same node (checker seed 6: a new number
+        // orphaned the kernel's dentry and the next open got ENOENT).
+        let mut t = InodeTable::new();
+        let d = look(&mut t, ROOT, "d", DIR, &[(1, 2, 20)], 2);
+        let f = look(&mut t, d, "f", REG, &[(1, 2, 30), (0, 1, 40)], 1);
+        t.remade(&RelPath::from_bytes(b"d/f").unwrap(), REG, (1, 2, 31));
+        t.remade(&RelPath::from_bytes(b"d").unwrap(), DIR, (1, 2, 21));
+        assert_eq!(look(&mut t, ROOT, "d", DIR, &[(1, 2, 21)], 2), d);
+        assert_eq!(look(&mut t, d, "f", REG, &[(1, 2, 31)], 1), f);
+        // The old inode is no longer this file's: a name found there is
+        // not joined to it.
+        assert!(t.candidates(REG, &[(1, 2, 30)]).is_empty());
+        assert_eq!(t.candidates(REG, &[(1, 2, 31)])[0].0, f);
+        // Of another kind at that path: not this node.
+        t.remade(&RelPath::from_bytes(b"d/f").unwrap(), DIR, (1, 2, 32));
+        assert_eq!(look(&mut t, d, "f", REG, &[(1, 2, 31)], 1), f);
+        // A change the table did not see still gives a new number.
+        assert_ne!(look(&mut t, d, "f", REG, &[(1, 2, 33)], 1), f);
     }
 
     #[test]

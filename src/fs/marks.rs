@@ -252,6 +252,28 @@ impl ChironFs {
     /// mark is written, the replica's after it, and only then is the path
     /// taken from an in-sync replica's reads.
     pub(super) fn record_missed(&self, p: &RelPath, replica: usize) {
+        self.record_missed_name(p, replica);
+        // A file with several links: its other names are the same inode,
+        // and the replica must not serve them either (src/DESIGN.md
+        // section 4, "Who may serve a path").
+        for q in self.other_names(p) {
+            self.record_missed_name(&q, replica);
+        }
+    }
+
+    /// The other names the inode table knows for `p`'s file, if it has
+    /// several links.
+    fn other_names(&self, p: &RelPath) -> Vec<RelPath> {
+        let t = self.inodes.read();
+        match t.resolve(p) {
+            Some(ino) if t.has_links(ino) => {
+                t.names_of(p).into_iter().filter(|q| q != p).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn record_missed_name(&self, p: &RelPath, replica: usize) {
         let r = &self.replicas[replica];
         tracing::trace!(target: AUDIT, "mark {p} r{replica}");
         self.marks.stripe(p, replica).fetch_add(1, Ordering::SeqCst);

@@ -245,6 +245,17 @@ impl ChironFs {
         move |p: &RelPath| inodes.read().names_of(p)
     }
 
+    /// Tells the inode table what a copy put anew at a path
+    /// ([`crate::resync::CopyControl::with_made`]).
+    fn made_fn(&self) -> impl Fn(usize, &RelPath, &Stat) + Send + Sync + 'static {
+        let inodes = self.inodes.clone();
+        move |i: usize, p: &RelPath, st: &Stat| {
+            inodes
+                .write()
+                .remade(p, st.st_mode & libc::S_IFMT, (i, st.st_dev, st.st_ino))
+        }
+    }
+
     /// Replicas that receive mutations (in sync or resyncing), in index order.
     fn writers(&self) -> Vec<usize> {
         self.replicas

@@ -126,7 +126,8 @@ impl ChironFs {
             CopyControl::with_throttle(throttle.clone())
                 .with_chunk_guard(me)
                 .with_link_hint(self.link_hint())
-                .with_displace(self.displace_fn()),
+                .with_displace(self.displace_fn())
+                .with_made(self.made_fn()),
         );
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         *self.running[i].lock() = Some((Instant::now(), ctl.clone(), total.clone()));

@@ -283,6 +283,9 @@ impl Job<'_> {
         }
         let sd = sys::open_subdir(sdir, name).map_err(raced_if_absent)?;
         let dd = sys::open_subdir(ddir, name).map_err(raced_if_absent)?;
+        if !exists {
+            self.made(path, None, &ops::fstat(fd_of(&dd))?);
+        }
         drop(g);
         self.sync_children(path, fd_of(&sd), fd_of(&dd))?;
         let _g = self.guard(path);
@@ -488,6 +491,20 @@ impl Job<'_> {
         false
     }
 
+    /// Tells the filesystem when `path` on the destination is another
+    /// inode than `before` ([`CopyControl::with_made`]).
+    fn made(&self, path: &RelPath, before: Option<&Stat>, now: &Stat) {
+        if before.is_none_or(|b| !same_inode(b, now)) {
+            tracing::trace!(
+                target: "chironfs::audit",
+                "{path} on r{} is now inode {}",
+                self.dst.index,
+                now.st_ino
+            );
+            self.ctl.made(self.dst.index, path, now);
+        }
+    }
+
     fn forget_first(&self, key: (u64, u64)) -> bool {
         self.ctl.links.lock().first.remove(&key);
         false
@@ -513,9 +530,12 @@ impl Job<'_> {
             g
         };
         let seeded = sst.st_nlink > 1 && self.seed_first(sdir, path, sst);
+        let mut before = dst_st;
         let mut linked = None;
         if sst.st_nlink > 1 && self.link_to_first(ddir, path, name, sst, dst_st.as_ref())? {
             let now = ops::stat_at(ddir, name)?;
+            self.made(path, before.as_ref(), &now);
+            before = Some(now);
             // The first copy is current unless the file changed since: a
             // write that reached the source alone (marking the name it went
             // through, not the first) leaves another size or mtime (every
@@ -584,6 +604,7 @@ impl Job<'_> {
             if linked.is_some() { ", linked to the first copy" } else { "" }
         );
         self.claim(path, sst, &dst_now);
+        self.made(path, before.as_ref(), &dst_now);
         drop(g);
         self.copy_content(path, &sfd, &dfd, sst.st_nlink)?;
         let _g = self.file_guard(path, ops::fstat(fd_of(&sfd))?.st_nlink.max(sst.st_nlink));
@@ -604,6 +625,7 @@ impl Job<'_> {
         dst_st: Option<Stat>,
     ) -> Result<()> {
         if sst.st_nlink > 1 && self.link_to_first(ddir, path, name, sst, dst_st.as_ref())? {
+            self.made(path, dst_st.as_ref(), &ops::stat_at(ddir, name)?);
             return Ok(());
         }
         let target = if kind(sst) == libc::S_IFLNK {
@@ -641,7 +663,9 @@ impl Job<'_> {
                 r => r?,
             }
         }
-        self.claim(path, sst, &ops::stat_at(ddir, name)?);
+        let now = ops::stat_at(ddir, name)?;
+        self.claim(path, sst, &now);
+        self.made(path, dst_st.as_ref(), &now);
         copy_attrs(At::Entry(sdir, name), sst, At::Entry(ddir, name))
     }
 

@@ -122,7 +122,11 @@ pub struct CopyControl {
     links: Mutex<LinkMap>,
     link_hint: Box<HintFn>,
     displaced: Box<DisplaceFn>,
+    made: Box<MadeFn>,
 }
+
+/// (destination replica index, path, the new entry's stat).
+type MadeFn = dyn Fn(usize, &RelPath, &Stat) + Send + Sync;
 
 type HintFn = dyn Fn(&RelPath) -> Vec<RelPath> + Send + Sync;
 
@@ -161,7 +165,27 @@ impl CopyControl {
             links: Mutex::new(LinkMap::default()),
             link_hint: Box::new(|_| Vec::new()),
             displaced: Box::new(|_, _, _, _| false),
+            made: Box::new(|_, _, _| ()),
         }
+    }
+
+    /// Sets who learns that the copy put another inode at a path on the
+    /// destination (made a file, directory or special file anew, or linked
+    /// the name to a first copy): `f(dst, path, stat)`, called under the
+    /// path's guard, before the path's mark can be cleared. The filesystem
+    /// keeps the number it gave the path's file (src/DESIGN.md section 4,
+    /// inode numbers): a name the resync remade is the same file to it.
+    pub fn with_made(
+        mut self,
+        f: impl Fn(usize, &RelPath, &Stat) + Send + Sync + 'static,
+    ) -> CopyControl {
+        self.made = Box::new(f);
+        self
+    }
+
+    /// Tells [`CopyControl::with_made`]'s function about a new entry.
+    pub(crate) fn made(&self, dst: usize, path: &RelPath, st: &Stat) {
+        (self.made)(dst, path, st)
     }
 
     /// Sets how the engine learns that a destination file is held open by

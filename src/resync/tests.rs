@@ -1081,3 +1081,45 @@ fn speed_against_cp() {
     let diff = start.elapsed();
     eprintln!("cp -a {cp:?}, sync_path {ours:?}, diff_tree {diff:?} ({n} diffs)");
 }
+
+#[test]
+fn every_entry_put_anew_on_the_destination_is_told() {
+    // The filesystem keeps a name's inode number across a resync that
+    // made the name anew on a replica only if it is told the new inode
+    // (checker seed 6: ENOENT after a renumbered name). Every kind: a
+    // file made anew (a link group the destination had and the source
+    // left), a name linked to a first copy, a directory, a symlink; a
+    // file written in place is not a new inode and is not told.
+    let (src, dst) = (TestReplica::new(0), TestReplica::new(1));
+    for t in [&src, &dst] {
+        fs::write(t.p("anew"), b"old").unwrap();
+        fs::hard_link(t.p("anew"), t.p("other")).unwrap();
+        fs::write(t.p("inplace"), b"old").unwrap();
+    }
+    fs::remove_file(src.p("other")).unwrap();
+    fs::write(src.p("anew"), b"new").unwrap();
+    fs::write(src.p("inplace"), b"new content").unwrap();
+    fs::create_dir(src.p("d")).unwrap();
+    fs::write(src.p("d/g"), b"g").unwrap();
+    fs::hard_link(src.p("d/g"), src.p("g2")).unwrap();
+    symlink("anew", src.p("s")).unwrap();
+    let told: Arc<Mutex<Vec<(usize, String, u64)>>> = Arc::default();
+    let t = told.clone();
+    let ctl = CopyControl::new(0).with_made(move |i, p, st| {
+        let p = p.to_string().trim_start_matches('/').to_string();
+        t.lock().unwrap().push((i, p, st.st_ino));
+    });
+    for p in ["anew", "d", "g2", "inplace", "s", "other"] {
+        sync_path(&src.rep, &dst.rep, &rel(p), SyncMode::Entries, &ctl).unwrap();
+    }
+    assert_eq!(diffs(&src, &dst, "", true), set(&[]));
+    let ino = |p: &str| fs::symlink_metadata(dst.p(p)).unwrap().ino();
+    let mut want: Vec<(usize, String, u64)> = ["anew", "d", "d/g", "g2", "s"]
+        .iter()
+        .map(|p| (1, p.to_string(), ino(p)))
+        .collect();
+    let mut got = told.lock().unwrap().clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+}
