@@ -1046,6 +1046,13 @@ impl ChironFs {
                         // Changed meanwhile (the replica left service and
                         // `forget_fds` took it): left as it is.
                         if same {
+                            // An fd on another inode than the path's there
+                            // (the resync replaced the file at the path, a
+                            // name linked to a first copy made anew): what
+                            // was written through it since did not reach
+                            // the file, so the mark stays and the next pass
+                            // copies the path again (checker seed 10).
+                            held_back |= held.is_some();
                             let old = fds[replica].replace(fd.clone());
                             tracing::trace!(
                                 target: AUDIT,

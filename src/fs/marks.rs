@@ -266,9 +266,7 @@ impl ChironFs {
     fn other_names(&self, p: &RelPath) -> Vec<RelPath> {
         let t = self.inodes.read();
         match t.resolve(p) {
-            Some(ino) if t.has_links(ino) => {
-                t.names_of(p).into_iter().filter(|q| q != p).collect()
-            }
+            Some(ino) if t.has_links(ino) => t.names_of(p).into_iter().filter(|q| q != p).collect(),
             _ => Vec::new(),
         }
     }

@@ -365,15 +365,15 @@ impl Job<'_> {
     /// source inode `s`: it has no other name; or this pass copied `s` into
     /// it (its names are names of `s` this pass linked to it: replacing it
     /// would split them off, while the names of `s` not linked yet have
-    /// fewer links there); or, not claimed this pass, it looks like the same
-    /// link group (as many links).
+    /// fewer links there); or, not claimed this pass from this source, it
+    /// looks like the same link group (as many links).
     fn reusable(&self, s: &Stat, d: &Stat) -> bool {
         if d.st_nlink <= 1 {
             return true;
         }
         match self.ctl.links.lock().claimed.get(&inode_key(d)) {
-            Some(k) => *k == inode_key(s),
-            None => s.st_nlink == d.st_nlink,
+            Some((src, k)) if *src == self.src.index => *k == inode_key(s),
+            _ => s.st_nlink == d.st_nlink,
         }
     }
 
@@ -384,7 +384,9 @@ impl Job<'_> {
             return;
         }
         let mut links = self.ctl.links.lock();
-        links.claimed.insert(inode_key(d), inode_key(s));
+        links
+            .claimed
+            .insert(inode_key(d), (self.src.index, inode_key(s)));
         if s.st_nlink > 1 {
             links
                 .first

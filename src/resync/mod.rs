@@ -141,10 +141,11 @@ pub(crate) struct LinkMap {
     /// Source inode (dev, ino) with more than one link -> the path it was
     /// first synced at (on both replicas).
     pub(crate) first: HashMap<(u64, u64), RelPath>,
-    /// Destination inode (dev, ino) -> the source inode it now holds a copy
-    /// of, so that a destination inode shared by unrelated paths is never
-    /// written in place for two different sources.
-    pub(crate) claimed: HashMap<(u64, u64), (u64, u64)>,
+    /// Destination inode (dev, ino) -> the source replica and the source
+    /// inode it now holds a copy of, so that a destination inode shared by
+    /// unrelated paths is never written in place for two different sources.
+    /// (Inode numbers of two source replicas say nothing of each other.)
+    pub(crate) claimed: HashMap<(u64, u64), (usize, (u64, u64))>,
 }
 
 impl CopyControl {

@@ -1123,3 +1123,33 @@ fn every_entry_put_anew_on_the_destination_is_told() {
     got.sort();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_first_copy_copied_again_from_another_source_is_kept() {
+    // Checker seed 10 (60 s, fdd9db6): one resync pass copied a link group
+    // from replica 1, then (replica 1 taken out) the group's first name
+    // again from replica 2. The claim of the first copy named replica 1's
+    // inode, so the copy from replica 2 took it for another file and made
+    // it anew: the names linked to it so far were split off, and an open
+    // made through one of them in that window wrote the old inode.
+    let (a, dst, b) = (
+        TestReplica::new(0),
+        TestReplica::new(1),
+        TestReplica::new(2),
+    );
+    for t in [&a, &b] {
+        fs::write(t.p("f1"), b"the group").unwrap();
+        fs::hard_link(t.p("f1"), t.p("f2")).unwrap();
+    }
+    let ctl = CopyControl::new(0);
+    for p in ["f1", "f2"] {
+        sync_path(&a.rep, &dst.rep, &rel(p), SyncMode::Entries, &ctl).unwrap();
+    }
+    let ino = |p: &str| fs::metadata(dst.p(p)).unwrap().ino();
+    let first = ino("f1");
+    assert_eq!(ino("f2"), first);
+    sync_path(&b.rep, &dst.rep, &rel("f1"), SyncMode::Entries, &ctl).unwrap();
+    assert_eq!(ino("f1"), first, "the first copy was made anew");
+    assert_eq!(ino("f2"), first, "f2 split from f1");
+    assert_eq!(diffs(&b, &dst, "", true), set(&[]));
+}
