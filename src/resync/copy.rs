@@ -283,9 +283,8 @@ impl Job<'_> {
         }
         let sd = sys::open_subdir(sdir, name).map_err(raced_if_absent)?;
         let dd = sys::open_subdir(ddir, name).map_err(raced_if_absent)?;
-        if !exists {
-            self.made(path, None, &ops::fstat(fd_of(&dd))?);
-        }
+        let dst_now = ops::fstat(fd_of(&dd))?;
+        self.made(path, exists.then_some(&dst_now), &dst_now);
         drop(g);
         self.sync_children(path, fd_of(&sd), fd_of(&dd))?;
         let _g = self.guard(path);
@@ -493,8 +492,11 @@ impl Job<'_> {
         false
     }
 
-    /// Tells the filesystem when `path` on the destination is another
-    /// inode than `before` ([`CopyControl::with_made`]).
+    /// Tells the filesystem which inode `path` is on the destination now
+    /// ([`CopyControl::with_made`]), whether or not it is another than
+    /// `before`: the copy may also keep an entry the filesystem did not
+    /// know there (a directory a rename failed to replace on this replica
+    /// alone).
     fn made(&self, path: &RelPath, before: Option<&Stat>, now: &Stat) {
         if before.is_none_or(|b| !same_inode(b, now)) {
             tracing::trace!(
@@ -503,8 +505,8 @@ impl Job<'_> {
                 self.dst.index,
                 now.st_ino
             );
-            self.ctl.made(self.dst.index, path, now);
         }
+        self.ctl.made(self.dst.index, path, now);
     }
 
     fn forget_first(&self, key: (u64, u64)) -> bool {

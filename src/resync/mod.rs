@@ -170,12 +170,12 @@ impl CopyControl {
         }
     }
 
-    /// Sets who learns that the copy put another inode at a path on the
-    /// destination (made a file, directory or special file anew, or linked
-    /// the name to a first copy): `f(dst, path, stat)`, called under the
-    /// path's guard, before the path's mark can be cleared. The filesystem
-    /// keeps the number it gave the path's file (src/DESIGN.md section 4,
-    /// inode numbers): a name the resync remade is the same file to it.
+    /// Sets who learns which inode each entry the copy synced is on the
+    /// destination (made anew, linked to a first copy, or kept):
+    /// `f(dst, path, stat)`, called under the path's guard, before the
+    /// path's mark can be cleared. The filesystem keeps the number it gave
+    /// the path's file (src/DESIGN.md section 4, inode numbers): a name the
+    /// resync remade is the same file to it.
     pub fn with_made(
         mut self,
         f: impl Fn(usize, &RelPath, &Stat) + Send + Sync + 'static,
