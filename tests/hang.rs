@@ -59,6 +59,11 @@ impl Rig {
 
     /// Like `new`, probing failed replicas every `probe` seconds.
     fn with_probe(fault_first: bool, probe: &str) -> Rig {
+        Rig::with_options(fault_first, probe, &[])
+    }
+
+    /// Like `with_probe`, with more mount options.
+    fn with_options(fault_first: bool, probe: &str, extra: &[&str]) -> Rig {
         let fault = FaultFs::start();
         let mut b = Mount::builder();
         if fault_first {
@@ -68,13 +73,15 @@ impl Rig {
         }
         // No kernel caching on the chironfs side either: every operation the
         // test times reaches the daemon.
-        let mount = b
+        b = b
             .option(&format!("replica_timeout={}", REPLICA_TIMEOUT.as_secs()))
             .option("attr_timeout=0")
             .option("entry_timeout=0")
-            .option(&format!("probe_interval={probe}"))
-            .watchdog(Duration::from_secs(300))
-            .mount();
+            .option(&format!("probe_interval={probe}"));
+        for o in extra {
+            b = b.option(o);
+        }
+        let mount = b.watchdog(Duration::from_secs(300)).mount();
         let (fi, hi) = if fault_first { (0, 1) } else { (1, 0) };
         Rig {
             mount,
@@ -547,4 +554,67 @@ fn hung_replica_that_recovers_is_resynced_identical() {
 #[test]
 fn eio_replica_that_recovers_is_resynced_identical() {
     failed_then_recovered("eio");
+}
+
+/// A replica that hangs in the middle of its resync, while the copy of a
+/// file to it holds that file's lock: writes to the file, and a hard link
+/// (which takes every path lock), complete within about the deadline, the
+/// hung replica is failed, and once it recovers it is resynced identical.
+/// (Checker seeds 4 and 16: clients stalled for as long as the hang.)
+#[test]
+fn a_replica_hanging_mid_resync_holds_up_no_write() {
+    let rig = Rig::with_options(false, "0.2", &["resync_bandwidth=8"]);
+    let mount = &rig.mount;
+    // 24 MiB at 8 MiB/s: the copy runs for about 3 s, one 1 MiB chunk at
+    // a time, each written under the file's lock.
+    let big = pattern(7, 24 << 20);
+    ok("write big", write_file(&rig.path("big"), &big));
+    ok("write small", write_file(&rig.path("small"), b"small"));
+    rig.fault.set_mode("eio");
+    let mut changed = big.clone();
+    changed[..5].copy_from_slice(b"first");
+    ok(
+        "change big with the replica failing",
+        write_file(&rig.path("big"), &changed),
+    );
+    rig.assert_fault_failed();
+    rig.fault.set_mode("ok");
+    assert!(
+        mount.wait_for_log("is back; resyncing it", Duration::from_secs(30)),
+        "the replica did not come back:\n{}",
+        mount.log()
+    );
+    thread::sleep(Duration::from_millis(700));
+    rig.fault.set_mode("hang");
+    // The copy's next chunk write hangs, holding big's lock.
+    thread::sleep(Duration::from_millis(500));
+    let p = rig.path("big");
+    ok(
+        "write big while its copy hangs",
+        timed("write big while its copy hangs", BOUND, move || {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(&p)?;
+            f.write_all_at(b"second", 0)
+        }),
+    );
+    changed[..6].copy_from_slice(b"second");
+    let (a, b) = (rig.path("small"), rig.path("small-link"));
+    ok(
+        "link while the copy hangs",
+        timed("link while the copy hangs", BOUND, move || {
+            fs::hard_link(&a, &b)
+        }),
+    );
+    rig.fault.set_mode("ok");
+    assert!(
+        mount.wait_for_log("is in sync again", Duration::from_secs(60)),
+        "the recovered replica was not resynced:\n{}",
+        mount.log()
+    );
+    mount.assert_replicas_identical();
+    assert_same(
+        "big",
+        &ok("read big", read_uncached(&rig.path("big"))),
+        &changed,
+    );
 }

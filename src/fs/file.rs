@@ -256,7 +256,7 @@ impl ChironFs {
             return; // unlinked: no name left to copy to
         }
         let ctl = crate::resync::CopyControl::new(0)
-            .with_chunk_guard(self.lock_fn(false))
+            .with_chunk_guard(self.lock_fn(false, None))
             .with_made(self.made_fn())
             .verifying(true);
         let src = &self.replicas[backing];
@@ -593,7 +593,7 @@ impl ChironFs {
         let mut held = held.to_vec();
         held.sort_by_key(|h| !h.is_writable());
         // The caller (unlink, rename) holds the opens' gates.
-        let _g = self.locks.lock_all(std::slice::from_ref(path));
+        let _g = self.lock_for_change("open", std::slice::from_ref(path), false);
         let Some(src) = held.iter().find_map(|h| {
             self.readers()
                 .into_iter()
@@ -1124,7 +1124,7 @@ impl ChironFs {
             // Every change through these opens waits (gates before the
             // lock, as a change takes them).
             let _gates = hold_gates(&held);
-            let _g = self.locks.lock_all(&[RelPath::root()]);
+            let _g = self.lock_for_change("resync", &[RelPath::root()], false);
             let rep = &self.replicas[replica];
             if !rep.is_writable() || held.iter().all(|h| h.fd(replica).is_some()) {
                 continue;

@@ -125,7 +125,7 @@ impl ChironFs {
     pub fn new(replicas: Vec<Replica>, store: Arc<dyn MetaStore>, opts: FsOptions) -> ChironFs {
         ChironFs {
             marks: marks::Marks::new(store, replicas.len(), opts.ledger_generation),
-            locks: locks::PathLocks::new(),
+            locks: locks::PathLocks::new(opts.replica_timeout),
             running: (0..replicas.len())
                 .map(|_| parking_lot::Mutex::new(None))
                 .collect(),
@@ -164,23 +164,43 @@ impl ChironFs {
     /// through the names the inode table knows (a hung remote destination
     /// must not stop every write; a name the table does not know is not
     /// covered then).
+    /// `copy_to`: the one replica the copy writes to, if it is one (a
+    /// mutation that waits `replica_timeout` for a lock such a copy holds
+    /// fails that replica and takes the lock over: `locks`).
     fn lock_fn(
         &self,
         local: bool,
+        copy_to: Option<usize>,
     ) -> impl Fn(&RelPath, bool) -> crate::resync::ChunkGuard + Send + Sync + 'static {
         let stripes = self.locks.shared();
         let inodes = self.inodes.clone();
         move |p: &RelPath, linked: bool| -> crate::resync::ChunkGuard {
             if linked && local {
-                Box::new(locks::lock_every(&stripes))
+                Box::new(locks::lock_every(&stripes, copy_to))
             } else if linked {
                 let mut names = inodes.read().names_of(p);
                 names.push(p.clone());
-                Box::new(locks::lock_paths_in(&stripes, &names))
+                Box::new(locks::lock_paths_in(&stripes, &names, copy_to))
             } else {
-                Box::new(locks::lock_in(&stripes, p))
+                Box::new(locks::lock_in(&stripes, p, copy_to))
             }
         }
+    }
+
+    /// Locks `paths` for a change (see `locks`); a replica whose copy held
+    /// one of them past `replica_timeout` is failed first (it is hung in
+    /// the middle of its resync). Returns the guards and those replicas.
+    fn lock_for_change(&self, op: &str, paths: &[RelPath], every: bool) -> locks::Locked {
+        let locked = if every {
+            self.locks.lock_every()
+        } else {
+            self.locks.lock_all(paths)
+        };
+        let shown = paths.first().cloned().unwrap_or_else(RelPath::root);
+        for &r in &locked.stuck {
+            self.fail(r, op, &shown, Errno::ETIMEDOUT);
+        }
+        locked
     }
 
     /// For the copy engine ([`crate::resync::CopyControl::with_displace`]):
@@ -384,11 +404,27 @@ impl ChironFs {
         // either name change one inode, and a copy of the file in progress
         // (which sees the new link count at its next chunk) must not
         // overlap it.
-        let guards = if op == "link" {
-            self.locks.lock_every()
+        let locked = self.lock_for_change(op, &marked, op == "link");
+        // A replica found hung under a copy's lock is failed: not a
+        // target any more, so it is marked (`missed`) below.
+        let kept: Vec<usize>;
+        let targets = if locked.stuck.is_empty() {
+            targets
         } else {
-            self.locks.lock_all(&marked)
+            kept = targets
+                .iter()
+                .copied()
+                .filter(|i| !locked.stuck.contains(i))
+                .collect();
+            if kept.is_empty() || kept.len() < needed {
+                // Nothing applied: nothing more to mark.
+                drop(locked);
+                self.end(&marked, &[]);
+                return Err(Errno::EIO);
+            }
+            &kept
         };
+        let guards = locked.guards;
         // An in-sync replica marked for the path may lack it (it is copied
         // later): like a resyncing one, it follows rather than votes.
         let stale: Vec<usize> = targets

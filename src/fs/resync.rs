@@ -121,7 +121,7 @@ impl ChironFs {
         }
         let _lease = Lease(self);
         let src = &self.replicas[src];
-        let me = self.lock_fn(r.inline);
+        let me = self.lock_fn(r.inline, Some(i));
         let ctl = Arc::new(
             CopyControl::with_throttle(throttle.clone())
                 .with_chunk_guard(me)
@@ -259,7 +259,7 @@ impl ChironFs {
                 // Handles opened while the replica was out get an fd on it
                 // now, under the path's lock, so their next writes reach it.
                 let held_back = {
-                    let _g = self.locks.lock_all(std::slice::from_ref(&p));
+                    let _g = self.lock_for_change("resync", std::slice::from_ref(&p), false);
                     self.join_handles(&p, i, src.index)
                 };
                 if held_back {

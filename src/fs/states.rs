@@ -44,6 +44,10 @@ impl ChironFs {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         if r.mark_failed(op, path, err) {
+            // A copy to it stops at its next step (it may be the one hung).
+            if let Some((_, ctl, _)) = self.running[i].lock().as_ref() {
+                ctl.cancel();
+            }
             self.forget_fds(i);
             self.persist_state(i, ReplicaState::Failed, format!("{op} {path}: {err}"));
             self.record_ledger();
