@@ -54,6 +54,10 @@ pub struct NodeConfig {
     pub anti_entropy_interval: Option<Duration>,
     /// How often the layout is pulled from a peer.
     pub layout_interval: Duration,
+    /// The longest read lease this node grants, and how long after it
+    /// starts it assumes that grants it made before may still run
+    /// (`ring.read_lease`).
+    pub read_lease: Duration,
 }
 
 impl NodeConfig {
@@ -65,9 +69,13 @@ impl NodeConfig {
             hint_interval: Some(Duration::from_secs(1)),
             anti_entropy_interval: Some(Duration::from_secs(10)),
             layout_interval: Duration::from_secs(2),
+            read_lease: DEFAULT_READ_LEASE,
         }
     }
 }
+
+/// `ring.read_lease` when not configured.
+pub const DEFAULT_READ_LEASE: Duration = Duration::from_secs(6);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
@@ -192,6 +200,8 @@ struct Inner {
     tombstones: Mutex<HashMap<Vec<u8>, Dvv>>,
     stats: Stats,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Read leases this node granted (section 7, "Read leases").
+    grants: Mutex<super::lease::Grants>,
 }
 
 /// A ring member. Cheap to clone (one shared state).
@@ -240,6 +250,7 @@ impl Node {
                 cfg.quorum
             );
         }
+        let cfg_read_lease = cfg.read_lease;
         Ok(Node {
             inner: Arc::new(Inner {
                 listener: RwLock::new(None),
@@ -253,6 +264,10 @@ impl Node {
                 tombstones: Mutex::new(HashMap::new()),
                 stats: Stats::default(),
                 tasks: Mutex::new(Vec::new()),
+                grants: Mutex::new(super::lease::Grants::new(
+                    crate::clock::boot_ns(),
+                    cfg_read_lease,
+                )),
             }),
         })
     }
@@ -301,6 +316,85 @@ impl Node {
             }
         }
         missing
+    }
+
+    /// Asks every member of the current layout (this node included) for a
+    /// read lease of `term`. Returns the shortest term granted if a
+    /// majority granted one. The caller counts its lease from before this
+    /// call (`lease::holder_expiry`).
+    pub async fn grant_round(&self, term: Duration) -> Option<Duration> {
+        let me = self.inner.cfg.id.clone();
+        let members: Vec<NodeId> = self.layout().current.nodes.into_keys().collect();
+        let term_ms = u64::try_from(term.as_millis()).unwrap_or(u64::MAX);
+        let calls = members.iter().filter(|n| **n != me).map(|n| {
+            let (net, n) = (self.inner.net.clone(), n.clone());
+            tokio::spawn(async move { net.call(&n, Request::LeaseGrant { term_ms }).await })
+        });
+        let calls: Vec<_> = calls.collect();
+        let mut granted: Vec<Duration> = Vec::new();
+        if members.contains(&me) {
+            granted.push(self.grant_local(&me, term));
+        }
+        for c in calls {
+            if let Ok(Ok(Response::Granted(ms))) = c.await {
+                granted.push(Duration::from_millis(ms).min(term));
+            }
+        }
+        if !super::lease::majority(granted.len(), members.len()) {
+            return None;
+        }
+        granted.into_iter().min()
+    }
+
+    fn grant_local(&self, host: &NodeId, term: Duration) -> Duration {
+        self.inner
+            .grants
+            .lock()
+            .grant(host, term, crate::clock::boot_ns())
+    }
+
+    /// Asks every member of the current layout (this node included) how
+    /// long its read-lease grants to `hosts` have left. If a majority
+    /// answered, returns the instant (on this host's monotonic clock)
+    /// after which every lease those hosts held through any of them is
+    /// over; a lease they hold needed a majority too, so it is over then.
+    pub async fn lease_left_round(&self, hosts: &[NodeId]) -> Option<std::time::Instant> {
+        let me = self.inner.cfg.id.clone();
+        let members: Vec<NodeId> = self.layout().current.nodes.into_keys().collect();
+        let hosts: Vec<NodeId> = hosts
+            .iter()
+            .take(super::msg::MAX_LEASE_HOSTS)
+            .cloned()
+            .collect();
+        let calls: Vec<_> = members
+            .iter()
+            .filter(|n| **n != me)
+            .map(|n| {
+                let (net, n, hosts) = (self.inner.net.clone(), n.clone(), hosts.clone());
+                tokio::spawn(async move {
+                    let r = net.call(&n, Request::LeaseLeft { hosts }).await;
+                    (r, std::time::Instant::now())
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        let mut until = std::time::Instant::now();
+        if members.contains(&me) {
+            let left = self
+                .inner
+                .grants
+                .lock()
+                .left(&hosts, crate::clock::boot_ns());
+            answered += 1;
+            until = until.max(std::time::Instant::now() + super::lease::wait_for(left));
+        }
+        for c in calls {
+            if let Ok((Ok(Response::Left(ms)), at)) = c.await {
+                answered += 1;
+                until = until.max(at + super::lease::wait_for(Duration::from_millis(ms)));
+            }
+        }
+        super::lease::majority(answered, members.len()).then_some(until)
     }
 
     /// Whether `node` answers a request now (the failure detector's
@@ -1227,7 +1321,7 @@ impl Node {
         }
     }
 
-    async fn serve_inner(&self, _from: &NodeId, req: Request) -> Result<Response> {
+    async fn serve_inner(&self, from: &NodeId, req: Request) -> Result<Response> {
         Ok(match req {
             Request::Read { key } => {
                 check_key(&key)?;
@@ -1327,6 +1421,22 @@ impl Node {
                     l.flush().await;
                 }
                 Response::Done
+            }
+            Request::LeaseGrant { term_ms } => {
+                // Granted to the authenticated sender only: a node cannot
+                // take (or extend) a lease in another's name.
+                let term = self.grant_local(from, Duration::from_millis(term_ms));
+                Response::Granted(u64::try_from(term.as_millis()).unwrap_or(u64::MAX))
+            }
+            Request::LeaseLeft { hosts } => {
+                let left = self
+                    .inner
+                    .grants
+                    .lock()
+                    .left(&hosts, crate::clock::boot_ns());
+                // Rounded up: the asker must not stop waiting early.
+                let ms = left.as_nanos().div_ceil(1_000_000);
+                Response::Left(u64::try_from(ms).unwrap_or(u64::MAX))
             }
             Request::GetLayout => Response::Layout(Box::new(self.layout())),
             Request::PutLayout(l) => {

@@ -54,8 +54,9 @@ use super::wire::{MAX_PAYLOAD, WireError};
 pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 /// The protocol this code speaks; a peer announcing another one is refused.
 /// 2: layouts carry each version's R and W. 3: Noise links (this module).
+/// 4: read leases (`LeaseGrant`, `LeaseLeft`).
 /// Every node of a ring must be upgraded together.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Length of the length prefix of handshake messages.
 pub const HEADER_LEN: usize = 4;
 /// Largest handshake message body (the largest is the server's, with a
