@@ -56,7 +56,8 @@ fn ring_table(node: &str, addr: &str, seeds: &[String], secret: &Path) -> String
     let seeds: Vec<String> = seeds.iter().map(|s| format!("{s:?}")).collect();
     format!(
         "[ring]\nnode = {node:?}\nlisten = {addr:?}\nseeds = [{}]\nsecret_file = {:?}\n\
-         gossip_interval = 0.2\nanti_entropy_interval = 1.0\ntimeout = 1.0\ntakeover_after = 3\n",
+         gossip_interval = 0.2\nanti_entropy_interval = 1.0\ntimeout = 1.0\ntakeover_after = 3\n\
+         read_lease = {READ_LEASE}\n",
         seeds.join(", "),
         secret.display().to_string()
     )
@@ -849,7 +850,10 @@ fn stale_reads_after_disable(cut: bool) {
         mb.log()
     );
     if !cut {
-        assert_eq!(new, 40, "with the link up every read is v2 ({errors} errors)");
+        assert_eq!(
+            new, 40,
+            "with the link up every read is v2 ({errors} errors)"
+        );
     } else {
         // Once the link is back, B gets a lease again, learns A's view and
         // reads v2.
