@@ -829,12 +829,12 @@ mod tests {
         let (_, hello) = ClientHandshake::start(&c).unwrap();
         let body = &hello[HEADER_LEN..];
         // A node of the previous version, or no ring node at all.
-        let mut v2 = body.to_vec();
-        v2[MAGIC.len()] = 2;
-        let e = ServerHandshake::accept(&srv, &v2).err().unwrap();
-        assert!(matches!(e, WireError::Version(2)));
+        let mut v3 = body.to_vec();
+        v3[MAGIC.len()] = 3;
+        let e = ServerHandshake::accept(&srv, &v3).err().unwrap();
+        assert!(matches!(e, WireError::Version(3)));
         assert!(
-            e.to_string().contains("version 2, this node speaks 3"),
+            e.to_string().contains("version 3, this node speaks 4"),
             "{e}"
         );
         let mut magic = body.to_vec();
