@@ -432,7 +432,8 @@ impl SharedStore {
             // A new degraded spell: paths must be recorded again.
             self.recorded.lock().clear();
         }
-        if !self.put(key.clone(), Some(bytes.clone())) {
+        let published = self.put(key.clone(), Some(bytes.clone()));
+        if !published {
             tracing::warn!(
                 "ring: cannot publish that replica {} is {} (no quorum); kept to publish later",
                 rec.id,
@@ -441,7 +442,8 @@ impl SharedStore {
             // The nudge below carries the view itself: the hosts that can
             // be reached learn it now all the same.
         }
-        let version = Dvv::new_write(&Context::new(), Some(bytes)).update(&Dvv::default(), "nudge");
+        let version =
+            Dvv::new_write(&Context::new(), Some(bytes.clone())).update(&Dvv::default(), "nudge");
         let missing = self
             .block(self.node.nudge_all(&key, &version))
             .unwrap_or_default();
@@ -454,25 +456,43 @@ impl SharedStore {
                 rec.state
             );
         }
-        if rec.state != ReplicaState::InSync && !unconfirmed.is_empty() {
-            self.wait_out_leases(&unconfirmed, &rec.id);
+        if rec.state != ReplicaState::InSync && (!published || !unconfirmed.is_empty()) {
+            self.revoke(&key, &bytes, published, &unconfirmed, &rec.id);
         }
     }
 
-    /// Waits until no host of `hosts` holds a read lease any more: asks a
-    /// majority of the ring how long their grants to those hosts have
-    /// left, and waits that long (plus the drift margin). A host's lease
-    /// needed a majority too, so the two meet on some node. If no majority
-    /// answers (this host is cut off), gives up after a lease term and
-    /// goes on: that is logged, and DESIGN.md section 7 says what it risks.
-    pub fn wait_out_leases(&self, hosts: &[NodeId], id: &ReplicaId) {
+    /// Makes sure no other host reads replica `id` any more before a view
+    /// taking it out of service (`bytes`, under `key`) is acknowledged:
+    /// the view must be in the ring (a host that renews its lease later
+    /// reads it there; retried if it was not), and no host of `hosts` (they
+    /// did not confirm the nudge) may hold a read lease: a majority of the
+    /// ring says how long their grants have left, and this host waits that
+    /// long plus the drift margin. Their leases needed a majority too, so
+    /// the two meet on some node. If this host cannot get there (it is cut
+    /// off from the majority), it gives up after a lease term and a ring
+    /// timeout and goes on: that is logged, and DESIGN.md section 7 says
+    /// what it risks.
+    fn revoke(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        mut published: bool,
+        hosts: &[NodeId],
+        id: &ReplicaId,
+    ) {
         if self.node.layout().current.version == 0 {
             return; // no layout: nobody holds a lease
         }
         let start = std::time::Instant::now();
         let give_up = self.lease_term + crate::ring::lease::margin(self.lease_term) + self.timeout;
         loop {
-            if let Some(Some(until)) = self.block(self.node.lease_left_round(hosts)) {
+            if !published {
+                published = self.put(key.to_vec(), Some(bytes.to_vec()));
+            }
+            if published && hosts.is_empty() {
+                return;
+            }
+            if published && let Some(Some(until)) = self.block(self.node.lease_left_round(hosts)) {
                 let now = std::time::Instant::now();
                 if until > now {
                     tracing::info!(
@@ -485,7 +505,7 @@ impl SharedStore {
             }
             if start.elapsed() >= give_up {
                 tracing::warn!(
-                    "ring: cannot reach a majority of the ring to revoke the read leases of {hosts:?}; going on: a host in the majority may read replica {id} until it learns this host's view"
+                    "ring: cannot reach a majority of the ring to publish that replica {id} is out of service and revoke the read leases of {hosts:?}; going on: a host in the majority may read it until this host's view is published"
                 );
                 return;
             }
