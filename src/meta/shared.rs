@@ -603,16 +603,24 @@ impl SharedStore {
         }
         self.publish_pending();
         // A nudge that arrived while this refresh read the ring is newer
-        // than what the refresh read: per host, the later view wins.
+        // than what the refresh read: per host, the later view wins. A
+        // view known here that the ring does not hold (yet: its host could
+        // not publish it and nudged it) is kept too.
         let changed = {
             let mut views = self.views.write();
-            for (id, hosts) in fresh.iter_mut() {
-                if let Some(known) = views.get(id) {
-                    for (h, v) in hosts.iter_mut() {
-                        if let Some(k) = known.get(h)
-                            && k.order() > v.order()
-                        {
-                            *v = k.clone();
+            for id in ids {
+                let Some(known) = views.get(id) else {
+                    continue;
+                };
+                for h in &hosts {
+                    let Some(k) = known.get(h) else {
+                        continue;
+                    };
+                    let slot = fresh.entry(*id).or_default();
+                    match slot.get(h) {
+                        Some(v) if v.order() >= k.order() => {}
+                        _ => {
+                            slot.insert(h.clone(), k.clone());
                         }
                     }
                 }
