@@ -849,12 +849,25 @@ fn stale_reads_after_disable(cut: bool) {
         "host B read the old version {old} times of 40 (v2 {new}, errors {errors}); B's log:\n{}",
         mb.log()
     );
+    let lease = json(&sb, &["status"])["read_lease"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     if !cut {
         assert_eq!(
             new, 40,
             "with the link up every read is v2 ({errors} errors)"
         );
+        assert!(lease.starts_with("held"), "{lease}");
     } else {
+        // The operator sees why: status and check name the lost lease.
+        assert!(lease.starts_with("lost"), "{lease}");
+        let check = ctl(&sb, &["check"]);
+        assert_eq!(check.status.code(), Some(2), "{check:?}");
+        assert!(
+            String::from_utf8_lossy(&check.stdout).contains("no read lease"),
+            "{check:?}"
+        );
         // Once the link is back, B gets a lease again, learns A's view and
         // reads v2.
         net.connect(true);

@@ -513,6 +513,22 @@ impl SharedStore {
         }
     }
 
+    /// This host's read lease for `chironctl status`: `None` while no
+    /// lease is needed (no layout yet).
+    pub fn read_lease_state(&self) -> Option<String> {
+        if !self.lease.required.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(match self.lease.valid_until() {
+            Some(until) => format!(
+                "held, {:.1}s left",
+                until.saturating_sub(crate::clock::boot_ns()) as f64 / 1e9
+            ),
+            None => "lost: no majority of the ring renews it; file contents, listings and symlinks answer EIO"
+                .to_string(),
+        })
+    }
+
     /// This host's read lease.
     pub fn read_lease(&self) -> &ReadLease {
         &self.lease
