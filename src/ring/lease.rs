@@ -45,6 +45,11 @@ pub fn holder_expiry(sent: u64, term: Duration) -> u64 {
     sent.saturating_add(ns(term.saturating_sub(margin(term))))
 }
 
+/// The longest lease any node grants (`ring.read_lease` is at most an
+/// hour): what a granter says is capped to it, so an answer from the
+/// network cannot make a revoker wait forever (or overflow a clock).
+pub const MAX_TERM: Duration = Duration::from_secs(3600);
+
 /// The revoker's side: a granter answered that its grants have `left` to
 /// run on its clock; waiting the returned duration from the moment the
 /// answer arrived outlasts them on this host's clock.
@@ -52,6 +57,7 @@ pub fn wait_for(left: Duration) -> Duration {
     if left.is_zero() {
         Duration::ZERO
     } else {
+        let left = left.min(MAX_TERM);
         left + margin(left)
     }
 }
@@ -72,7 +78,7 @@ impl Grants {
     pub fn new(started: u64, max_term: Duration) -> Grants {
         Grants {
             started,
-            max_term,
+            max_term: max_term.min(MAX_TERM),
             until: HashMap::new(),
         }
     }
@@ -194,6 +200,11 @@ mod tests {
         assert_eq!(wait_for(Duration::ZERO), Duration::ZERO);
         let w = wait_for(Duration::from_secs(2));
         assert_eq!(w, Duration::from_millis(2025));
+        // An answer from the network is capped (ring.read_lease <= 1 h).
+        assert_eq!(
+            wait_for(Duration::from_millis(u64::MAX)),
+            MAX_TERM + margin(MAX_TERM)
+        );
         // Even on a clock 1% fast (its 2.025 s are 2.005 s of real time).
         assert!(w.as_secs_f64() / 1.01 > 2.0);
     }

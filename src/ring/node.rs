@@ -319,29 +319,35 @@ impl Node {
     }
 
     /// Asks every member of the current layout (this node included) for a
-    /// read lease of `term`. Returns the shortest term granted if a
-    /// majority granted one. The caller counts its lease from before this
-    /// call (`lease::holder_expiry`).
+    /// read lease of `term`. Returns the shortest term granted once a
+    /// majority granted one (stragglers are not waited for: a grant they
+    /// record later only makes revokers wait longer); `None` if no
+    /// majority did. The caller counts its lease from before this call
+    /// (`lease::holder_expiry`).
     pub async fn grant_round(&self, term: Duration) -> Option<Duration> {
         let me = self.inner.cfg.id.clone();
         let members: Vec<NodeId> = self.layout().current.nodes.into_keys().collect();
         let term_ms = u64::try_from(term.as_millis()).unwrap_or(u64::MAX);
-        let calls = members.iter().filter(|n| **n != me).map(|n| {
-            let (net, n) = (self.inner.net.clone(), n.clone());
-            tokio::spawn(async move { net.call(&n, Request::LeaseGrant { term_ms }).await })
-        });
-        let calls: Vec<_> = calls.collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for n in members.iter().filter(|n| **n != me) {
+            let (net, n, tx) = (self.inner.net.clone(), n.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(net.call(&n, Request::LeaseGrant { term_ms }).await);
+            });
+        }
+        drop(tx);
         let mut granted: Vec<Duration> = Vec::new();
         if members.contains(&me) {
             granted.push(self.grant_local(&me, term));
         }
-        for c in calls {
-            if let Ok(Ok(Response::Granted(ms))) = c.await {
-                granted.push(Duration::from_millis(ms).min(term));
+        while !super::lease::majority(granted.len(), members.len()) {
+            match rx.recv().await {
+                Some(Ok(Response::Granted(ms))) => {
+                    granted.push(Duration::from_millis(ms).min(term));
+                }
+                Some(_) => {}
+                None => return None,
             }
-        }
-        if !super::lease::majority(granted.len(), members.len()) {
-            return None;
         }
         granted.into_iter().min()
     }
@@ -354,10 +360,11 @@ impl Node {
     }
 
     /// Asks every member of the current layout (this node included) how
-    /// long its read-lease grants to `hosts` have left. If a majority
+    /// long its read-lease grants to `hosts` have left. Once a majority
     /// answered, returns the instant (on this host's monotonic clock)
     /// after which every lease those hosts held through any of them is
     /// over; a lease they hold needed a majority too, so it is over then.
+    /// `None` if no majority answered.
     pub async fn lease_left_round(&self, hosts: &[NodeId]) -> Option<std::time::Instant> {
         let me = self.inner.cfg.id.clone();
         let members: Vec<NodeId> = self.layout().current.nodes.into_keys().collect();
@@ -366,17 +373,16 @@ impl Node {
             .take(super::msg::MAX_LEASE_HOSTS)
             .cloned()
             .collect();
-        let calls: Vec<_> = members
-            .iter()
-            .filter(|n| **n != me)
-            .map(|n| {
-                let (net, n, hosts) = (self.inner.net.clone(), n.clone(), hosts.clone());
-                tokio::spawn(async move {
-                    let r = net.call(&n, Request::LeaseLeft { hosts }).await;
-                    (r, std::time::Instant::now())
-                })
-            })
-            .collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for n in members.iter().filter(|n| **n != me) {
+            let (net, n, hosts, tx) =
+                (self.inner.net.clone(), n.clone(), hosts.clone(), tx.clone());
+            tokio::spawn(async move {
+                let r = net.call(&n, Request::LeaseLeft { hosts }).await;
+                let _ = tx.send((r, std::time::Instant::now()));
+            });
+        }
+        drop(tx);
         let mut answered = 0;
         let mut until = std::time::Instant::now();
         if members.contains(&me) {
@@ -388,13 +394,17 @@ impl Node {
             answered += 1;
             until = until.max(std::time::Instant::now() + super::lease::wait_for(left));
         }
-        for c in calls {
-            if let Ok((Ok(Response::Left(ms)), at)) = c.await {
-                answered += 1;
-                until = until.max(at + super::lease::wait_for(Duration::from_millis(ms)));
+        while !super::lease::majority(answered, members.len()) {
+            match rx.recv().await {
+                Some((Ok(Response::Left(ms)), at)) => {
+                    answered += 1;
+                    until = until.max(at + super::lease::wait_for(Duration::from_millis(ms)));
+                }
+                Some(_) => {}
+                None => return None,
             }
         }
-        super::lease::majority(answered, members.len()).then_some(until)
+        Some(until)
     }
 
     /// Whether `node` answers a request now (the failure detector's
