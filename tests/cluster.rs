@@ -760,6 +760,14 @@ fn with_the_link_up_a_host_reads_what_another_wrote_after_taking_a_replica_out()
     stale_reads_after_disable(false);
 }
 
+/// What `chironctl status` says of a host's read lease.
+fn read_lease_of(sock: &Path) -> String {
+    json(sock, &["status"])["read_lease"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The whole file, read through an O_DIRECT open (no page cache).
 fn read_direct(p: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
@@ -805,10 +813,13 @@ fn stale_reads_after_disable(cut: bool) {
     let (v1, v2): (&[u8], &[u8]) = (b"version-1 written by A", b"version-2 written by A");
     fs::write(ma.path("f"), v1).unwrap();
     // B reads it from both replicas (round-robin), so the kernel may
-    // cache it too.
+    // cache it too; and B holds a read lease before anything happens.
     for _ in 0..4 {
         assert_eq!(fs::read(mb.path("f")).unwrap(), v1);
     }
+    wait_until("B to hold a read lease", SETTLE, || {
+        read_lease_of(&sb).starts_with("held")
+    });
     if cut {
         net.connect(false);
     }
@@ -849,10 +860,7 @@ fn stale_reads_after_disable(cut: bool) {
         "host B read the old version {old} times of 40 (v2 {new}, errors {errors}); B's log:\n{}",
         mb.log()
     );
-    let lease = json(&sb, &["status"])["read_lease"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let lease = read_lease_of(&sb);
     if !cut {
         assert_eq!(
             new, 40,
@@ -877,6 +885,7 @@ fn stale_reads_after_disable(cut: bool) {
         let (state, stale) = replica_state(&sb, 1);
         assert_eq!(state, "in-sync", "r2 itself is fine for B");
         assert!(stale.iter().any(|s| s.starts_with("hosta")), "{stale:?}");
+        assert!(read_lease_of(&sb).starts_with("held"));
     }
     drop(mb);
     drop(ma);

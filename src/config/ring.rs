@@ -44,7 +44,8 @@ pub struct RingConfig {
     /// it left out of sync are resynced for it. Default: 60.
     pub takeover_after: f64,
     /// Seconds of a read lease: a host serves file contents only while a
-    /// majority of the ring granted it one, renewed every third of it; a
+    /// majority of the ring granted it one, renewed every probe_interval
+    /// and at least every third of it; a
     /// host cut off from the majority answers EIO after at most this, and
     /// a host that takes a replica out of service while another cannot be
     /// told waits at most this (plus a margin) before it goes on. The

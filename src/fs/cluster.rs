@@ -63,13 +63,7 @@ impl ChironFs {
     pub fn read_lease_until(&self) -> Option<u64> {
         match self.cluster.get() {
             None => Some(u64::MAX),
-            Some(s) => {
-                let lease = s.read_lease();
-                lease.valid_until().or_else(|| {
-                    lease.wait_current(s.lease_term() / 3 + Duration::from_millis(50));
-                    lease.valid_until()
-                })
-            }
+            Some(s) => s.read_lease_until(true),
         }
     }
 

@@ -104,22 +104,6 @@ impl ReadLease {
         let until = self.until.load(Ordering::Acquire);
         (crate::clock::boot_ns() < until).then_some(until)
     }
-
-    /// Like `current`, but if the lease is over while renewals work (a
-    /// renewal is under way, or the ring was just set up), waits up to
-    /// `bound` for the next one.
-    pub fn wait_current(&self, bound: Duration) -> bool {
-        let start = std::time::Instant::now();
-        loop {
-            if self.current() {
-                return true;
-            }
-            if !self.renewing.load(Ordering::Acquire) || start.elapsed() >= bound {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
 }
 
 /// A mutation of a path that some replicas missed.
@@ -513,13 +497,37 @@ impl SharedStore {
         }
     }
 
+    /// If this host may serve reads now, until when (`clock::boot_ns`;
+    /// `u64::MAX` while no lease is needed: no layout yet). A lease is
+    /// needed from the moment this node knows a layout, before the first
+    /// renewal that sees it. With `wait`, if renewals work (the last one
+    /// succeeded, or none ended yet), waits up to a third of the term for
+    /// the next one.
+    pub fn read_lease_until(&self, wait: bool) -> Option<u64> {
+        let bound = self.lease_term / 3 + Duration::from_millis(50);
+        let start = std::time::Instant::now();
+        loop {
+            if !self.lease.required.load(Ordering::Acquire) && self.node.layout_version() > 0 {
+                self.lease.required.store(true, Ordering::Release);
+            }
+            if let Some(u) = self.lease.valid_until() {
+                return Some(u);
+            }
+            if !wait || !self.lease.renewing.load(Ordering::Acquire) || start.elapsed() >= bound {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// This host's read lease for `chironctl status`: `None` while no
     /// lease is needed (no layout yet).
     pub fn read_lease_state(&self) -> Option<String> {
+        let held = self.read_lease_until(false);
         if !self.lease.required.load(Ordering::Acquire) {
             return None;
         }
-        Some(match self.lease.valid_until() {
+        Some(match held {
             Some(until) => format!(
                 "held, {:.1}s left",
                 until.saturating_sub(crate::clock::boot_ns()) as f64 / 1e9
@@ -557,8 +565,7 @@ impl SharedStore {
     /// replica before the grant had published its view by then, and one
     /// that fails it later waits for this lease to end.
     pub fn settle_lease(&self, expiry: Option<u64>, views_complete: bool) {
-        if self.node.layout().current.version == 0 {
-            self.lease.required.store(false, Ordering::Release);
+        if self.node.layout_version() == 0 {
             return;
         }
         self.lease.required.store(true, Ordering::Release);

@@ -251,6 +251,8 @@ fn of_sibling_views_the_higher_number_wins_whatever_its_time() {
 #[test]
 fn a_failure_is_acknowledged_only_once_a_cut_off_host_lease_is_over() {
     let h = hosts();
+    // With a layout, no read before the first grant.
+    assert_eq!(h.b.read_lease_until(false), None);
     // Connected: both hold a lease; a failure costs no wait (the nudge is
     // answered).
     for s in [&h.a, &h.b] {

@@ -202,6 +202,9 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Read leases this node granted (section 7, "Read leases").
     grants: Mutex<super::lease::Grants>,
+    /// `layout.current.version`, readable without a lock (the read path
+    /// asks whether a lease is needed).
+    layout_version: AtomicU64,
 }
 
 /// A ring member. Cheap to clone (one shared state).
@@ -251,6 +254,7 @@ impl Node {
             );
         }
         let cfg_read_lease = cfg.read_lease;
+        let layout_version = AtomicU64::new(layout.current.version);
         Ok(Node {
             inner: Arc::new(Inner {
                 listener: RwLock::new(None),
@@ -268,6 +272,7 @@ impl Node {
                     crate::clock::boot_ns(),
                     cfg_read_lease,
                 )),
+                layout_version,
             }),
         })
     }
@@ -427,6 +432,11 @@ impl Node {
 
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// The current layout's version, without copying the layout.
+    pub fn layout_version(&self) -> u64 {
+        self.inner.layout_version.load(Ordering::Acquire)
     }
 
     pub fn layout(&self) -> LayoutHistory {
@@ -1173,6 +1183,9 @@ impl Node {
             if let Err(e) = self.inner.store.save_layout(&next) {
                 tracing::warn!("ring: {e}");
             }
+            self.inner
+                .layout_version
+                .store(next.current.version, Ordering::Release);
             *l = next;
             true
         };
@@ -1223,6 +1236,9 @@ impl Node {
                 .store
                 .save_layout(&copy)
                 .map_err(|e| e.to_string())?;
+            self.inner
+                .layout_version
+                .store(copy.current.version, Ordering::Release);
             *l = copy.clone();
             copy
         };
