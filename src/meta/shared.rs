@@ -397,7 +397,7 @@ impl SharedStore {
     /// Publishes this host's view of a replica and tells the other nodes.
     /// A view that takes the replica out of service returns only once no
     /// other host can still read it: every host confirmed the nudge, or
-    /// the read leases of those that did not are over (`wait_out_leases`).
+    /// the read leases of those that did not are over (`revoke`).
     pub fn publish(&self, rec: &ReplicaRecord) {
         let key = self.replica_key(&rec.id, self.host.as_str());
         let view = HostView {
@@ -464,7 +464,7 @@ impl SharedStore {
         hosts: &[NodeId],
         id: &ReplicaId,
     ) {
-        if self.node.layout().current.version == 0 {
+        if self.node.layout_version() == 0 {
             return; // no layout: nobody holds a lease
         }
         let start = std::time::Instant::now();
@@ -552,7 +552,7 @@ impl SharedStore {
     /// takes effect only through `settle_lease`, once the views have been
     /// read after it was granted. `None`: not granted, or no layout yet.
     pub fn renew_read_lease(&self) -> Option<u64> {
-        if self.node.layout().current.version == 0 {
+        if self.node.layout_version() == 0 {
             return None;
         }
         let sent = crate::clock::boot_ns();
