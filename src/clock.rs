@@ -1,5 +1,32 @@
-//! Calendar time without a clock library: seconds since the epoch to a
-//! UTC date and time (Howard Hinnant's days-to-civil algorithm).
+//! Clocks. Calendar time without a clock library: seconds since the epoch
+//! to a UTC date and time (Howard Hinnant's days-to-civil algorithm). And
+//! the clock leases are measured on ([`boot_ns`]).
+
+/// Nanoseconds on `CLOCK_BOOTTIME`: monotonic (a step of the wall clock,
+/// `date -s` or an NTP step, does not move it), and it counts time the
+/// machine spent suspended, so a lease measured on it does not outlive a
+/// suspend. Only differences on one host mean anything; never compare
+/// values of two hosts.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // Safe: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on
+    // every Linux this runs on (2.6.39+), so the call cannot fail.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        // Not reached on Linux; the monotonic clock is the next best.
+        return std::time::Instant::now()
+            .duration_since(*START.get_or_init(std::time::Instant::now))
+            .as_nanos() as u64;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 /// (year, month, day, hour, minute, second) in UTC of `secs` since the epoch.
 pub fn utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
@@ -25,5 +52,13 @@ mod tests {
         assert_eq!(super::utc(1_798_329_600), (2026, 12, 27, 0, 0, 0));
         assert_eq!(super::utc(951_782_400 + 3661), (2000, 2, 29, 1, 1, 1));
         assert_eq!(super::utc(-1), (1969, 12, 31, 23, 59, 59));
+    }
+
+    #[test]
+    fn boot_clock_never_goes_back() {
+        let a = super::boot_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = super::boot_ns();
+        assert!(b >= a + 1_000_000, "{a} then {b}");
     }
 }

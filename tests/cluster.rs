@@ -31,6 +31,11 @@ use common::*;
 /// Bound on anything the ring or a resync should do on its own.
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// `ring.read_lease` of the test rings, in seconds.
+const READ_LEASE: f64 = 1.0;
+/// `ring.timeout` of the test rings, in seconds.
+const RING_TIMEOUT: f64 = 1.0;
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -51,7 +56,8 @@ fn ring_table(node: &str, addr: &str, seeds: &[String], secret: &Path) -> String
     let seeds: Vec<String> = seeds.iter().map(|s| format!("{s:?}")).collect();
     format!(
         "[ring]\nnode = {node:?}\nlisten = {addr:?}\nseeds = [{}]\nsecret_file = {:?}\n\
-         gossip_interval = 0.2\nanti_entropy_interval = 1.0\ntimeout = 1.0\ntakeover_after = 3\n",
+         gossip_interval = 0.2\nanti_entropy_interval = 1.0\ntimeout = 1.0\ntakeover_after = 3\n\
+         read_lease = {READ_LEASE}\n",
         seeds.join(", "),
         secret.display().to_string()
     )
@@ -742,4 +748,145 @@ fn partition_conflict(policy: &str, copied: &[&str]) {
     drop(ma);
     drop(f1);
     drop(f2);
+}
+
+#[test]
+fn a_host_cut_off_never_reads_a_replica_another_host_took_out() {
+    stale_reads_after_disable(true);
+}
+
+#[test]
+fn with_the_link_up_a_host_reads_what_another_wrote_after_taking_a_replica_out() {
+    stale_reads_after_disable(false);
+}
+
+/// What `chironctl status` says of a host's read lease.
+fn read_lease_of(sock: &Path) -> String {
+    json(sock, &["status"])["read_lease"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The whole file, read through an O_DIRECT open (no page cache).
+fn read_direct(p: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(p)?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Issue 10, item 1. Hosts A and B mount r1 and r2 (B round-robins its
+/// reads over both); with `cut`, B's link to A and the arbiter goes down.
+/// A takes r2 out (`chironctl disable`) and writes v2, acknowledged: if B
+/// cannot be told, only once B's read lease is over (A waits at most
+/// `read_lease` plus a margin, plus a ring timeout for the nudge B does
+/// not answer and one for the lease query it does not answer either).
+/// Then B reads the file 40 times (20 bypassing the page cache): every
+/// read is v2 or an error, never v1 from r2; with the link up, all are v2.
+fn stale_reads_after_disable(cut: bool) {
+    let shared = TestRoot::new();
+    let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
+    let secret = write_secret(&shared);
+    let net = Netns::new();
+    let prefix = net.prefix();
+    let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    let addrs = [
+        format!("{}:{}", net.outside(), free_port()),
+        format!("{}:{}", net.outside(), free_port()),
+        format!("{}:{}", net.inside(), free_port()),
+    ];
+    let (_arb, (ma, sa), (mb, sb)) = two_hosts(
+        &shared,
+        &secret,
+        &addrs,
+        &[&r1, &r2],
+        &[&r1, &r2],
+        &prefix,
+        &[],
+    );
+    let (v1, v2): (&[u8], &[u8]) = (b"version-1 written by A", b"version-2 written by A");
+    fs::write(ma.path("f"), v1).unwrap();
+    // B reads it from both replicas (round-robin), so the kernel may
+    // cache it too; and B holds a read lease before anything happens.
+    for _ in 0..4 {
+        assert_eq!(fs::read(mb.path("f")).unwrap(), v1);
+    }
+    wait_until("B to hold a read lease", SETTLE, || {
+        read_lease_of(&sb).starts_with("held")
+    });
+    if cut {
+        net.connect(false);
+    }
+    let start = Instant::now();
+    ctl_ok(&sa, &["disable", &r2.display().to_string()]);
+    fs::write(ma.path("f"), v2).unwrap();
+    let took = start.elapsed();
+    let bound = Duration::from_secs_f64(READ_LEASE * 1.01 + 2.0 * RING_TIMEOUT + 2.0);
+    assert!(
+        took < bound,
+        "A's disable and write took {took:?}, more than {bound:?}:\n{}",
+        ma.log()
+    );
+    assert_eq!(fs::read(r2.join("f")).unwrap(), v1, "r2 really missed v2");
+    assert_eq!(fs::read(r1.join("f")).unwrap(), v2);
+    // Each read opens the file anew (round-robin picks r1, then r2...),
+    // with O_DIRECT so that the kernel's page cache (filled by whichever
+    // replica the first open read) does not hide what the replica holds;
+    // then 20 plain reads, through the cache, for the same verdict.
+    let (mut new, mut errors, mut old) = (0, 0, 0);
+    for i in 0..40 {
+        let got = if i < 20 {
+            read_direct(&mb.path("f"))
+        } else {
+            fs::read(mb.path("f"))
+        };
+        match got {
+            Ok(d) if d == v2 => new += 1,
+            Ok(d) if d == v1 => old += 1,
+            Ok(d) => panic!("B read {d:?}"),
+            Err(_) => errors += 1,
+        }
+    }
+    eprintln!("cut={cut}: A took {took:?}; B read v2 {new}, v1 {old}, errors {errors} times");
+    assert_eq!(
+        old,
+        0,
+        "host B read the old version {old} times of 40 (v2 {new}, errors {errors}); B's log:\n{}",
+        mb.log()
+    );
+    let lease = read_lease_of(&sb);
+    if !cut {
+        assert_eq!(
+            new, 40,
+            "with the link up every read is v2 ({errors} errors)"
+        );
+        assert!(lease.starts_with("held"), "{lease}");
+    } else {
+        // The operator sees why: status and check name the lost lease.
+        assert!(lease.starts_with("lost"), "{lease}");
+        let check = ctl(&sb, &["check"]);
+        assert_eq!(check.status.code(), Some(2), "{check:?}");
+        assert!(
+            String::from_utf8_lossy(&check.stdout).contains("no read lease"),
+            "{check:?}"
+        );
+        // Once the link is back, B gets a lease again, learns A's view and
+        // reads v2.
+        net.connect(true);
+        wait_until("B to read v2 again", SETTLE, || {
+            fs::read(mb.path("f")).ok().as_deref() == Some(v2)
+        });
+        let (state, stale) = replica_state(&sb, 1);
+        assert_eq!(state, "in-sync", "r2 itself is fine for B");
+        assert!(stale.iter().any(|s| s.starts_with("hosta")), "{stale:?}");
+        assert!(read_lease_of(&sb).starts_with("held"));
+    }
+    drop(mb);
+    drop(ma);
 }

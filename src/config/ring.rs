@@ -43,6 +43,14 @@ pub struct RingConfig {
     /// dead: resyncs go ahead without the writes it may owe, and replicas
     /// it left out of sync are resynced for it. Default: 60.
     pub takeover_after: f64,
+    /// Seconds of a read lease: a host serves file contents only while a
+    /// majority of the ring granted it one, renewed every probe_interval
+    /// and at least every third of it; a
+    /// host cut off from the majority answers EIO after at most this, and
+    /// a host that takes a replica out of service while another cannot be
+    /// told waits at most this (plus a margin) before it goes on. The
+    /// same on every node. Default: 6.
+    pub read_lease: f64,
 }
 
 impl Default for RingConfig {
@@ -60,6 +68,7 @@ impl Default for RingConfig {
             gossip_interval: 1.0,
             anti_entropy_interval: 10.0,
             takeover_after: 60.0,
+            read_lease: 6.0,
         }
     }
 }
@@ -121,6 +130,7 @@ impl RingConfig {
             ("gossip_interval", self.gossip_interval),
             ("anti_entropy_interval", self.anti_entropy_interval),
             ("takeover_after", self.takeover_after),
+            ("read_lease", self.read_lease),
         ] {
             if !(0.01..=3600.0).contains(&v) {
                 return bad(k, v.to_string(), "expected 0.01 to 3600 seconds");

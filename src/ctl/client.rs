@@ -128,6 +128,9 @@ pub fn render_table(st: &FsStatus) -> String {
         "write quorum {}, {} paths pending\n",
         st.write_quorum, st.pending
     );
+    if let Some(l) = &st.read_lease {
+        out.push_str(&format!("read lease {l}\n"));
+    }
     out.push_str(
         "#  STATE      PRIO  MISSED  READS     WRITES    IN-FLIGHT  LATENCY   OPEN  PATH\n",
     );
@@ -189,18 +192,22 @@ pub fn check(st: &FsStatus) -> (String, i32) {
     };
     let in_sync = st.replicas.iter().filter(good).count();
     let missed: u64 = st.replicas.iter().map(|r| r.missed).sum();
-    let (word, code) = if in_sync == 0 || in_sync < st.write_quorum {
+    // A host without its read lease serves no reads at all.
+    let lease_lost = st
+        .read_lease
+        .as_deref()
+        .is_some_and(|l| l.starts_with("lost"));
+    let (word, code) = if in_sync == 0 || in_sync < st.write_quorum || lease_lost {
         ("CRITICAL", CRITICAL)
     } else if in_sync < total {
         ("WARNING", WARNING)
     } else {
         ("OK", OK)
     };
-    let detail: Vec<String> = st
-        .replicas
-        .iter()
-        .filter(|r| !good(r))
-        .map(|r| {
+    let lease_detail = lease_lost.then(|| "no read lease: reads answer EIO".to_string());
+    let detail: Vec<String> = lease_detail
+        .into_iter()
+        .chain(st.replicas.iter().filter(|r| !good(r)).map(|r| {
             if r.state == "in-sync" && !r.stale_for.is_empty() {
                 format!("{} out of sync for {}", r.path, r.stale_for.join("; "))
             } else if r.state == "in-sync" {
@@ -208,7 +215,7 @@ pub fn check(st: &FsStatus) -> (String, i32) {
             } else {
                 format!("{} {}", r.path, r.state)
             }
-        })
+        }))
         .collect();
     let extra = if detail.is_empty() {
         String::new()

@@ -209,6 +209,7 @@ fn serve(
                 &ids,
                 Duration::from_secs_f64(ring_cfg.timeout),
                 Duration::from_secs_f64(ring_cfg.takeover_after),
+                Duration::from_secs_f64(ring_cfg.read_lease),
             );
             (
                 shared.clone() as Arc<dyn MetaStore>,

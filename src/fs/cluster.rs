@@ -38,7 +38,33 @@ impl ChironFs {
                 shared.publish(&rec);
             }
         }
-        shared.refresh(&self.replica_ids());
+        self.renew_read_lease(&shared);
+    }
+
+    /// One round of the read lease: a grant from a majority, then every
+    /// other host's view read (and applied) after it; only then is the
+    /// lease extended (DESIGN.md section 7, "Read leases").
+    fn renew_read_lease(&self, shared: &SharedStore) {
+        let expiry = shared.renew_read_lease();
+        if expiry.is_none() {
+            // Known now: reads need not wait for this round to end.
+            shared.settle_lease(None, false);
+        }
+        let complete = shared.refresh(&self.replica_ids());
+        self.apply_views();
+        if expiry.is_some() {
+            shared.settle_lease(expiry, complete);
+        }
+    }
+
+    /// Until when (`clock::boot_ns`) this host may serve file contents:
+    /// `u64::MAX` without a ring; with one, the end of its read lease
+    /// (waiting a little for a renewal under way); `None`: not now.
+    pub fn read_lease_until(&self) -> Option<u64> {
+        match self.cluster.get() {
+            None => Some(u64::MAX),
+            Some(s) => s.read_lease_until(true),
+        }
     }
 
     pub fn cluster(&self) -> Option<&Arc<SharedStore>> {
@@ -49,16 +75,16 @@ impl ChironFs {
         self.replicas.iter().map(|r| r.id).collect()
     }
 
-    /// Follows the other hosts' views, every `interval`, forever.
+    /// Follows the other hosts' views and renews the read lease, every
+    /// `interval` (at most a third of the lease), forever.
     pub fn watch_cluster(self: Arc<Self>, interval: Duration) {
         let Some(shared) = self.cluster.get().cloned() else {
             return;
         };
-        let ids = self.replica_ids();
+        let every = interval.min(shared.lease_term() / 3);
         loop {
-            std::thread::sleep(interval);
-            shared.refresh(&ids);
-            self.apply_views();
+            std::thread::sleep(every);
+            self.renew_read_lease(&shared);
         }
     }
 

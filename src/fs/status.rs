@@ -76,6 +76,10 @@ pub struct FsStatus {
     /// Paths with a mutation possibly in flight (intent marks).
     pub pending: u64,
     pub replicas: Vec<ReplicaStatus>,
+    /// With a ring and a layout: this host's read lease (DESIGN.md section
+    /// 7), `held, N.Ns left` or `lost: ...` (reads answer EIO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_lease: Option<String>,
 }
 
 /// A resync in progress: when it started and its live counters.
@@ -175,6 +179,7 @@ impl ChironFs {
             write_quorum: self.opts.needed,
             pending: store.pending().map_or(0, |p| p.len() as u64),
             replicas,
+            read_lease: self.cluster().and_then(|c| c.read_lease_state()),
         }
     }
 

@@ -38,6 +38,24 @@ struct Backing {
     holders: HashMap<u64, u64>,
 }
 
+impl Adapter {
+    /// Runs a read of file contents, directory entries or a symlink target
+    /// under this host's read lease (DESIGN.md section 7, "Read leases"):
+    /// EIO if it is not held when the read begins, or if it ran out before
+    /// the read ended (the replica answered late, or this thread stalled).
+    fn under_lease<T>(
+        &self,
+        f: impl FnOnce() -> crate::errno::Result<T>,
+    ) -> crate::errno::Result<T> {
+        let until = self.fs.read_lease_until().ok_or(Errno::EIO)?;
+        let v = f()?;
+        if until != u64::MAX && crate::clock::boot_ns() >= until {
+            return Err(Errno::EIO);
+        }
+        Ok(v)
+    }
+}
+
 fn err(e: Errno) -> FErrno {
     FErrno::from_i32(e.0)
 }
@@ -208,7 +226,7 @@ impl Filesystem for Adapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        match self.under_lease(|| self.fs.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
         }
@@ -302,6 +320,15 @@ impl Filesystem for Adapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // A read-only open may be answered from pages the kernel cached
+        // (keep_cache): it needs the lease too. A writable open does not
+        // (writes fan out as always; it drops the cache, and its reads
+        // come through `read`).
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        if read_only && self.fs.read_lease_until().is_none() {
+            reply.error(err(Errno::EIO));
+            return;
+        }
         match self.fs.open(ino.0, flags.0) {
             Ok(opened) => self.reply_open(ino.0, &opened, OpenReply::Open(reply)),
             Err(e) => reply.error(err(e)),
@@ -319,7 +346,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        match self.under_lease(|| self.fs.read(fh.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(err(e)),
         }
@@ -430,7 +457,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
+        match self.under_lease(|| self.fs.readdir(fh.0, offset)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {

@@ -157,6 +157,23 @@ impl EmbeddedStore {
         Ok(out)
     }
 
+    /// The next number of this host's published replica views: above every
+    /// number it returned before (it is durable before it is returned) and
+    /// above `floor` (the highest one seen in the ring).
+    pub fn next_view_seq(&self, floor: u64) -> Result<u64> {
+        const STEP: &str = "number a replica view";
+        let stored = self
+            .session
+            .get(keys::VIEW_SEQ_KEY)
+            .map_err(|e| MetaError::store(STEP, e))?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map_or(0, u64::from_be_bytes);
+        let next = stored.max(floor).saturating_add(1);
+        self.put(STEP, &self.session, keys::VIEW_SEQ_KEY, &next.to_be_bytes())?;
+        self.fsync(STEP)?;
+        Ok(next)
+    }
+
     /// The state directory this store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir

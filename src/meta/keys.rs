@@ -10,6 +10,7 @@
 //! | `missed_by_path` | path ++ 0x00 ++ id      | empty         |
 //! | `cursors`        | id                      | cursor path   |
 //! | `session`        | `SESSION_KEY`           | session state |
+//! | `session`        | `VIEW_SEQ_KEY`          | u64, big-endian |
 //!
 //! `missed` pages through one replica's marks in path order (prefix = id);
 //! `missed_by_path` answers "did any replica miss this path" with a scan
@@ -36,6 +37,9 @@ pub const SESSION: &str = "session";
 pub const OUTBOX: &str = "outbox";
 
 pub const SESSION_KEY: &[u8] = b"session";
+/// In `session`: the last number given to a replica view this host
+/// published (`shared`), 8 bytes big-endian.
+pub const VIEW_SEQ_KEY: &[u8] = b"view_seq";
 
 /// Longest path the store keys: the engine's keys hold at most 65535 bytes,
 /// and `missed_by_path` adds 17. Far above PATH_MAX.

@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
@@ -39,14 +40,69 @@ use crate::ring::{BoxFuture, NodeId};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostView {
     pub state: String,
-    /// Milliseconds since the epoch.
+    /// Milliseconds since the epoch (shown to the operator; never used to
+    /// order views: clocks step).
     pub since: u64,
     pub cause: String,
+    /// The view's number: each host numbers the views it publishes from a
+    /// durable counter (`EmbeddedStore::next_view_seq`), above every number
+    /// found in the ring for the key; of two views of one key the higher
+    /// number is the later. 0: written by a version that did not number
+    /// them (older than any numbered view).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl HostView {
     pub fn in_sync(&self) -> bool {
         self.state == ReplicaState::InSync.to_string()
+    }
+
+    /// What orders two views of one key: the number, then (among
+    /// unnumbered views of an older version only) the time.
+    fn order(&self) -> (u64, u64) {
+        (self.seq, if self.seq == 0 { self.since } else { 0 })
+    }
+}
+
+/// This host's read lease (DESIGN.md section 7, "Read leases"): file
+/// contents are served only while it is current. Checked on every read:
+/// two atomic loads and a read of the monotonic clock.
+#[derive(Debug)]
+pub struct ReadLease {
+    /// Whether a lease is needed (the ring has a committed layout).
+    required: AtomicBool,
+    /// When the lease ends, on `clock::boot_ns`.
+    until: AtomicU64,
+    /// Whether the last renewal worked (a read that finds the lease over
+    /// waits for the next renewal only then).
+    renewing: AtomicBool,
+}
+
+impl ReadLease {
+    fn new(required: bool) -> ReadLease {
+        ReadLease {
+            required: AtomicBool::new(required),
+            until: AtomicU64::new(0),
+            renewing: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether this host may serve file contents now.
+    pub fn current(&self) -> bool {
+        self.valid_until().is_some()
+    }
+
+    /// If the lease is held now, when it ends (`clock::boot_ns`;
+    /// `u64::MAX` when no lease is needed). Only ever extended, so a read
+    /// that began under it and ends before this instant was under it all
+    /// along.
+    pub fn valid_until(&self) -> Option<u64> {
+        if !self.required.load(Ordering::Acquire) {
+            return Some(u64::MAX);
+        }
+        let until = self.until.load(Ordering::Acquire);
+        (crate::clock::boot_ns() < until).then_some(until)
     }
 }
 
@@ -116,6 +172,9 @@ pub struct SharedStore {
     /// (`pending/<host>`, in the background, so that another host can heal
     /// them if this one dies).
     pending: Mutex<(BTreeSet<Vec<u8>>, u64, u64)>,
+    /// This host's read lease, and the term it asks for.
+    lease: ReadLease,
+    lease_term: Duration,
 }
 
 /// More intent marks than this are published as "too many": whoever heals
@@ -138,6 +197,7 @@ impl SharedStore {
         replica_ids: &[ReplicaId],
         timeout: Duration,
         takeover: Duration,
+        lease_term: Duration,
     ) -> Arc<SharedStore> {
         let mut ids: Vec<String> = replica_ids.iter().map(ToString::to_string).collect();
         ids.sort();
@@ -168,6 +228,10 @@ impl SharedStore {
             views: RwLock::new(HashMap::new()),
             on_change: RwLock::new(None),
             timeout,
+            // With a committed layout, no read until a lease is granted
+            // (a host restarted while cut off must not read either).
+            lease: ReadLease::new(node.layout().current.version > 0),
+            lease_term,
         });
         node.set_listener(s.clone());
         s
@@ -293,8 +357,49 @@ impl SharedStore {
         self.outbox.lock().is_empty()
     }
 
+    /// The number of the next view published under `key`: above this
+    /// host's durable counter and above every view the ring holds for the
+    /// key (another host vouched for this one, or an older counter was
+    /// lost with its state directory).
+    fn next_seq(&self, key: &[u8]) -> u64 {
+        let floor = match self.get(key) {
+            Ok((values, ctx)) => {
+                self.contexts.lock().insert(key.to_vec(), ctx);
+                values
+                    .iter()
+                    .filter_map(|v| serde_json::from_slice::<HostView>(v).ok())
+                    .map(|v| v.seq)
+                    .max()
+                    .unwrap_or(0)
+            }
+            Err(_) => 0,
+        };
+        let floor = floor.max(self.owed_seq(key));
+        match self.local.next_view_seq(floor) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("metadata store: {e}");
+                floor.saturating_add(1)
+            }
+        }
+    }
+
+    /// The number of the view owed for `key`, if one waits in the outbox.
+    fn owed_seq(&self, key: &[u8]) -> u64 {
+        self.outbox
+            .lock()
+            .get(key)
+            .and_then(|v| v.as_ref())
+            .and_then(|v| serde_json::from_slice::<HostView>(v).ok())
+            .map_or(0, |v| v.seq)
+    }
+
     /// Publishes this host's view of a replica and tells the other nodes.
+    /// A view that takes the replica out of service returns only once no
+    /// other host can still read it: every host confirmed the nudge, or
+    /// the read leases of those that did not are over (`revoke`).
     pub fn publish(&self, rec: &ReplicaRecord) {
+        let key = self.replica_key(&rec.id, self.host.as_str());
         let view = HostView {
             state: rec.state.to_string(),
             since: rec
@@ -302,16 +407,17 @@ impl SharedStore {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             cause: rec.cause.clone(),
+            seq: self.next_seq(&key),
         };
         let Ok(bytes) = serde_json::to_vec(&view) else {
             return;
         };
-        let key = self.replica_key(&rec.id, self.host.as_str());
         if rec.state != ReplicaState::InSync {
             // A new degraded spell: paths must be recorded again.
             self.recorded.lock().clear();
         }
-        if !self.put(key.clone(), Some(bytes.clone())) {
+        let published = self.put(key.clone(), Some(bytes.clone()));
+        if !published {
             tracing::warn!(
                 "ring: cannot publish that replica {} is {} (no quorum); kept to publish later",
                 rec.id,
@@ -320,10 +426,12 @@ impl SharedStore {
             // The nudge below carries the view itself: the hosts that can
             // be reached learn it now all the same.
         }
-        let version = Dvv::new_write(&Context::new(), Some(bytes)).update(&Dvv::default(), "nudge");
+        let version =
+            Dvv::new_write(&Context::new(), Some(bytes.clone())).update(&Dvv::default(), "nudge");
         let missing = self
             .block(self.node.nudge_all(&key, &version))
             .unwrap_or_default();
+        let unconfirmed = missing.clone();
         let missing: Vec<&NodeId> = missing.iter().filter(|n| self.node.is_alive(n)).collect();
         if !missing.is_empty() {
             tracing::warn!(
@@ -332,11 +440,162 @@ impl SharedStore {
                 rec.state
             );
         }
+        if rec.state != ReplicaState::InSync && (!published || !unconfirmed.is_empty()) {
+            self.revoke(&key, &bytes, published, &unconfirmed, &rec.id);
+        }
+    }
+
+    /// Makes sure no other host reads replica `id` any more before a view
+    /// taking it out of service (`bytes`, under `key`) is acknowledged:
+    /// the view must be in the ring (a host that renews its lease later
+    /// reads it there; retried if it was not), and no host of `hosts` (they
+    /// did not confirm the nudge) may hold a read lease: a majority of the
+    /// ring says how long their grants have left, and this host waits that
+    /// long plus the drift margin. Their leases needed a majority too, so
+    /// the two meet on some node. If this host cannot get there (it is cut
+    /// off from the majority), it gives up after a lease term and a ring
+    /// timeout and goes on: that is logged, and DESIGN.md section 7 says
+    /// what it risks.
+    fn revoke(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        mut published: bool,
+        hosts: &[NodeId],
+        id: &ReplicaId,
+    ) {
+        if self.node.layout_version() == 0 {
+            return; // no layout: nobody holds a lease
+        }
+        let start = std::time::Instant::now();
+        let give_up = self.lease_term + crate::ring::lease::margin(self.lease_term) + self.timeout;
+        loop {
+            if !published {
+                published = self.put(key.to_vec(), Some(bytes.to_vec()));
+            }
+            if published && hosts.is_empty() {
+                return;
+            }
+            if published && let Some(Some(until)) = self.block(self.node.lease_left_round(hosts)) {
+                let now = std::time::Instant::now();
+                if until > now {
+                    tracing::info!(
+                        "ring: waiting {:.1}s for the read leases of {hosts:?} to run out before replica {id} is out of service for them too",
+                        (until - now).as_secs_f64()
+                    );
+                    std::thread::sleep(until - now);
+                }
+                return;
+            }
+            if start.elapsed() >= give_up {
+                tracing::warn!(
+                    "ring: cannot reach a majority of the ring to publish that replica {id} is out of service and revoke the read leases of {hosts:?}; going on: a host in the majority may read it until this host's view is published"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// If this host may serve reads now, until when (`clock::boot_ns`;
+    /// `u64::MAX` while no lease is needed: no layout yet). A lease is
+    /// needed from the moment this node knows a layout, before the first
+    /// renewal that sees it. With `wait`, if renewals work (the last one
+    /// succeeded, or none ended yet), waits up to a third of the term for
+    /// the next one.
+    pub fn read_lease_until(&self, wait: bool) -> Option<u64> {
+        let bound = self.lease_term / 3 + Duration::from_millis(50);
+        let start = std::time::Instant::now();
+        loop {
+            if !self.lease.required.load(Ordering::Acquire) && self.node.layout_version() > 0 {
+                self.lease.required.store(true, Ordering::Release);
+            }
+            if let Some(u) = self.lease.valid_until() {
+                return Some(u);
+            }
+            if !wait || !self.lease.renewing.load(Ordering::Acquire) || start.elapsed() >= bound {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// This host's read lease for `chironctl status`: `None` while no
+    /// lease is needed (no layout yet).
+    pub fn read_lease_state(&self) -> Option<String> {
+        let held = self.read_lease_until(false);
+        if !self.lease.required.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(match held {
+            Some(until) => format!(
+                "held, {:.1}s left",
+                until.saturating_sub(crate::clock::boot_ns()) as f64 / 1e9
+            ),
+            None => "lost: no majority of the ring renews it; file contents, listings and symlinks answer EIO"
+                .to_string(),
+        })
+    }
+
+    /// This host's read lease.
+    pub fn read_lease(&self) -> &ReadLease {
+        &self.lease
+    }
+
+    /// The term of the read lease this host asks for.
+    pub fn lease_term(&self) -> Duration {
+        self.lease_term
+    }
+
+    /// Asks a majority of the ring for a read lease. Returns when it would
+    /// end (`clock::boot_ns`), counted from before the request left; it
+    /// takes effect only through `settle_lease`, once the views have been
+    /// read after it was granted. `None`: not granted, or no layout yet.
+    pub fn renew_read_lease(&self) -> Option<u64> {
+        if self.node.layout_version() == 0 {
+            return None;
+        }
+        let sent = crate::clock::boot_ns();
+        let granted = self.block(self.node.grant_round(self.lease_term))??;
+        Some(crate::ring::lease::holder_expiry(sent, granted))
+    }
+
+    /// Extends the read lease to `expiry` if it was granted and every view
+    /// was read after the grant (`views_complete`): a host that failed a
+    /// replica before the grant had published its view by then, and one
+    /// that fails it later waits for this lease to end.
+    pub fn settle_lease(&self, expiry: Option<u64>, views_complete: bool) {
+        if self.node.layout_version() == 0 {
+            return;
+        }
+        self.lease.required.store(true, Ordering::Release);
+        match expiry {
+            Some(e) if views_complete => {
+                self.lease.until.fetch_max(e, Ordering::AcqRel);
+                if !self.lease.renewing.swap(true, Ordering::AcqRel) {
+                    tracing::info!("ring: read lease renewed; serving reads again");
+                }
+            }
+            _ => {
+                if self.lease.renewing.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "ring: cannot renew the read lease ({}); file contents answer EIO once it runs out",
+                        if expiry.is_none() {
+                            "no majority of the ring granted it"
+                        } else {
+                            "the other hosts' views could not be read"
+                        }
+                    );
+                }
+            }
+        }
     }
 
     /// Refreshes the other hosts' views of `ids` from the ring and
-    /// publishes what this host owes. Called periodically.
-    pub fn refresh(&self, ids: &[ReplicaId]) {
+    /// publishes what this host owes. Called periodically. Returns whether
+    /// every view was read.
+    pub fn refresh(&self, ids: &[ReplicaId]) -> bool {
+        let mut complete = true;
         let hosts: Vec<String> = self
             .node
             .layout()
@@ -356,6 +615,7 @@ impl SharedStore {
                     }
                     Err(e) => {
                         // Keep what we knew.
+                        complete = false;
                         tracing::debug!("ring: view of {id} by {h}: {e}");
                         if let Some(v) = self.views.read().get(id).and_then(|m| m.get(h)) {
                             fresh.entry(*id).or_default().insert(h.clone(), v.clone());
@@ -366,16 +626,24 @@ impl SharedStore {
         }
         self.publish_pending();
         // A nudge that arrived while this refresh read the ring is newer
-        // than what the refresh read: per host, the later view wins.
+        // than what the refresh read: per host, the later view wins. A
+        // view known here that the ring does not hold (yet: its host could
+        // not publish it and nudged it) is kept too.
         let changed = {
             let mut views = self.views.write();
-            for (id, hosts) in fresh.iter_mut() {
-                if let Some(known) = views.get(id) {
-                    for (h, v) in hosts.iter_mut() {
-                        if let Some(k) = known.get(h)
-                            && k.since > v.since
-                        {
-                            *v = k.clone();
+            for id in ids {
+                let Some(known) = views.get(id) else {
+                    continue;
+                };
+                for h in &hosts {
+                    let Some(k) = known.get(h) else {
+                        continue;
+                    };
+                    let slot = fresh.entry(*id).or_default();
+                    match slot.get(h) {
+                        Some(v) if v.order() >= k.order() => {}
+                        _ => {
+                            slot.insert(h.clone(), k.clone());
                         }
                     }
                 }
@@ -390,6 +658,7 @@ impl SharedStore {
         if changed {
             self.changed();
         }
+        complete
     }
 
     fn changed(&self) {
@@ -520,16 +789,28 @@ impl SharedStore {
     /// Marks another host's view of `id` in sync, after this host resynced
     /// the replica for it (that host was gone).
     pub fn vouch_for(&self, id: &ReplicaId, host: &str) {
+        let key = self.replica_key(id, host);
+        // Above the dead host's own numbers, so this view replaces its
+        // last one; it numbers its next views above this (`next_seq`).
+        let seq = match self.get(&key) {
+            Ok((values, ctx)) => {
+                self.contexts.lock().insert(key.clone(), ctx);
+                values
+                    .iter()
+                    .filter_map(|v| serde_json::from_slice::<HostView>(v).ok())
+                    .map(|v| v.seq)
+                    .max()
+                    .unwrap_or(0)
+            }
+            Err(_) => return,
+        };
         let view = HostView {
             state: ReplicaState::InSync.to_string(),
             since: now_ms(),
             cause: format!("resynced by {}", self.host),
+            seq: seq.saturating_add(1),
         };
         if let Ok(bytes) = serde_json::to_vec(&view) {
-            let key = self.replica_key(id, host);
-            if let Ok((_, ctx)) = self.get(&key) {
-                self.contexts.lock().insert(key.clone(), ctx);
-            }
             self.put(key, Some(bytes));
         }
     }
@@ -721,13 +1002,13 @@ fn merge_lists(values: &[Vec<u8>]) -> Vec<ConflictRecord> {
     all
 }
 
-/// Of concurrent views, the newest (siblings when a host's earlier write
-/// was cut off and published later).
-fn latest_view(values: &[Vec<u8>]) -> Option<HostView> {
+/// Of concurrent views, the latest by number (siblings when a host's
+/// earlier write was cut off and published later), never by wall clock.
+pub(super) fn latest_view(values: &[Vec<u8>]) -> Option<HostView> {
     values
         .iter()
         .filter_map(|v| serde_json::from_slice::<HostView>(v).ok())
-        .max_by_key(|v| v.since)
+        .max_by_key(HostView::order)
 }
 
 impl Listener for SharedStore {
@@ -752,7 +1033,7 @@ impl Listener for SharedStore {
         let changed = {
             let mut views = self.views.write();
             let m = views.entry(id).or_default();
-            let newer = m.get(host).is_none_or(|old| old.since <= view.since);
+            let newer = m.get(host).is_none_or(|old| old.order() <= view.order());
             if newer && m.get(host) != Some(&view) {
                 m.insert(host.to_string(), view);
                 true

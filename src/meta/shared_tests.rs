@@ -45,6 +45,7 @@ fn hosts() -> Hosts {
         cfg.hint_interval = Some(Duration::from_millis(100));
         cfg.anti_entropy_interval = Some(Duration::from_millis(300));
         cfg.layout_interval = Duration::from_millis(100);
+        cfg.read_lease = Duration::from_secs(1);
         let node = Node::open(cfg, &dir.path().join("ring"), net.clone(), net).unwrap();
         world.register(id(name), Arc::new(node.clone()));
         {
@@ -73,6 +74,7 @@ fn hosts() -> Hosts {
             &ids,
             Duration::from_millis(500),
             Duration::from_secs(60),
+            Duration::from_secs(1),
         ));
         dirs.push(dir);
     }
@@ -190,5 +192,107 @@ fn two_hosts_racing_for_the_lease_never_both_hold_it() {
         t.join().unwrap();
     }
     assert!(wins.load(Ordering::SeqCst) > 0, "nobody ever got the lease");
+    drop(h.rt);
+}
+
+/// Issue 10: views are ordered by their number, not their time: a host
+/// whose clock was stepped back an hour still replaces its "in sync" view
+/// with its later "failed" one, by nudge and by poll.
+#[test]
+fn a_host_whose_clock_steps_back_an_hour_keeps_its_views() {
+    let h = hosts();
+    h.a.put_replica(&record(h.ids[1], ReplicaState::InSync))
+        .unwrap();
+    let mut failed = record(h.ids[1], ReplicaState::Failed);
+    failed.since = SystemTime::now() - Duration::from_secs(3600);
+    h.a.put_replica(&failed).unwrap();
+    assert_eq!(h.b.stale_elsewhere(&h.ids[1]).len(), 1, "by nudge");
+    h.b.refresh(&h.ids);
+    assert_eq!(h.b.stale_elsewhere(&h.ids[1]).len(), 1, "by poll");
+    // And back in sync, an hour further back still.
+    let mut back = record(h.ids[1], ReplicaState::InSync);
+    back.since = SystemTime::now() - Duration::from_secs(7200);
+    h.a.put_replica(&back).unwrap();
+    assert!(h.b.stale_elsewhere(&h.ids[1]).is_empty());
+    h.b.refresh(&h.ids);
+    assert!(h.b.stale_elsewhere(&h.ids[1]).is_empty());
+    drop(h.rt);
+}
+
+#[test]
+fn of_sibling_views_the_higher_number_wins_whatever_its_time() {
+    let view = |state: &str, since: u64, seq: u64| {
+        serde_json::to_vec(&super::HostView {
+            state: state.into(),
+            since,
+            cause: String::new(),
+            seq,
+        })
+        .unwrap()
+    };
+    let later_but_older_clock = view("failed", 1_000, 7);
+    let earlier = view("in-sync", 9_000_000, 6);
+    let latest = super::shared::latest_view(&[earlier.clone(), later_but_older_clock.clone()]);
+    assert_eq!(latest.map(|v| v.state), Some("failed".to_string()));
+    // Views of a version without numbers (0) lose to any numbered one and
+    // are ordered by time among themselves.
+    let old_a = view("failed", 5_000, 0);
+    let old_b = view("in-sync", 6_000, 0);
+    let latest = super::shared::latest_view(&[old_a.clone(), old_b.clone()]);
+    assert_eq!(latest.map(|v| v.state), Some("in-sync".to_string()));
+    let latest = super::shared::latest_view(&[old_b, view("failed", 1, 1)]);
+    assert_eq!(latest.map(|v| v.state), Some("failed".to_string()));
+}
+
+/// The read lease on the simulated ring: granted by a majority, renewed;
+/// a host cut off cannot renew it, and a host that takes a replica out
+/// of service while the other cannot be told returns only once the cut-off
+/// host's lease is over (its reads answer EIO from then on).
+#[test]
+fn a_failure_is_acknowledged_only_once_a_cut_off_host_lease_is_over() {
+    let h = hosts();
+    // With a layout, no read before the first grant.
+    assert_eq!(h.b.read_lease_until(false), None);
+    // Connected: both hold a lease; a failure costs no wait (the nudge is
+    // answered).
+    for s in [&h.a, &h.b] {
+        let e = s.renew_read_lease();
+        assert!(e.is_some(), "a majority grants it");
+        s.settle_lease(e, s.refresh(&h.ids));
+        assert!(s.read_lease().current());
+    }
+    let t = std::time::Instant::now();
+    h.a.put_replica(&record(h.ids[0], ReplicaState::Failed))
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "no lease to wait for: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(h.b.stale_elsewhere(&h.ids[0]).len(), 1);
+    // b renews just before the cut; a must wait it out.
+    let e = h.b.renew_read_lease();
+    h.b.settle_lease(e, h.b.refresh(&h.ids));
+    assert!(h.b.read_lease().current());
+    h.world.partition(&[id("hostb")], &[id("hosta"), id("arb")]);
+    assert_eq!(h.b.renew_read_lease(), None, "no majority for b");
+    h.b.settle_lease(None, false);
+    h.a.put_replica(&record(h.ids[1], ReplicaState::Failed))
+        .unwrap();
+    assert!(
+        !h.b.read_lease().current(),
+        "a acknowledged while b still held its lease"
+    );
+    assert!(
+        h.b.stale_elsewhere(&h.ids[1]).is_empty(),
+        "b could not be told"
+    );
+    // Healed: b's next lease comes with a's view.
+    h.world.heal();
+    let e = h.b.renew_read_lease();
+    assert!(e.is_some());
+    h.b.settle_lease(e, h.b.refresh(&h.ids));
+    assert!(h.b.read_lease().current());
+    assert_eq!(h.b.stale_elsewhere(&h.ids[1]).len(), 1);
     drop(h.rt);
 }

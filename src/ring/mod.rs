@@ -6,6 +6,8 @@
 //! - `layout`: the operator-committed, versioned partition assignment, the
 //!   preference lists it gives and each version's N, R, W (`layout_v1`:
 //!   layouts stored before those were part of it);
+//! - `lease`: read leases: grants on each node's monotonic clock, the
+//!   holder's and the revoker's margins;
 //! - `membership`: a node added back to the layout drops what it stored
 //!   before (it may hold values deleted while it was away);
 //! - `version`: dotted version vector sets (siblings, no last-write-wins);
@@ -40,6 +42,7 @@ pub mod hash;
 pub mod keys;
 pub mod layout;
 pub mod layout_v1;
+pub mod lease;
 pub mod lograte;
 pub mod membership;
 pub mod merkle;

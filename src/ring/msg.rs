@@ -13,6 +13,8 @@ use super::version::{Context, Dvv, Val};
 pub const MAX_KEY: usize = 8 * 1024;
 /// Largest value.
 pub const MAX_VALUE: usize = 1 << 20;
+/// Most hosts one `LeaseLeft` asks about.
+pub const MAX_LEASE_HOSTS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -53,6 +55,13 @@ pub enum Request {
     /// Asks a node to publish every ring write it still owes (made while
     /// it could not reach a quorum). Answered once done or given up.
     Flush,
+    /// Read lease: grant the sender (the authenticated peer) a lease of
+    /// `term_ms` milliseconds from now on this node's clock, at most the
+    /// node's `read_lease`. Answered `Granted` with the term granted.
+    LeaseGrant { term_ms: u64 },
+    /// How long this node's read-lease grants to any of `hosts` have left,
+    /// on its clock. Answered `Left`.
+    LeaseLeft { hosts: Vec<NodeId> },
     /// The node's layout.
     GetLayout,
     /// Merge this layout into yours.
@@ -68,4 +77,9 @@ pub enum Response {
     Layout(Box<LayoutHistory>),
     /// The request was understood and refused; the text says why.
     Refused(String),
+    /// A read lease of this many milliseconds was granted.
+    Granted(u64),
+    /// Grants to the hosts asked about end within this many milliseconds
+    /// (rounded up) on the answering node's clock.
+    Left(u64),
 }

@@ -54,6 +54,10 @@ pub struct NodeConfig {
     pub anti_entropy_interval: Option<Duration>,
     /// How often the layout is pulled from a peer.
     pub layout_interval: Duration,
+    /// The longest read lease this node grants, and how long after it
+    /// starts it assumes that grants it made before may still run
+    /// (`ring.read_lease`).
+    pub read_lease: Duration,
 }
 
 impl NodeConfig {
@@ -65,9 +69,13 @@ impl NodeConfig {
             hint_interval: Some(Duration::from_secs(1)),
             anti_entropy_interval: Some(Duration::from_secs(10)),
             layout_interval: Duration::from_secs(2),
+            read_lease: DEFAULT_READ_LEASE,
         }
     }
 }
+
+/// `ring.read_lease` when not configured.
+pub const DEFAULT_READ_LEASE: Duration = Duration::from_secs(6);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
@@ -192,6 +200,11 @@ struct Inner {
     tombstones: Mutex<HashMap<Vec<u8>, Dvv>>,
     stats: Stats,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Read leases this node granted (section 7, "Read leases").
+    grants: Mutex<super::lease::Grants>,
+    /// `layout.current.version`, readable without a lock (the read path
+    /// asks whether a lease is needed).
+    layout_version: AtomicU64,
 }
 
 /// A ring member. Cheap to clone (one shared state).
@@ -240,6 +253,8 @@ impl Node {
                 cfg.quorum
             );
         }
+        let cfg_read_lease = cfg.read_lease;
+        let layout_version = AtomicU64::new(layout.current.version);
         Ok(Node {
             inner: Arc::new(Inner {
                 listener: RwLock::new(None),
@@ -253,6 +268,11 @@ impl Node {
                 tombstones: Mutex::new(HashMap::new()),
                 stats: Stats::default(),
                 tasks: Mutex::new(Vec::new()),
+                grants: Mutex::new(super::lease::Grants::new(
+                    crate::clock::boot_ns(),
+                    cfg_read_lease,
+                )),
+                layout_version,
             }),
         })
     }
@@ -303,6 +323,95 @@ impl Node {
         missing
     }
 
+    /// Asks every member of the current layout (this node included) for a
+    /// read lease of `term`. Returns the shortest term granted once a
+    /// majority granted one (stragglers are not waited for: a grant they
+    /// record later only makes revokers wait longer); `None` if no
+    /// majority did. The caller counts its lease from before this call
+    /// (`lease::holder_expiry`).
+    pub async fn grant_round(&self, term: Duration) -> Option<Duration> {
+        let me = self.inner.cfg.id.clone();
+        let members: Vec<NodeId> = self.layout().current.nodes.into_keys().collect();
+        let term_ms = u64::try_from(term.as_millis()).unwrap_or(u64::MAX);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for n in members.iter().filter(|n| **n != me) {
+            let (net, n, tx) = (self.inner.net.clone(), n.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(net.call(&n, Request::LeaseGrant { term_ms }).await);
+            });
+        }
+        drop(tx);
+        let mut granted: Vec<Duration> = Vec::new();
+        if members.contains(&me) {
+            granted.push(self.grant_local(&me, term));
+        }
+        while !super::lease::majority(granted.len(), members.len()) {
+            match rx.recv().await {
+                Some(Ok(Response::Granted(ms))) => {
+                    granted.push(Duration::from_millis(ms).min(term));
+                }
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        granted.into_iter().min()
+    }
+
+    fn grant_local(&self, host: &NodeId, term: Duration) -> Duration {
+        self.inner
+            .grants
+            .lock()
+            .grant(host, term, crate::clock::boot_ns())
+    }
+
+    /// Asks every member of the current layout (this node included) how
+    /// long its read-lease grants to `hosts` have left. Once a majority
+    /// answered, returns the instant (on this host's monotonic clock)
+    /// after which every lease those hosts held through any of them is
+    /// over; a lease they hold needed a majority too, so it is over then.
+    /// `None` if no majority answered.
+    pub async fn lease_left_round(&self, hosts: &[NodeId]) -> Option<std::time::Instant> {
+        let me = self.inner.cfg.id.clone();
+        let members: Vec<NodeId> = self.layout().current.nodes.into_keys().collect();
+        let hosts: Vec<NodeId> = hosts
+            .iter()
+            .take(super::msg::MAX_LEASE_HOSTS)
+            .cloned()
+            .collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for n in members.iter().filter(|n| **n != me) {
+            let (net, n, hosts, tx) =
+                (self.inner.net.clone(), n.clone(), hosts.clone(), tx.clone());
+            tokio::spawn(async move {
+                let r = net.call(&n, Request::LeaseLeft { hosts }).await;
+                let _ = tx.send((r, std::time::Instant::now()));
+            });
+        }
+        drop(tx);
+        let mut answered = 0;
+        let mut until = std::time::Instant::now();
+        if members.contains(&me) {
+            let left = self
+                .inner
+                .grants
+                .lock()
+                .left(&hosts, crate::clock::boot_ns());
+            answered += 1;
+            until = until.max(std::time::Instant::now() + super::lease::wait_for(left));
+        }
+        while !super::lease::majority(answered, members.len()) {
+            match rx.recv().await {
+                Some((Ok(Response::Left(ms)), at)) => {
+                    answered += 1;
+                    until = until.max(at + super::lease::wait_for(Duration::from_millis(ms)));
+                }
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        Some(until)
+    }
+
     /// Whether `node` answers a request now (the failure detector's
     /// opinion aside).
     pub async fn answers(&self, node: &NodeId) -> bool {
@@ -323,6 +432,11 @@ impl Node {
 
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// The current layout's version, without copying the layout.
+    pub fn layout_version(&self) -> u64 {
+        self.inner.layout_version.load(Ordering::Acquire)
     }
 
     pub fn layout(&self) -> LayoutHistory {
@@ -1069,6 +1183,9 @@ impl Node {
             if let Err(e) = self.inner.store.save_layout(&next) {
                 tracing::warn!("ring: {e}");
             }
+            self.inner
+                .layout_version
+                .store(next.current.version, Ordering::Release);
             *l = next;
             true
         };
@@ -1119,6 +1236,9 @@ impl Node {
                 .store
                 .save_layout(&copy)
                 .map_err(|e| e.to_string())?;
+            self.inner
+                .layout_version
+                .store(copy.current.version, Ordering::Release);
             *l = copy.clone();
             copy
         };
@@ -1227,7 +1347,7 @@ impl Node {
         }
     }
 
-    async fn serve_inner(&self, _from: &NodeId, req: Request) -> Result<Response> {
+    async fn serve_inner(&self, from: &NodeId, req: Request) -> Result<Response> {
         Ok(match req {
             Request::Read { key } => {
                 check_key(&key)?;
@@ -1327,6 +1447,22 @@ impl Node {
                     l.flush().await;
                 }
                 Response::Done
+            }
+            Request::LeaseGrant { term_ms } => {
+                // Granted to the authenticated sender only: a node cannot
+                // take (or extend) a lease in another's name.
+                let term = self.grant_local(from, Duration::from_millis(term_ms));
+                Response::Granted(u64::try_from(term.as_millis()).unwrap_or(u64::MAX))
+            }
+            Request::LeaseLeft { hosts } => {
+                let left = self
+                    .inner
+                    .grants
+                    .lock()
+                    .left(&hosts, crate::clock::boot_ns());
+                // Rounded up: the asker must not stop waiting early.
+                let ms = left.as_nanos().div_ceil(1_000_000);
+                Response::Left(u64::try_from(ms).unwrap_or(u64::MAX))
             }
             Request::GetLayout => Response::Layout(Box::new(self.layout())),
             Request::PutLayout(l) => {

@@ -54,8 +54,9 @@ use super::wire::{MAX_PAYLOAD, WireError};
 pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 /// The protocol this code speaks; a peer announcing another one is refused.
 /// 2: layouts carry each version's R and W. 3: Noise links (this module).
+/// 4: read leases (`LeaseGrant`, `LeaseLeft`).
 /// Every node of a ring must be upgraded together.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Length of the length prefix of handshake messages.
 pub const HEADER_LEN: usize = 4;
 /// Largest handshake message body (the largest is the server's, with a
@@ -828,12 +829,12 @@ mod tests {
         let (_, hello) = ClientHandshake::start(&c).unwrap();
         let body = &hello[HEADER_LEN..];
         // A node of the previous version, or no ring node at all.
-        let mut v2 = body.to_vec();
-        v2[MAGIC.len()] = 2;
-        let e = ServerHandshake::accept(&srv, &v2).err().unwrap();
-        assert!(matches!(e, WireError::Version(2)));
+        let mut v3 = body.to_vec();
+        v3[MAGIC.len()] = 3;
+        let e = ServerHandshake::accept(&srv, &v3).err().unwrap();
+        assert!(matches!(e, WireError::Version(3)));
         assert!(
-            e.to_string().contains("version 2, this node speaks 3"),
+            e.to_string().contains("version 3, this node speaks 4"),
             "{e}"
         );
         let mut magic = body.to_vec();

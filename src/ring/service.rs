@@ -183,6 +183,7 @@ impl RingService {
         };
         ncfg.seeds = seeds.keys().cloned().collect();
         ncfg.anti_entropy_interval = Some(secs(cfg.anti_entropy_interval));
+        ncfg.read_lease = secs(cfg.read_lease);
         let live: Arc<dyn Liveness> = gossip.clone();
         let node = Node::open(ncfg, dir, net, live).map_err(|e| format!("ring: {e}"))?;
         let _ = node_slot.set(node.clone());

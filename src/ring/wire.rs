@@ -232,7 +232,13 @@ pub fn check_request(req: &Request) -> Result<(), WireError> {
             }
             Ok(())
         }
-        Request::GetLayout | Request::Flush => Ok(()),
+        Request::GetLayout | Request::Flush | Request::LeaseGrant { .. } => Ok(()),
+        Request::LeaseLeft { hosts } => {
+            if hosts.len() > crate::ring::msg::MAX_LEASE_HOSTS {
+                return Err(invalid(format!("{} hosts in a lease query", hosts.len())));
+            }
+            Ok(())
+        }
         Request::PutLayout(layout) => layout.check().map_err(WireError::Invalid),
     }
 }
@@ -240,7 +246,11 @@ pub fn check_request(req: &Request) -> Result<(), WireError> {
 /// Checks what a decoded response holds, as [`check_request`] does.
 pub fn check_response(resp: &Response) -> Result<(), WireError> {
     match resp {
-        Response::Done | Response::Refused(_) | Response::Version(None) => Ok(()),
+        Response::Done
+        | Response::Refused(_)
+        | Response::Version(None)
+        | Response::Granted(_)
+        | Response::Left(_) => Ok(()),
         Response::Version(Some(dvv)) => check_dvv(dvv),
         Response::Hashes(hashes) => {
             if hashes.len() > MAX_HASHES {
@@ -336,6 +346,10 @@ pub(crate) mod samples {
                 version: dvv(vec![Some(b"{}".to_vec())]),
             },
             Request::Flush,
+            Request::LeaseGrant { term_ms: 6000 },
+            Request::LeaseLeft {
+                hosts: vec![id("a"), id("b")],
+            },
             Request::GetLayout,
             Request::PutLayout(Box::new(layout())),
             Request::PutLayout(Box::new(LayoutHistory::empty(Quorum::default()))),
@@ -356,6 +370,8 @@ pub(crate) mod samples {
             ]),
             Response::Layout(Box::new(layout())),
             Response::Refused("no".into()),
+            Response::Granted(6000),
+            Response::Left(u64::MAX),
         ]
     }
 
