@@ -158,6 +158,7 @@ impl ChironFs {
             None,
             &targets,
             self.opts.needed,
+            super::fanout::Spread::Light,
             move |rep| {
                 on_inode(rep, &loc, fds[rep.index].as_deref(), |at| {
                     if set.uid.is_some() || set.gid.is_some() {

@@ -92,32 +92,52 @@ struct Gather<T> {
     arrived: Condvar,
 }
 
+/// How the replicas on local filesystems (`Replica::inline`) share one
+/// operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spread {
+    /// Each on the calling thread, one after the other: for an operation
+    /// of a few microseconds (metadata, a small write) a thread handoff
+    /// and its wake-up cost more than the syscall (an untar through the
+    /// mount took 6.2-6.6 s with one handoff per operation, 4.7-4.9 s
+    /// without: README, issue 11).
+    Light,
+    /// The first on the calling thread, the others on their pools at the
+    /// same time: for large writes and syncs, which run for longer than a
+    /// handoff costs.
+    Heavy,
+}
+
+/// Writes at least this large are spread as [`Spread::Heavy`].
+pub const HEAVY_WRITE: usize = 64 << 10;
+
 /// Runs `f` on every replica in `targets` and waits at most `deadline` for
 /// all of them. Replicas that may hang (network and FUSE filesystems) run
 /// in parallel on their own pools: one that did not answer in time gets
 /// ETIMEDOUT, its job keeps running on its own pool and its late result is
-/// dropped. The first replica on a local filesystem (`Replica::inline`)
-/// runs on the calling thread, in parallel with the pooled ones: its errors
-/// come back from the kernel (block-layer timeouts end in EIO), and a
-/// thread handoff costs more than the syscall.
+/// dropped. Replicas on a local filesystem (`Replica::inline`) run on the
+/// calling thread, by `spread`, in parallel with the pooled ones: their
+/// errors come back from the kernel (block-layer timeouts end in EIO).
 pub fn run<T, F>(
     replicas: &Arc<[Replica]>,
     targets: &[usize],
     deadline: Duration,
+    spread: Spread,
     f: F,
 ) -> Vec<(usize, Result<T>)>
 where
     T: Send + 'static,
     F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
 {
-    // At most one replica runs on the calling thread, so replicas are never
-    // serialised: the others run on their pools at the same time.
-    let here = targets.iter().copied().find(|&i| replicas[i].inline);
-    let inline: Vec<usize> = here.into_iter().collect();
+    let local = targets.iter().copied().filter(|&i| replicas[i].inline);
+    let inline: Vec<usize> = match spread {
+        Spread::Light => local.collect(),
+        Spread::Heavy => local.take(1).collect(),
+    };
     let pooled: Vec<usize> = targets
         .iter()
         .copied()
-        .filter(|&i| Some(i) != here)
+        .filter(|i| !inline.contains(i))
         .collect();
     let mut out: Vec<(usize, Result<T>)> = Vec::with_capacity(targets.len());
     if pooled.is_empty() {

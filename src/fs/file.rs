@@ -540,6 +540,7 @@ impl ChironFs {
             &self.replicas,
             &targets,
             self.opts.replica_timeout,
+            fanout::Spread::Light,
             move |rep| {
                 let dir = rep.dir(&ppath)?;
                 Ok(flags
@@ -612,6 +613,7 @@ impl ChironFs {
             &self.replicas,
             behind,
             self.opts.replica_timeout,
+            fanout::Spread::Heavy,
             move |rep| nameless_copy(rep, &src).map(Arc::new),
         );
         for (i, fd) in copies {
@@ -672,7 +674,13 @@ impl ChironFs {
     /// Runs `f` with the handle's fd on every replica that receives
     /// mutations, as one mutation. A replica the handle has no fd on (it
     /// was out when the file was opened) misses it and is marked.
-    fn on_handle<T, F>(&self, op: &'static str, h: &FileHandle, f: F) -> Result<Vec<(usize, T)>>
+    fn on_handle<T, F>(
+        &self,
+        op: &'static str,
+        h: &FileHandle,
+        spread: fanout::Spread,
+        f: F,
+    ) -> Result<Vec<(usize, T)>>
     where
         T: Send + 'static,
         F: Fn(&OwnedFd) -> Result<T> + Send + Sync + 'static,
@@ -689,6 +697,7 @@ impl ChironFs {
             None,
             &targets,
             self.opts.needed,
+            spread,
             move |rep| fds[rep.index].as_deref().map_or(Err(Errno::EBADF), &f),
         )
     }
@@ -705,7 +714,12 @@ impl ChironFs {
         // replicas agree even before the handle is flushed.
         let now = ops::now();
         h.dirty.store(true, Ordering::Relaxed);
-        self.on_handle("write", &h, move |fd| {
+        let spread = if len >= fanout::HEAVY_WRITE {
+            fanout::Spread::Heavy
+        } else {
+            fanout::Spread::Light
+        };
+        self.on_handle("write", &h, spread, move |fd| {
             if kill_priv {
                 kill_privileges(fd)?;
             }
@@ -760,6 +774,7 @@ impl ChironFs {
             None,
             &targets,
             self.opts.needed,
+            fanout::Spread::Heavy,
             move |rep| {
                 let out = out_fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
                 let opened;
@@ -825,13 +840,22 @@ impl ChironFs {
         };
         let path = self.describe(h.ino);
         // Copying a timestamp is housekeeping: one success is enough.
-        self.mutate_on("settle-mtime", &path, None, &targets, 1, move |rep| {
-            if rep.index == first {
-                return Ok(());
-            }
-            let fd = fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
-            At::Fd(fd.as_fd()).utimens(&[OMIT, mtime])
-        })?;
+        let light = fanout::Spread::Light;
+        self.mutate_on(
+            "settle-mtime",
+            &path,
+            None,
+            &targets,
+            1,
+            light,
+            move |rep| {
+                if rep.index == first {
+                    return Ok(());
+                }
+                let fd = fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
+                At::Fd(fd.as_fd()).utimens(&[OMIT, mtime])
+            },
+        )?;
         Ok(())
     }
 
@@ -848,7 +872,9 @@ impl ChironFs {
         // The marks describing this file reach the disk before its data does.
         self.sync_marks()?;
         if h.is_writable() {
-            self.on_handle("fsync", &h, move |fd| ops::fsync(fd.as_fd(), datasync))?;
+            self.on_handle("fsync", &h, fanout::Spread::Heavy, move |fd| {
+                ops::fsync(fd.as_fd(), datasync)
+            })?;
             return Ok(());
         }
         let fds = h.fds.lock().clone();
@@ -860,6 +886,7 @@ impl ChironFs {
                 &self.replicas,
                 &held,
                 self.opts.replica_timeout,
+                super::fanout::Spread::Heavy,
                 move |rep| {
                     let fd = fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
                     ops::fsync(fd.as_fd(), datasync)
@@ -899,7 +926,7 @@ impl ChironFs {
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         h.dirty.store(true, Ordering::Relaxed);
-        self.on_handle("fallocate", &h, move |fd| {
+        self.on_handle("fallocate", &h, fanout::Spread::Heavy, move |fd| {
             ops::fallocate(fd.as_fd(), mode, offset, len)
         })?;
         Ok(())
@@ -1148,6 +1175,7 @@ impl ChironFs {
                 &self.replicas,
                 &[replica],
                 self.opts.replica_timeout,
+                fanout::Spread::Heavy,
                 move |rep| nameless_copy(rep, &src).map(Arc::new),
             )
             .pop()

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use fanout::Spread;
 use parking_lot::RwLock;
 
 use crate::config::ReadPolicy;
@@ -335,9 +336,15 @@ impl ChironFs {
         T: Send + 'static,
         F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
     {
-        fanout::run(&self.replicas, &[i], self.opts.replica_timeout, f)
-            .pop()
-            .map_or(Err(Errno::EIO), |(_, r)| r)
+        fanout::run(
+            &self.replicas,
+            &[i],
+            self.opts.replica_timeout,
+            fanout::Spread::Light,
+            f,
+        )
+        .pop()
+        .map_or(Err(Errno::EIO), |(_, r)| r)
     }
 
     /// Runs a read-only `f` on the best reader, failing over to the next one
@@ -372,9 +379,18 @@ impl ChironFs {
         T: Send + 'static,
         F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
     {
-        self.mutate_on(op, path, None, &self.writers(), self.opts.needed, f)
+        self.mutate_on(
+            op,
+            path,
+            None,
+            &self.writers(),
+            self.opts.needed,
+            Spread::Light,
+            f,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn mutate_on<T, F>(
         &self,
         op: &'static str,
@@ -382,6 +398,7 @@ impl ChironFs {
         also: Option<&RelPath>,
         targets: &[usize],
         needed: usize,
+        spread: Spread,
         f: F,
     ) -> Result<Vec<(usize, T)>>
     where
@@ -439,7 +456,13 @@ impl ChironFs {
                 .writes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let results = fanout::run(&self.replicas, targets, self.opts.replica_timeout, f);
+        let results = fanout::run(
+            &self.replicas,
+            targets,
+            self.opts.replica_timeout,
+            spread,
+            f,
+        );
         drop(guards);
         let summary: Vec<(usize, Option<Errno>)> = results
             .iter()

@@ -113,6 +113,7 @@ impl ChironFs {
                 &self.replicas,
                 &serving,
                 self.opts.replica_timeout,
+                fanout::Spread::Light,
                 move |rep| ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c()),
             );
             seen.extend(
@@ -299,6 +300,7 @@ impl ChironFs {
             Some(&dest),
             &targets,
             self.opts.needed,
+            super::fanout::Spread::Light,
             move |rep| {
                 let d1 = rep.dir(&p1)?;
                 let d2 = rep.dir(&p2)?;

@@ -99,6 +99,7 @@ impl ChironFs {
                 &self.replicas,
                 &targets,
                 self.opts.replica_timeout,
+                fanout::Spread::Heavy,
                 move |rep| ledger::write(rep.root().as_fd(), &writer, &record),
             );
             let mut again = false;
