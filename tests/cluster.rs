@@ -623,6 +623,16 @@ impl Drop for Netns {
     }
 }
 
+/// Addresses for `two_hosts`: the arbiter and host A outside the
+/// namespace, host B inside it (cutting its link cuts B off).
+fn partition_addrs(net: &Netns) -> [String; 3] {
+    [
+        format!("{}:{}", net.outside(), free_port()),
+        format!("{}:{}", net.outside(), free_port()),
+        format!("{}:{}", net.inside(), free_port()),
+    ]
+}
+
 #[test]
 fn a_partition_while_both_hosts_write_one_path_keeps_both_versions() {
     partition_conflict("newest", &["hosta"]);
@@ -653,11 +663,7 @@ fn partition_conflict(policy: &str, copied: &[&str]) {
     // the partition each host reaches a different replica.
     let f2 = FaultFs::over(TestRoot::new(), r2.clone());
     let f1 = FaultFs::over(TestRoot::new(), r1.clone());
-    let addrs = [
-        format!("{}:{}", net.outside(), free_port()),
-        format!("{}:{}", net.outside(), free_port()),
-        format!("{}:{}", net.inside(), free_port()),
-    ];
+    let addrs = partition_addrs(&net);
     let (_arb, (ma, sa), (mb, sb)) = two_hosts(
         &shared,
         &secret,
@@ -796,11 +802,7 @@ fn stale_reads_after_disable(cut: bool) {
     let net = Netns::new();
     let prefix = net.prefix();
     let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
-    let addrs = [
-        format!("{}:{}", net.outside(), free_port()),
-        format!("{}:{}", net.outside(), free_port()),
-        format!("{}:{}", net.inside(), free_port()),
-    ];
+    let addrs = partition_addrs(&net);
     let (_arb, (ma, sa), (mb, sb)) = two_hosts(
         &shared,
         &secret,

@@ -357,23 +357,28 @@ impl SharedStore {
         self.outbox.lock().is_empty()
     }
 
+    /// The highest view number the ring holds under `key` (0 for none),
+    /// keeping the key's context for the next write; `None` when the ring
+    /// cannot be read.
+    fn highest_seq(&self, key: &[u8]) -> Option<u64> {
+        let (values, ctx) = self.get(key).ok()?;
+        self.contexts.lock().insert(key.to_vec(), ctx);
+        Some(
+            values
+                .iter()
+                .filter_map(|v| serde_json::from_slice::<HostView>(v).ok())
+                .map(|v| v.seq)
+                .max()
+                .unwrap_or(0),
+        )
+    }
+
     /// The number of the next view published under `key`: above this
     /// host's durable counter and above every view the ring holds for the
     /// key (another host vouched for this one, or an older counter was
     /// lost with its state directory).
     fn next_seq(&self, key: &[u8]) -> u64 {
-        let floor = match self.get(key) {
-            Ok((values, ctx)) => {
-                self.contexts.lock().insert(key.to_vec(), ctx);
-                values
-                    .iter()
-                    .filter_map(|v| serde_json::from_slice::<HostView>(v).ok())
-                    .map(|v| v.seq)
-                    .max()
-                    .unwrap_or(0)
-            }
-            Err(_) => 0,
-        };
+        let floor = self.highest_seq(key).unwrap_or(0);
         let floor = floor.max(self.owed_seq(key));
         match self.local.next_view_seq(floor) {
             Ok(n) => n,
@@ -792,17 +797,8 @@ impl SharedStore {
         let key = self.replica_key(id, host);
         // Above the dead host's own numbers, so this view replaces its
         // last one; it numbers its next views above this (`next_seq`).
-        let seq = match self.get(&key) {
-            Ok((values, ctx)) => {
-                self.contexts.lock().insert(key.clone(), ctx);
-                values
-                    .iter()
-                    .filter_map(|v| serde_json::from_slice::<HostView>(v).ok())
-                    .map(|v| v.seq)
-                    .max()
-                    .unwrap_or(0)
-            }
-            Err(_) => return,
+        let Some(seq) = self.highest_seq(&key) else {
+            return;
         };
         let view = HostView {
             state: ReplicaState::InSync.to_string(),
