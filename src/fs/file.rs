@@ -594,7 +594,13 @@ impl ChironFs {
         let mut held = held.to_vec();
         held.sort_by_key(|h| !h.is_writable());
         // The caller (unlink, rename) holds the opens' gates.
-        let _g = self.lock_for_change("open", std::slice::from_ref(path), false);
+        let locked = self.lock_for_change("open", std::slice::from_ref(path), false);
+        let behind: Vec<usize> = behind
+            .iter()
+            .copied()
+            .filter(|i| !locked.stuck.contains(i) && self.replicas[*i].is_writable())
+            .collect();
+        let behind = &behind[..];
         let Some(src) = held.iter().find_map(|h| {
             self.readers()
                 .into_iter()
@@ -630,7 +636,15 @@ impl ChironFs {
                 held.iter().map(|h| h.ino).collect::<Vec<_>>()
             );
             for h in &held {
-                let old = h.fds.lock()[i].replace(fd.clone());
+                let old = {
+                    let mut fds = h.fds.lock();
+                    // Failed meanwhile: `forget_fds` may have run already.
+                    if self.replicas[i].is_writable() {
+                        fds[i].replace(fd.clone())
+                    } else {
+                        None
+                    }
+                };
                 if let Some(old) = old {
                     discard_on(&self.replicas, i, old);
                 }
@@ -1071,8 +1085,10 @@ impl ChironFs {
                             _ => false,
                         };
                         // Changed meanwhile (the replica left service and
-                        // `forget_fds` took it): left as it is.
-                        if same {
+                        // `forget_fds` took it), or out of service now
+                        // (`fail` marks it before `forget_fds`, so one of
+                        // the two sees the other): left as it is.
+                        if same && rep.is_writable() {
                             // An fd on another inode than the path's there
                             // (the resync replaced the file at the path, a
                             // name linked to a first copy made anew): what

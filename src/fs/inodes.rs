@@ -253,6 +253,18 @@ impl InodeTable {
         let Some(pos) = node.keys.iter().position(|n| n.0 == key.0) else {
             return;
         };
+        // The inode is another node's that still has a name (the path's
+        // name changed while the copy ran: a rename updates the table
+        // after its fan-out): it stays that node's.
+        if let Some(&other) = self.keys.get(&key)
+            && other != ino
+            && self.nodes.get(&other).is_some_and(|o| !o.links.is_empty())
+        {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
         let old = std::mem::replace(&mut node.keys[pos], key);
         if old != key && self.keys.get(&old) == Some(&ino) {
             self.keys.remove(&old);
@@ -606,6 +618,19 @@ mod tests {
         assert_eq!(look(&mut t, d, "f", REG, &[(1, 2, 31)], 1), f);
         // A change the table did not see still gives a new number.
         assert_ne!(look(&mut t, d, "f", REG, &[(1, 2, 33)], 1), f);
+    }
+
+    #[test]
+    fn a_remade_key_another_named_node_owns_stays_its() {
+        // A rename over `g` is applied on the replicas but not yet in the
+        // table while a copy of `g` reports the renamed file's inode there:
+        // it stays the renamed file's (review of 68da9d7).
+        let mut t = InodeTable::new();
+        let f = look(&mut t, ROOT, "f", REG, &[(1, 2, 40)], 1);
+        let g = look(&mut t, ROOT, "g", REG, &[(1, 2, 50)], 1);
+        t.remade(&RelPath::from_bytes(b"g").unwrap(), REG, (1, 2, 40));
+        assert_eq!(look(&mut t, ROOT, "g", REG, &[(1, 2, 50)], 1), g);
+        assert_eq!(look(&mut t, ROOT, "f", REG, &[(1, 2, 40)], 1), f);
     }
 
     #[test]

@@ -173,13 +173,40 @@ impl PathLocks {
     }
 }
 
+impl PathGuard {
+    /// From now on the holder is a copy to `copy_to`: a change may take
+    /// the stripe over `deadline` from now.
+    fn stamp(&self, copy_to: Option<usize>) {
+        let mut h = self.stripe.held.lock();
+        if h.id == self.id {
+            h.copy_to = copy_to;
+            h.since = Some(Instant::now());
+        }
+    }
+}
+
+/// Takes several stripes for a copy: as a plain holder while it waits for
+/// the later ones (a copy waiting for a lock is not stuck on its replica),
+/// then stamped as the copy's once it holds them all.
+fn take_for_copy<'a>(
+    stripes: impl Iterator<Item = &'a Arc<Stripe>>,
+    copy_to: Option<usize>,
+) -> Vec<PathGuard> {
+    let guards: Vec<PathGuard> = stripes
+        .map(|s| s.take(None, None, &mut Vec::new()))
+        .collect();
+    if copy_to.is_some() {
+        for g in &guards {
+            g.stamp(copy_to);
+        }
+    }
+    guards
+}
+
 /// Every stripe, in order, for a copy to replica `copy_to` (see
 /// `ChironFs::lock_fn`).
 pub fn lock_every(stripes: &[Arc<Stripe>], copy_to: Option<usize>) -> Vec<PathGuard> {
-    stripes
-        .iter()
-        .map(|s| s.take(copy_to, None, &mut Vec::new()))
-        .collect()
+    take_for_copy(stripes.iter(), copy_to)
 }
 
 /// The stripes of several paths, in stripe order, for a copy (of a file
@@ -189,10 +216,7 @@ pub fn lock_paths_in(
     paths: &[RelPath],
     copy_to: Option<usize>,
 ) -> Vec<PathGuard> {
-    indexes(paths)
-        .into_iter()
-        .map(|i| stripes[i].take(copy_to, None, &mut Vec::new()))
-        .collect()
+    take_for_copy(indexes(paths).into_iter().map(|i| &stripes[i]), copy_to)
 }
 
 /// One path's stripe, for a copy.

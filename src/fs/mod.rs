@@ -379,15 +379,13 @@ impl ChironFs {
         T: Send + 'static,
         F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
     {
-        self.mutate_on(
-            op,
-            path,
-            None,
-            &self.writers(),
-            self.opts.needed,
-            Spread::Light,
-            f,
-        )
+        // Syncs run in parallel: each waits for its disk.
+        let spread = if marks::is_change(op) {
+            Spread::Light
+        } else {
+            Spread::Heavy
+        };
+        self.mutate_on(op, path, None, &self.writers(), self.opts.needed, spread, f)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -422,17 +420,16 @@ impl ChironFs {
         // (which sees the new link count at its next chunk) must not
         // overlap it.
         let locked = self.lock_for_change(op, &marked, op == "link");
-        // A replica found hung under a copy's lock is failed: not a
-        // target any more, so it is marked (`missed`) below.
+        // A replica found hung under a copy's lock, or failed by another
+        // change meanwhile, is not a target any more, so it is marked
+        // (`missed`) below: a change that reached it after its failure
+        // would leave it unmarked, and its resync trusts its marks.
         let kept: Vec<usize>;
-        let targets = if locked.stuck.is_empty() {
+        let gone = |i: &usize| locked.stuck.contains(i) || !self.replicas[*i].is_writable();
+        let targets = if !targets.iter().any(gone) {
             targets
         } else {
-            kept = targets
-                .iter()
-                .copied()
-                .filter(|i| !locked.stuck.contains(i))
-                .collect();
+            kept = targets.iter().copied().filter(|i| !gone(i)).collect();
             if kept.is_empty() || kept.len() < needed {
                 // Nothing applied: nothing more to mark.
                 drop(locked);

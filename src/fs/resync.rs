@@ -121,7 +121,9 @@ impl ChironFs {
         }
         let _lease = Lease(self);
         let src = &self.replicas[src];
-        let me = self.lock_fn(r.inline, Some(i));
+        // Only a destination that may hang (not on a local filesystem,
+        // whose syscalls end) can be found stuck under a lock (`locks`).
+        let me = self.lock_fn(r.inline, (!r.inline).then_some(i));
         let ctl = Arc::new(
             CopyControl::with_throttle(throttle.clone())
                 .with_chunk_guard(me)
@@ -239,6 +241,11 @@ impl ChironFs {
                     copied.as_ref().map(|_| ())
                 );
                 match copied {
+                    // Failed meanwhile (a change found the copy hung and
+                    // took its lock over, then changed the path without
+                    // it): the copy may have finished after that change,
+                    // so nothing it did clears a mark.
+                    Ok(_) if ctl.is_cancelled() || !copying() => return,
                     Ok(_) => {}
                     // An errno does not say which side failed: the source is
                     // blamed only if it is visibly unhealthy.
