@@ -691,7 +691,7 @@ impl ChironFs {
     fn on_handle<T, F>(
         &self,
         op: &'static str,
-        h: &FileHandle,
+        h: &Arc<FileHandle>,
         spread: fanout::Spread,
         f: F,
     ) -> Result<Vec<(usize, T)>>
@@ -705,6 +705,13 @@ impl ChironFs {
             return Err(Errno::EIO);
         }
         tracing::trace!(target: AUDIT, "{op} through ino {} on {:?}", h.ino, audit_inos(&self.replicas, &fds));
+        // The fd each replica's call uses is the handle's when the call
+        // runs, under the path's lock, not the one seen before it: a copy
+        // the change waited for may have replaced the file there (the fd
+        // then given by `join_handles`) or let go of it (`displace_fn`:
+        // none, so the replica misses the change and is marked). Checker
+        // seed 6: a write that waited for a copy wrote the old inode.
+        let h2 = h.clone();
         self.mutate_on(
             op,
             &self.describe(h.ino),
@@ -712,7 +719,7 @@ impl ChironFs {
             &targets,
             self.opts.needed,
             spread,
-            move |rep| fds[rep.index].as_deref().map_or(Err(Errno::EBADF), &f),
+            move |rep| h2.fd(rep.index).as_deref().map_or(Err(Errno::EBADF), &f),
         )
     }
 
