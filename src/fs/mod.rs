@@ -197,9 +197,11 @@ impl ChironFs {
         } else {
             self.locks.lock_all(paths)
         };
-        let shown = paths.first().cloned().unwrap_or_else(RelPath::root);
-        for &r in &locked.stuck {
-            self.fail(r, op, &shown, Errno::ETIMEDOUT);
+        if !locked.stuck.is_empty() {
+            let shown = paths.first().cloned().unwrap_or_else(RelPath::root);
+            for &r in &locked.stuck {
+                self.fail(r, op, &shown, Errno::ETIMEDOUT);
+            }
         }
         locked
     }
