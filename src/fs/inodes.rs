@@ -127,10 +127,16 @@ impl InodeTable {
 
     /// Nodes that a file with several links, whose backing identity on
     /// each replica is `keys`, may be another name of: (node, the matching
-    /// key, the node's path). The caller checks on that replica that the
-    /// path still names that file before passing the node to `lookup` as
-    /// `join` (a number may have been reused behind this table's back).
-    pub fn candidates(&self, kind: u32, keys: &[BackingKey]) -> Vec<(u64, BackingKey, RelPath)> {
+    /// key, the node's path, or `None` for an open node whose every known
+    /// name was removed). The caller checks on that replica that the path
+    /// (or an open handle's fd, for a nameless node) is still that file
+    /// before passing the node to `lookup` as `join` (a number may have
+    /// been reused behind this table's back).
+    pub fn candidates(
+        &self,
+        kind: u32,
+        keys: &[BackingKey],
+    ) -> Vec<(u64, BackingKey, Option<RelPath>)> {
         if kind == libc::S_IFDIR {
             return Vec::new();
         }
@@ -138,9 +144,13 @@ impl InodeTable {
             .filter_map(|k| {
                 let ino = *self.keys.get(k)?;
                 let node = self.nodes.get(&ino)?;
-                (node.kind == kind && !node.links.is_empty())
-                    .then(|| Some((ino, *k, self.path(ino)?)))
-                    .flatten()
+                if node.kind != kind {
+                    return None;
+                }
+                if node.links.is_empty() {
+                    return (node.opens > 0).then_some((ino, *k, None));
+                }
+                Some((ino, *k, Some(self.path(ino)?)))
             })
             .collect()
     }
@@ -182,11 +192,12 @@ impl InodeTable {
             && kind != libc::S_IFDIR
             && let Some(node) = self.nodes.get_mut(&ino)
             && node.kind == kind
-            && !node.links.is_empty()
+            && (!node.links.is_empty() || node.opens > 0)
         {
-            // Another name of a file we know: a hard link. (Never for a
-            // directory: joining a directory to another's node makes the
-            // kernel refuse it with ESTALE.)
+            // Another name of a file we know: a hard link, or a file open
+            // under a name since removed. (Never for a directory: joining
+            // a directory to another's node makes the kernel refuse it
+            // with ESTALE.)
             node.links.push(link.clone());
             node.lookups += 1;
             self.children.insert(link, ino);
@@ -339,16 +350,28 @@ impl InodeTable {
         };
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.links.retain(|(p, n)| !(*p == parent && n == name));
-            if node.links.is_empty() {
-                // The backing inode numbers may be reused by a new file.
-                for k in std::mem::take(&mut node.keys) {
-                    if self.keys.get(&k) == Some(&ino) {
-                        self.keys.remove(&k);
-                    }
-                }
+        }
+        self.unkey_if_gone(ino);
+        self.maybe_drop(ino);
+    }
+
+    /// A node with no known name and no open handle lets go of its backing
+    /// identities: the backing inode numbers may be reused by a new file.
+    /// An open node keeps them, so that another name of the file looked up
+    /// later joins it (one inode, one page cache, whichever name each
+    /// open used); `candidates` offers it to be checked through its fds.
+    fn unkey_if_gone(&mut self, ino: u64) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if !node.links.is_empty() || node.opens > 0 {
+            return;
+        }
+        for k in std::mem::take(&mut node.keys) {
+            if self.keys.get(&k) == Some(&ino) {
+                self.keys.remove(&k);
             }
         }
-        self.maybe_drop(ino);
     }
 
     /// `(p1, n1)` was renamed to `(p2, n2)`; with `exchange` the two swapped.
@@ -400,6 +423,7 @@ impl InodeTable {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.opens = node.opens.saturating_sub(1);
         }
+        self.unkey_if_gone(ino);
         self.maybe_drop(ino);
     }
 
@@ -579,6 +603,33 @@ mod tests {
         look(&mut t, ROOT, "a", REG, &[(0, 1, 80), (1, 2, 91)], 2);
         assert!(t.candidates(REG, &[(1, 2, 90)]).is_empty());
         assert_eq!(t.candidates(REG, &[(1, 2, 91)])[0].0, a);
+    }
+
+    #[test]
+    fn an_open_file_whose_names_were_removed_is_joined_by_another_name() {
+        // Checker seed 17: the only name the table knew of a linked file
+        // was removed while the file was open; another name looked up then
+        // must be the same inode (one page cache), not a second one.
+        let mut t = InodeTable::new();
+        let a = look(&mut t, ROOT, "a", REG, &[(0, 1, 70), (1, 2, 71)], 2);
+        t.opened(a);
+        t.unlink(ROOT, &n("a"));
+        let c = t.candidates(REG, &[(0, 1, 70)]);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].0, c[0].2.is_none()),
+            (a, true),
+            "offered with no path"
+        );
+        assert_eq!(
+            look(&mut t, ROOT, "b", REG, &[(0, 1, 70), (1, 2, 71)], 2),
+            a
+        );
+        // Closed with no name left, its numbers are free for new files.
+        t.unlink(ROOT, &n("b"));
+        t.closed(a);
+        assert!(t.candidates(REG, &[(0, 1, 70)]).is_empty());
+        assert_ne!(look(&mut t, ROOT, "c", REG, &[(0, 1, 70)], 2), a);
     }
 
     #[test]

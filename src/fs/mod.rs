@@ -575,14 +575,21 @@ impl ChironFs {
 
     /// Registers a name the kernel will now hold a reference to.
     fn remember(&self, parent: u64, name: &Name, replica: usize, st: &Stat) -> Entry {
+        self.remember_as(parent, name, &[Self::key(replica, st)], None, st)
+    }
+
+    /// `remember` with the backing identities `keys` and the node `join`
+    /// checked to be the same file ([`inodes::InodeTable::lookup`]).
+    fn remember_as(
+        &self,
+        parent: u64,
+        name: &Name,
+        keys: &[inodes::BackingKey],
+        join: Option<u64>,
+        st: &Stat,
+    ) -> Entry {
         let mut inodes = self.inodes.write();
-        let ino = inodes.lookup(
-            parent,
-            name,
-            st.st_mode & libc::S_IFMT,
-            &[Self::key(replica, st)],
-            None,
-        );
+        let ino = inodes.lookup(parent, name, st.st_mode & libc::S_IFMT, keys, join);
         inodes.set_nlink(ino, st.st_nlink);
         drop(inodes);
         Entry { ino, attr: *st }

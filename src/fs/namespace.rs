@@ -1,7 +1,7 @@
 //! Names: lookup, create-like operations, unlink, rename, links, listings.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
@@ -70,10 +70,17 @@ impl ChironFs {
         let (r, st) = found.inspect_err(|e| {
             tracing::trace!(target: super::AUDIT, "lookup {path} under ino {parent}: {e}");
         })?;
-        let entry = if st.st_nlink > 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        let kind = st.st_mode & libc::S_IFMT;
+        let entry = if kind == libc::S_IFDIR {
+            self.remember(parent, &name, r, &st)
+        } else if st.st_nlink > 1 {
             self.remember_linked(parent, &name, &path, r, st)
         } else {
-            self.remember(parent, &name, r, &st)
+            // The one name left of a file open under a name since removed
+            // is that open's inode.
+            let keys = [Self::key(r, &st)];
+            let join = self.checked_join(parent, &name, kind, &keys, true);
+            self.remember_as(parent, &name, &keys, join, &st)
         };
         tracing::trace!(
             target: super::AUDIT,
@@ -127,26 +134,7 @@ impl ChironFs {
         let order = self.readers();
         seen.sort_by_key(|(i, _)| order.iter().position(|o| o == i).unwrap_or(usize::MAX));
         let keys: Vec<inodes::BackingKey> = seen.iter().map(|(i, s)| Self::key(*i, s)).collect();
-        let known = self.inodes.read().child(parent, name);
-        let join = if known.is_some() {
-            None
-        } else {
-            let candidates = self.inodes.read().candidates(kind, &keys);
-            candidates
-                .into_iter()
-                .find_map(|(ino, (i, dev, num), other)| {
-                    if !self.serves(i, &other) {
-                        return None;
-                    }
-                    let st = self
-                        .on_replica(i, move |rep| {
-                            let (pp, nm) = other.split().ok_or(Errno::ENOENT)?;
-                            ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c())
-                        })
-                        .ok()?;
-                    (st.st_dev == dev && st.st_ino == num).then_some(ino)
-                })
-        };
+        let join = self.checked_join(parent, name, kind, &keys, false);
         let mut inodes = self.inodes.write();
         let ino = inodes.lookup(parent, name, kind, &keys, join);
         inodes.set_nlink(ino, seen[0].1.st_nlink);
@@ -155,6 +143,57 @@ impl ChironFs {
             ino,
             attr: seen[0].1,
         }
+    }
+
+    /// The node a new name (parent, name) of a file seen as `keys` is
+    /// checked to be another name of, if any (see
+    /// [`inodes::InodeTable::candidates`]). `nameless_only`: consider only
+    /// open nodes whose every name was removed (for a file with one link,
+    /// a named node with its number is another file).
+    fn checked_join(
+        &self,
+        parent: u64,
+        name: &Name,
+        kind: u32,
+        keys: &[inodes::BackingKey],
+        nameless_only: bool,
+    ) -> Option<u64> {
+        let candidates = {
+            let inodes = self.inodes.read();
+            if inodes.child(parent, name).is_some() {
+                return None;
+            }
+            inodes.candidates(kind, keys)
+        };
+        candidates
+            .into_iter()
+            .filter(|c| !nameless_only || c.2.is_none())
+            .find_map(|(ino, (i, dev, num), other)| {
+                let st = match other {
+                    Some(other) => {
+                        if !self.serves(i, &other) {
+                            return None;
+                        }
+                        self.on_replica(i, move |rep| {
+                            let (pp, nm) = other.split().ok_or(Errno::ENOENT)?;
+                            ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c())
+                        })
+                    }
+                    // Open under names since removed: an open handle's fd
+                    // on that replica says which file it is (a number
+                    // cannot be reused while an fd holds it).
+                    None => {
+                        let fd = self
+                            .files
+                            .all(|h| h.ino == ino)
+                            .into_iter()
+                            .find_map(|h| h.fd(i))?;
+                        self.on_replica(i, move |_| ops::fstat(fd.as_fd()))
+                    }
+                }
+                .ok()?;
+                (st.st_dev == dev && st.st_ino == num).then_some(ino)
+            })
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, owner: Owner) -> Result<Entry> {
