@@ -126,14 +126,18 @@ impl ChironFs {
             // truncate updates mtime; give every replica the same one.
             times[1] = now;
         }
-        let handle = self.handle_for(ino, fh);
         // A read-only handle's fd cannot truncate (open(O_RDONLY|O_TRUNC)
         // arrives as an open and then a truncating setattr on it).
         let usable = |h: &Arc<super::file::FileHandle>| {
             h.is_writable() || set.size.is_none() || self.inodes.read().path(ino).is_none()
         };
-        let fds: Vec<Option<Arc<OwnedFd>>> = (0..self.replicas.len())
-            .map(|i| handle.as_ref().filter(|h| usable(h)).and_then(|h| h.fd(i)))
+        let handle = self.handle_for(ino, fh).filter(|h| usable(h));
+        // As every change through a handle: its gate held, and its fd
+        // taken when each replica's call runs, under the path's lock (a
+        // copy waited for may have replaced or let go of it meanwhile).
+        let _gate = handle.as_ref().map(|h| h.change_gate());
+        let has_fd: Vec<bool> = (0..self.replicas.len())
+            .map(|i| handle.as_ref().is_some_and(|h| h.fd(i).is_some()))
             .collect();
         let loc = if ino == ROOT {
             None
@@ -149,8 +153,9 @@ impl ChironFs {
         let targets: Vec<usize> = self
             .writers()
             .into_iter()
-            .filter(|&i| !unlinked || fds[i].is_some())
+            .filter(|&i| !unlinked || has_fd[i])
             .collect();
+        let h2 = handle.clone();
         let path = self.describe(ino);
         let done = self.mutate_on(
             "setattr",
@@ -160,7 +165,8 @@ impl ChironFs {
             self.opts.needed,
             super::fanout::Spread::Light,
             move |rep| {
-                on_inode(rep, &loc, fds[rep.index].as_deref(), |at| {
+                let fd = h2.as_ref().and_then(|h| h.fd(rep.index));
+                on_inode(rep, &loc, fd.as_deref(), |at| {
                     if set.uid.is_some() || set.gid.is_some() {
                         at.chown(set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
                     }

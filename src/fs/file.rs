@@ -57,6 +57,11 @@ impl FileHandle {
         self.fds.lock().get_mut(replica).and_then(Option::take)
     }
 
+    /// Held shared by a change through this open (see `gate`).
+    pub(super) fn change_gate(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.gate.read()
+    }
+
     pub fn reader(&self) -> usize {
         self.reader.load(Ordering::Relaxed)
     }
@@ -772,14 +777,18 @@ impl ChironFs {
         }
         // The reply counts bytes in 32 bits; the kernel asks again for more.
         let len = len.min(1 << 30);
-        let (targets, out_fds) = self.write_fds(&h_out);
+        // As `on_handle`: the destination's gate held, and each handle's
+        // fd taken when the replica's call runs, under the path's lock.
+        // (Only the destination's gate: two gates taken in either order
+        // could deadlock with `join_unlinked` waiting on both.)
+        let _gate = h_out.gate.read();
+        let (targets, _) = self.write_fds(&h_out);
         if targets.is_empty() {
             return Err(Errno::EIO);
         }
         let in_path = self.describe(h_in.ino);
         let in_loc = self.locate(h_in.ino)?;
-        let in_fds = h_in.fds.lock().clone();
-        let reachable = |i: usize| in_fds[i].is_some() || in_loc.is_some();
+        let reachable = |i: usize| h_in.fd(i).is_some() || in_loc.is_some();
         if !targets
             .iter()
             .all(|&i| self.serves(i, &in_path) && reachable(i))
@@ -789,6 +798,7 @@ impl ChironFs {
         let out_path = self.describe(h_out.ino);
         let now = ops::now();
         h_out.dirty.store(true, Ordering::Relaxed);
+        let (h_in2, h_out2) = (h_in.clone(), h_out.clone());
         let done = self.mutate_on(
             "copy_file_range",
             &out_path,
@@ -797,9 +807,10 @@ impl ChironFs {
             self.opts.needed,
             fanout::Spread::Heavy,
             move |rep| {
-                let out = out_fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
+                let out = h_out2.fd(rep.index).ok_or(Errno::EBADF)?;
                 let opened;
-                let src = match (&in_fds[rep.index], &in_loc) {
+                let in_fd = h_in2.fd(rep.index);
+                let src = match (&in_fd, &in_loc) {
                     (Some(fd), _) => &**fd,
                     (None, Some((pp, nm))) => {
                         opened = ops::openat(
@@ -834,10 +845,12 @@ impl ChironFs {
     }
 
     /// Gives every replica the first replica's mtime after writes.
-    fn settle_mtime(&self, h: &FileHandle) -> Result<()> {
+    fn settle_mtime(&self, h: &Arc<FileHandle>) -> Result<()> {
         if !h.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
+        // As `on_handle`: the gate held, each fd taken when its call runs.
+        let _gate = h.gate.read();
         let (targets, fds) = self.write_fds(h);
         let Some(&first) = targets.first() else {
             return Ok(());
@@ -860,6 +873,7 @@ impl ChironFs {
             tv_nsec: st.st_mtime_nsec,
         };
         let path = self.describe(h.ino);
+        let h2 = h.clone();
         // Copying a timestamp is housekeeping: one success is enough.
         let light = fanout::Spread::Light;
         self.mutate_on(
@@ -873,7 +887,7 @@ impl ChironFs {
                 if rep.index == first {
                     return Ok(());
                 }
-                let fd = fds[rep.index].as_deref().ok_or(Errno::EBADF)?;
+                let fd = h2.fd(rep.index).ok_or(Errno::EBADF)?;
                 At::Fd(fd.as_fd()).utimens(&[OMIT, mtime])
             },
         )?;
