@@ -282,6 +282,10 @@ impl ChironFs {
                 }
             }
         }
+        if self.links_left_split(i, &ctl) {
+            // Back next round, for a full compare.
+            return;
+        }
         // Open files unlinked while it was out follow it too.
         match self.join_unlinked(i) {
             Ok(()) => {}
@@ -333,6 +337,65 @@ impl ChironFs {
             "replica {} is in sync again ({files} entries, {bytes} bytes copied)",
             r.spec.path.display()
         );
+    }
+
+    /// Whether a file with several links that this resync copied to
+    /// replica `i` has fewer links there than on its source: its other
+    /// names on `i` are separate files the pass never met (in other
+    /// directories, unknown to the inode table, and not marked: a heal
+    /// after `kill -9` in the middle of a `link` across directories, or a
+    /// rename of one name while the kernel had forgotten the others). The
+    /// replica then gets a full compare, which relinks every name: the
+    /// first copy is marked again (so a restart finds it too), and an
+    /// in-sync replica stops serving until the compare ends if another
+    /// replica is in sync (its separate names miss what is written through
+    /// the file's other names). src/DESIGN.md section 5, "Hard links".
+    fn links_left_split(&self, i: usize, ctl: &CopyControl) -> bool {
+        let r = &self.replicas[i];
+        let mut split = false;
+        for (s, p) in ctl.first_copies() {
+            let Some((pp, nm)) = p.split() else {
+                continue;
+            };
+            let stat = |rep: &Replica| {
+                rep.dir(&pp)
+                    .and_then(|d| {
+                        crate::replica::ops::stat_at(crate::replica::ops::fd_of(&d), nm.as_c())
+                    })
+                    .ok()
+                    .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            };
+            let (Some(a), Some(b)) = (stat(&self.replicas[s]), stat(r)) else {
+                continue;
+            };
+            if b.st_nlink < a.st_nlink {
+                tracing::warn!(
+                    "replica {}: {p} has {} links there, {} on {}: its other names are relinked by a full compare",
+                    r.spec.path.display(),
+                    b.st_nlink,
+                    a.st_nlink,
+                    self.replicas[s].spec.path.display()
+                );
+                self.record_missed(&p, i);
+                split = true;
+            }
+        }
+        if split {
+            r.needs_full.store(true, Ordering::SeqCst);
+            let other_in_sync = self
+                .replicas
+                .iter()
+                .any(|o| o.index != i && o.state() == State::InSync);
+            if other_in_sync {
+                self.change_state(
+                    i,
+                    &[State::InSync],
+                    State::Resyncing,
+                    "hard links to relink (full compare)".into(),
+                );
+            }
+        }
+        split
     }
 
     /// The replica replica `i` copies `p` from: an in-sync replica for this

@@ -386,11 +386,11 @@ impl Job<'_> {
         links
             .claimed
             .insert(inode_key(d), (self.src.index, inode_key(s)));
-        if s.st_nlink > 1 {
-            links
-                .first
-                .entry(inode_key(s))
-                .or_insert_with(|| path.clone());
+        if s.st_nlink > 1
+            && let std::collections::hash_map::Entry::Vacant(e) = links.first.entry(inode_key(s))
+        {
+            e.insert(path.clone());
+            links.first_copies.push((self.src.index, path.clone()));
         }
     }
 

@@ -146,6 +146,10 @@ pub(crate) struct LinkMap {
     /// unrelated paths is never written in place for two different sources.
     /// (Inode numbers of two source replicas say nothing of each other.)
     pub(crate) claimed: HashMap<(u64, u64), (usize, (u64, u64))>,
+    /// (source replica, path) of each first copy made, in order: a group
+    /// whose other names the pass never met may be left split on the
+    /// destination ([`CopyControl::first_copies`]).
+    pub(crate) first_copies: Vec<(usize, RelPath)>,
 }
 
 impl CopyControl {
@@ -262,6 +266,16 @@ impl CopyControl {
 
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// The first copies of files with several links made so far: (source
+    /// replica index, path). A pass links every other name of such a file
+    /// it meets to its first copy, but meets only the names it syncs: a
+    /// name elsewhere that the destination holds as a separate file stays
+    /// one (the caller compares link counts, src/DESIGN.md section 5,
+    /// "Hard links").
+    pub fn first_copies(&self) -> Vec<(usize, RelPath)> {
+        self.links.lock().first_copies.clone()
     }
 
     /// Forgets the hard links seen so far (start of a new pass).
