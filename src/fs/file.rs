@@ -477,6 +477,13 @@ impl ChironFs {
                 _ => self.reopen_held(h.ino, next).map_err(|_| Errno::EIO)?,
             };
             let mut fds = h.fds.lock();
+            // Left service meanwhile (`forget_fds` may have run already):
+            // not installed, another replica is tried.
+            if !self.replicas[next].is_writable() {
+                drop(fds);
+                let tried: Vec<usize> = tried.iter().copied().chain([next]).collect();
+                return self.fail_over_reader(h, &tried);
+            }
             if fds[next].is_none() {
                 fds[next] = Some(Arc::new(fd));
             }
@@ -562,7 +569,10 @@ impl ChironFs {
             let Ok(fds) = fds else { continue };
             for (h, fd) in held.iter().zip(fds) {
                 let mut slot = h.fds.lock();
-                if slot[i].is_none() {
+                // Failed meanwhile: `forget_fds` may have run already, and
+                // an fd installed now would outlive the failure (writes
+                // to a stale inode once the replica is back).
+                if slot[i].is_none() && self.replicas[i].is_writable() {
                     slot[i] = fd;
                 }
             }
@@ -631,7 +641,15 @@ impl ChironFs {
             let fd = match fd {
                 Ok(fd) => fd,
                 Err(e) => {
+                    // What the opens hold there is an older file (the
+                    // replica is behind for the path): they let go of it,
+                    // so their writes mark it and reads fail over.
                     tracing::debug!("{path}: no copy of an open file on a replica behind: {e}");
+                    for h in &held {
+                        if let Some(old) = h.drop_fd(i) {
+                            discard_on(&self.replicas, i, old);
+                        }
+                    }
                     continue;
                 }
             };

@@ -347,8 +347,24 @@ impl ChironFs {
             tracing::trace!(target: AUDIT, "clear {p} r{replica}: kept (generation moved)");
             return Ok(false);
         }
+        let removed = self.marks.remove_stale(p, replica);
+        // A mark that came between the check above and the removal (its
+        // generation moves before it writes the store and the stale set)
+        // stands: the store has it, and so must the stale set, or the
+        // replica would serve the path (and, with no other stale path,
+        // never be resynced for it).
+        if self.marks.generation(p, replica) != generation {
+            self.marks.store.mark_missed(raw, &id)?;
+            let first =
+                self.replicas[replica].state() == State::InSync && self.marks.add_stale(p, replica);
+            if first && !removed {
+                self.record_ledger();
+            }
+            tracing::trace!(target: AUDIT, "clear {p} r{replica}: kept (generation moved while clearing)");
+            return Ok(false);
+        }
         tracing::trace!(target: AUDIT, "clear {p} r{replica}: cleared");
-        if self.marks.remove_stale(p, replica) {
+        if removed {
             self.record_ledger();
         }
         Ok(true)

@@ -268,6 +268,36 @@ impl ChironFs {
         move |p: &RelPath| inodes.read().names_of(p)
     }
 
+    /// For the copy engine ([`crate::resync::CopyControl::with_replaced`]):
+    /// every open holding destination inode `d` on replica `dst` lets go
+    /// of its fd there (closed on the replica's threads). A writable one
+    /// gets the new copy from `join_handles`, or leaves its changes
+    /// marked; a read-only one reopens the file by its name on a serving
+    /// replica when it next reads (`fail_over_reader`).
+    fn replaced_fn(&self) -> impl Fn(usize, &Stat) + Send + Sync + 'static {
+        let files = self.files.clone();
+        let replicas = self.replicas.clone();
+        move |dst: usize, d: &Stat| {
+            let want = (d.st_dev, d.st_ino);
+            // The table's lock is not held across the fstats.
+            for h in files.all(|h| h.fd(dst).is_some()) {
+                let holds = h.fd(dst).is_some_and(|fd| {
+                    crate::replica::ops::fstat(std::os::fd::AsFd::as_fd(&*fd))
+                        .is_ok_and(|st| (st.st_dev, st.st_ino) == want)
+                });
+                if holds && let Some(fd) = h.drop_fd(dst) {
+                    tracing::trace!(
+                        target: AUDIT,
+                        "replaced r{dst} inode {}: ino {} lets go of it",
+                        d.st_ino,
+                        h.ino
+                    );
+                    file::discard_on(&replicas, dst, fd);
+                }
+            }
+        }
+    }
+
     /// Tells the inode table what a copy put anew at a path
     /// ([`crate::resync::CopyControl::with_made`]).
     fn made_fn(&self) -> impl Fn(usize, &RelPath, &Stat) + Send + Sync + 'static {

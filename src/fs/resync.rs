@@ -129,6 +129,7 @@ impl ChironFs {
                 .with_chunk_guard(me)
                 .with_link_hint(self.link_hint())
                 .with_displace(self.displace_fn())
+                .with_replaced(self.replaced_fn())
                 .with_made(self.made_fn()),
         );
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -573,10 +573,10 @@ impl Job<'_> {
         // An open of another file holds the destination inode (the source
         // renamed or unlinked that file, and the destination missed it):
         // written in place, the copy would become what that open writes.
+        let reusable = dst_st.as_ref().is_some_and(|d| self.reusable(sst, d));
         let reuse = linked.is_some()
             || dst_st.as_ref().is_some_and(|d| {
-                self.reusable(sst, d)
-                    && !(self.ctl.displaced)(self.src.index, self.dst.index, sst, d)
+                reusable && !(self.ctl.displaced)(self.src.index, self.dst.index, sst, d)
             });
         let dfd = if reuse {
             let f =
@@ -587,9 +587,14 @@ impl Job<'_> {
             }
             f
         } else {
-            if dst_st.is_some() {
+            if let Some(d) = &dst_st {
                 // Shared with names that are not this file's on the source:
-                // writing in place would change them too.
+                // writing in place would change them too. Opens holding it
+                // (of this file, made while it was the file's copy) let go
+                // of it: it stops being the file's copy here.
+                if !reusable {
+                    (self.ctl.replaced)(self.dst.index, d);
+                }
                 ops::unlinkat(ddir, name, 0)?;
             }
             match ops::openat(ddir, name, access | libc::O_CREAT | libc::O_EXCL, 0o600) {

@@ -122,8 +122,13 @@ pub struct CopyControl {
     links: Mutex<LinkMap>,
     link_hint: Box<HintFn>,
     displaced: Box<DisplaceFn>,
+    replaced: Box<ReplacedFn>,
     made: Box<MadeFn>,
 }
+
+/// (destination replica index, the destination inode's stat): see
+/// [`CopyControl::with_replaced`].
+type ReplacedFn = dyn Fn(usize, &Stat) + Send + Sync;
 
 /// (destination replica index, path, the new entry's stat).
 type MadeFn = dyn Fn(usize, &RelPath, &Stat) + Send + Sync;
@@ -170,6 +175,7 @@ impl CopyControl {
             links: Mutex::new(LinkMap::default()),
             link_hint: Box::new(|_| Vec::new()),
             displaced: Box::new(|_, _, _, _| false),
+            replaced: Box::new(|_, _| {}),
             made: Box::new(|_, _, _| ()),
         }
     }
@@ -206,6 +212,20 @@ impl CopyControl {
         f: impl Fn(usize, usize, &Stat, &Stat) -> bool + Send + Sync + 'static,
     ) -> CopyControl {
         self.displaced = Box::new(f);
+        self
+    }
+
+    /// Sets how the engine tells the filesystem that destination inode `d`
+    /// on replica `dst`, an older copy of the file being synced that has
+    /// other names not part of the file's group on the source, is about to
+    /// be replaced by a new inode (`f(dst, d)`): opens holding it let go of
+    /// it, or they would keep reading and writing a copy that no longer is
+    /// the file's. Called under the path's guard.
+    pub fn with_replaced(
+        mut self,
+        f: impl Fn(usize, &Stat) + Send + Sync + 'static,
+    ) -> CopyControl {
+        self.replaced = Box::new(f);
         self
     }
 
