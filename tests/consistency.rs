@@ -760,6 +760,18 @@ fn names_of_one_file_are_one_inode_whichever_replica_served_them() {
 /// read through it missed a write made through the held open.)
 #[test]
 fn a_name_looked_up_after_the_held_name_was_unlinked_is_the_same_inode() {
+    name_after_held_name_unlinked(false);
+}
+
+/// The same with the replica the other name is read from taken out and
+/// back in between: the held open let go of its fd there, so the name is
+/// checked through its fd on the other replica. (Found by review.)
+#[test]
+fn a_name_looked_up_after_the_held_name_was_unlinked_and_a_replica_cycled_is_the_same_inode() {
+    name_after_held_name_unlinked(true);
+}
+
+fn name_after_held_name_unlinked(cycle_replica: bool) {
     const LEN: usize = 8192;
     let fx = Fixture::new(&[]);
     let m = &fx.m;
@@ -776,6 +788,11 @@ fn a_name_looked_up_after_the_held_name_was_unlinked_is_the_same_inode() {
         .expect("open x for writing");
     fs::remove_file(m.path("x")).expect("rm x");
     let ino_x = held.metadata().unwrap().ino();
+    if cycle_replica {
+        fx.set_enabled(0, false);
+        fx.set_enabled(0, true);
+        fx.wait_in_sync("after enable");
+    }
     // `y` looked up now, and read through the page cache (a cached open).
     let reader = OpenOptions::new()
         .read(true)
@@ -824,6 +841,9 @@ fn a_name_looked_up_after_the_held_name_was_unlinked_is_the_same_inode() {
         "a mapping of y misses a write made through the held open of x: {}",
         show(&seen[..100])
     );
+    // A replica the held open had no fd on missed its write: marked for
+    // `y`, and resynced.
+    fx.wait_in_sync("after the write through the held open");
     let mut expected = vec![b'a'; LEN];
     expected[..100].fill(b'b');
     assert_on_replicas(m, "y", &expected);

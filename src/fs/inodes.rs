@@ -10,7 +10,7 @@
 //! checking on that replica that the node's own path is still that file
 //! ([`InodeTable::candidates`], src/DESIGN.md section 4, inode numbers).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::replica::{Name, RelPath};
 
@@ -46,6 +46,8 @@ pub struct InodeTable {
     /// numbers are forgotten, so memory stays bounded however many files
     /// a walk touches (a file looked up again after that gets a new number).
     retired_order: VecDeque<BackingKey>,
+    /// Open nodes with no known name left (see [`InodeTable::nameless`]).
+    nameless: HashSet<u64>,
     next: u64,
 }
 
@@ -75,6 +77,7 @@ impl InodeTable {
             keys: HashMap::new(),
             retired: HashMap::new(),
             retired_order: VecDeque::new(),
+            nameless: HashSet::new(),
             next: ROOT + 1,
         }
     }
@@ -127,16 +130,11 @@ impl InodeTable {
 
     /// Nodes that a file with several links, whose backing identity on
     /// each replica is `keys`, may be another name of: (node, the matching
-    /// key, the node's path, or `None` for an open node whose every known
-    /// name was removed). The caller checks on that replica that the path
-    /// (or an open handle's fd, for a nameless node) is still that file
-    /// before passing the node to `lookup` as `join` (a number may have
-    /// been reused behind this table's back).
-    pub fn candidates(
-        &self,
-        kind: u32,
-        keys: &[BackingKey],
-    ) -> Vec<(u64, BackingKey, Option<RelPath>)> {
+    /// key, the node's path). The caller checks on that replica that the
+    /// path still names that file before passing the node to `lookup` as
+    /// `join` (a number may have been reused behind this table's back).
+    /// Open nodes with no name left are offered by [`InodeTable::nameless`].
+    pub fn candidates(&self, kind: u32, keys: &[BackingKey]) -> Vec<(u64, BackingKey, RelPath)> {
         if kind == libc::S_IFDIR {
             return Vec::new();
         }
@@ -148,11 +146,34 @@ impl InodeTable {
                     return None;
                 }
                 if node.links.is_empty() {
-                    return (node.opens > 0).then_some((ino, *k, None));
+                    return None;
                 }
-                Some((ino, *k, Some(self.path(ino)?)))
+                Some((ino, *k, self.path(ino)?))
             })
             .collect()
+    }
+
+    /// Open nodes of type `kind` whose every known name was removed: a
+    /// name looked up now may be another name of one of them (the caller
+    /// checks it through an open handle's fd before passing it as `join`).
+    pub fn nameless(&self, kind: u32) -> Vec<u64> {
+        self.nameless
+            .iter()
+            .copied()
+            .filter(|ino| self.nodes.get(ino).is_some_and(|n| n.kind == kind))
+            .collect()
+    }
+
+    /// Keeps `nameless` in step with node `ino`'s names and opens.
+    fn note_nameless(&mut self, ino: u64) {
+        match self.nodes.get(&ino) {
+            Some(n) if n.links.is_empty() && n.opens > 0 && n.kind != libc::S_IFDIR => {
+                self.nameless.insert(ino);
+            }
+            _ => {
+                self.nameless.remove(&ino);
+            }
+        }
     }
 
     /// Records that the kernel looked up `name` in `parent` and found an
@@ -202,6 +223,7 @@ impl InodeTable {
             node.lookups += 1;
             self.children.insert(link, ino);
             self.note_keys(ino, keys);
+            self.note_nameless(ino);
             return ino;
         }
         let ino = first
@@ -352,6 +374,7 @@ impl InodeTable {
             node.links.retain(|(p, n)| !(*p == parent && n == name));
         }
         self.unkey_if_gone(ino);
+        self.note_nameless(ino);
         self.maybe_drop(ino);
     }
 
@@ -424,6 +447,7 @@ impl InodeTable {
             node.opens = node.opens.saturating_sub(1);
         }
         self.unkey_if_gone(ino);
+        self.note_nameless(ino);
         self.maybe_drop(ino);
     }
 
@@ -614,20 +638,19 @@ mod tests {
         let a = look(&mut t, ROOT, "a", REG, &[(0, 1, 70), (1, 2, 71)], 2);
         t.opened(a);
         t.unlink(ROOT, &n("a"));
-        let c = t.candidates(REG, &[(0, 1, 70)]);
-        assert_eq!(c.len(), 1);
-        assert_eq!(
-            (c[0].0, c[0].2.is_none()),
-            (a, true),
-            "offered with no path"
+        assert!(
+            t.candidates(REG, &[(0, 1, 70)]).is_empty(),
+            "no path to check"
         );
-        assert_eq!(
-            look(&mut t, ROOT, "b", REG, &[(0, 1, 70), (1, 2, 71)], 2),
-            a
-        );
+        assert_eq!(t.nameless(REG), vec![a]);
+        assert!(t.nameless(DIR).is_empty());
+        assert_eq!(t.lookup(ROOT, &n("b"), REG, &[(0, 1, 70)], Some(a)), a);
+        assert!(t.nameless(REG).is_empty(), "named again");
         // Closed with no name left, its numbers are free for new files.
         t.unlink(ROOT, &n("b"));
+        assert_eq!(t.nameless(REG), vec![a]);
         t.closed(a);
+        assert!(t.nameless(REG).is_empty());
         assert!(t.candidates(REG, &[(0, 1, 70)]).is_empty());
         assert_ne!(look(&mut t, ROOT, "c", REG, &[(0, 1, 70)], 2), a);
     }

@@ -146,10 +146,11 @@ impl ChironFs {
     }
 
     /// The node a new name (parent, name) of a file seen as `keys` is
-    /// checked to be another name of, if any (see
-    /// [`inodes::InodeTable::candidates`]). `nameless_only`: consider only
-    /// open nodes whose every name was removed (for a file with one link,
-    /// a named node with its number is another file).
+    /// checked to be another name of, if any: a named node found by one of
+    /// the numbers (see [`inodes::InodeTable::candidates`]), or an open
+    /// node whose every name was removed (checked through an open handle's
+    /// fd). `nameless_only`: the latter only (for a file with one link, a
+    /// named node with its number is another file).
     fn checked_join(
         &self,
         parent: u64,
@@ -158,42 +159,65 @@ impl ChironFs {
         keys: &[inodes::BackingKey],
         nameless_only: bool,
     ) -> Option<u64> {
-        let candidates = {
+        let (candidates, nameless) = {
             let inodes = self.inodes.read();
             if inodes.child(parent, name).is_some() {
                 return None;
             }
-            inodes.candidates(kind, keys)
+            let candidates = if nameless_only {
+                Vec::new()
+            } else {
+                inodes.candidates(kind, keys)
+            };
+            (candidates, inodes.nameless(kind))
         };
-        candidates
+        let named = candidates
             .into_iter()
-            .filter(|c| !nameless_only || c.2.is_none())
             .find_map(|(ino, (i, dev, num), other)| {
-                let st = match other {
-                    Some(other) => {
-                        if !self.serves(i, &other) {
-                            return None;
-                        }
-                        self.on_replica(i, move |rep| {
-                            let (pp, nm) = other.split().ok_or(Errno::ENOENT)?;
-                            ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c())
-                        })
-                    }
-                    // Open under names since removed: an open handle's fd
-                    // on that replica says which file it is (a number
-                    // cannot be reused while an fd holds it).
-                    None => {
-                        let fd = self
-                            .files
-                            .all(|h| h.ino == ino)
-                            .into_iter()
-                            .find_map(|h| h.fd(i))?;
-                        self.on_replica(i, move |_| ops::fstat(fd.as_fd()))
-                    }
+                if !self.serves(i, &other) {
+                    return None;
                 }
-                .ok()?;
+                let st = self
+                    .on_replica(i, move |rep| {
+                        let (pp, nm) = other.split().ok_or(Errno::ENOENT)?;
+                        ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c())
+                    })
+                    .ok()?;
                 (st.st_dev == dev && st.st_ino == num).then_some(ino)
-            })
+            });
+        if named.is_some() || nameless.is_empty() {
+            return named;
+        }
+        let path = self.path(parent).ok()?.join(name);
+        nameless
+            .into_iter()
+            .find(|&ino| self.open_file_is_at(ino, &path))
+    }
+
+    /// Whether `path` names the file that open node `ino` holds: on the
+    /// first replica serving `path` where one of its opens holds an fd,
+    /// the name and the fd are one inode (an fd holds its inode, so the
+    /// number cannot have been reused).
+    fn open_file_is_at(&self, ino: u64, path: &RelPath) -> bool {
+        let opens = self.files.all(|h| h.ino == ino);
+        for k in self.readers() {
+            if !self.serves(k, path) {
+                continue;
+            }
+            let Some(fd) = opens.iter().find_map(|h| h.fd(k)) else {
+                continue;
+            };
+            let p = path.clone();
+            return self
+                .on_replica(k, move |rep| {
+                    let (pp, nm) = p.split().ok_or(Errno::ENOENT)?;
+                    let named = ops::stat_at(fd_of(&rep.dir(&pp)?), nm.as_c())?;
+                    let held = ops::fstat(fd.as_fd())?;
+                    Ok(named.st_dev == held.st_dev && named.st_ino == held.st_ino)
+                })
+                .unwrap_or(false);
+        }
+        false
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, owner: Owner) -> Result<Entry> {
