@@ -127,6 +127,16 @@ fn backing_flags(flags: i32) -> i32 {
 
 impl ChironFs {
     pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        self.open_inner(ino, flags).inspect_err(|e| {
+            tracing::trace!(
+                target: AUDIT,
+                "open ino {ino} ({}) flags {flags:#o}: {e}",
+                self.describe(ino)
+            );
+        })
+    }
+
+    fn open_inner(&self, ino: u64, flags: i32) -> Result<Opened> {
         let Some((ppath, name)) = self.locate(ino)? else {
             return Err(Errno::EISDIR);
         };
@@ -157,7 +167,10 @@ impl ChironFs {
                     self.fail(r, "open", &path, e);
                     tried.push(r);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::trace!(target: AUDIT, "open {path} on r{r}: {e}");
+                    return Err(e);
+                }
             }
         };
         fds[r] = Some(Arc::new(fd));
