@@ -293,13 +293,20 @@ impl Drop for Rig {
                 f.set_mode("ok");
             }
         }
-        drop(self.mount.take());
+        // The mount's own drop panics when its watchdog fired: the replicas'
+        // mounts (faultfs, tmpfs, binds) are still taken down, then the
+        // panic goes on (a stale mount would break the next run).
+        let mount = self.mount.take();
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(mount)));
         for r in &mut self.reps {
             if r.source.is_some() {
                 ensure_unmounted(&r.path);
             }
             drop(r.faultfs.take());
             drop(r.tmpfs.take());
+        }
+        if let Err(panic) = dropped {
+            std::panic::resume_unwind(panic);
         }
     }
 }
