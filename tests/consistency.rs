@@ -680,6 +680,30 @@ fn a_linked_file_renamed_across_directories_while_a_replica_was_out_stays_linked
     m.assert_replicas_identical();
 }
 
+/// A file known by two names opens by the one the kernel still has while
+/// the directory of its other (first) name is forgotten. (Checker soak
+/// seed 4 on eb87481: `read f1` answered ENOENT for a file that exists; its
+/// first name was in a directory the kernel had just forgotten.)
+#[test]
+fn a_file_opens_by_one_name_while_the_directory_of_its_first_name_is_forgotten() {
+    let fx = Fixture::new(&[]);
+    let m = &fx.m;
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/x"), b"linked").unwrap();
+    fs::hard_link(m.path("d/x"), m.path("y")).expect("ln d/x y through the mount");
+    // Held open through `y`: the file's inode stays, `d` is forgotten.
+    let held = File::open(m.path("y")).expect("open y");
+    fs::write("/proc/sys/vm/drop_caches", b"2").expect("drop_caches");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        fs::read(m.path("y")).expect("read y while d is forgotten"),
+        b"linked"
+    );
+    drop(held);
+    assert_eq!(fs::read(m.path("d/x")).unwrap(), b"linked");
+    m.assert_replicas_identical();
+}
+
 /// Two names of one file are one inode through the mount, whichever
 /// replica each name was first read from: the kernel keeps one page cache
 /// per inode, so a mapping of one name must see writes made through the
