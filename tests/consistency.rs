@@ -722,25 +722,8 @@ fn names_of_one_file_are_one_inode_whichever_replica_served_them() {
     // `x` is looked up while replica 0 is out: it is read from replica 1.
     fx.set_enabled(0, false);
     let held = File::open(m.path("x")).expect("open x while replica 0 is out");
-    // Safe: a valid fd, LEN bytes of a LEN-byte file, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            held.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        p,
-        libc::MAP_FAILED,
-        "mmap x: {}",
-        std::io::Error::last_os_error()
-    );
-    // Safe: the mapping is LEN bytes long.
-    let mapped = || unsafe { std::slice::from_raw_parts(p as *const u8, LEN) }.to_vec();
+    let mapping = Mapping::new(&held, LEN, "x");
+    let mapped = || mapping.bytes();
     assert_eq!(
         mapped(),
         vec![b'a'; LEN],
@@ -756,8 +739,7 @@ fn names_of_one_file_are_one_inode_whichever_replica_served_them() {
     w.sync_all().unwrap();
     drop(w);
     let seen = mapped();
-    // Safe: unmapping the mapping made above.
-    unsafe { libc::munmap(p, LEN) };
+    drop(mapping);
     assert_eq!(
         ino_x, ino_y,
         "x (inode {ino_x}, looked up on replica 1) and its hard link y (inode {ino_y}, on replica 0) are two inodes"
@@ -824,25 +806,8 @@ fn name_after_held_name_unlinked(cycle_replica: bool) {
         .open(m.path("y"))
         .expect("open y");
     let ino_y = reader.metadata().unwrap().ino();
-    // Safe: a valid fd, LEN bytes of a LEN-byte file, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            reader.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        p,
-        libc::MAP_FAILED,
-        "mmap y: {}",
-        std::io::Error::last_os_error()
-    );
-    // Safe: the mapping is LEN bytes long.
-    let mapped = || unsafe { std::slice::from_raw_parts(p as *const u8, LEN) }.to_vec();
+    let mapping = Mapping::new(&reader, LEN, "y");
+    let mapped = || mapping.bytes();
     assert_eq!(
         mapped(),
         vec![b'a'; LEN],
@@ -851,8 +816,7 @@ fn name_after_held_name_unlinked(cycle_replica: bool) {
     held.write_all(&[b'b'; 100]).unwrap();
     held.sync_all().unwrap();
     let seen = mapped();
-    // Safe: unmapping the mapping made above.
-    unsafe { libc::munmap(p, LEN) };
+    drop(mapping);
     drop(reader);
     drop(held);
     assert_eq!(
@@ -872,6 +836,48 @@ fn name_after_held_name_unlinked(cycle_replica: bool) {
     expected[..100].fill(b'b');
     assert_on_replicas(m, "y", &expected);
     m.assert_replicas_identical();
+}
+
+/// A read-only shared mapping of the first `len` bytes of a file: what a
+/// reader sees through the kernel's page cache of its inode.
+struct Mapping {
+    p: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(f: &File, len: usize, what: &str) -> Mapping {
+        // Safe: a valid fd; the mapping is unmapped on drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap {what}: {}",
+            std::io::Error::last_os_error()
+        );
+        Mapping { p, len }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        // Safe: the mapping is `len` bytes long and lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.p as *const u8, self.len) }.to_vec()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // Safe: unmapping the mapping made in `new`.
+        unsafe { libc::munmap(self.p, self.len) };
+    }
 }
 
 /// Writes the status counts as each replica's `writes`.
