@@ -39,7 +39,6 @@ pub struct Invocation {
     pub mountpoint: PathBuf,
 }
 
-/// Runs the daemon; returns the process exit code.
 /// One allocator arena for the whole daemon. glibc gives each busy thread
 /// an arena of its own; the inode table's entries, allocated on whichever
 /// FUSE thread served the lookup, then pin pages in every arena long after
@@ -55,6 +54,7 @@ fn one_malloc_arena() {
     }
 }
 
+/// Runs the daemon; returns the process exit code.
 pub fn start(inv: Invocation) -> i32 {
     let checked = match checks::check(&inv.replicas, &inv.mountpoint, &inv.config) {
         Ok(c) => c,

@@ -32,6 +32,11 @@ struct Node {
     /// Kernel references (lookup count); the node lives while > 0 or open.
     lookups: u64,
     opens: u64,
+    /// Links of other nodes into this one (a directory's known entries):
+    /// a directory lives while a node it holds is known, so that node's
+    /// path, and the marks of each of its names, do not depend on
+    /// whether the kernel still holds the directory.
+    kids: u64,
 }
 
 pub struct InodeTable {
@@ -69,6 +74,7 @@ impl InodeTable {
                 nlink: 1,
                 lookups: 1,
                 opens: 0,
+                kids: 0,
             },
         );
         InodeTable {
@@ -83,12 +89,12 @@ impl InodeTable {
     }
 
     /// The path of `ino` relative to the replica roots, if it still has a
-    /// name. A file with several names is reached by the first whose
-    /// directory the table still knows: the kernel may forget a directory
-    /// (its node is dropped until it is looked up again) while a file in
-    /// it is known, and open, by another name elsewhere (checker seed 4 on
+    /// name: the first of its names whose directory the table knows. (A
+    /// directory's node lives while a node it holds is known, `kids`; the
+    /// kernel may forget the directory meanwhile. Checker seed 4 on
     /// eb87481: a read-only open of `f1` answered ENOENT, its first name
-    /// being in a directory the kernel had just forgotten).
+    /// being in a directory the kernel had just forgotten, whose node was
+    /// dropped then.)
     pub fn path(&self, ino: u64) -> Option<RelPath> {
         if ino == ROOT {
             return Some(RelPath::root());
@@ -238,6 +244,7 @@ impl InodeTable {
             node.links.push(link.clone());
             node.lookups += 1;
             self.children.insert(link, ino);
+            self.kid_added(parent);
             self.note_keys(ino, keys);
             self.note_nameless(ino);
             return ino;
@@ -257,11 +264,28 @@ impl InodeTable {
                 nlink: 1,
                 lookups: 1,
                 opens: 0,
+                kids: 0,
             },
         );
         self.children.insert(link, ino);
+        self.kid_added(parent);
         self.note_keys(ino, keys);
         ino
+    }
+
+    /// A link into directory `parent` was added.
+    fn kid_added(&mut self, parent: u64) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.kids += 1;
+        }
+    }
+
+    /// A link into directory `parent` was removed: it may be dropped now.
+    fn kid_removed(&mut self, parent: u64) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.kids = p.kids.saturating_sub(1);
+        }
+        self.maybe_drop(parent);
     }
 
     /// `ino` was just seen as `keys`: each replacing the node's key for
@@ -372,11 +396,16 @@ impl InodeTable {
         node.links.push(link.clone());
         node.lookups += 1;
         node.nlink = node.nlink.max(1) + 1;
+        self.kid_added(parent);
         if let Some(old) = self.children.insert(link, ino)
             && old != ino
             && let Some(o) = self.nodes.get_mut(&old)
         {
+            let before = o.links.len();
             o.links.retain(|(p, n)| !(*p == parent && n == name));
+            if o.links.len() < before {
+                self.kid_removed(parent);
+            }
         }
         true
     }
@@ -386,12 +415,18 @@ impl InodeTable {
         let Some(ino) = self.children.remove(&(parent, name.clone())) else {
             return;
         };
+        let mut removed = false;
         if let Some(node) = self.nodes.get_mut(&ino) {
+            let before = node.links.len();
             node.links.retain(|(p, n)| !(*p == parent && n == name));
+            removed = node.links.len() < before;
         }
         self.unkey_if_gone(ino);
         self.note_nameless(ino);
         self.maybe_drop(ino);
+        if removed {
+            self.kid_removed(parent);
+        }
     }
 
     /// A node with no known name and no open handle lets go of its backing
@@ -418,14 +453,20 @@ impl InodeTable {
         let a = self.children.remove(&(p1, n1.clone()));
         let b = self.children.remove(&(p2, n2.clone()));
         let relink = |t: &mut Self, ino: u64, from: (u64, &Name), to: (u64, &Name)| {
+            let mut moved = 0;
             if let Some(node) = t.nodes.get_mut(&ino) {
                 for l in node.links.iter_mut() {
                     if l.0 == from.0 && &l.1 == from.1 {
                         *l = (to.0, to.1.clone());
+                        moved += 1;
                     }
                 }
             }
             t.children.insert((to.0, to.1.clone()), ino);
+            for _ in 0..moved {
+                t.kid_added(to.0);
+                t.kid_removed(from.0);
+            }
         };
         if let Some(b) = b {
             if exchange {
@@ -471,10 +512,11 @@ impl InodeTable {
         let Some(node) = self.nodes.get(&ino) else {
             return;
         };
-        if ino == ROOT || node.lookups > 0 || node.opens > 0 {
+        if ino == ROOT || node.lookups > 0 || node.opens > 0 || node.kids > 0 {
             return;
         }
         if let Some(node) = self.nodes.remove(&ino) {
+            let parents: Vec<u64> = node.links.iter().map(|l| l.0).collect();
             for l in node.links {
                 if self.children.get(&l) == Some(&ino) {
                     self.children.remove(&l);
@@ -493,6 +535,9 @@ impl InodeTable {
             shrink(&mut self.nodes);
             shrink(&mut self.children);
             shrink(&mut self.keys);
+            for p in parents {
+                self.kid_removed(p);
+            }
         }
     }
 
@@ -655,12 +700,33 @@ mod tests {
         let a = look(&mut t, d, "x", REG, &[(0, 1, 20)], 2);
         assert_eq!(look(&mut t, ROOT, "y", REG, &[(0, 1, 20)], 2), a);
         assert_eq!(t.path(a).unwrap().as_bytes(), b"d/x");
+        // The kernel forgets `d`: its node stays while `x` is known, so
+        // every name of the file keeps a path (and its marks).
         t.forget(d, 1);
-        assert_eq!(t.path(a).unwrap().as_bytes(), b"y");
-        // Looked up again, the directory has its number back, and its name
-        // leads again.
-        assert_eq!(look(&mut t, ROOT, "d", DIR, &[(0, 1, 10)], 1), d);
         assert_eq!(t.path(a).unwrap().as_bytes(), b"d/x");
+        assert_eq!(t.names_of(&RelPath::from_bytes(b"y").unwrap()).len(), 2);
+        // Gone from the kernel too, the file lets `d` go.
+        t.forget(a, 2);
+        assert_eq!(t.len(), 1, "only the root is left");
+        // Looked up again, the directory has its number back.
+        assert_eq!(look(&mut t, ROOT, "d", DIR, &[(0, 1, 10)], 1), d);
+    }
+
+    #[test]
+    fn a_directory_lives_while_a_node_in_it_is_known() {
+        let mut t = InodeTable::new();
+        let d1 = look(&mut t, ROOT, "d1", DIR, &[(0, 1, 10)], 1);
+        let d2 = look(&mut t, ROOT, "d2", DIR, &[(0, 1, 11)], 1);
+        let f = look(&mut t, d1, "f", REG, &[(0, 1, 12)], 1);
+        t.forget(d1, 1);
+        assert_eq!(t.path(f).unwrap().as_bytes(), b"d1/f", "d1 holds f");
+        t.rename(d1, &n("f"), d2, &n("g"), false);
+        assert!(t.path(d1).is_none(), "d1 holds nothing now: dropped");
+        t.forget(d2, 1);
+        assert_eq!(t.path(f).unwrap().as_bytes(), b"d2/g", "d2 holds g");
+        t.unlink(d2, &n("g"));
+        t.forget(f, 1);
+        assert_eq!(t.len(), 1, "only the root is left");
     }
 
     #[test]

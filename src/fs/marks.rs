@@ -357,7 +357,9 @@ impl ChironFs {
             self.marks.store.mark_missed(raw, &id)?;
             let first =
                 self.replicas[replica].state() == State::InSync && self.marks.add_stale(p, replica);
-            if first && !removed {
+            // Even if this call emptied the set: another thread may have
+            // written the ledger in between.
+            if first {
                 self.record_ledger();
             }
             tracing::trace!(target: AUDIT, "clear {p} r{replica}: kept (generation moved while clearing)");

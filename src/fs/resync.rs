@@ -353,8 +353,18 @@ impl ChironFs {
     /// the file's other names). src/DESIGN.md section 5, "Hard links".
     fn links_left_split(&self, i: usize, ctl: &CopyControl) -> bool {
         let r = &self.replicas[i];
+        // A full compare needs a serving replica besides `i` to copy from
+        // (without one, `needs_full` would stall both replicas).
+        if !self.readers().iter().any(|&o| o != i) {
+            return false;
+        }
         let mut split = false;
         for (s, p) in ctl.first_copies() {
+            // Only against a source that holds every change of the path:
+            // one behind may count a name it has not lost yet.
+            if self.replicas[s].state() != State::InSync || self.marked_at_or_above(s, &p) {
+                continue;
+            }
             let Some((pp, nm)) = p.split() else {
                 continue;
             };

@@ -378,7 +378,10 @@ impl Job<'_> {
 
     /// Records that destination inode `d` now holds source inode `s`
     /// (only where links are involved: that is all [`Self::reusable`] asks).
-    fn claim(&self, path: &RelPath, s: &Stat, d: &Stat) {
+    /// `made_anew`: `d` was just created, so names the destination had for
+    /// the file elsewhere are still on another inode unless the pass links
+    /// them (a first copy made anew is listed in `first_copies`).
+    fn claim(&self, path: &RelPath, s: &Stat, d: &Stat, made_anew: bool) {
         if s.st_nlink <= 1 && d.st_nlink <= 1 {
             return;
         }
@@ -390,7 +393,9 @@ impl Job<'_> {
             && let std::collections::hash_map::Entry::Vacant(e) = links.first.entry(inode_key(s))
         {
             e.insert(path.clone());
-            links.first_copies.push((self.src.index, path.clone()));
+            if made_anew {
+                links.first_copies.push((self.src.index, path.clone()));
+            }
         }
     }
 
@@ -612,7 +617,7 @@ impl Job<'_> {
             if reuse { "in place" } else { "made anew" },
             if linked.is_some() { ", linked to the first copy" } else { "" }
         );
-        self.claim(path, sst, &dst_now);
+        self.claim(path, sst, &dst_now, !reuse);
         self.made(path, before.as_ref(), &dst_now);
         drop(g);
         self.copy_content(path, &sfd, &dfd, sst.st_nlink)?;
@@ -673,7 +678,7 @@ impl Job<'_> {
             }
         }
         let now = ops::stat_at(ddir, name)?;
-        self.claim(path, sst, &now);
+        self.claim(path, sst, &now, !keep);
         self.made(path, dst_st.as_ref(), &now);
         copy_attrs(At::Entry(sdir, name), sst, At::Entry(ddir, name))
     }

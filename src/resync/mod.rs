@@ -151,9 +151,9 @@ pub(crate) struct LinkMap {
     /// unrelated paths is never written in place for two different sources.
     /// (Inode numbers of two source replicas say nothing of each other.)
     pub(crate) claimed: HashMap<(u64, u64), (usize, (u64, u64))>,
-    /// (source replica, path) of each first copy made, in order: a group
-    /// whose other names the pass never met may be left split on the
-    /// destination ([`CopyControl::first_copies`]).
+    /// (source replica, path) of each first copy made anew, in order: a
+    /// group whose other names the pass never met may be left split on
+    /// the destination ([`CopyControl::first_copies`]).
     pub(crate) first_copies: Vec<(usize, RelPath)>,
 }
 
@@ -288,8 +288,9 @@ impl CopyControl {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    /// The first copies of files with several links made so far: (source
-    /// replica index, path). A pass links every other name of such a file
+    /// The first copies of files with several links made anew so far
+    /// (a copy in place keeps the destination's names on the inode):
+    /// (source replica index, path). A pass links every other name of such a file
     /// it meets to its first copy, but meets only the names it syncs: a
     /// name elsewhere that the destination holds as a separate file stays
     /// one (the caller compares link counts, src/DESIGN.md section 5,
