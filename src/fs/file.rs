@@ -494,6 +494,7 @@ impl ChironFs {
             // not installed, another replica is tried.
             if !self.replicas[next].is_writable() {
                 drop(fds);
+                discard_on(&self.replicas, next, Arc::new(fd));
                 let tried: Vec<usize> = tried.iter().copied().chain([next]).collect();
                 return self.fail_over_reader(h, &tried);
             }
@@ -587,6 +588,8 @@ impl ChironFs {
                 // to a stale inode once the replica is back).
                 if slot[i].is_none() && self.replicas[i].is_writable() {
                     slot[i] = fd;
+                } else if let Some(fd) = fd {
+                    discard_on(&self.replicas, i, fd);
                 }
             }
         }
@@ -685,6 +688,9 @@ impl ChironFs {
                     discard_on(&self.replicas, i, old);
                 }
             }
+            // The last reference, if no open took it: closed on the
+            // replica's threads (it may hang).
+            discard_on(&self.replicas, i, fd);
         }
     }
 
