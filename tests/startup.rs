@@ -546,11 +546,17 @@ fn log_file_is_reopened_on_sighup() {
     for p in &pids {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::SIGHUP).unwrap();
     }
+    // The daemon creates the new file, then writes its "reopened" line:
+    // wait for the line, not for the file.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !log.exists() && Instant::now() < deadline {
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("reopened") {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let text = fs::read_to_string(&log).unwrap_or_default();
     assert!(
         text.contains("reopened"),
         "nothing written to the new log: {text:?}"
