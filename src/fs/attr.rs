@@ -166,7 +166,7 @@ impl ChironFs {
             super::fanout::Spread::Light,
             move |rep| {
                 let fd = h2.as_ref().and_then(|h| h.fd(rep.index));
-                on_inode(rep, &loc, fd.as_deref(), |at| {
+                on_inode(rep, &loc, fd.as_deref().map(|fd| &**fd), |at| {
                     if set.uid.is_some() || set.gid.is_some() {
                         at.chown(set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
                     }

@@ -172,23 +172,6 @@ where
         let r = &replicas[i];
         out.push((i, r.track(|| f(r))));
     }
-    // The caller's reference to `f` is let go of on a replica's threads:
-    // dropped here after the jobs, it would be the last one, and what `f`
-    // holds (a handle's fd, released meanwhile) would be closed on this
-    // thread, which a close on a hung server holds up (a FUSE thread
-    // stuck in FLUSH, checker soak seeds 8 and 20). Queued behind the
-    // replica's jobs, it runs when they are done.
-    let k = pooled[0];
-    replicas[k]
-        .queued
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let reps = replicas.clone();
-    replicas[k].submit(move || {
-        drop(f);
-        reps[k]
-            .queued
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    });
     let arrived = match gather.results.lock() {
         Ok(mut guard) => loop {
             if guard.len() >= pooled.len() {

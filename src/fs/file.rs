@@ -21,12 +21,12 @@ use super::namespace::{Owner, settle_new_entry};
 use super::{AUDIT, ChironFs, Entry, audit_inos};
 use crate::errno::{Errno, Result};
 use crate::replica::ops::{self, At, OMIT, fd_of};
-use crate::replica::{Name, RelPath};
+use crate::replica::{Fd, Name, RelPath};
 
 pub struct FileHandle {
     pub ino: u64,
     /// One fd per replica index; read-only handles hold just one.
-    fds: Mutex<Vec<Option<Arc<OwnedFd>>>>,
+    fds: Mutex<Vec<Option<Arc<Fd>>>>,
     reader: AtomicUsize,
     dirty: AtomicBool,
     mode: Mutex<Mode>,
@@ -47,13 +47,12 @@ pub struct FileHandle {
 }
 
 impl FileHandle {
-    pub fn fd(&self, replica: usize) -> Option<Arc<OwnedFd>> {
+    pub fn fd(&self, replica: usize) -> Option<Arc<Fd>> {
         self.fds.lock().get(replica).cloned().flatten()
     }
 
-    /// Lets go of the fd on `replica` (see `ChironFs::displace_fn`); the
-    /// caller closes it (`discard_on`).
-    pub(super) fn drop_fd(&self, replica: usize) -> Option<Arc<OwnedFd>> {
+    /// Lets go of the fd on `replica` (see `ChironFs::displace_fn`).
+    pub(super) fn drop_fd(&self, replica: usize) -> Option<Arc<Fd>> {
         self.fds.lock().get_mut(replica).and_then(Option::take)
     }
 
@@ -95,14 +94,14 @@ impl FileHandle {
 pub enum IoMode {
     Cached,
     /// FOPEN_PASSTHROUGH to this backing fd (the inode's backing file).
-    Passthrough(Arc<OwnedFd>),
+    Passthrough(Arc<Fd>),
     /// FOPEN_PASSTHROUGH naming the inode's existing backing file, with
     /// FOPEN_DIRECT_IO so that reads and writes still come to the daemon.
     ShareBacking,
 }
 
 impl IoMode {
-    fn of(mode: Mode, fds: &[Option<Arc<OwnedFd>>]) -> Result<IoMode> {
+    fn of(mode: Mode, fds: &[Option<Arc<Fd>>]) -> Result<IoMode> {
         Ok(match mode {
             Mode::Cached => IoMode::Cached,
             Mode::ShareBacking(_) => IoMode::ShareBacking,
@@ -152,14 +151,14 @@ impl ChironFs {
             return opened;
         }
         let n = self.replicas.len();
-        let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; n];
+        let mut fds: Vec<Option<Arc<Fd>>> = vec![None; n];
         let mut tried = Vec::new();
         let (r, fd) = loop {
             let r = self.choose_reader(&path, &tried).ok_or(Errno::EIO)?;
             let rep = &self.replicas[r];
             let (p, n) = (ppath.clone(), name.clone());
             let opened = self.on_replica(r, move |rep| {
-                ops::openat(fd_of(&rep.dir(&p)?), n.as_c(), oflags, 0)
+                ops::openat(fd_of(&rep.dir(&p)?), n.as_c(), oflags, 0).map(|fd| rep.hold(fd))
             });
             match opened {
                 Ok(fd) => break (r, fd),
@@ -181,8 +180,12 @@ impl ChironFs {
             && p != r
         {
             // All passthrough opens of an inode share one backing replica.
-            let rep = &self.replicas[p];
-            match ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), oflags, 0) {
+            // On its own threads, under `replica_timeout` (it may hang).
+            let (pp, nm) = (ppath.clone(), name.clone());
+            let opened = self.on_replica(p, move |rep| {
+                ops::openat(fd_of(&rep.dir(&pp)?), nm.as_c(), oflags, 0).map(|fd| rep.hold(fd))
+            });
+            match opened {
                 Ok(fd) => {
                     fds[p] = Some(Arc::new(fd));
                     fds[r] = None;
@@ -218,9 +221,9 @@ impl ChironFs {
         let path = ppath.join(name);
         let (p, nm) = (ppath.clone(), name.clone());
         let done = self.mutate("open", &path, move |rep| {
-            ops::openat(fd_of(&rep.dir(&p)?), nm.as_c(), oflags, 0).map(Arc::new)
+            ops::openat(fd_of(&rep.dir(&p)?), nm.as_c(), oflags, 0).map(|fd| Arc::new(rep.hold(fd)))
         })?;
-        let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; self.replicas.len()];
+        let mut fds: Vec<Option<Arc<Fd>>> = vec![None; self.replicas.len()];
         for (i, fd) in done {
             fds[i] = Some(fd);
         }
@@ -313,7 +316,7 @@ impl ChironFs {
             let dir = rep.dir(&ppath)?;
             let fd = ops::openat(fd_of(&dir), n2.as_c(), oflags, mode & 0o7777)?;
             let st = settle_new_entry(fd_of(&dir), &n2, owner, Some(mode), now)?;
-            Ok((Arc::new(fd), st))
+            Ok((Arc::new(rep.hold(fd)), st))
         });
         let done = match done {
             Ok(d) if !d.is_empty() => d,
@@ -328,7 +331,7 @@ impl ChironFs {
         };
         let (r0, (_, st0)) = &done[0];
         let entry = self.remember(parent, &name, *r0, st0);
-        let mut fds: Vec<Option<Arc<OwnedFd>>> = vec![None; self.replicas.len()];
+        let mut fds: Vec<Option<Arc<Fd>>> = vec![None; self.replicas.len()];
         for (i, (fd, _)) in done {
             fds[i] = Some(fd);
         }
@@ -456,7 +459,7 @@ impl ChironFs {
     /// replaced its file there) gets one from `fail_over_reader`: on the
     /// replica the read policy picks, this one included (it serves the
     /// file's current name, so that name is the open's file there).
-    pub(super) fn reader_fd(&self, h: &FileHandle) -> Result<(usize, Arc<OwnedFd>)> {
+    pub(super) fn reader_fd(&self, h: &FileHandle) -> Result<(usize, Arc<Fd>)> {
         let r = self.serving_reader(h)?;
         if let Some(fd) = h.fd(r) {
             return Ok((r, fd));
@@ -472,17 +475,28 @@ impl ChironFs {
         if h.fd(next).is_none() {
             let fd = match self.locate(h.ino) {
                 Ok(Some((ppath, name))) => {
-                    let rep = &self.replicas[next];
                     // A writable open's fds serve its writes too.
                     let flags = if h.is_writable() {
                         h.oflags & !libc::O_TRUNC
                     } else {
                         libc::O_RDONLY
                     };
-                    // Gone there (unlinked behind a stale name): an I/O
-                    // error for this open, never ENOENT on a read.
-                    ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), flags, 0)
-                        .map_err(|e| if e == Errno::ENOENT { Errno::EIO } else { e })?
+                    // On the replica's own threads, under `replica_timeout`.
+                    let opened = self.on_replica(next, move |rep| {
+                        ops::openat(fd_of(&rep.dir(&ppath)?), name.as_c(), flags, 0)
+                            .map(|fd| rep.hold(fd))
+                    });
+                    match opened {
+                        Ok(fd) => fd,
+                        Err(e) if self.replicas[next].is_failure(e) => {
+                            self.fail(next, "open", &path, e);
+                            let tried: Vec<usize> = tried.iter().copied().chain([next]).collect();
+                            return self.fail_over_reader(h, &tried);
+                        }
+                        // Gone there (unlinked behind a stale name): an I/O
+                        // error for this open, never ENOENT on a read.
+                        Err(e) => return Err(if e == Errno::ENOENT { Errno::EIO } else { e }),
+                    }
                 }
                 // Unlinked: reopen what another open of the inode holds
                 // there. None does: the file is on no serving replica any
@@ -494,7 +508,7 @@ impl ChironFs {
             // not installed, another replica is tried.
             if !self.replicas[next].is_writable() {
                 drop(fds);
-                discard_on(&self.replicas, next, Arc::new(fd));
+                drop(fd);
                 let tried: Vec<usize> = tried.iter().copied().chain([next]).collect();
                 return self.fail_over_reader(h, &tried);
             }
@@ -574,7 +588,7 @@ impl ChironFs {
                     .map(|&f| {
                         ops::openat(fd_of(&dir), name2.as_c(), f | libc::O_NOFOLLOW, 0)
                             .ok()
-                            .map(Arc::new)
+                            .map(|fd| Arc::new(rep.hold(fd)))
                     })
                     .collect::<Vec<_>>())
             },
@@ -589,7 +603,7 @@ impl ChironFs {
                 if slot[i].is_none() && self.replicas[i].is_writable() {
                     slot[i] = fd;
                 } else if let Some(fd) = fd {
-                    discard_on(&self.replicas, i, fd);
+                    drop(fd);
                 }
             }
         }
@@ -651,7 +665,7 @@ impl ChironFs {
             behind,
             self.opts.replica_timeout,
             fanout::Spread::Heavy,
-            move |rep| nameless_copy(rep, &src).map(Arc::new),
+            move |rep| nameless_copy(rep, &src).map(|fd| Arc::new(rep.hold(fd))),
         );
         for (i, fd) in copies {
             let fd = match fd {
@@ -663,7 +677,7 @@ impl ChironFs {
                     tracing::debug!("{path}: no copy of an open file on a replica behind: {e}");
                     for h in &held {
                         if let Some(old) = h.drop_fd(i) {
-                            discard_on(&self.replicas, i, old);
+                            drop(old);
                         }
                     }
                     continue;
@@ -685,39 +699,39 @@ impl ChironFs {
                     }
                 };
                 if let Some(old) = old {
-                    discard_on(&self.replicas, i, old);
+                    drop(old);
                 }
             }
             // The last reference, if no open took it: closed on the
             // replica's threads (it may hang).
-            discard_on(&self.replicas, i, fd);
+            drop(fd);
         }
     }
 
     /// A new read-only fd of inode `ino` on `replica`, through an fd another
     /// open of it holds there (how an unlinked file is reached).
-    fn reopen_held(&self, ino: u64, replica: usize) -> Result<OwnedFd> {
+    /// On the replica's own threads, under `replica_timeout`.
+    fn reopen_held(&self, ino: u64, replica: usize) -> Result<Fd> {
         let held = self
             .files
             .all(|h| h.ino == ino)
             .into_iter()
             .find_map(|h| h.fd(replica))
             .ok_or(Errno::ENOENT)?;
-        let link = std::ffi::CString::new(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&*held)
-        ))
-        .map_err(|_| Errno::EINVAL)?;
-        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
-        Ok(nix::fcntl::open(
-            link.as_c_str(),
-            flags,
-            nix::sys::stat::Mode::empty(),
-        )?)
+        self.on_replica(replica, move |rep| {
+            let link = std::ffi::CString::new(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&*held)
+            ))
+            .map_err(|_| Errno::EINVAL)?;
+            let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
+            let fd = nix::fcntl::open(link.as_c_str(), flags, nix::sys::stat::Mode::empty())?;
+            Ok(rep.hold(fd))
+        })
     }
 
     /// The serving replicas this handle can write to, with their fds.
-    fn write_fds(&self, h: &FileHandle) -> (Vec<usize>, Vec<Option<Arc<OwnedFd>>>) {
+    fn write_fds(&self, h: &FileHandle) -> (Vec<usize>, Vec<Option<Arc<Fd>>>) {
         let fds = h.fds.lock().clone();
         let targets = self
             .writers()
@@ -761,7 +775,7 @@ impl ChironFs {
             &targets,
             self.opts.needed,
             spread,
-            move |rep| h2.fd(rep.index).as_deref().map_or(Err(Errno::EBADF), &f),
+            move |rep| h2.fd(rep.index).map_or(Err(Errno::EBADF), |fd| f(&fd)),
         )
     }
 
@@ -982,12 +996,12 @@ impl ChironFs {
         self.mutate("fsync", &path, move |rep| {
             let fd = match (&fds[rep.index], &loc) {
                 (Some(fd), _) => fd.clone(),
-                (None, Some((ppath, name))) => Arc::new(ops::openat(
+                (None, Some((ppath, name))) => Arc::new(rep.hold(ops::openat(
                     fd_of(&rep.dir(ppath)?),
                     name.as_c(),
                     libc::O_RDONLY | libc::O_NOFOLLOW,
                     0,
-                )?),
+                )?)),
                 (None, None) => return Err(Errno::EBADF),
             };
             ops::fsync(fd.as_fd(), datasync)
@@ -1033,27 +1047,16 @@ impl ChironFs {
             self.release_intent(std::slice::from_ref(s));
         }
         // The handle's last reference may be an in-flight call's; its fds
-        // are closed here, off this thread where they may block.
+        // are let go of now (a pooled replica's are closed on its own
+        // threads, see `replica::Fd`).
         let fds = {
             let mut g = h.fds.lock();
             let n = g.len();
             std::mem::replace(&mut *g, vec![None; n])
         };
-        self.discard(fds);
+        drop(fds);
         settled?;
         Ok(())
-    }
-
-    /// Closes fds (index = replica) where a close cannot hold up a FUSE
-    /// thread: here for a replica on a local filesystem, else on the
-    /// replica's own threads (closing a file of a hung NFS or FUSE server
-    /// waits for the server; src/DESIGN.md, section 3, step 6).
-    pub(super) fn discard(&self, fds: Vec<Option<Arc<OwnedFd>>>) {
-        for (i, fd) in fds.into_iter().enumerate() {
-            if let Some(fd) = fd {
-                discard_on(&self.replicas, i, fd);
-            }
-        }
     }
 
     /// Replica `replica` left service: opens drop their fds on it (what
@@ -1068,10 +1071,7 @@ impl ChironFs {
             .files
             .all(|h| h.fd(replica).is_some() && h.lets_go_of(replica))
         {
-            let fd = h.fds.lock().get_mut(replica).and_then(Option::take);
-            let mut v = vec![None; replica + 1];
-            v[replica] = fd;
-            self.discard(v);
+            drop(h.drop_fd(replica));
         }
     }
 
@@ -1129,7 +1129,8 @@ impl ChironFs {
                         return Ok(None);
                     }
                 }
-                ops::openat(fd_of(&dir), nm.as_c(), oflags, 0).map(|fd| Some(Arc::new(fd)))
+                ops::openat(fd_of(&dir), nm.as_c(), oflags, 0)
+                    .map(|fd| Some(Arc::new(rep.hold(fd))))
             });
             let rep = &self.replicas[replica];
             match joined {
@@ -1168,7 +1169,7 @@ impl ChironFs {
                         }
                     };
                     if let Some(old) = old {
-                        discard_on(&self.replicas, replica, old);
+                        drop(old);
                     }
                 }
                 Err(e) => {
@@ -1178,7 +1179,7 @@ impl ChironFs {
                     // Whether the fd it holds there is the file's is not
                     // known: its writes skip the replica and mark the path.
                     if let Some(old) = h.drop_fd(replica) {
-                        discard_on(&self.replicas, replica, old);
+                        drop(old);
                     }
                     if rep.is_failure(e) {
                         self.fail(replica, "open", path, e);
@@ -1250,7 +1251,7 @@ impl ChironFs {
                 &[replica],
                 self.opts.replica_timeout,
                 fanout::Spread::Heavy,
-                move |rep| nameless_copy(rep, &src).map(Arc::new),
+                move |rep| nameless_copy(rep, &src).map(|fd| Arc::new(rep.hold(fd))),
             )
             .pop()
             .map_or(Err(Errno::EIO), |(_, r)| r);
@@ -1280,7 +1281,7 @@ impl ChironFs {
             if !rep.is_writable() {
                 for h in held.iter().filter(|h| h.lets_go_of(replica)) {
                     if let Some(fd) = h.drop_fd(replica) {
-                        discard_on(&self.replicas, replica, fd);
+                        drop(fd);
                     }
                 }
             }
@@ -1347,25 +1348,10 @@ pub(super) fn hold_gates(opens: &[Arc<FileHandle>]) -> Vec<parking_lot::RwLockWr
     order.into_iter().map(|h| h.gate.write()).collect()
 }
 
-/// Closes `fd` of replica `i`: on its own threads for a pooled replica
-/// (a close on a hung one must not hold up the caller).
-pub(super) fn discard_on(replicas: &Arc<[crate::replica::Replica]>, i: usize, fd: Arc<OwnedFd>) {
-    if replicas[i].inline {
-        drop(fd);
-        return;
-    }
-    let reps = replicas.clone();
-    reps[i].queued.fetch_add(1, Ordering::SeqCst);
-    replicas[i].submit(move || {
-        drop(fd);
-        reps[i].queued.fetch_sub(1, Ordering::SeqCst);
-    });
-}
-
 /// What a new handle holds (see [`FileHandle`]).
 struct Spec {
     ino: u64,
-    fds: Vec<Option<Arc<OwnedFd>>>,
+    fds: Vec<Option<Arc<Fd>>>,
     reader: usize,
     mode: Mode,
     dirty: bool,

@@ -44,7 +44,7 @@ pub(crate) const AUDIT: &str = "chironfs::audit";
 /// on. Only local replicas are asked (a pooled one may hang); 0 for others.
 pub(crate) fn audit_inos(
     replicas: &[Replica],
-    fds: &[Option<Arc<std::os::fd::OwnedFd>>],
+    fds: &[Option<Arc<crate::replica::Fd>>],
 ) -> Vec<(usize, u64)> {
     if !tracing::enabled!(target: AUDIT, tracing::Level::TRACE) {
         return Vec::new();
@@ -217,10 +217,9 @@ impl ChironFs {
     /// file): the copy makes a new inode instead of writing into it.
     fn displace_fn(&self) -> impl Fn(usize, usize, &Stat, &Stat) -> bool + Send + Sync + 'static {
         let files = self.files.clone();
-        let replicas = self.replicas.clone();
         move |src: usize, dst: usize, s: &Stat, d: &Stat| {
             let key = |st: &Stat| (st.st_dev, st.st_ino);
-            let is = |fd: &Option<Arc<std::os::fd::OwnedFd>>, want: (u64, u64)| {
+            let is = |fd: &Option<Arc<crate::replica::Fd>>, want: (u64, u64)| {
                 fd.as_ref().is_some_and(|fd| {
                     crate::replica::ops::fstat(std::os::fd::AsFd::as_fd(&**fd))
                         .is_ok_and(|st| key(&st) == want)
@@ -250,7 +249,7 @@ impl ChironFs {
             );
             for h in holders.iter().filter(|h| h.is_writable()) {
                 if let Some(fd) = h.drop_fd(dst) {
-                    file::discard_on(&replicas, dst, fd);
+                    drop(fd);
                 }
             }
             // Made anew only if it has no other name there: replacing a
@@ -276,7 +275,6 @@ impl ChironFs {
     /// replica when it next reads (`fail_over_reader`).
     fn replaced_fn(&self) -> impl Fn(usize, &Stat) + Send + Sync + 'static {
         let files = self.files.clone();
-        let replicas = self.replicas.clone();
         move |dst: usize, d: &Stat| {
             let want = (d.st_dev, d.st_ino);
             // The table's lock is not held across the fstats.
@@ -292,7 +290,7 @@ impl ChironFs {
                         d.st_ino,
                         h.ino
                     );
-                    file::discard_on(&replicas, dst, fd);
+                    drop(fd);
                 }
             }
         }

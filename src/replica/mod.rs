@@ -1,6 +1,7 @@
 //! One backing directory: where it is, whether it is healthy, and the only
 //! door to its files (safe path resolution, syscalls, a worker pool).
 
+mod fd;
 pub mod identity;
 pub mod ledger;
 pub mod ops;
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use crate::errno::{Errno, Result};
 pub use crate::meta::{ReplicaId, ReplicaState as State};
+pub use fd::Fd;
 pub use path::{Name, RelPath};
 use pool::Pool;
 
@@ -112,7 +114,7 @@ pub struct Replica {
     pub in_flight: AtomicU64,
     /// Jobs handed to its pool and not finished (queued or running; a
     /// timed-out one stays here until it ends).
-    pub queued: AtomicU64,
+    pub queued: std::sync::Arc<AtomicU64>,
     /// Requests answered, and the time they took in all (for the latency).
     pub calls: AtomicU64,
     pub busy_ns: AtomicU64,
@@ -156,7 +158,7 @@ impl Replica {
             root: parking_lot::RwLock::new(std::sync::Arc::new(root)),
             state: AtomicU8::new(state_code(state)),
             in_flight: AtomicU64::new(0),
-            queued: AtomicU64::new(0),
+            queued: std::sync::Arc::new(AtomicU64::new(0)),
             calls: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -292,6 +294,16 @@ impl Replica {
     /// Runs `job` on this replica's worker pool.
     pub fn submit(&self, job: impl FnOnce() + Send + 'static) {
         self.pool.submit(job);
+    }
+
+    /// Holds `fd`, an fd of a file on this replica, so that it is closed
+    /// where a close cannot hold up the caller (see [`Fd`]).
+    pub fn hold(&self, fd: OwnedFd) -> Fd {
+        let closer = (!self.inline).then(|| fd::Closer {
+            pool: self.pool.clone(),
+            queued: self.queued.clone(),
+        });
+        Fd::new(fd, closer)
     }
 
     /// Counts a request as in flight for the duration of `f`.

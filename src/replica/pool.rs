@@ -20,6 +20,7 @@ struct Queue {
     ready: Condvar,
 }
 
+#[derive(Clone)]
 pub struct Pool {
     queue: Arc<Queue>,
 }
