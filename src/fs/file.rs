@@ -646,18 +646,21 @@ impl ChironFs {
             .filter(|i| !locked.stuck.contains(i) && self.replicas[*i].is_writable())
             .collect();
         let behind = &behind[..];
-        let Some(src) = held.iter().find_map(|h| {
+        let Some((s, src)) = held.iter().find_map(|h| {
             self.readers()
                 .into_iter()
                 .filter(|&s| !self.marked_at_or_above(s, path))
-                .find_map(|s| h.fd(s))
+                .find_map(|s| h.fd(s).map(|fd| (s, fd)))
         }) else {
             return;
         };
         // Other names keep it: what a replica behind has under them is
         // copied by name (a nameless copy would take the open's writes
-        // away from that inode there).
-        if ops::fstat(src.as_fd()).map_or(true, |st| st.st_nlink != 1) {
+        // away from that inode there). On the source's threads (it may
+        // hang; this is a FUSE thread).
+        let fd = src.clone();
+        let nlink = self.on_replica(s, move |_| ops::fstat(fd.as_fd()).map(|st| st.st_nlink));
+        if nlink != Ok(1) {
             return;
         }
         let copies = fanout::run(
@@ -1231,18 +1234,20 @@ impl ChironFs {
             if !rep.is_writable() || held.iter().all(|h| h.fd(replica).is_some()) {
                 continue;
             }
-            let Some(src) = held.iter().find_map(|h| {
+            let Some((s, src)) = held.iter().find_map(|h| {
                 (0..self.replicas.len())
                     .filter(|&s| s != replica && self.replicas[s].is_serving())
-                    .find_map(|s| h.fd(s))
+                    .find_map(|s| h.fd(s).map(|fd| (s, fd)))
             }) else {
                 continue;
             };
             // A name the inode table never learnt (a hard link) still
-            // reaches it: the copy by name covers it.
-            match ops::fstat(src.as_fd()) {
-                Ok(st) if st.st_nlink == 0 => {}
-                _ => continue,
+            // reaches it: the copy by name covers it. On the source's
+            // threads (the gates and the root's lock are held).
+            let fd = src.clone();
+            let nlink = self.on_replica(s, move |_| ops::fstat(fd.as_fd()).map(|st| st.st_nlink));
+            if nlink != Ok(0) {
+                continue;
             }
             // On the replica's own threads, under `replica_timeout`: the
             // gates held meanwhile stop every change through these opens.
