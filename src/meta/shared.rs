@@ -127,12 +127,36 @@ pub struct ConflictRecord {
     pub at: u64,
 }
 
+/// A host's resync lease as stored in the ring (`lease/<host>`). Other
+/// hosts never compare its times with their own clocks: a record counts as
+/// held for `ttl_ms` (plus a margin for clock rates) from the moment a host
+/// first reads that `renewal`, on that host's monotonic clock (DESIGN.md
+/// section 7, "The resync lease").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Lease {
     holder: String,
-    /// Milliseconds since the epoch.
+    /// Milliseconds since the epoch, by the holder's clock: for people
+    /// reading the ring (and versions that compared it); never compared.
     until: u64,
+    /// How long it lasts after it is seen, in milliseconds (0 in records
+    /// of older versions: the reader's own term is taken).
+    #[serde(default)]
+    ttl_ms: u64,
+    /// Drawn at random at each take and renewal: a host that reads the
+    /// same number again has seen no renewal since.
+    #[serde(default)]
+    renewal: u64,
 }
+
+/// Margin on another host's resync lease term: clocks run at slightly
+/// different rates, and reading the record takes time.
+fn lease_margin(ttl: Duration) -> Duration {
+    ttl / 5 + Duration::from_millis(200)
+}
+
+/// The term assumed for a lease record of an older version (which has
+/// none): the longest this version takes (`fs::cluster::LEASE`).
+const OLD_LEASE_TERM: Duration = Duration::from_secs(30);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -163,6 +187,9 @@ pub struct SharedStore {
     gone_since: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// Whether this host holds the resync lease.
     holding: std::sync::atomic::AtomicBool,
+    /// Other hosts' resync lease records ("host/renewal/until"): when this
+    /// host first read each, and its term.
+    leases_seen: Mutex<HashMap<String, (std::time::Instant, Duration)>>,
     /// Nodes the failure detector believes dead, since when.
     dead_since: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// How long a node must stay unreachable before a resync goes ahead
@@ -215,6 +242,7 @@ impl SharedStore {
             gone_since: Mutex::new(HashMap::new()),
             dead_since: Mutex::new(HashMap::new()),
             holding: std::sync::atomic::AtomicBool::new(false),
+            leases_seen: Mutex::new(HashMap::new()),
             takeover,
             pending: Mutex::new((BTreeSet::new(), 0, 0)),
             local,
@@ -826,7 +854,6 @@ impl SharedStore {
             tracing::warn!("ring: no layout yet; resyncing without a lease");
             return true;
         }
-        let me = self.host.to_string();
         if let Some(other) = self.lease_holder_besides_me() {
             tracing::debug!("ring: {other} holds the resync lease");
             return false;
@@ -857,19 +884,7 @@ impl SharedStore {
                 return false;
             }
         }
-        let lease = Lease {
-            holder: me.clone(),
-            until: now_ms() + ttl.as_millis() as u64,
-        };
-        let Ok(bytes) = serde_json::to_vec(&lease) else {
-            return false;
-        };
-        let key = self.key(format!("lease/{me}").as_bytes());
-        // Not through the outbox: a lease published late would be a lie.
-        if !self
-            .block(self.put_async(key, Some(bytes)))
-            .unwrap_or(false)
-        {
+        if !self.put_lease(now_ms() + ttl.as_millis() as u64, ttl) {
             return false;
         }
         if let Some(other) = self.lease_holder_besides_me() {
@@ -889,25 +904,83 @@ impl SharedStore {
         true
     }
 
+    /// Writes this host's lease record (`until` by its own clock, for
+    /// people only). Not through the outbox: a lease published late would
+    /// be a lie.
+    fn put_lease(&self, until: u64, ttl: Duration) -> bool {
+        let mut r = [0u8; 8];
+        let _ = getrandom::fill(&mut r);
+        let lease = Lease {
+            holder: self.host.to_string(),
+            until,
+            ttl_ms: ttl.as_millis() as u64,
+            renewal: u64::from_le_bytes(r),
+        };
+        let Ok(bytes) = serde_json::to_vec(&lease) else {
+            return false;
+        };
+        let key = self.key(format!("lease/{}", self.host).as_bytes());
+        self.block(self.put_async(key, Some(bytes)))
+            .unwrap_or(false)
+    }
+
     /// Another host whose lease is unexpired (or that cannot be read:
-    /// assume the worst).
+    /// assume the worst). A record is unexpired while its term (plus a
+    /// margin) has not passed since this host first read that renewal, on
+    /// this host's monotonic clock: no wall clocks are compared, so a host
+    /// whose clock is stepped or skewed neither loses its lease to another
+    /// nor keeps the others out for longer than its term.
     fn lease_holder_besides_me(&self) -> Option<String> {
-        let now = now_ms();
         let hosts: Vec<NodeId> = self.node.layout().addresses().into_keys().collect();
         for h in hosts.iter().filter(|h| **h != self.host) {
-            match self.get(&self.key(format!("lease/{h}").as_bytes())) {
-                Ok((values, _)) => {
-                    if values
-                        .iter()
-                        .any(|v| serde_json::from_slice::<Lease>(v).is_ok_and(|l| l.until > now))
-                    {
-                        return Some(h.to_string());
-                    }
-                }
+            let values = match self.get(&self.key(format!("lease/{h}").as_bytes())) {
+                Ok((values, _)) => values,
                 Err(e) => return Some(format!("{h} (unreadable: {e})")),
+            };
+            let now = std::time::Instant::now();
+            let mut seen = self.leases_seen.lock();
+            // Of siblings, the one renewed last is unknown: any that is
+            // unexpired holds.
+            let records: Vec<Lease> = values
+                .iter()
+                .filter_map(|v| serde_json::from_slice::<Lease>(v).ok())
+                .collect();
+            if records.is_empty() {
+                seen.remove(h.as_str());
+                continue;
+            }
+            let mut held = false;
+            for l in records {
+                let ttl = Duration::from_millis(l.ttl_ms);
+                // A record of an older version has no term: it is taken
+                // as the longest one this version uses.
+                let ttl = if l.ttl_ms == 0 { OLD_LEASE_TERM } else { ttl };
+                let key = format!("{h}/{}/{}", l.renewal, l.until);
+                let (first, term) = *seen.entry(key).or_insert((now, ttl));
+                if now.duration_since(first) < term + lease_margin(term) {
+                    held = true;
+                }
+            }
+            // Records of renewals no longer in the ring are forgotten.
+            let live: HashSet<String> = values
+                .iter()
+                .filter_map(|v| serde_json::from_slice::<Lease>(v).ok())
+                .map(|l| format!("{h}/{}/{}", l.renewal, l.until))
+                .collect();
+            let prefix = format!("{h}/");
+            seen.retain(|k, _| !k.starts_with(&prefix) || live.contains(k));
+            if held {
+                return Some(h.to_string());
             }
         }
         None
+    }
+
+    /// Test hook: writes this host's lease record with the given `until`
+    /// (a clock that is off) and term, as `take_lease` would.
+    #[cfg(test)]
+    pub(super) fn put_lease_record(&self, until: u64, ttl: Duration) -> bool {
+        self.put_lease(until, ttl)
     }
 
     fn drop_my_lease(&self) {

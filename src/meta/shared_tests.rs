@@ -296,3 +296,51 @@ fn a_failure_is_acknowledged_only_once_a_cut_off_host_lease_is_over() {
     assert_eq!(h.b.stale_elsewhere(&h.ids[1]).len(), 1);
     drop(h.rt);
 }
+
+/// Issue 10: the resync lease is timed on the reading host's monotonic
+/// clock from when it first reads a renewal, never by comparing the
+/// holder's wall clock with its own: a holder whose clock is an hour behind
+/// keeps its lease for its term, and one whose clock is an hour ahead,
+/// once dead, keeps nobody out for an hour.
+#[test]
+fn the_resync_lease_is_timed_by_the_reader_whatever_the_holders_clock() {
+    use std::time::{Instant, UNIX_EPOCH};
+    let h = hosts();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let hour = 3_600_000;
+    let term = Duration::from_secs(2);
+    assert!(h.a.put_lease_record(now - hour, term));
+    let start = Instant::now();
+    assert!(
+        !h.b.take_lease(Duration::from_secs(30)),
+        "a fresh lease from a clock an hour behind was taken as over"
+    );
+    // Not renewed (its holder died): over once its term has passed since
+    // b first read it, not before.
+    while !h.b.take_lease(Duration::from_secs(30)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the lease never ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        start.elapsed() >= term,
+        "taken over before the holder's term was out"
+    );
+    h.b.release_lease();
+    assert!(h.a.put_lease_record(now + hour, Duration::from_secs(1)));
+    assert!(!h.b.take_lease(Duration::from_secs(30)));
+    let start = Instant::now();
+    while !h.b.take_lease(Duration::from_secs(30)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "a dead holder whose clock is an hour ahead kept the lease"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(h.rt);
+}
