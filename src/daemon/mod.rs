@@ -238,7 +238,8 @@ fn serve(
     for (i, ((c, root), b)) in checked.into_iter().zip(roots).zip(bound).enumerate() {
         let mut rep = Replica::new(i, c.spec, root, cfg.replica_threads, b.id, b.state, false)
             .map_err(|e| StartupError::ReplicaSetup(c.shown.clone(), e.to_string()))?;
-        rep.inline = cfg.replica_io == crate::config::ReplicaIo::Auto && rep.is_local_fs();
+        rep.local_fs = rep.is_local_fs();
+        rep.inline = cfg.replica_io == crate::config::ReplicaIo::Auto && rep.local_fs;
         rep.needs_full
             .store(b.needs_full, std::sync::atomic::Ordering::Relaxed);
         replicas.push(rep);

@@ -101,10 +101,9 @@ impl ChironFs {
         let mut tried = Vec::new();
         loop {
             let (r, fd) = self.reader_fd(h)?;
-            let rep = &self.replicas[r];
             match self.on_replica(r, move |_| ops::fstat(fd.as_fd())) {
                 Ok(st) => return Ok(st),
-                Err(e) if rep.is_failure(e) => {
+                Err(e) if self.is_failure(r, e) => {
                     self.fail(r, "getattr", &self.describe(h.ino), e);
                     tried.push(r);
                     self.fail_over_reader(h, &tried)?;

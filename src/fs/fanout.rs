@@ -106,6 +106,10 @@ pub enum Spread {
     /// same time: for large writes and syncs, which run for longer than a
     /// handoff costs.
     Heavy,
+    /// Every target on its pool, local ones too, under the deadline: for a
+    /// call that also reads a replica that may hang (a copy from a pooled
+    /// replica's file).
+    Pooled,
 }
 
 /// Writes at least this large are spread as [`Spread::Heavy`].
@@ -133,6 +137,7 @@ where
     let inline: Vec<usize> = match spread {
         Spread::Light => local.collect(),
         Spread::Heavy => local.take(1).collect(),
+        Spread::Pooled => Vec::new(),
     };
     let pooled: Vec<usize> = targets
         .iter()

@@ -155,14 +155,13 @@ impl ChironFs {
         let mut tried = Vec::new();
         let (r, fd) = loop {
             let r = self.choose_reader(&path, &tried).ok_or(Errno::EIO)?;
-            let rep = &self.replicas[r];
             let (p, n) = (ppath.clone(), name.clone());
             let opened = self.on_replica(r, move |rep| {
                 ops::openat(fd_of(&rep.dir(&p)?), n.as_c(), oflags, 0).map(|fd| rep.hold(fd))
             });
             match opened {
                 Ok(fd) => break (r, fd),
-                Err(e) if rep.is_failure(e) => {
+                Err(e) if self.is_failure(r, e) => {
                     self.fail(r, "open", &path, e);
                     tried.push(r);
                 }
@@ -193,7 +192,14 @@ impl ChironFs {
                 }
                 Err(e) => {
                     self.iomodes.release(ino, mode);
-                    return Err(e);
+                    if !self.is_failure(p, e) {
+                        return Err(e);
+                    }
+                    // Out of service now: opened again without it (it
+                    // serves no new passthrough open).
+                    self.fail(p, "open", &path, e);
+                    drop(fds);
+                    return self.open_inner(ino, flags);
                 }
             }
         }
@@ -286,7 +292,7 @@ impl ChironFs {
             match crate::resync::sync_path(src, dst, &path, crate::resync::SyncMode::Entries, &ctl)
             {
                 Ok(_) => {}
-                Err(e) if dst.is_failure(e) => self.fail(i, "copy after mmap", &path, e),
+                Err(e) if self.is_failure(i, e) => self.fail(i, "copy after mmap", &path, e),
                 Err(e) => {
                     tracing::warn!("{path}: cannot copy what an mmap stored: {e}");
                     self.record_missed(&path, i);
@@ -437,13 +443,12 @@ impl ChironFs {
         let mut tried = Vec::new();
         loop {
             let (r, fd) = self.reader_fd(&h)?;
-            let rep = &self.replicas[r];
             let res = self.on_replica(r, move |_| {
                 ops::pread_full(fd.as_fd(), size as usize, offset)
             });
             match res {
                 Ok(data) => return Ok(data),
-                Err(e) if rep.is_failure(e) => {
+                Err(e) if self.is_failure(r, e) => {
                     self.fail(r, "read", &self.describe(h.ino), e);
                     tried.push(r);
                     self.fail_over_reader(&h, &tried)?;
@@ -488,7 +493,7 @@ impl ChironFs {
                     });
                     match opened {
                         Ok(fd) => fd,
-                        Err(e) if self.replicas[next].is_failure(e) => {
+                        Err(e) if self.is_failure(next, e) => {
                             self.fail(next, "open", &path, e);
                             let tried: Vec<usize> = tried.iter().copied().chain([next]).collect();
                             return self.fail_over_reader(h, &tried);
@@ -663,11 +668,17 @@ impl ChironFs {
         if nlink != Ok(1) {
             return;
         }
+        // The copy reads the source: if it may hang, no copy runs here.
+        let spread = if self.replicas[s].inline {
+            fanout::Spread::Heavy
+        } else {
+            fanout::Spread::Pooled
+        };
         let copies = fanout::run(
             &self.replicas,
             behind,
             self.opts.replica_timeout,
-            fanout::Spread::Heavy,
+            spread,
             move |rep| nameless_copy(rep, &src).map(|fd| Arc::new(rep.hold(fd))),
         );
         for (i, fd) in copies {
@@ -987,9 +998,7 @@ impl ChironFs {
             for (i, r) in results {
                 match r {
                     Ok(()) => synced = true,
-                    Err(e) if self.replicas[i].is_failure(e) => {
-                        self.fail(i, "fsync", &RelPath::root(), e)
-                    }
+                    Err(e) if self.is_failure(i, e) => self.fail(i, "fsync", &RelPath::root(), e),
                     Err(e) => return Err(e),
                 }
             }
@@ -1184,7 +1193,7 @@ impl ChironFs {
                     if let Some(old) = h.drop_fd(replica) {
                         drop(old);
                     }
-                    if rep.is_failure(e) {
+                    if self.is_failure(replica, e) {
                         self.fail(replica, "open", path, e);
                     }
                     held_back = true;
@@ -1251,18 +1260,24 @@ impl ChironFs {
             }
             // On the replica's own threads, under `replica_timeout`: the
             // gates held meanwhile stop every change through these opens.
+            // The copy reads the source: if it may hang, not on this thread.
+            let spread = if self.replicas[s].inline {
+                fanout::Spread::Heavy
+            } else {
+                fanout::Spread::Pooled
+            };
             let copied = fanout::run(
                 &self.replicas,
                 &[replica],
                 self.opts.replica_timeout,
-                fanout::Spread::Heavy,
+                spread,
                 move |rep| nameless_copy(rep, &src).map(|fd| Arc::new(rep.hold(fd))),
             )
             .pop()
             .map_or(Err(Errno::EIO), |(_, r)| r);
             let fd = match copied {
                 Ok(fd) => fd,
-                Err(e) if rep.is_failure(e) => return Err(e),
+                Err(e) if self.is_failure(replica, e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(
                         "replica {}: cannot copy an open unlinked file there: {e}",

@@ -394,7 +394,7 @@ impl ChironFs {
             let g = f.clone();
             match self.on_replica(i, move |rep| g(rep)) {
                 Ok(v) => return Ok((i, v)),
-                Err(e) if r.is_failure(e) => self.fail(i, op, path, e),
+                Err(e) if self.is_failure(i, e) => self.fail(i, op, path, e),
                 Err(e) => return Err(e),
             }
         }
@@ -560,7 +560,7 @@ impl ChironFs {
         for &&(i, r) in &followers {
             match r {
                 _ if r == winner => {}
-                Some(e) if self.replicas[i].is_failure(e) => failed.push((i, e)),
+                Some(e) if self.is_failure(i, e) => failed.push((i, e)),
                 _ => behind.push(i),
             }
         }

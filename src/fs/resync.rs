@@ -72,7 +72,7 @@ impl ChironFs {
         let r = &self.replicas[i];
         // A directory that came back under the path (an NFS mount that came
         // up late) is taken if it carries this replica's marker.
-        let healthy = r.check_health().or_else(|e| match r.reattach() {
+        let healthy = self.check_health(i).or_else(|e| match r.reattach() {
             Ok(true) => r.check_health(),
             _ => Err(e),
         });
@@ -250,11 +250,16 @@ impl ChironFs {
                     Ok(_) => {}
                     // An errno does not say which side failed: the source is
                     // blamed only if it is visibly unhealthy.
-                    Err(e) if src.is_failure(e) && src.check_health().is_err() => {
+                    Err(e)
+                        if self.is_failure(src.index, e)
+                            && self.check_health(src.index).is_err() =>
+                    {
                         self.fail(src.index, "resync source", &p, e);
                         return;
                     }
-                    Err(e) if r.is_failure(e) => return self.resync_failed(i, "resync", &p, e),
+                    Err(e) if self.is_failure(i, e) => {
+                        return self.resync_failed(i, "resync", &p, e);
+                    }
                     // Not a replica failure (a racing change, an attribute
                     // the destination refuses): the mark stays, the next
                     // round tries again.
@@ -290,7 +295,7 @@ impl ChironFs {
         // Open files unlinked while it was out follow it too.
         match self.join_unlinked(i) {
             Ok(()) => {}
-            Err(e) if r.is_failure(e) => {
+            Err(e) if self.is_failure(i, e) => {
                 return self.resync_failed(i, "resync", &RelPath::root(), e);
             }
             Err(e) => {

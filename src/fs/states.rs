@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::time::SystemTime;
 
 use super::{ChironFs, fanout};
-use crate::errno::Errno;
+use crate::errno::{Errno, Result};
 use crate::meta::{ReplicaRecord, ReplicaState};
 use crate::replica::ledger::{self, Ledger};
 use crate::replica::{RelPath, State};
@@ -31,6 +31,27 @@ impl ChironFs {
         true
     }
 
+    /// Whether `err`, returned by replica `i`, means the replica is
+    /// unhealthy. ENOENT and ENOTDIR are normal answers, unless the replica
+    /// itself has gone (a deleted or unmounted backing directory). The
+    /// health check that ENOENT and ENOTDIR
+    /// call for runs on a pooled replica's own threads, under
+    /// `replica_timeout` (a hung one counts as failed): callers are FUSE
+    /// threads, some holding a handle's gate or a path's lock.
+    pub(super) fn is_failure(&self, i: usize, err: Errno) -> bool {
+        err.is_replica_failure()
+            || (matches!(err.0, libc::ENOENT | libc::ENOTDIR) && self.check_health(i).is_err())
+    }
+
+    /// `Replica::check_health` of replica `i`, on its own threads under
+    /// `replica_timeout` when it is pooled (ETIMEDOUT if it hangs).
+    pub(crate) fn check_health(&self, i: usize) -> Result<()> {
+        if self.replicas[i].inline {
+            return self.replicas[i].check_health();
+        }
+        self.on_replica(i, |r| r.check_health())
+    }
+
     /// Takes replica `i` out of service (logged once) and records why.
     /// Returns once the failure is durable, whoever recorded it. An I/O
     /// error from a local filesystem may have cost the replica data it had
@@ -39,7 +60,7 @@ impl ChironFs {
     pub(super) fn fail(&self, i: usize, op: &str, path: &RelPath, err: Errno) {
         let r = &self.replicas[i];
         let _recording = r.recording.lock();
-        if !matches!(err.0, libc::ENOSPC | libc::EDQUOT | libc::ETIMEDOUT) && r.is_local_fs() {
+        if !matches!(err.0, libc::ENOSPC | libc::EDQUOT | libc::ETIMEDOUT) && r.local_fs {
             r.needs_full
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
@@ -119,6 +140,12 @@ impl ChironFs {
                 if let Err(e) = res
                     && self.replicas[i].mark_failed("ledger", &RelPath::root(), e)
                 {
+                    // As `fail` does (whose lock may be held here): a copy
+                    // to it stops, opens let go of their fds on it.
+                    if let Some((_, ctl, _)) = self.running[i].lock().as_ref() {
+                        ctl.cancel();
+                    }
+                    self.forget_fds(i);
                     self.persist_state(i, ReplicaState::Failed, format!("ledger: {e}"));
                     again = true;
                 }

@@ -209,7 +209,7 @@ impl ChironFs {
         }
         // Back in service at once if it is reachable and no request that
         // timed out on it still runs; else the probe retries.
-        let state = if r.check_health().is_ok() && r.queued.load(Ordering::SeqCst) == 0 {
+        let state = if self.check_health(i).is_ok() && r.queued.load(Ordering::SeqCst) == 0 {
             State::Resyncing
         } else {
             State::Failed
@@ -230,7 +230,7 @@ impl ChironFs {
     /// marks are dropped. Only for an operator who knows the copy is good.
     pub fn trust(&self, i: usize) -> Result<(), String> {
         let r = self.replicas.get(i).ok_or("no such replica")?;
-        r.check_health()
+        self.check_health(i)
             .map_err(|e| format!("replica {} is not usable: {e}", r.spec.path.display()))?;
         let store = &self.marks.store;
         loop {
@@ -264,7 +264,7 @@ impl ChironFs {
         match r.state() {
             State::Disabled => return Err("replica is disabled; enable it first".into()),
             State::Failed => {
-                r.check_health().map_err(|e| {
+                self.check_health(i).map_err(|e| {
                     format!(
                         "replica {} is failed and not usable: {e}",
                         r.spec.path.display()

@@ -107,6 +107,9 @@ pub struct Replica {
     /// Its syscalls run on the calling thread instead of its pool (see
     /// `fs::fanout::run`): a local filesystem, and `replica_io` allows it.
     pub inline: bool,
+    /// Whether its filesystem was a local one at mount (`is_local_fs`),
+    /// kept so that nothing asks a replica that may hang.
+    pub local_fs: bool,
     /// The replica's root directory; replaced only by `reattach`.
     root: parking_lot::RwLock<std::sync::Arc<OwnedFd>>,
     state: AtomicU8,
@@ -154,6 +157,7 @@ impl Replica {
             stale_elsewhere: AtomicBool::new(false),
             verify_content: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
+            local_fs: false,
             spec,
             root: parking_lot::RwLock::new(std::sync::Arc::new(root)),
             state: AtomicU8::new(state_code(state)),
@@ -261,14 +265,6 @@ impl Replica {
             self.spec.path.display()
         );
         Ok(true)
-    }
-
-    /// Whether `err`, returned by this replica, means the replica is
-    /// unhealthy. ENOENT and ENOTDIR are normal answers, unless the replica
-    /// itself has gone (a deleted or unmounted backing directory).
-    pub fn is_failure(&self, err: Errno) -> bool {
-        err.is_replica_failure()
-            || (matches!(err.0, libc::ENOENT | libc::ENOTDIR) && self.check_health().is_err())
     }
 
     /// Whether the filesystem under this replica is local (its syscalls
