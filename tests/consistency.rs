@@ -1038,3 +1038,126 @@ fn setuid_cleared_on_write_by_other_user_with_reader_present() {
 fn setuid_cleared_on_write_by_other_user_without_reader() {
     setuid_cleared_on_write_by_other_user(false);
 }
+
+/// Every way an unprivileged user changes a file's content clears its
+/// set-user-ID bit and, when group-executable, its set-group-ID bit, on the
+/// mount and on every replica, as a local filesystem does; root's changes
+/// keep them. With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the
+/// daemon (src/DESIGN.md section 3, "Privileges").
+#[test]
+fn every_content_change_by_another_user_clears_setuid_and_setgid() {
+    let fx = Fixture::new(&["allow_other"]);
+    let m = &fx.m;
+    fs::write(m.path("src"), b"abcdefgh").unwrap();
+    let mut cases: Vec<(&str, String)> = vec![
+        ("append", "echo x >> \"$1\"".into()),
+        ("truncate", "truncate -s 2 \"$1\"".into()),
+        ("open_trunc", ": > \"$1\"".into()),
+        ("fallocate", "fallocate -l 65536 \"$1\"".into()),
+        (
+            "pwrite",
+            "printf y | dd of=\"$1\" bs=1 seek=3 conv=notrunc status=none".into(),
+        ),
+    ];
+    // copy_file_range(2) into the file (x86_64 syscall number).
+    if cfg!(target_arch = "x86_64") {
+        cases.push((
+            "copy_file_range",
+            format!(
+                "perl -e 'open(my $i, \"<\", $ARGV[0]) or die; open(my $o, \"+<\", $ARGV[1]) or die; \
+                 syscall(326, fileno($i), 0, fileno($o), 0, 4, 0) == 4 or die \"copy_file_range: $!\"' '{}' \"$1\"",
+                m.path("src").display()
+            ),
+        ));
+    }
+    let modes = |name: &str| -> Vec<u32> {
+        std::iter::once(m.path(name))
+            .chain((0..2).map(|i| m.replica_path(i, name)))
+            .map(|p| fs::metadata(&p).unwrap().mode() & 0o7777)
+            .collect()
+    };
+    // The kernel may cache attributes for attr_timeout (1 s).
+    let settled = |name: &str, want: u32| -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut got = modes(name);
+        while got.iter().any(|&md| md != want) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+            got = modes(name);
+        }
+        got
+    };
+    for (name, script) in &cases {
+        let f = m.path(name);
+        fs::write(&f, b"root's\n").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+        let out = run_as(
+            NOBODY,
+            NOBODY,
+            "sh",
+            &[
+                OsStr::new("-c"),
+                OsStr::new(script),
+                OsStr::new("sh"),
+                f.as_os_str(),
+            ],
+        );
+        assert!(out.status.success(), "{name} as nobody: {out:?}");
+        let got = settled(name, 0o777);
+        assert!(
+            got.iter().all(|&md| md == 0o777),
+            "{name} by another user: modes (mount, replica a, replica b) are {:?}, expected 0777",
+            got.iter().map(|md| format!("{md:04o}")).collect::<Vec<_>>()
+        );
+        // Root's own change keeps them (it has CAP_FSETID).
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+        let out = Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} as root: {out:?}");
+        let got = settled(name, 0o6777);
+        assert!(
+            got.iter().all(|&md| md == 0o6777),
+            "{name} by root: modes (mount, replica a, replica b) are {:?}, expected 6777",
+            got.iter().map(|md| format!("{md:04o}")).collect::<Vec<_>>()
+        );
+    }
+    m.assert_replicas_identical();
+}
+
+/// Any write removes a file's capabilities (security.capability), root's
+/// too, on every replica, as a local filesystem does.
+#[test]
+fn a_write_removes_file_capabilities_on_every_replica() {
+    let fx = Fixture::new(&["allow_other"]);
+    let m = &fx.m;
+    // VFS_CAP_REVISION_2 | effective; permitted: CAP_NET_BIND_SERVICE.
+    let caps: [u8; 20] = [
+        0x01, 0, 0, 0x02, 0, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    for (who, uid) in [("root", 0), ("nobody", NOBODY)] {
+        let f = m.path(format!("prog-{who}"));
+        fs::write(&f, b"\x7fELF").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o777)).unwrap();
+        common::sys::setxattr(&f, "security.capability", &caps, 0).expect("set file capabilities");
+        for i in 0..2 {
+            let r = m.replica_path(i, format!("prog-{who}"));
+            assert!(common::sys::getxattr(&r, "security.capability").is_ok());
+        }
+        let script = format!("echo x >> '{}'", f.display());
+        let out = run_as(uid, uid, "sh", &[OsStr::new("-c"), OsStr::new(&script)]);
+        assert!(out.status.success(), "append as {who}: {out:?}");
+        for i in 0..2 {
+            let r = m.replica_path(i, format!("prog-{who}"));
+            let left = common::sys::getxattr(&r, "security.capability");
+            assert!(
+                left.as_ref()
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::ENODATA)),
+                "after a write by {who}, replica {i} still has file capabilities: {left:?}"
+            );
+        }
+        assert!(common::sys::getxattr(&f, "security.capability").is_err());
+    }
+    m.assert_replicas_identical();
+}

@@ -26,6 +26,10 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// With a size: the caller is unprivileged, and set-user-ID and
+    /// set-group-ID (when group-executable) go, as a truncate by such a
+    /// user removes them (FUSE_HANDLE_KILLPRIV_V2 leaves it to the daemon).
+    pub kill_suidgid: bool,
 }
 
 /// Filesystem usage as statfs reports it.
@@ -174,6 +178,10 @@ impl ChironFs {
                     }
                     if let Some(size) = set.size {
                         at.truncate(size)?;
+                        if set.kill_suidgid {
+                            super::file::kill_suidgid(at)?;
+                        }
+                        super::file::kill_caps(at)?;
                     }
                     if times[0].tv_nsec != libc::UTIME_OMIT || times[1].tv_nsec != libc::UTIME_OMIT
                     {

@@ -39,6 +39,8 @@ pub struct FileHandle {
     /// A writable open the kernel put in passthrough mode: an mmap of it
     /// stores into this replica's file only (see `open`).
     exposed: Option<usize>,
+    /// A write through it removed file capabilities already (`write`).
+    caps_killed: AtomicBool,
     /// Held shared by each change through this open (from reading its fds
     /// to the end of the fan-out), exclusively by `join_unlinked` while it
     /// copies the file and gives the open a new fd: no change can then
@@ -398,6 +400,7 @@ impl ChironFs {
             session: s.session,
             oflags: s.oflags,
             exposed: s.exposed,
+            caps_killed: AtomicBool::new(false),
             gate: parking_lot::RwLock::new(()),
         });
         tracing::trace!(
@@ -795,10 +798,13 @@ impl ChironFs {
 
     /// `kill_priv`: the kernel asks that set-user-ID (and set-group-ID
     /// with group execute) bits and file capabilities be removed, as any
-    /// write by an unprivileged user does (it sends this with direct I/O;
-    /// for cached writes it changes the mode itself).
+    /// write by an unprivileged user does (FUSE_WRITE_KILL_SUIDGID: the
+    /// kernel leaves this to the daemon, FUSE_HANDLE_KILLPRIV_V2). The first
+    /// write through an open removes file capabilities whoever writes
+    /// (the kernel's own check is skipped once it has found none).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_priv: bool) -> Result<u32> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        let first = !h.caps_killed.load(Ordering::Relaxed);
         let data: Arc<[u8]> = data.into();
         let len = data.len();
         // Every replica gets the same mtime with the write itself, so the
@@ -813,11 +819,14 @@ impl ChironFs {
         self.on_handle("write", &h, spread, move |fd| {
             if kill_priv {
                 kill_privileges(fd)?;
+            } else if first {
+                kill_caps(At::Fd(fd.as_fd()))?;
             }
             let n = ops::pwrite_all(fd.as_fd(), &data, offset)?;
             At::Fd(fd.as_fd()).utimens(&[OMIT, now])?;
             Ok(n)
         })?;
+        h.caps_killed.store(true, Ordering::Relaxed);
         Ok(len as u32)
     }
 
@@ -827,6 +836,7 @@ impl ChironFs {
     /// never passes through the daemon. Every one of those replicas must
     /// serve the source's path (hold its every change); otherwise
     /// EOPNOTSUPP, and the kernel copies through read and write instead.
+    /// `kill_priv`: the caller is unprivileged (see `write`).
     pub fn copy_file_range(
         &self,
         fh_in: u64,
@@ -834,6 +844,7 @@ impl ChironFs {
         fh_out: u64,
         off_out: u64,
         len: u64,
+        kill_priv: bool,
     ) -> Result<u32> {
         let h_in = self.files.get(fh_in).ok_or(Errno::EBADF)?;
         let h_out = self.files.get(fh_out).ok_or(Errno::EBADF)?;
@@ -888,6 +899,11 @@ impl ChironFs {
                     }
                     (None, None) => return Err(Errno::EBADF),
                 };
+                if kill_priv {
+                    kill_privileges(&out)?;
+                } else {
+                    kill_caps(At::Fd(out.as_fd()))?;
+                }
                 let n = ops::copy_range(src.as_fd(), off_in, out.as_fd(), off_out, len)?;
                 At::Fd(out.as_fd()).utimens(&[OMIT, now])?;
                 Ok(n)
@@ -1021,10 +1037,23 @@ impl ChironFs {
         Ok(())
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+    /// `kill_priv`: the caller is unprivileged (see `write`).
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        kill_priv: bool,
+    ) -> Result<()> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         h.dirty.store(true, Ordering::Relaxed);
         self.on_handle("fallocate", &h, fanout::Spread::Heavy, move |fd| {
+            if kill_priv {
+                kill_privileges(fd)?;
+            } else {
+                kill_caps(At::Fd(fd.as_fd()))?;
+            }
             ops::fallocate(fd.as_fd(), mode, offset, len)
         })?;
         Ok(())
@@ -1384,15 +1413,29 @@ struct Spec {
 /// file capability attribute from an open file, as the kernel does when an
 /// unprivileged user writes to it.
 fn kill_privileges(fd: &OwnedFd) -> Result<()> {
-    let st = ops::fstat(fd.as_fd())?;
+    let at = At::Fd(fd.as_fd());
+    kill_suidgid(at)?;
+    kill_caps(at)
+}
+
+/// Removes set-user-ID and, when group-executable, set-group-ID, as the
+/// kernel does when an unprivileged user changes a file's content.
+pub(super) fn kill_suidgid(at: At) -> Result<()> {
+    let st = at.stat()?;
     let mut kill = libc::S_ISUID;
     if st.st_mode & libc::S_IXGRP != 0 {
         kill |= libc::S_ISGID;
     }
-    if st.st_mode & kill != 0 {
-        At::Fd(fd.as_fd()).chmod(st.st_mode & 0o7777 & !kill)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & kill != 0 {
+        at.chmod(st.st_mode & 0o7777 & !kill)?;
     }
-    match At::Fd(fd.as_fd()).removexattr(c"security.capability") {
+    Ok(())
+}
+
+/// Removes the file capability attribute, as the kernel does on any change
+/// of a file's content (root's included).
+pub(super) fn kill_caps(at: At) -> Result<()> {
+    match at.removexattr(c"security.capability") {
         Err(e) if e.0 != libc::ENODATA && e.0 != libc::EOPNOTSUPP => Err(e),
         _ => Ok(()),
     }

@@ -95,3 +95,12 @@ pub fn owner(req: &Request) -> Owner {
         gid: req.gid(),
     }
 }
+
+/// Whether the caller lacks CAP_FSETID, as far as a FUSE request tells:
+/// the kernel sends the caller's ids, not its capabilities, so any caller
+/// but root is taken as unprivileged (a root process that dropped
+/// CAP_FSETID is not told apart). The kernel's own flag says it for writes
+/// (FUSE_WRITE_KILL_SUIDGID); fuser does not pass it on for setattr.
+pub fn unprivileged(req: &Request) -> bool {
+    req.uid() != 0
+}

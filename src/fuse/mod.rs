@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::errno::Errno;
 use crate::fs::{ChironFs, IoMode, Opened};
-use convert::{file_attr, file_type, owner, set_time};
+use convert::{file_attr, file_type, owner, set_time, unprivileged};
 
 pub struct Adapter {
     fs: Arc<ChironFs>,
@@ -167,6 +167,7 @@ impl Filesystem for Adapter {
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!("kernel lacks {cap:?}");
@@ -195,7 +196,7 @@ impl Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -218,6 +219,7 @@ impl Filesystem for Adapter {
             size,
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
+            kill_suidgid: size.is_some() && unprivileged(req),
         };
         match self.fs.setattr(ino.0, fh.map(|f| f.0), set) {
             Ok(st) => reply.attr(&Self::ttl(self.attr_ttl, &st), &file_attr(ino.0, &st)),
@@ -373,7 +375,7 @@ impl Filesystem for Adapter {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -384,10 +386,14 @@ impl Filesystem for Adapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .fs
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
+        match self.fs.copy_file_range(
+            fh_in.0,
+            offset_in,
+            fh_out.0,
+            offset_out,
+            len,
+            unprivileged(req),
+        ) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }
@@ -568,7 +574,7 @@ impl Filesystem for Adapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -576,7 +582,10 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fallocate(fh.0, offset, length, mode) {
+        match self
+            .fs
+            .fallocate(fh.0, offset, length, mode, unprivileged(req))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
