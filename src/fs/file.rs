@@ -800,8 +800,7 @@ impl ChironFs {
     /// with group execute) bits and file capabilities be removed, as any
     /// write by an unprivileged user does (FUSE_WRITE_KILL_SUIDGID: the
     /// kernel leaves this to the daemon, FUSE_HANDLE_KILLPRIV_V2). The first
-    /// write through an open removes file capabilities whoever writes
-    /// (the kernel's own check is skipped once it has found none).
+    /// write through an open removes file capabilities whoever writes.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_priv: bool) -> Result<u32> {
         let h = self.files.get(fh).ok_or(Errno::EBADF)?;
         let first = !h.caps_killed.load(Ordering::Relaxed);
@@ -816,10 +815,16 @@ impl ChironFs {
         } else {
             fanout::Spread::Light
         };
+        // The kernel flags every write of a caller without CAP_FSETID,
+        // whatever the mode: one fstat each (a chmod through another host
+        // is seen at once); capabilities once per open (the kernel removes
+        // those set through this mount itself: a security xattr set makes
+        // it look again).
         self.on_handle("write", &h, spread, move |fd| {
             if kill_priv {
-                kill_privileges(fd)?;
-            } else if first {
+                kill_suidgid(At::Fd(fd.as_fd()))?;
+            }
+            if first {
                 kill_caps(At::Fd(fd.as_fd()))?;
             }
             let n = ops::pwrite_all(fd.as_fd(), &data, offset)?;
