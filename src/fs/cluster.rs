@@ -137,6 +137,14 @@ impl ChironFs {
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(step);
                     waited += step;
+                    // Over by this host's own clock (a renewal slow to
+                    // return): the copies stop before another host may
+                    // begin.
+                    if !shared.resync_lease_current() {
+                        tracing::warn!("ring: the resync lease ran out; stopping the resync");
+                        ctl.cancel();
+                        return;
+                    }
                     if waited < LEASE / 3 {
                         continue;
                     }

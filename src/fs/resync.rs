@@ -72,9 +72,15 @@ impl ChironFs {
         let r = &self.replicas[i];
         // A directory that came back under the path (an NFS mount that came
         // up late) is taken if it carries this replica's marker.
-        let healthy = self.check_health(i).or_else(|e| match r.reattach() {
-            Ok(true) => r.check_health(),
-            _ => Err(e),
+        // Not if it hangs: the reattach would wait for it on this thread.
+        let healthy = self.check_health(i).or_else(|e| {
+            if e == Errno::ETIMEDOUT {
+                return Err(e);
+            }
+            match r.reattach() {
+                Ok(true) => r.check_health(),
+                _ => Err(e),
+            }
         });
         // A request that timed out may still be running on the replica's
         // pool: it could land after the resync copied its path. The replica

@@ -74,9 +74,13 @@ impl Adapter {
     /// except for a file with several links, which the kernel may know by
     /// more than one inode number (its names read from replicas that
     /// number it differently): a size or page it cached under one would
-    /// not see a change made through another (src/DESIGN.md section 4).
+    /// not see a change made through another (src/DESIGN.md section 4);
+    /// and a setuid or setgid file, whose mode the daemon may change on a
+    /// write (src/DESIGN.md section 3, "Privileges"): the kernel must not
+    /// run it, or show it, with the bits a write removed.
     fn ttl(base: Duration, st: &crate::replica::ops::Stat) -> Duration {
-        if st.st_nlink > 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        let file = st.st_mode & libc::S_IFMT != libc::S_IFDIR;
+        if file && (st.st_nlink > 1 || st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0) {
             Duration::ZERO
         } else {
             base

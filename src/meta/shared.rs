@@ -190,6 +190,10 @@ pub struct SharedStore {
     /// Other hosts' resync lease records ("host/renewal/until"): when this
     /// host first read each, and its term.
     leases_seen: Mutex<HashMap<String, (std::time::Instant, Duration)>>,
+    /// When this host's own resync lease ends, on its monotonic clock: the
+    /// term from the start of its last renewal that reached the ring (the
+    /// others count it from when they read that renewal, later).
+    lease_until: Mutex<Option<std::time::Instant>>,
     /// Nodes the failure detector believes dead, since when.
     dead_since: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// How long a node must stay unreachable before a resync goes ahead
@@ -243,6 +247,7 @@ impl SharedStore {
             dead_since: Mutex::new(HashMap::new()),
             holding: std::sync::atomic::AtomicBool::new(false),
             leases_seen: Mutex::new(HashMap::new()),
+            lease_until: Mutex::new(None),
             takeover,
             pending: Mutex::new((BTreeSet::new(), 0, 0)),
             local,
@@ -884,6 +889,7 @@ impl SharedStore {
                 return false;
             }
         }
+        let start = std::time::Instant::now();
         if !self.put_lease(now_ms() + ttl.as_millis() as u64, ttl) {
             return false;
         }
@@ -891,6 +897,9 @@ impl SharedStore {
             // Raced with another host: both may have seen each other; both
             // back off, and try again after a random pause.
             tracing::info!("ring: raced {other} for the resync lease; backing off");
+            self.holding
+                .store(false, std::sync::atomic::Ordering::Release);
+            *self.lease_until.lock() = None;
             self.drop_my_lease();
             let mut r = [0u8; 2];
             let _ = getrandom::fill(&mut r);
@@ -899,9 +908,24 @@ impl SharedStore {
             ));
             return false;
         }
+        *self.lease_until.lock() = Some(start + ttl);
         self.holding
             .store(true, std::sync::atomic::Ordering::Release);
         true
+    }
+
+    /// Whether this host's resync lease is still running by its own clock
+    /// (a copy stops once it is not, whether or not a renewal is under
+    /// way). True with no layout yet (no lease is needed).
+    pub fn resync_lease_current(&self) -> bool {
+        if self.node.layout().current.version == 0 {
+            return true;
+        }
+        self.holding.load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .lease_until
+                .lock()
+                .is_some_and(|u| std::time::Instant::now() < u)
     }
 
     /// Writes this host's lease record (`until` by its own clock, for
@@ -1001,6 +1025,7 @@ impl SharedStore {
             .holding
             .swap(false, std::sync::atomic::Ordering::AcqRel)
         {
+            *self.lease_until.lock() = None;
             self.drop_my_lease();
         }
     }

@@ -257,6 +257,16 @@ impl Replica {
         if identity::read(fresh.as_fd())? != Some(self.id) {
             return Ok(false);
         }
+        // Its syscalls run on the calling thread, without a deadline, if it
+        // was on a local filesystem at mount: a network or FUSE one now
+        // (its mount was not up then) must not be served that way.
+        if self.inline && !is_local(fresh.as_fd()) {
+            tracing::error!(
+                "replica {} is back on a network or FUSE filesystem, but it was on a local one when chironfs started (its mount was not up): not served; unmount and mount chironfs again to serve it",
+                self.spec.path.display()
+            );
+            return Ok(false);
+        }
         *self.root.write() = std::sync::Arc::new(fresh);
         // What it holds is whatever survived where it was: compare it all.
         self.needs_full.store(true, Ordering::SeqCst);
@@ -271,20 +281,7 @@ impl Replica {
     /// end, with an error if need be), as opposed to a network or FUSE
     /// filesystem that can hang forever.
     pub fn is_local_fs(&self) -> bool {
-        let Ok(st) = nix::sys::statfs::fstatfs(&*self.root()) else {
-            return false;
-        };
-        let t = st.filesystem_type().0;
-        const LOCAL: &[i64] = &[
-            0xEF53,      // ext2/3/4
-            0x5846_5342, // xfs
-            0x9123_683E, // btrfs
-            0x0102_1994, // tmpfs
-            0xF2F5_2010, // f2fs
-            0x2FC1_2FC1, // zfs
-            0x5346_544E, // ntfs3
-        ];
-        LOCAL.contains(&t)
+        is_local(self.root().as_fd())
     }
 
     /// Runs `job` on this replica's worker pool.
@@ -320,6 +317,25 @@ impl Replica {
 /// The one log line of a replica failure: at error severity (syslog
 /// `LOG_ERR`, `journalctl -p err`), with the replica, the operation, the
 /// path and the errno as fields (journald: `REPLICA`, `OP`, `PATH`, `ERRNO`).
+/// Whether the filesystem `fd` is on is a local one (see
+/// `Replica::is_local_fs`).
+fn is_local(fd: std::os::fd::BorrowedFd) -> bool {
+    let Ok(st) = nix::sys::statfs::fstatfs(fd) else {
+        return false;
+    };
+    let t = st.filesystem_type().0;
+    const LOCAL: &[i64] = &[
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+        0x5346_544E, // ntfs3
+    ];
+    LOCAL.contains(&t)
+}
+
 pub fn log_failure(replica: &std::path::Path, op: &str, path: &RelPath, err: Errno) {
     tracing::error!(
         replica = %replica.display(),
