@@ -618,3 +618,66 @@ fn a_replica_hanging_mid_resync_holds_up_no_write() {
         &changed,
     );
 }
+
+/// A replica whose directory was on a local filesystem at mount (its NFS
+/// mount not up yet, say) and that comes back as a FUSE filesystem carrying
+/// its marker is not served: its syscalls would run on FUSE threads with no
+/// deadline. It stays failed, and the log says why and what to do.
+#[test]
+fn a_replica_local_at_mount_that_returns_on_fuse_is_not_served() {
+    let froot = TestRoot::new();
+    // Replica b's path: a plain directory now, faultfs's mountpoint later.
+    let path = froot.mkdir("mnt");
+    let backing = froot.mkdir("backing");
+    let mroot = TestRoot::new();
+    let sock = mroot.path().join("ctl.sock");
+    let mount = Mount::builder()
+        .root(mroot)
+        .fresh(1)
+        .replica(&path)
+        .option(&format!("ctl={}", sock.display()))
+        .option("probe_interval=0.2")
+        .option(&format!("replica_timeout={}", REPLICA_TIMEOUT.as_secs()))
+        .watchdog(Duration::from_secs(120))
+        .mount();
+    ok("write f", write_file(&mount.path("f"), b"one"));
+    // What faultfs will show there: the replica, marker included.
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", path.display()))
+        .arg(&backing)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let fault = FaultFs::over(froot, backing);
+    assert_eq!(fault.mountpoint, path);
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(CHIRONFS)
+            .arg("ctl")
+            .args(args)
+            .arg(&sock)
+            .output()
+            .unwrap()
+    };
+    // Cycled by the operator: `enable` looks at it through its path.
+    let b = path.display().to_string();
+    assert!(ctl(&["disable", &b]).status.success());
+    assert!(ctl(&["enable", &b]).status.success());
+    assert!(
+        mount.wait_for_log(
+            "is back on a network or FUSE filesystem",
+            Duration::from_secs(20)
+        ),
+        "no refusal in the log:\n{}",
+        mount.log()
+    );
+    let st = ctl(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(
+        st["replicas"][1]["state"], "failed",
+        "the replica back on faultfs is served: {st}"
+    );
+    ok("write g", write_file(&mount.path("g"), b"two"));
+    drop(mount);
+    drop(fault);
+}

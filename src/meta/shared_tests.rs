@@ -344,3 +344,25 @@ fn the_resync_lease_is_timed_by_the_reader_whatever_the_holders_clock() {
     }
     drop(h.rt);
 }
+
+/// The holder's own term: counted on its clock from the start of its last
+/// renewal that reached the ring, over without one (its copies stop then,
+/// before another host may begin), and over at once when it gives it back.
+#[test]
+fn the_resync_lease_holder_stops_when_its_own_term_runs_out() {
+    let h = hosts();
+    let term = Duration::from_millis(1500);
+    assert!(h.a.take_lease(term));
+    assert!(h.a.resync_lease_current());
+    std::thread::sleep(term + Duration::from_millis(200));
+    assert!(
+        !h.a.resync_lease_current(),
+        "the holder still counts a lease it has not renewed for its whole term"
+    );
+    // Renewed: current again; given back: over.
+    assert!(h.a.take_lease(term));
+    assert!(h.a.resync_lease_current());
+    h.a.release_lease();
+    assert!(!h.a.resync_lease_current());
+    drop(h.rt);
+}
