@@ -208,3 +208,59 @@ fn unsupported_ioctls_get_enotty_quietly() {
         .collect();
     assert!(noisy.is_empty(), "per-request log lines: {noisy:#?}");
 }
+
+/// Listings carry their entries' lookups (READDIRPLUS), each counted as
+/// the LOOKUP it replaces and forgotten by the kernel later; an entry a
+/// full reply buffer leaves out is forgotten at once. Over many listings,
+/// cache drops and renames, every name stays reachable with its own
+/// attributes: an entry forgotten once too often would answer ENOENT or
+/// another file's attributes, one counted too often would never leave.
+#[test]
+fn long_listings_and_cache_drops_keep_every_entry_reachable() {
+    let m = Mount::new(2);
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    let n = 1500;
+    for i in 0..n {
+        fs::write(
+            d.join(format!("file-with-a-longish-name-{i:05}")),
+            format!("{i}"),
+        )
+        .unwrap();
+    }
+    for round in 0..3 {
+        // ls -l: a listing with attributes, in many reply buffers.
+        let out = Command::new("ls").arg("-l").arg(&d).output().unwrap();
+        assert!(out.status.success(), "ls -l: {out:?}");
+        let lines = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("file-with-a-longish-name-"))
+            .count();
+        assert_eq!(lines, n, "round {round}: ls -l lists {lines} of {n} files");
+        for i in (0..n).step_by(7) {
+            let p = d.join(format!("file-with-a-longish-name-{i:05}"));
+            let meta = fs::metadata(&p)
+                .unwrap_or_else(|e| panic!("round {round}: stat {}: {e}", p.display()));
+            assert_eq!(
+                meta.len(),
+                format!("{i}").len() as u64,
+                "round {round}: {}",
+                p.display()
+            );
+            assert_eq!(fs::read_to_string(&p).unwrap(), format!("{i}"));
+        }
+        // Renames between listings: names move, inodes stay.
+        for i in (round..n).step_by(50) {
+            let from = d.join(format!("file-with-a-longish-name-{i:05}"));
+            let to = d.join(format!("file-with-a-longish-name-{i:05}.tmp"));
+            fs::rename(&from, &to).unwrap();
+            fs::rename(&to, &from).unwrap();
+        }
+        // The kernel forgets every entry it can (FORGET for each lookup).
+        fs::write("/proc/sys/vm/drop_caches", b"2").expect("drop_caches");
+    }
+    let out = Command::new("find").arg(&d).arg("-ls").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), n + 1);
+    m.assert_replicas_identical();
+}

@@ -172,6 +172,11 @@ impl Filesystem for Adapter {
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            // A listing carries each entry's lookup (`readdirplus`): no
+            // LOOKUP request per entry for `ls -l` or `find -ls`; the
+            // kernel picks plain READDIR where it needs no attributes.
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!("kernel lacks {cap:?}");
@@ -649,8 +654,8 @@ impl Filesystem for Adapter {
     }
 
     // Not sent by the kernel to this filesystem: locks stay local (no
-    // FUSE_POSIX_LOCKS), there is no READDIRPLUS (not negotiated) and no
-    // block device (bmap). Answered quietly should a kernel send them.
+    // FUSE_POSIX_LOCKS) and there is no block device (bmap). Answered
+    // quietly should a kernel send them.
 
     fn getlk(
         &self,
@@ -683,15 +688,70 @@ impl Filesystem for Adapter {
         reply.error(FErrno::ENOSYS);
     }
 
+    /// A listing whose every entry (but `.` and `..`, which the kernel
+    /// does not link) is a lookup, counted as the LOOKUP it replaces: the
+    /// kernel forgets each one later. An entry the buffer has no room for
+    /// is forgotten at once; one gone meanwhile is left out.
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        reply: ReplyDirectoryPlus,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
     ) {
-        reply.error(FErrno::ENOSYS);
+        let entries = match self.under_lease(|| self.fs.readdir(fh.0, offset)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
+        };
+        let mut added = 0;
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let next = (i + 1) as u64;
+            let full = if e.name == "." || e.name == ".." {
+                let attr = fuser::FileAttr {
+                    ino: INodeNo(e.ino),
+                    kind: file_type(e.kind),
+                    perm: 0o755,
+                    nlink: 2,
+                    ..dot_attr()
+                };
+                reply.add(
+                    INodeNo(e.ino),
+                    next,
+                    &e.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                )
+            } else {
+                match self.fs.lookup(ino.0, &e.name) {
+                    Ok(entry) => {
+                        let full = reply.add(
+                            INodeNo(entry.ino),
+                            next,
+                            &e.name,
+                            &Self::ttl(self.entry_ttl, &entry.attr),
+                            &file_attr(entry.ino, &entry.attr),
+                            Generation(0),
+                        );
+                        if full {
+                            self.fs.forget(entry.ino, 1);
+                        }
+                        full
+                    }
+                    // Removed since the listing was taken.
+                    Err(e) if e == crate::errno::Errno::ENOENT => continue,
+                    // What fits so far, or the error if nothing does.
+                    Err(_) if added > 0 => break,
+                    Err(e) => return reply.error(err(e)),
+                }
+            };
+            if full {
+                break;
+            }
+            added += 1;
+        }
+        reply.ok()
     }
 
     fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: ReplyBmap) {
@@ -736,5 +796,27 @@ fn xattr_reply(r: crate::errno::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
         Ok(v) if v.len() > size as usize => reply.error(FErrno::from_i32(libc::ERANGE)),
         Ok(v) => reply.data(&v),
         Err(e) => reply.error(err(e)),
+    }
+}
+
+/// Attributes for `.` and `..` in a READDIRPLUS reply: the kernel reads
+/// only their type from the entry (it does not link them).
+fn dot_attr() -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(1),
+        size: 0,
+        blocks: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind: fuser::FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
     }
 }
