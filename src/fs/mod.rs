@@ -483,6 +483,24 @@ impl ChironFs {
                 .writes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        // A replica votes only if it was in sync when the change was sent
+        // to it: one that a resync declared in sync meanwhile answered as
+        // the replica behind that it was then (checker seed 18: its ENOENT
+        // for a file not copied yet failed it as divergent).
+        let issued_in_sync: Vec<usize> = targets
+            .iter()
+            .copied()
+            .filter(|&i| self.replicas[i].state() == crate::replica::State::InSync)
+            .collect();
+        let stale: Vec<usize> = stale
+            .into_iter()
+            .chain(
+                targets
+                    .iter()
+                    .copied()
+                    .filter(|i| !issued_in_sync.contains(i)),
+            )
+            .collect();
         let results = fanout::run(
             &self.replicas,
             targets,
