@@ -664,24 +664,15 @@ impl ChironFs {
         };
         // Other names keep it: what a replica behind has under them is
         // copied by name (a nameless copy would take the open's writes
-        // away from that inode there). On the source's threads (it may
-        // hang; this is a FUSE thread).
-        let fd = src.clone();
-        let nlink = self.on_replica(s, move |_| ops::fstat(fd.as_fd()).map(|st| st.st_nlink));
-        if nlink != Ok(1) {
+        // away from that inode there).
+        if self.nlink_on(s, &src) != Ok(1) {
             return;
         }
-        // The copy reads the source: if it may hang, no copy runs here.
-        let spread = if self.replicas[s].inline {
-            fanout::Spread::Heavy
-        } else {
-            fanout::Spread::Pooled
-        };
         let copies = fanout::run(
             &self.replicas,
             behind,
             self.opts.replica_timeout,
-            spread,
+            self.copy_spread(s),
             move |rep| nameless_copy(rep, &src).map(|fd| Arc::new(rep.hold(fd))),
         );
         for (i, fd) in copies {
@@ -727,6 +718,24 @@ impl ChironFs {
 
     /// A new read-only fd of inode `ino` on `replica`, through an fd another
     /// open of it holds there (how an unlinked file is reached).
+    /// The link count of `fd`, a file of replica `s`, asked on that
+    /// replica's threads under `replica_timeout` (callers are FUSE threads,
+    /// or hold gates and locks).
+    fn nlink_on(&self, s: usize, fd: &Arc<Fd>) -> Result<u64> {
+        let fd = fd.clone();
+        self.on_replica(s, move |_| ops::fstat(fd.as_fd()).map(|st| st.st_nlink))
+    }
+
+    /// How a nameless copy from replica `s` runs: it reads the source, so
+    /// if the source may hang, every target runs on its own pool.
+    fn copy_spread(&self, s: usize) -> fanout::Spread {
+        if self.replicas[s].inline {
+            fanout::Spread::Heavy
+        } else {
+            fanout::Spread::Pooled
+        }
+    }
+
     /// On the replica's own threads, under `replica_timeout`.
     fn reopen_held(&self, ino: u64, replica: usize) -> Result<Fd> {
         let held = self
@@ -1285,26 +1294,17 @@ impl ChironFs {
                 continue;
             };
             // A name the inode table never learnt (a hard link) still
-            // reaches it: the copy by name covers it. On the source's
-            // threads (the gates and the root's lock are held).
-            let fd = src.clone();
-            let nlink = self.on_replica(s, move |_| ops::fstat(fd.as_fd()).map(|st| st.st_nlink));
-            if nlink != Ok(0) {
+            // reaches it: the copy by name covers it.
+            if self.nlink_on(s, &src) != Ok(0) {
                 continue;
             }
             // On the replica's own threads, under `replica_timeout`: the
             // gates held meanwhile stop every change through these opens.
-            // The copy reads the source: if it may hang, not on this thread.
-            let spread = if self.replicas[s].inline {
-                fanout::Spread::Heavy
-            } else {
-                fanout::Spread::Pooled
-            };
             let copied = fanout::run(
                 &self.replicas,
                 &[replica],
                 self.opts.replica_timeout,
-                spread,
+                self.copy_spread(s),
                 move |rep| nameless_copy(rep, &src).map(|fd| Arc::new(rep.hold(fd))),
             )
             .pop()
