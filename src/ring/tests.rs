@@ -233,6 +233,10 @@ async fn a_read_repairs_an_owner_that_missed_the_write() {
         .put(b"r", val("v"), &Context::new())
         .await
         .unwrap();
+    // The put returns once W=2 answered; its write to c may still be on the
+    // simulated wire, and would land if c came back first (the read would
+    // then have nothing to repair: seen once in a full run).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     c.revive("c");
     assert!(c.node("c").local(b"r").is_none());
     // A read asks every owner, waits for R=2 answers and repairs, in the
