@@ -470,12 +470,18 @@ impl ChironFs {
         };
         let guards = locked.guards;
         // An in-sync replica marked for the path may lack it (it is copied
-        // later): like a resyncing one, it follows rather than votes.
+        // later): like a resyncing one, it follows rather than votes. And a
+        // replica votes only if it was in sync when the change was sent to
+        // it: one that a resync declared in sync meanwhile answered as the
+        // replica behind that it was then (checker seed 18: its ENOENT for
+        // a file not copied yet failed it as divergent).
         let stale: Vec<usize> = targets
             .iter()
             .copied()
             .filter(|&i| {
-                self.marks.is_stale(i, path) || also.is_some_and(|a| self.marks.is_stale(i, a))
+                self.replicas[i].state() != crate::replica::State::InSync
+                    || self.marks.is_stale(i, path)
+                    || also.is_some_and(|a| self.marks.is_stale(i, a))
             })
             .collect();
         for &i in targets {
@@ -483,24 +489,6 @@ impl ChironFs {
                 .writes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        // A replica votes only if it was in sync when the change was sent
-        // to it: one that a resync declared in sync meanwhile answered as
-        // the replica behind that it was then (checker seed 18: its ENOENT
-        // for a file not copied yet failed it as divergent).
-        let issued_in_sync: Vec<usize> = targets
-            .iter()
-            .copied()
-            .filter(|&i| self.replicas[i].state() == crate::replica::State::InSync)
-            .collect();
-        let stale: Vec<usize> = stale
-            .into_iter()
-            .chain(
-                targets
-                    .iter()
-                    .copied()
-                    .filter(|i| !issued_in_sync.contains(i)),
-            )
-            .collect();
         let results = fanout::run(
             &self.replicas,
             targets,
