@@ -136,6 +136,20 @@ impl RingConfig {
                 return bad(k, v.to_string(), "expected 0.01 to 3600 seconds");
             }
         }
+        // A host taken for dead must have lost its read lease (so stopped
+        // changing anything) before another acts in its name: the fence
+        // waits for that too, but a shorter setting would only make every
+        // takeover wait.
+        if self.takeover_after <= self.read_lease * 1.01 + self.timeout {
+            return bad(
+                "takeover_after",
+                self.takeover_after.to_string(),
+                &format!(
+                    "must exceed read_lease ({}) plus 1% plus timeout ({}): a host is taken for dead only once its read lease has run out",
+                    self.read_lease, self.timeout
+                ),
+            );
+        }
         Ok(())
     }
 }

@@ -135,6 +135,11 @@ fn ring_section_is_checked_key_by_key() {
             "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nn = 4\nr = 3\nw = 2\n",
             "ring.w",
         ),
+        // A host is taken for dead only after its read lease ran out.
+        (
+            "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nread_lease = 10\ntakeover_after = 11\n",
+            "ring.takeover_after",
+        ),
     ] {
         let e = Config::build(Some(("c.toml", text)), &[])
             .unwrap_err()

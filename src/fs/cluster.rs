@@ -55,6 +55,9 @@ impl ChironFs {
         if expiry.is_some() {
             shared.settle_lease(expiry, complete);
         }
+        if complete {
+            self.settle_views(shared);
+        }
     }
 
     /// Until when (`clock::boot_ns`) this host may serve file contents:
@@ -109,6 +112,62 @@ impl ChironFs {
                     "replica {} is in sync for every host again",
                     r.spec.path.display()
                 );
+            }
+        }
+    }
+
+    /// Marks replica `i` as leaving service until the returned guard is
+    /// dropped (taken before its state changes, dropped once the change is
+    /// published to the ring and the other hosts' read leases on it are
+    /// revoked). `None` without a ring.
+    pub(super) fn leaving(&self, i: usize) -> Option<Leaving<'_>> {
+        self.cluster.get()?;
+        self.replicas[i].leaving.fetch_add(1, Ordering::SeqCst);
+        Some(Leaving { fs: self, i })
+    }
+
+    /// Before a change that missed the replicas `missed` is acknowledged:
+    /// waits until no other host may read any of them (their leaving is
+    /// published and every other host's read lease on them revoked or run
+    /// out, DESIGN.md section 7, "Read leases"). EIO if that cannot be
+    /// made sure of (this host is cut off from the majority of the ring):
+    /// the change reached the other replicas but is not acknowledged, as
+    /// another host may read the replica that missed it.
+    pub(super) fn await_left(&self, missed: &[usize]) -> Result<()> {
+        let Some(c) = self.cluster.get() else {
+            return Ok(());
+        };
+        for &i in missed {
+            let r = &self.replicas[i];
+            if r.leaving.load(Ordering::SeqCst) > 0 {
+                // Its ledger is written to the replicas in the same change.
+                let deadline =
+                    std::time::Instant::now() + c.revoke_bound() + self.opts.replica_timeout * 2;
+                let mut g = self.left.0.lock();
+                while r.leaving.load(Ordering::SeqCst) > 0 {
+                    if self.left.1.wait_until(&mut g, deadline).timed_out() {
+                        tracing::warn!(
+                            "replica {}: its failure is still being published to the other hosts; a write that missed it answers EIO",
+                            r.spec.path.display()
+                        );
+                        return Err(Errno::EIO);
+                    }
+                }
+            }
+            if !c.is_settled(&r.id) {
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes again the views that take a replica out of service and
+    /// could not be settled (this host was cut off): once they are, writes
+    /// that miss those replicas are acknowledged again.
+    fn settle_views(&self, shared: &SharedStore) {
+        for id in shared.unsettled() {
+            if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &id) {
+                shared.publish(&rec);
             }
         }
     }
@@ -238,6 +297,21 @@ impl ChironFs {
         }
     }
 
+    /// Lifts the fences this host put on hosts it took for dead, once they
+    /// are back and nothing it does in their name is under way.
+    pub(super) fn lift_fences(&self) {
+        let Some(shared) = self.cluster.get() else {
+            return;
+        };
+        use crate::replica::State;
+        let done = self.replicas.iter().all(|r| match r.state() {
+            State::Resyncing => false,
+            State::InSync => !self.marks.has_stale(r.index),
+            _ => true,
+        });
+        shared.lift_fences(done);
+    }
+
     /// Paths a host that died was changing (its published intent marks)
     /// may differ between replicas: every replica but the first serving one
     /// gets them as missed marks, and the resync heals them.
@@ -317,17 +391,25 @@ impl ChironFs {
             shared.path_settled(p.as_bytes());
             return Ok(false);
         }
-        // Every recorded version, where it is and how new: the newest wins
-        // (equal times: the larger host name); every version none of whose
-        // replicas the winner reached is kept as a copy (with three hosts on
-        // three disjoint replicas, two copies).
-        let mut versions: Vec<(i128, String, usize, BTreeSet<String>)> = Vec::new();
+        // Every recorded version, where it is and how new: a version its
+        // host may have acknowledged wins over one it answered EIO for (it
+        // was cut off from the ring); then the newest (equal times: the
+        // larger host name). Every version none of whose replicas the
+        // winner reached is kept as a copy (with three hosts on three
+        // disjoint replicas, two copies).
+        let acked: BTreeSet<&str> = writes
+            .iter()
+            .filter(|w| w.acked)
+            .map(|w| w.host.as_str())
+            .collect();
+        let mut versions: Vec<(bool, i128, String, usize, BTreeSet<String>)> = Vec::new();
         for w in &writes {
             let Some(at) = self.holder(w) else {
                 // A replica of that version is out of reach: not yet.
                 return Err(Errno::EIO);
             };
             versions.push((
+                acked.contains(w.host.as_str()),
                 mtime(&self.replicas[at], p),
                 w.host.clone(),
                 at,
@@ -335,18 +417,18 @@ impl ChironFs {
             ));
         }
         versions.sort();
-        let Some((win_time, win_host, win, win_reached)) = versions.last().cloned() else {
+        let Some((_, win_time, win_host, win, win_reached)) = versions.last().cloned() else {
             return Ok(false);
         };
         let policy = self.opts.conflict_policy;
-        let hosts: BTreeSet<&str> = versions.iter().map(|v| v.1.as_str()).collect();
+        let hosts: BTreeSet<&str> = versions.iter().map(|v| v.2.as_str()).collect();
         tracing::warn!(
             "conflict on {p}: hosts {hosts:?} changed it on different replicas; policy {policy:?}"
         );
         let mut copies: Vec<(usize, String, i128)> = versions
             .iter()
-            .filter(|(_, host, _, r)| *host != win_host && r.is_disjoint(&win_reached))
-            .map(|(time, host, at, _)| (*at, host.clone(), *time))
+            .filter(|(_, _, host, _, r)| *host != win_host && r.is_disjoint(&win_reached))
+            .map(|(_, time, host, at, _)| (*at, host.clone(), *time))
             .collect();
         copies.dedup_by(|x, y| x.1 == y.1 && x.2 == y.2);
         if policy != ConflictPolicy::Newest {
@@ -473,6 +555,23 @@ impl ChironFs {
     }
 }
 
+/// A state change of a replica that takes it out of service, under way
+/// (`ChironFs::leaving`); wakes the writes waiting for it when dropped.
+pub(super) struct Leaving<'a> {
+    fs: &'a ChironFs,
+    i: usize,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.fs.replicas[self.i]
+            .leaving
+            .fetch_sub(1, Ordering::SeqCst);
+        let _g = self.fs.left.0.lock();
+        self.fs.left.1.notify_all();
+    }
+}
+
 /// Stops the lease renewal when dropped.
 pub(super) struct LeaseRenewer {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -586,6 +685,7 @@ mod tests {
         let w = |h: &str, missed: &ReplicaId| PathWrite {
             host: h.into(),
             missed: vec![missed.to_string()],
+            acked: true,
         };
         assert!(disjoint_pair(&[w("a", &r2), w("b", &r1)], &all).is_some());
         assert!(disjoint_pair(&[w("a", &r2), w("b", &r2)], &all).is_none());

@@ -120,6 +120,9 @@ pub struct ChironFs {
     /// Striped by inode: one mtime settle of a file at a time, so an older
     /// one never lands after a newer (`settle_mtime`).
     settling: Box<[parking_lot::Mutex<()>]>,
+    /// Signalled whenever a replica's `leaving` count drops: writes that
+    /// missed it wait here before they are acknowledged (`await_left`).
+    left: (parking_lot::Mutex<()>, parking_lot::Condvar),
 }
 
 impl ChironFs {
@@ -141,6 +144,7 @@ impl ChironFs {
             round_robin: AtomicUsize::new(0),
             cluster: std::sync::OnceLock::new(),
             settling: (0..64).map(|_| parking_lot::Mutex::new(())).collect(),
+            left: (parking_lot::Mutex::new(()), parking_lot::Condvar::new()),
         }
     }
 
@@ -514,7 +518,13 @@ impl ChironFs {
             .collect();
         missed.extend(outcome.failed.iter().map(|f| f.0));
         missed.extend(outcome.behind.iter().copied());
+        // A change that missed a replica is not acknowledged while another
+        // host may still read that replica (DESIGN.md section 7, "Read
+        // leases"): a no-op without a ring. Before `end`, whose marks then
+        // record whether the change could be acknowledged.
+        let left = self.await_left(&missed);
         self.end(&marked, &missed);
+        left?;
         outcome.answer?;
         Ok(results
             .into_iter()

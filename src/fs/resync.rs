@@ -62,6 +62,7 @@ impl ChironFs {
                     self.end_resync_lease();
                 }
             }
+            self.lift_fences();
             std::thread::sleep(probe_interval);
         }
     }

@@ -20,6 +20,9 @@ impl ChironFs {
     /// returns whether it moved.
     pub(super) fn change_state(&self, i: usize, from: &[State], to: State, cause: String) -> bool {
         let _recording = self.replicas[i].recording.lock();
+        // Before the transition: a write that misses the replica from now
+        // on waits until the other hosts stop reading it.
+        let _leaving = (to != State::InSync).then(|| self.leaving(i));
         if !self.replicas[i].transition(from, to) {
             return false;
         }
@@ -60,6 +63,7 @@ impl ChironFs {
     pub(super) fn fail(&self, i: usize, op: &str, path: &RelPath, err: Errno) {
         let r = &self.replicas[i];
         let _recording = r.recording.lock();
+        let _leaving = self.leaving(i);
         if !matches!(err.0, libc::ENOSPC | libc::EDQUOT | libc::ETIMEDOUT) && r.local_fs {
             r.needs_full
                 .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -39,10 +39,13 @@ struct Backing {
 }
 
 impl Adapter {
-    /// Runs a read of file contents, directory entries or a symlink target
-    /// under this host's read lease (DESIGN.md section 7, "Read leases"):
-    /// EIO if it is not held when the read begins, or if it ran out before
-    /// the read ended (the replica answered late, or this thread stalled).
+    /// Runs a read of file contents, directory entries or a symlink target,
+    /// or a change, under this host's read lease (DESIGN.md section 7,
+    /// "Read leases"): EIO if it is not held when the call begins, or if it
+    /// ran out before the call ended (the replica answered late, this
+    /// thread stalled, or a replica's failure could not be published). A
+    /// change answered EIO may have reached replicas: it is not
+    /// acknowledged, as for any write that fails.
     fn under_lease<T>(
         &self,
         f: impl FnOnce() -> crate::errno::Result<T>,
@@ -53,6 +56,15 @@ impl Adapter {
             return Err(Errno::EIO);
         }
         Ok(v)
+    }
+
+    /// A change that creates an entry (and an open): the lease is checked
+    /// before it only, since an entry or handle made and then refused
+    /// would be lost to the kernel. (A host whose lease is held when such a
+    /// change begins is not yet taken for dead: takeovers wait out the
+    /// lease, DESIGN.md section 7, "Dead hosts".)
+    fn with_lease(&self) -> crate::errno::Result<()> {
+        self.fs.read_lease_until().map(|_| ()).ok_or(Errno::EIO)
     }
 }
 
@@ -230,7 +242,7 @@ impl Filesystem for Adapter {
             mtime: mtime.map(set_time),
             kill_suidgid: size.is_some() && unprivileged(req),
         };
-        match self.fs.setattr(ino.0, fh.map(|f| f.0), set) {
+        match self.under_lease(|| self.fs.setattr(ino.0, fh.map(|f| f.0), set)) {
             Ok(st) => reply.attr(&Self::ttl(self.attr_ttl, &st), &file_attr(ino.0, &st)),
             Err(e) => reply.error(err(e)),
         }
@@ -253,10 +265,10 @@ impl Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            self.fs.mknod(parent.0, name, mode, rdev as u64, owner(req)),
-        );
+        let made = self
+            .with_lease()
+            .and_then(|()| self.fs.mknod(parent.0, name, mode, rdev as u64, owner(req)));
+        self.entry(reply, made);
     }
 
     fn mkdir(
@@ -268,18 +280,21 @@ impl Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.fs.mkdir(parent.0, name, mode, owner(req)));
+        let made = self
+            .with_lease()
+            .and_then(|()| self.fs.mkdir(parent.0, name, mode, owner(req)));
+        self.entry(reply, made);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.unlink(parent.0, name) {
+        match self.under_lease(|| self.fs.unlink(parent.0, name)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(parent.0, name) {
+        match self.under_lease(|| self.fs.rmdir(parent.0, name)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -293,11 +308,11 @@ impl Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
+        let made = self.with_lease().and_then(|()| {
             self.fs
-                .symlink(parent.0, link_name, target.as_os_str(), owner(req)),
-        );
+                .symlink(parent.0, link_name, target.as_os_str(), owner(req))
+        });
+        self.entry(reply, made);
     }
 
     fn rename(
@@ -310,10 +325,10 @@ impl Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self
-            .fs
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
+        match self.under_lease(|| {
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, flags.bits())
+        }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -327,17 +342,18 @@ impl Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.fs.link(ino.0, newparent.0, newname));
+        let made = self
+            .with_lease()
+            .and_then(|()| self.fs.link(ino.0, newparent.0, newname));
+        self.entry(reply, made);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // A read-only open may be answered from pages the kernel cached
-        // (keep_cache): it needs the lease too. A writable open does not
-        // (writes fan out as always; it drops the cache, and its reads
-        // come through `read`).
-        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
-        if read_only && self.fs.read_lease_until().is_none() {
-            reply.error(err(Errno::EIO));
+        // (keep_cache): it needs the lease, and a writable one (which may
+        // truncate) too, as every change.
+        if let Err(e) = self.with_lease() {
+            reply.error(err(e));
             return;
         }
         match self.fs.open(ino.0, flags.0) {
@@ -376,7 +392,7 @@ impl Filesystem for Adapter {
         reply: ReplyWrite,
     ) {
         let kill_priv = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.fs.write(fh.0, offset, data, kill_priv) {
+        match self.under_lease(|| self.fs.write(fh.0, offset, data, kill_priv)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }
@@ -395,14 +411,16 @@ impl Filesystem for Adapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self.fs.copy_file_range(
-            fh_in.0,
-            offset_in,
-            fh_out.0,
-            offset_out,
-            len,
-            unprivileged(req),
-        ) {
+        match self.under_lease(|| {
+            self.fs.copy_file_range(
+                fh_in.0,
+                offset_in,
+                fh_out.0,
+                offset_out,
+                len,
+                unprivileged(req),
+            )
+        }) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }
@@ -530,7 +548,7 @@ impl Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.setxattr(ino.0, name, value, flags) {
+        match self.under_lease(|| self.fs.setxattr(ino.0, name, value, flags)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -545,7 +563,7 @@ impl Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.removexattr(ino.0, name) {
+        match self.under_lease(|| self.fs.removexattr(ino.0, name)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -570,7 +588,10 @@ impl Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(parent.0, name, mode, flags, owner(req)) {
+        let made = self
+            .with_lease()
+            .and_then(|()| self.fs.create(parent.0, name, mode, flags, owner(req)));
+        match made {
             Ok((entry, opened)) => {
                 let attr = file_attr(entry.ino, &entry.attr);
                 let ttl = Self::ttl(self.entry_ttl, &entry.attr);
@@ -591,10 +612,10 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self
-            .fs
-            .fallocate(fh.0, offset, length, mode, unprivileged(req))
-        {
+        match self.under_lease(|| {
+            self.fs
+                .fallocate(fh.0, offset, length, mode, unprivileged(req))
+        }) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }

@@ -111,6 +111,17 @@ impl ReadLease {
 pub struct PathWrite {
     pub host: String,
     pub missed: Vec<String>,
+    /// Whether the host could acknowledge such a write: the replicas it
+    /// missed were settled out of service (no other host read them,
+    /// `SharedStore::is_settled`). A host cut off from the ring records
+    /// `false`: its writes reached its replicas but answered EIO. (Records
+    /// of older versions have none: taken as acknowledged.)
+    #[serde(default = "acknowledged")]
+    pub acked: bool,
+}
+
+fn acknowledged() -> bool {
+    true
 }
 
 /// A conflict copy made by a resync.
@@ -206,6 +217,30 @@ pub struct SharedStore {
     /// This host's read lease, and the term it asks for.
     lease: ReadLease,
     lease_term: Duration,
+    /// Replicas whose view taking them out of service this host could not
+    /// settle (publish to a quorum and revoke the others' read leases):
+    /// writes that miss them are not acknowledged (`is_settled`).
+    unsettled: Mutex<HashSet<ReplicaId>>,
+    /// Whether `unsettled` is empty (the write path reads only this).
+    all_settled: AtomicBool,
+    /// Hosts this host fenced to take over for them (`fence`), until it
+    /// lifts the fence (`lift_fences`).
+    fenced_by_me: Mutex<BTreeSet<String>>,
+    /// The host that fenced this one, as the last renewal read it: this
+    /// host takes no read lease (so serves no reads and makes no changes)
+    /// while it is set.
+    fenced_by: Mutex<Option<String>>,
+}
+
+/// A fence on a host taken for dead (`fence/<host>`), written by the host
+/// that takes over for it before it does anything in its name: while it
+/// stands, the fenced host takes no read lease, so it neither reads nor
+/// writes (DESIGN.md section 7, "Dead hosts").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Fence {
+    by: String,
+    /// Milliseconds since the epoch, by the fencer's clock: for people.
+    at: u64,
 }
 
 /// More intent marks than this are published as "too many": whoever heals
@@ -265,6 +300,10 @@ impl SharedStore {
             // (a host restarted while cut off must not read either).
             lease: ReadLease::new(node.layout().current.version > 0),
             lease_term,
+            unsettled: Mutex::new(HashSet::new()),
+            all_settled: AtomicBool::new(true),
+            fenced_by_me: Mutex::new(BTreeSet::new()),
+            fenced_by: Mutex::new(None),
         });
         node.set_listener(s.clone());
         s
@@ -453,6 +492,10 @@ impl SharedStore {
         if rec.state != ReplicaState::InSync {
             // A new degraded spell: paths must be recorded again.
             self.recorded.lock().clear();
+            // Unsettled until the others are told (paths recorded
+            // meanwhile say their writes may not be acknowledged).
+            self.unsettled.lock().insert(rec.id);
+            self.all_settled.store(false, Ordering::SeqCst);
         }
         let published = self.put(key.clone(), Some(bytes.clone()));
         if !published {
@@ -478,9 +521,42 @@ impl SharedStore {
                 rec.state
             );
         }
-        if rec.state != ReplicaState::InSync && (!published || !unconfirmed.is_empty()) {
-            self.revoke(&key, &bytes, published, &unconfirmed, &rec.id);
+        let settled = rec.state == ReplicaState::InSync
+            || (published && unconfirmed.is_empty())
+            || self.revoke(&key, &bytes, published, &unconfirmed, &rec.id);
+        let mut unsettled = self.unsettled.lock();
+        if settled {
+            if unsettled.remove(&rec.id) {
+                // Writes that miss it are acknowledged from now on: paths
+                // are recorded again, as such.
+                self.recorded.lock().clear();
+            }
+        } else {
+            unsettled.insert(rec.id);
         }
+        self.all_settled
+            .store(unsettled.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Whether no other host may read replica `id` while this host has it
+    /// out of service: true unless the view saying so could not be
+    /// published and the others' read leases revoked (`publish`).
+    pub fn is_settled(&self, id: &ReplicaId) -> bool {
+        self.all_settled.load(Ordering::SeqCst) || !self.unsettled.lock().contains(id)
+    }
+
+    /// The replicas `is_settled` is false for.
+    pub fn unsettled(&self) -> Vec<ReplicaId> {
+        self.unsettled.lock().iter().copied().collect()
+    }
+
+    /// A bound on how long `publish` of a view taking a replica out of
+    /// service takes: its write and nudge, then `revoke` (which may find,
+    /// just before it gives up, a lease that has a whole term left), each
+    /// ring call bounded by `block`.
+    pub fn revoke_bound(&self) -> Duration {
+        let term = self.lease_term + crate::ring::lease::margin(self.lease_term);
+        term * 2 + self.timeout * 13
     }
 
     /// Makes sure no other host reads replica `id` any more before a view
@@ -490,10 +566,11 @@ impl SharedStore {
     /// did not confirm the nudge) may hold a read lease: a majority of the
     /// ring says how long their grants have left, and this host waits that
     /// long plus the drift margin. Their leases needed a majority too, so
-    /// the two meet on some node. If this host cannot get there (it is cut
-    /// off from the majority), it gives up after a lease term and a ring
-    /// timeout and goes on: that is logged, and DESIGN.md section 7 says
-    /// what it risks.
+    /// the two meet on some node. Returns whether that was done. If this
+    /// host cannot get there (it is cut off from the majority), it gives up
+    /// after a lease term and a ring timeout: false, and the writes that
+    /// miss the replica answer EIO until a later `publish` settles it
+    /// (DESIGN.md section 7).
     fn revoke(
         &self,
         key: &[u8],
@@ -501,9 +578,9 @@ impl SharedStore {
         mut published: bool,
         hosts: &[NodeId],
         id: &ReplicaId,
-    ) {
+    ) -> bool {
         if self.node.layout_version() == 0 {
-            return; // no layout: nobody holds a lease
+            return true; // no layout: nobody holds a lease
         }
         let start = std::time::Instant::now();
         let give_up = self.lease_term + crate::ring::lease::margin(self.lease_term) + self.timeout;
@@ -512,7 +589,7 @@ impl SharedStore {
                 published = self.put(key.to_vec(), Some(bytes.to_vec()));
             }
             if published && hosts.is_empty() {
-                return;
+                return true;
             }
             if published && let Some(Some(until)) = self.block(self.node.lease_left_round(hosts)) {
                 let now = std::time::Instant::now();
@@ -523,13 +600,13 @@ impl SharedStore {
                     );
                     std::thread::sleep(until - now);
                 }
-                return;
+                return true;
             }
             if start.elapsed() >= give_up {
                 tracing::warn!(
-                    "ring: cannot reach a majority of the ring to publish that replica {id} is out of service and revoke the read leases of {hosts:?}; going on: a host in the majority may read it until this host's view is published"
+                    "ring: cannot reach a majority of the ring to publish that replica {id} is out of service and revoke the read leases of {hosts:?}; writes that miss it answer EIO until this host's view is published"
                 );
-                return;
+                return false;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -607,6 +684,15 @@ impl SharedStore {
             return;
         }
         self.lease.required.store(true, Ordering::Release);
+        let fenced = self.fenced_by.lock().clone();
+        if let Some(by) = fenced {
+            if self.lease.renewing.swap(false, Ordering::AcqRel) {
+                tracing::warn!(
+                    "ring: host {by} took this host for dead and is healing for it: no reads or changes here until it is done (its fence is lifted)"
+                );
+            }
+            return;
+        }
         match expiry {
             Some(e) if views_complete => {
                 self.lease.until.fetch_max(e, Ordering::AcqRel);
@@ -661,6 +747,9 @@ impl SharedStore {
                     }
                 }
             }
+        }
+        if !self.read_fence() {
+            complete = false;
         }
         self.publish_pending();
         // A nudge that arrived while this refresh read the ring is newer
@@ -764,8 +853,19 @@ impl SharedStore {
     }
 
     /// Hosts of the ring other than this one that the failure detector
-    /// has believed dead for at least `takeover_after`.
+    /// has believed dead for at least `takeover_after`, each fenced by this
+    /// host (`fence`) before it is returned: whatever this host then does
+    /// in their name, they do not write meanwhile.
     pub fn dead_hosts(&self) -> Vec<String> {
+        self.long_dead()
+            .into_iter()
+            .filter(|h| self.fence(h))
+            .collect()
+    }
+
+    /// Hosts the failure detector has believed dead for `takeover_after`,
+    /// that do not answer now, while this host reaches a quorum.
+    fn long_dead(&self) -> Vec<String> {
         let now = std::time::Instant::now();
         let mut dead = self.dead_since.lock();
         let members: Vec<NodeId> = self
@@ -793,6 +893,112 @@ impl SharedStore {
             .filter(|_| self.node_reaches_quorum())
             .map(|n| n.to_string())
             .collect()
+    }
+
+    /// Fences host `h` before this host takes over for it: writes
+    /// `fence/<h>` to a quorum, then waits until no read lease granted to
+    /// `h` can still run (a majority says how long their grants to it have
+    /// left, as `revoke`). From then on `h` neither reads nor changes
+    /// anything: changes need its lease (the fuse adapter's `under_lease`),
+    /// and its renewals read the fence (`read_fence`) after their grant, so
+    /// a grant that came after this wait still gives it no lease. False if
+    /// either step failed (retried by the next call).
+    pub fn fence(&self, h: &str) -> bool {
+        if self.fenced_by_me.lock().contains(h) {
+            return true;
+        }
+        let Ok(node) = NodeId::new(h) else {
+            return false;
+        };
+        let fence = Fence {
+            by: self.host.to_string(),
+            at: now_ms(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&fence) else {
+            return false;
+        };
+        let key = self.key(format!("fence/{h}").as_bytes());
+        if self.block(self.put_async(key, Some(bytes))) != Some(true) {
+            tracing::warn!("ring: cannot fence host {h} (no quorum); not taking over for it yet");
+            return false;
+        }
+        let Some(Some(until)) = self.block(self.node.lease_left_round(&[node])) else {
+            tracing::warn!(
+                "ring: cannot learn how long host {h}'s read lease runs; not taking over for it yet"
+            );
+            return false;
+        };
+        let now = std::time::Instant::now();
+        if until > now {
+            std::thread::sleep(until - now);
+        }
+        tracing::warn!(
+            "ring: host {h} is fenced: it serves nothing until this host has healed what it left"
+        );
+        self.fenced_by_me.lock().insert(h.to_string());
+        true
+    }
+
+    /// Lifts the fences this host put on hosts that are back, once
+    /// `done`: nothing this host does in their name is under way (no
+    /// replica resyncing, no path marked on an in-sync one).
+    pub fn lift_fences(&self, done: bool) {
+        if !done {
+            return;
+        }
+        let fenced: Vec<String> = self.fenced_by_me.lock().iter().cloned().collect();
+        for h in fenced {
+            let Ok(node) = NodeId::new(&h) else {
+                continue;
+            };
+            if self.block(self.node.answers(&node)) != Some(true) {
+                continue; // still gone: the fence stays
+            }
+            let key = self.key(format!("fence/{h}").as_bytes());
+            if self.block(self.put_async(key, None)) == Some(true) {
+                tracing::info!("ring: host {h} is back; its fence is lifted");
+                self.fenced_by_me.lock().remove(&h);
+            }
+        }
+    }
+
+    /// Reads this host's own fence (`fence/<me>`) after a lease grant:
+    /// sets `fenced_by` (no lease while a fence stands). A fence whose
+    /// writer is itself long dead is lifted here: that host's copies
+    /// stopped with its resync lease, whose term is shorter than
+    /// `takeover_after`. False if the key could not be read (the lease is
+    /// not extended either).
+    fn read_fence(&self) -> bool {
+        let key = self.key(format!("fence/{}", self.host).as_bytes());
+        let values = match self.get(&key) {
+            Ok((values, ctx)) => {
+                self.contexts.lock().insert(key.clone(), ctx);
+                values
+            }
+            Err(e) => {
+                tracing::debug!("ring: this host's fence: {e}");
+                return false;
+            }
+        };
+        let fencers: BTreeSet<String> = values
+            .iter()
+            .filter_map(|v| serde_json::from_slice::<Fence>(v).ok())
+            .map(|f| f.by)
+            .collect();
+        if !fencers.is_empty() {
+            let dead = self.long_dead();
+            if fencers.iter().all(|f| dead.contains(f)) {
+                tracing::warn!(
+                    "ring: hosts {fencers:?} fenced this host and are gone themselves; lifting their fence"
+                );
+                if self.block(self.put_async(key, None)) == Some(true) {
+                    *self.fenced_by.lock() = None;
+                    return true;
+                }
+            }
+        }
+        *self.fenced_by.lock() = fencers.into_iter().next();
+        true
     }
 
     /// Whether this node can reach a majority of the layout's members.
@@ -1200,9 +1406,15 @@ impl MetaStore for SharedStore {
                 }
             }
             missed.sort();
+            let unsettled = self.unsettled.lock();
+            let acked = !missed
+                .iter()
+                .any(|m| unsettled.iter().any(|u| u.to_string() == *m));
+            drop(unsettled);
             let w = PathWrite {
                 host: self.host.to_string(),
                 missed,
+                acked,
             };
             // Published in the background (the watcher flushes the
             // outbox, and a host taking the resync lease asks for it

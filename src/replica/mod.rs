@@ -102,6 +102,11 @@ pub struct Replica {
     /// Another host sharing this replica (through the metadata ring) sees
     /// it out of sync: it missed writes made there, so it serves no reads.
     pub stale_elsewhere: AtomicBool,
+    /// State changes under way that take it out of service and that the
+    /// other hosts sharing it may not know of yet (`fs::cluster`,
+    /// `Leaving`): a write that missed it waits for them before it is
+    /// acknowledged.
+    pub leaving: std::sync::atomic::AtomicU32,
     /// That full compare also compares file contents (`resync --verify`).
     pub verify_content: AtomicBool,
     /// Its syscalls run on the calling thread instead of its pool (see
@@ -155,6 +160,7 @@ impl Replica {
             mark_generation: AtomicU64::new(0),
             recording: parking_lot::Mutex::new(()),
             stale_elsewhere: AtomicBool::new(false),
+            leaving: std::sync::atomic::AtomicU32::new(0),
             verify_content: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
             local_fs: false,
