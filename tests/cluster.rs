@@ -7,7 +7,10 @@
 //! network partition separates the hosts while each can reach only some of
 //! the replicas, one host's version of a path silently replacing the
 //! other's (it must survive as a conflict copy, listed by
-//! `chironctl conflicts`).
+//! `chironctl conflicts`, with the acknowledged version on the path); a
+//! write acknowledged while another host may still read a replica it
+//! missed; a host taken for dead writing while another heals in its name
+//! (fencing).
 //!
 //! The partition test runs each mount in a network namespace of its own
 //! (iproute2), joined to the arbiter's through veth pairs and routed by the
@@ -1078,8 +1081,17 @@ fn a_host_taken_for_dead_and_back_mid_takeover_loses_nothing_and_diverges_nowher
         ma.log().contains("host hostb died while changing")
     });
     let copy_seen = Instant::now();
-    // Back while A copies (6 MiB at 1 MiB/s, 6 s).
+    // Back while A copies (6 MiB at 1 MiB/s, 6 s): B says who fenced it.
     net.connect(true);
+    wait_until("B to say it is fenced", SETTLE, || {
+        read_lease_of(&sb).starts_with("fenced by hosta")
+    });
+    let check = ctl(&sb, &["check"]);
+    assert_eq!(check.status.code(), Some(2), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("fenced by hosta"),
+        "{check:?}"
+    );
     wait_until("A's copy to end", SETTLE, || {
         ma.log().contains("is in sync again")
     });

@@ -192,11 +192,12 @@ pub fn check(st: &FsStatus) -> (String, i32) {
     };
     let in_sync = st.replicas.iter().filter(good).count();
     let missed: u64 = st.replicas.iter().map(|r| r.missed).sum();
-    // A host without its read lease serves no reads at all.
+    // A host without its read lease (lost, or fenced by a host that took
+    // it for dead) serves no reads and makes no changes at all.
     let lease_lost = st
         .read_lease
         .as_deref()
-        .is_some_and(|l| l.starts_with("lost"));
+        .is_some_and(|l| l.starts_with("lost") || l.starts_with("fenced"));
     let (word, code) = if in_sync == 0 || in_sync < st.write_quorum || lease_lost {
         ("CRITICAL", CRITICAL)
     } else if in_sync < total {
@@ -204,7 +205,10 @@ pub fn check(st: &FsStatus) -> (String, i32) {
     } else {
         ("OK", OK)
     };
-    let lease_detail = lease_lost.then(|| "no read lease: reads answer EIO".to_string());
+    let lease_detail = lease_lost.then(|| match st.read_lease.as_deref() {
+        Some(l) if l.starts_with("fenced") => format!("no read lease, {l}"),
+        _ => "no read lease: reads and changes answer EIO".to_string(),
+    });
     let detail: Vec<String> = lease_detail
         .into_iter()
         .chain(st.replicas.iter().filter(|r| !good(r)).map(|r| {

@@ -642,12 +642,17 @@ impl SharedStore {
         if !self.lease.required.load(Ordering::Acquire) {
             return None;
         }
+        if let Some(by) = self.fenced_by.lock().clone() {
+            return Some(format!(
+                "fenced by {by}: it took this host for dead and is healing for it; no reads or changes until it is done"
+            ));
+        }
         Some(match held {
             Some(until) => format!(
                 "held, {:.1}s left",
                 until.saturating_sub(crate::clock::boot_ns()) as f64 / 1e9
             ),
-            None => "lost: no majority of the ring renews it; file contents, listings and symlinks answer EIO"
+            None => "lost: no majority of the ring renews it; file contents, listings, symlinks and changes answer EIO"
                 .to_string(),
         })
     }
