@@ -1159,3 +1159,97 @@ fn a_host_taken_for_dead_and_back_mid_takeover_loses_nothing_and_diverges_nowher
     drop(mb);
     drop(ma);
 }
+
+/// A resync on one host while another host writes the file it copies
+/// (DESIGN.md section 7, "Writes beside another host's resync"). B resyncs
+/// r2 (it disabled it and wrote a 6 MiB file meanwhile; the copy runs at
+/// 1 MiB/s). A writes into the file's last MiB while its own path to r1
+/// hangs: before, A's write reached r2 at once, B's copy then put r1's old
+/// bytes over it, and A's write reached r1 when the hang ended: r1 and r2
+/// differed with both in sync. Now A writes a replica another host copies
+/// into only after the others took the write, and B's copy checks each
+/// chunk's source again after writing it.
+#[test]
+fn a_write_beside_another_hosts_resync_is_never_undone_by_its_copy() {
+    let shared = TestRoot::new();
+    let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
+    let secret = write_secret(&shared);
+    let f1 = FaultFs::over(TestRoot::new(), r1.clone());
+    let addrs = loopback_addrs();
+    let (_arb, (ma, sa), (mb, sb)) = two_hosts(
+        &shared,
+        &secret,
+        &addrs,
+        &[&f1.mountpoint, &r2],
+        &[&r1, &r2],
+        &[],
+        &["resync_bandwidth=1"],
+    );
+    let mib = 1 << 20;
+    // A holds the file open (an fd on each replica) from before B's
+    // resync; its first write through it asks no privilege check later.
+    let first: Vec<u8> = vec![7u8; 6 * mib];
+    fs::write(mb.path("big"), &first).unwrap();
+    use std::os::unix::fs::FileExt;
+    let new = vec![0xA5u8; 64 << 10];
+    let at = (5 * mib + mib / 2) as u64;
+    let held = fs::OpenOptions::new()
+        .write(true)
+        .open(ma.path("big"))
+        .unwrap();
+    held.write_all_at(&first[..new.len()], at).unwrap();
+    // B takes r2 out and rewrites the file: r2 misses it.
+    let old: Vec<u8> = (0..6 * mib).map(|i| (i % 251) as u8).collect();
+    ctl_ok(&sb, &["disable", &r2.display().to_string()]);
+    fs::write(mb.path("big"), &old).unwrap();
+    assert_eq!(
+        fs::read(r2.join("big")).unwrap(),
+        first,
+        "r2 missed the rewrite"
+    );
+    ctl_ok(&sb, &["enable", &r2.display().to_string()]);
+    wait_until("A to see B resyncing r2", SETTLE, || {
+        replica_state(&sa, 1)
+            .1
+            .iter()
+            .any(|s| s.starts_with("hostb: resyncing"))
+    });
+    // A writes 64 KiB at 5.5 MiB (B's copy gets there in about 5 s) while
+    // its r1 hangs for 7 s.
+    f1.set_mode("hang");
+    let writer = {
+        let new = new.clone();
+        thread::spawn(move || held.write_all_at(&new, at))
+    };
+    thread::sleep(Duration::from_secs(7));
+    f1.set_mode("ok");
+    let wrote = writer.join().unwrap();
+    assert!(wrote.is_ok(), "A's write: {wrote:?}\n{}", ma.log());
+    wait_until("both replicas in sync for both hosts", SETTLE, || {
+        [&sa, &sb].iter().all(|s| {
+            (0..2).all(|i| {
+                let (state, stale) = replica_state(s, i);
+                state == "in-sync" && stale.is_empty()
+            })
+        })
+    });
+    let mut want = old.clone();
+    want[at as usize..at as usize + new.len()].copy_from_slice(&new);
+    for r in [&r1, &r2] {
+        let got = fs::read(r.join("big")).unwrap();
+        assert!(
+            got == want,
+            "{}: A's write is {} there",
+            r.display(),
+            if got[at as usize..at as usize + new.len()] == new[..] {
+                "present, other bytes differ"
+            } else {
+                "missing"
+            }
+        );
+    }
+    assert_replicas_identical(&[&r1, &r2]);
+    drop(mb);
+    drop(ma);
+    drop(f1);
+}

@@ -60,14 +60,30 @@ impl ChironFs {
         }
     }
 
-    /// Until when (`clock::boot_ns`) this host may serve file contents:
-    /// `u64::MAX` without a ring; with one, the end of its read lease
-    /// (waiting a little for a renewal under way); `None`: not now.
-    pub fn read_lease_until(&self) -> Option<u64> {
+    /// A ticket for a call made under this host's read lease (waiting a
+    /// little for a renewal under way): `None` if the lease is not held.
+    /// `lease_kept` then says whether it was held without a break until
+    /// now: a call that outlasts one term is fine as long as renewals
+    /// kept it (DESIGN.md section 7, "Read leases").
+    pub fn lease_ticket(&self) -> Option<u64> {
         match self.cluster.get() {
-            None => Some(u64::MAX),
-            Some(s) => s.read_lease_until(true),
+            None => Some(0),
+            Some(s) => s.read_lease_until(true).map(|_| s.read_lease().lapses()),
         }
+    }
+
+    /// Whether the lease of `ticket` has been held ever since.
+    pub fn lease_kept(&self, ticket: u64) -> bool {
+        match self.cluster.get() {
+            None => true,
+            Some(s) => s.read_lease().current() && s.read_lease().lapses() == ticket,
+        }
+    }
+
+    /// Whether this host holds its read lease now (always, without a
+    /// ring): a change is sent to the replicas only then.
+    pub(super) fn lease_held(&self) -> bool {
+        self.cluster.get().is_none_or(|s| s.read_lease().current())
     }
 
     pub fn cluster(&self) -> Option<&Arc<SharedStore>> {
@@ -91,13 +107,63 @@ impl ChironFs {
         }
     }
 
-    /// Excludes from reads every replica another host sees out of sync.
+    /// `fanout::run`, except that with a ring the replicas another host
+    /// copies into are sent the change only after the others answered: a
+    /// change then reaches such a replica after it reached the copy's
+    /// source, and the copy, which reads each chunk's source again after
+    /// writing it (`CopyControl::recheck_source`), never leaves old bytes
+    /// over it (DESIGN.md section 7, "Writes beside another host's
+    /// resync").
+    pub(super) fn fan_out<T, F>(
+        &self,
+        targets: &[usize],
+        spread: crate::fs::fanout::Spread,
+        f: F,
+    ) -> Vec<(usize, Result<T>)>
+    where
+        T: Send + 'static,
+        F: Fn(&Replica) -> Result<T> + Send + Sync + 'static,
+    {
+        use crate::fs::fanout;
+        let timeout = self.opts.replica_timeout;
+        if self.cluster.get().is_none() {
+            return fanout::run(&self.replicas, targets, timeout, spread, f);
+        }
+        let _gate = self.fanout_gate.read_recursive();
+        let (first, last): (Vec<usize>, Vec<usize>) = targets
+            .iter()
+            .partition(|&&i| !self.replicas[i].copied_elsewhere.load(Ordering::Acquire));
+        if first.is_empty() || last.is_empty() {
+            return fanout::run(&self.replicas, targets, timeout, spread, f);
+        }
+        let f = Arc::new(f);
+        let g = f.clone();
+        let mut out = fanout::run(&self.replicas, &first, timeout, spread, move |r| g(r));
+        out.extend(fanout::run(
+            &self.replicas,
+            &last,
+            timeout,
+            spread,
+            move |r| f(r),
+        ));
+        out.sort_by_key(|(i, _)| *i);
+        out
+    }
+
+    /// Excludes from reads every replica another host sees out of sync,
+    /// and orders changes to those another host copies into (`fan_out`).
     fn apply_views(&self) {
         let Some(shared) = self.cluster.get() else {
             return;
         };
+        let mut newly_copied = false;
         for r in self.replicas.iter() {
             let stale = shared.stale_elsewhere(&r.id);
+            let copied = stale
+                .iter()
+                .any(|(_, v)| v.state == crate::meta::ReplicaState::Resyncing.to_string());
+            let was_copied = r.copied_elsewhere.swap(copied, Ordering::AcqRel);
+            newly_copied |= copied && !was_copied;
             let was = r.stale_elsewhere.swap(!stale.is_empty(), Ordering::AcqRel);
             if !stale.is_empty() && !was {
                 let (host, view) = &stale[0];
@@ -113,6 +179,11 @@ impl ChironFs {
                     r.spec.path.display()
                 );
             }
+        }
+        if newly_copied {
+            // Changes sent in parallel before this host knew: done before
+            // this returns (and the nudge that told it is confirmed).
+            drop(self.fanout_gate.write());
         }
     }
 
@@ -137,12 +208,12 @@ impl ChironFs {
         let Some(c) = self.cluster.get() else {
             return Ok(());
         };
+        // Its ledger is written to the replicas in the same change. One
+        // bound for the whole wait, however many replicas it missed.
+        let deadline = std::time::Instant::now() + c.revoke_bound() + self.opts.replica_timeout * 2;
         for &i in missed {
             let r = &self.replicas[i];
             if r.leaving.load(Ordering::SeqCst) > 0 {
-                // Its ledger is written to the replicas in the same change.
-                let deadline =
-                    std::time::Instant::now() + c.revoke_bound() + self.opts.replica_timeout * 2;
                 let mut g = self.left.0.lock();
                 while r.leaving.load(Ordering::SeqCst) > 0 {
                     if self.left.1.wait_until(&mut g, deadline).timed_out() {

@@ -123,6 +123,11 @@ pub struct ChironFs {
     /// Signalled whenever a replica's `leaving` count drops: writes that
     /// missed it wait here before they are acknowledged (`await_left`).
     left: (parking_lot::Mutex<()>, parking_lot::Condvar),
+    /// Held shared by every fan-out of a change while a ring is in use;
+    /// taken exclusively, for an instant, when another host starts copying
+    /// into a replica, so that no change sent before this host knew it is
+    /// still in flight (`fan_out`, `apply_views`).
+    fanout_gate: parking_lot::RwLock<()>,
 }
 
 impl ChironFs {
@@ -145,6 +150,7 @@ impl ChironFs {
             cluster: std::sync::OnceLock::new(),
             settling: (0..64).map(|_| parking_lot::Mutex::new(())).collect(),
             left: (parking_lot::Mutex::new(()), parking_lot::Condvar::new()),
+            fanout_gate: parking_lot::RwLock::new(()),
         }
     }
 
@@ -472,6 +478,14 @@ impl ChironFs {
             }
             &kept
         };
+        // With a ring, sent only under the lease, checked after the waits
+        // above (a lock, the ledger of `begin`): a host taken for dead is
+        // fenced once its lease is over (DESIGN.md section 7, "Dead hosts").
+        if !self.lease_held() {
+            drop(locked);
+            self.end(&marked, &[]);
+            return Err(Errno::EIO);
+        }
         let guards = locked.guards;
         // An in-sync replica marked for the path may lack it (it is copied
         // later): like a resyncing one, it follows rather than votes. And a
@@ -493,13 +507,7 @@ impl ChironFs {
                 .writes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let results = fanout::run(
-            &self.replicas,
-            targets,
-            self.opts.replica_timeout,
-            spread,
-            f,
-        );
+        let results = self.fan_out(targets, spread, f);
         drop(guards);
         let summary: Vec<(usize, Option<Errno>)> = results
             .iter()

@@ -137,7 +137,8 @@ impl ChironFs {
                 .with_link_hint(self.link_hint())
                 .with_displace(self.displace_fn())
                 .with_replaced(self.replaced_fn())
-                .with_made(self.made_fn()),
+                .with_made(self.made_fn())
+                .rechecking_source(self.cluster().is_some()),
         );
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         *self.running[i].lock() = Some((Instant::now(), ctl.clone(), total.clone()));

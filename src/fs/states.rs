@@ -141,6 +141,9 @@ impl ChironFs {
                     );
                     continue;
                 }
+                // Before the transition, as in `fail`: a change that misses
+                // it from now on waits until the other hosts stop reading it.
+                let _leaving = res.is_err().then(|| self.leaving(i));
                 if let Err(e) = res
                     && self.replicas[i].mark_failed("ledger", &RelPath::root(), e)
                 {

@@ -42,17 +42,18 @@ impl Adapter {
     /// Runs a read of file contents, directory entries or a symlink target,
     /// or a change, under this host's read lease (DESIGN.md section 7,
     /// "Read leases"): EIO if it is not held when the call begins, or if it
-    /// ran out before the call ended (the replica answered late, this
-    /// thread stalled, or a replica's failure could not be published). A
-    /// change answered EIO may have reached replicas: it is not
-    /// acknowledged, as for any write that fails.
+    /// ran out at any moment before the call ended (the replica answered
+    /// late, this thread stalled, renewals failed); a call that outlasts a
+    /// term is fine while renewals keep the lease. A change answered EIO
+    /// may have reached replicas: it is not acknowledged, as for any write
+    /// that fails.
     fn under_lease<T>(
         &self,
         f: impl FnOnce() -> crate::errno::Result<T>,
     ) -> crate::errno::Result<T> {
-        let until = self.fs.read_lease_until().ok_or(Errno::EIO)?;
+        let ticket = self.fs.lease_ticket().ok_or(Errno::EIO)?;
         let v = f()?;
-        if until != u64::MAX && crate::clock::boot_ns() >= until {
+        if !self.fs.lease_kept(ticket) {
             return Err(Errno::EIO);
         }
         Ok(v)
@@ -64,7 +65,7 @@ impl Adapter {
     /// change begins is not yet taken for dead: takeovers wait out the
     /// lease, DESIGN.md section 7, "Dead hosts".)
     fn with_lease(&self) -> crate::errno::Result<()> {
-        self.fs.read_lease_until().map(|_| ()).ok_or(Errno::EIO)
+        self.fs.lease_ticket().map(|_| ()).ok_or(Errno::EIO)
     }
 }
 

@@ -77,6 +77,10 @@ pub struct ReadLease {
     /// Whether the last renewal worked (a read that finds the lease over
     /// waits for the next renewal only then).
     renewing: AtomicBool,
+    /// How many times the lease was extended after it had run out: a call
+    /// that saw the same count at its start and end, with the lease held
+    /// at both, was under it all along.
+    lapses: AtomicU64,
 }
 
 impl ReadLease {
@@ -85,7 +89,22 @@ impl ReadLease {
             required: AtomicBool::new(required),
             until: AtomicU64::new(0),
             renewing: AtomicBool::new(true),
+            lapses: AtomicU64::new(0),
         }
+    }
+
+    /// See `lapses`.
+    pub fn lapses(&self) -> u64 {
+        self.lapses.load(Ordering::SeqCst)
+    }
+
+    /// Extends the lease to `e`; counts a lapse if it had run out (before
+    /// the extension is visible).
+    fn extend(&self, e: u64) {
+        if crate::clock::boot_ns() >= self.until.load(Ordering::SeqCst) {
+            self.lapses.fetch_add(1, Ordering::SeqCst);
+        }
+        self.until.fetch_max(e, Ordering::SeqCst);
     }
 
     /// Whether this host may serve file contents now.
@@ -477,6 +496,12 @@ impl SharedStore {
     /// the read leases of those that did not are over (`revoke`).
     pub fn publish(&self, rec: &ReplicaRecord) {
         let key = self.replica_key(&rec.id, self.host.as_str());
+        if rec.state != ReplicaState::InSync {
+            // Unsettled until the others are told (paths recorded
+            // meanwhile say their writes may not be acknowledged).
+            self.unsettled.lock().insert(rec.id);
+            self.all_settled.store(false, Ordering::SeqCst);
+        }
         let view = HostView {
             state: rec.state.to_string(),
             since: rec
@@ -492,10 +517,6 @@ impl SharedStore {
         if rec.state != ReplicaState::InSync {
             // A new degraded spell: paths must be recorded again.
             self.recorded.lock().clear();
-            // Unsettled until the others are told (paths recorded
-            // meanwhile say their writes may not be acknowledged).
-            self.unsettled.lock().insert(rec.id);
-            self.all_settled.store(false, Ordering::SeqCst);
         }
         let published = self.put(key.clone(), Some(bytes.clone()));
         if !published {
@@ -700,7 +721,7 @@ impl SharedStore {
         }
         match expiry {
             Some(e) if views_complete => {
-                self.lease.until.fetch_max(e, Ordering::AcqRel);
+                self.lease.extend(e);
                 if !self.lease.renewing.swap(true, Ordering::AcqRel) {
                     tracing::info!("ring: read lease renewed; serving reads again");
                 }

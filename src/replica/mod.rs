@@ -107,6 +107,10 @@ pub struct Replica {
     /// `Leaving`): a write that missed it waits for them before it is
     /// acknowledged.
     pub leaving: std::sync::atomic::AtomicU32,
+    /// Another host sharing it resyncs it (copies into it): changes reach
+    /// it only after the other replicas took them (`fs::cluster`,
+    /// `ChironFs::fan_out`).
+    pub copied_elsewhere: AtomicBool,
     /// That full compare also compares file contents (`resync --verify`).
     pub verify_content: AtomicBool,
     /// Its syscalls run on the calling thread instead of its pool (see
@@ -161,6 +165,7 @@ impl Replica {
             recording: parking_lot::Mutex::new(()),
             stale_elsewhere: AtomicBool::new(false),
             leaving: std::sync::atomic::AtomicU32::new(0),
+            copied_elsewhere: AtomicBool::new(false),
             verify_content: AtomicBool::new(false),
             pool: Pool::new(&format!("replica{index}"), threads)?,
             local_fs: false,

@@ -18,6 +18,9 @@ use crate::replica::{Name, RelPath, Replica};
 /// looks at it (a racing mutation): the entry is synced again from scratch.
 const RACED: Errno = Errno(libc::EAGAIN);
 const CANCELED: Errno = Errno(libc::ECANCELED);
+/// Copies of one chunk whose source keeps changing under another host's
+/// writes before the path is left for the next pass (`copy_data`).
+const RECHECKS: usize = 8;
 
 /// Makes `path` on `dst` identical to `path` on `src` (see [`SyncMode`]).
 ///
@@ -739,6 +742,11 @@ impl Job<'_> {
                 At::Fd(d).truncate(size)?;
             }
             if off >= size {
+                // Another host may have grown the source after the size
+                // was read (and the destination after the truncate).
+                if self.ctl.recheck_source && size_of(s)? != size {
+                    continue;
+                }
                 break;
             }
             let len = (size - off).min(CHUNK as u64);
@@ -776,6 +784,12 @@ impl Job<'_> {
             };
             if data > pos {
                 written += self.zero_range(d, pos, data)?;
+                // Data another host wrote there meanwhile is copied on
+                // the next pass, not lost under the hole just made.
+                if self.ctl.recheck_source && seek(s, pos, libc::SEEK_DATA).is_ok_and(|x| x < data)
+                {
+                    return Err(RACED);
+                }
             }
             if data >= end {
                 break;
@@ -831,6 +845,37 @@ impl Job<'_> {
     /// Copies `n` bytes of data at `off` (at most one chunk). With
     /// `verify_content`, reads both copies and writes only if they differ.
     fn copy_data(&mut self, s: BorrowedFd, d: BorrowedFd, off: u64, n: u64) -> Result<u64> {
+        if !self.ctl.recheck_source {
+            return self.copy_data_once(s, d, off, n);
+        }
+        // Other hosts may write both replicas meanwhile, the destination
+        // after the source: a change that reached the destination before
+        // the write below reached the source before the read after it.
+        let n = n as usize;
+        for _ in 0..RECHECKS {
+            self.buf.resize(n, 0);
+            let got = sys::pread_into(s, &mut self.buf[..n], off)?;
+            let mut written = got as u64;
+            if self.ctl.verify_content {
+                self.buf2.resize(n, 0);
+                let have = sys::pread_into(d, &mut self.buf2[..n], off)?;
+                if have == got && self.buf[..got] == self.buf2[..have] {
+                    written = 0;
+                }
+            }
+            if written > 0 {
+                ops::pwrite_all(d, &self.buf[..got], off)?;
+            }
+            self.buf2.resize(n, 0);
+            let again = sys::pread_into(s, &mut self.buf2[..n], off)?;
+            if again == got && self.buf2[..got] == self.buf[..got] {
+                return Ok(written);
+            }
+        }
+        Err(RACED)
+    }
+
+    fn copy_data_once(&mut self, s: BorrowedFd, d: BorrowedFd, off: u64, n: u64) -> Result<u64> {
         let n = n as usize;
         if self.ctl.verify_content {
             self.buf.resize(n, 0);

@@ -113,6 +113,14 @@ pub struct CopyControl {
     /// the chunks that differ (a verifying pass). Otherwise every chunk is
     /// written.
     pub verify_content: bool,
+    /// Other hosts may write the source and the destination while this
+    /// pass copies (they share the replicas through a ring; no lock of
+    /// this host keeps them out): each chunk's source is read again after
+    /// the destination was written, and copied again if it changed
+    /// meanwhile. Sound because such hosts write a replica that another
+    /// host copies into only after the others took the change (src/DESIGN.md
+    /// section 7, "Writes beside another host's resync").
+    pub recheck_source: bool,
     /// Live progress: entries brought up to date so far.
     pub files_done: AtomicU64,
     /// Live progress: content bytes processed so far.
@@ -168,6 +176,7 @@ impl CopyControl {
         CopyControl {
             throttle,
             verify_content: false,
+            recheck_source: false,
             files_done: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             cancelled: AtomicBool::new(false),
@@ -264,6 +273,12 @@ impl CopyControl {
     /// Makes this a verifying pass (see [`CopyControl::verify_content`]).
     pub fn verifying(mut self, verify: bool) -> CopyControl {
         self.verify_content = verify;
+        self
+    }
+
+    /// See [`CopyControl::recheck_source`].
+    pub fn rechecking_source(mut self, recheck: bool) -> CopyControl {
+        self.recheck_source = recheck;
         self
     }
 
