@@ -1253,3 +1253,72 @@ fn a_write_beside_another_hosts_resync_is_never_undone_by_its_copy() {
     drop(ma);
     drop(f1);
 }
+
+/// A host taken for dead that comes back still holding a replica out of
+/// service must say so again: while it was cut off, the other host
+/// resynced that replica and declared it in sync in its name (the ring
+/// then held "in sync" for it), so the writes it makes on its return, which
+/// miss the replica, would be acknowledged while the other host reads it.
+#[test]
+fn a_host_back_from_the_dead_publishes_its_own_views_again() {
+    let shared = TestRoot::new();
+    let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
+    let secret = write_secret(&shared);
+    let net = Netns::new();
+    let prefix = net.prefix();
+    let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    let f2 = FaultFs::over(TestRoot::new(), r2.clone());
+    let addrs = partition_addrs(&net);
+    let (_arb, (ma, sa), (mb, sb)) = two_hosts(
+        &shared,
+        &secret,
+        &addrs,
+        &[&r1, &r2],
+        &[&r1, &f2.mountpoint],
+        &prefix,
+        &[],
+    );
+    let (v1, v2): (&[u8], &[u8]) = (b"g, version 1", b"g, version 2");
+    fs::write(ma.path("g"), v1).unwrap();
+    assert_eq!(read_direct(&mb.path("g")).unwrap(), v1);
+    // B loses r2 (for good: its path to it keeps failing).
+    f2.set_mode("eio");
+    let _ = fs::write(mb.path("g"), v1);
+    wait_until("A to see r2 out for B", SETTLE, || {
+        replica_state(&sa, 1)
+            .1
+            .iter()
+            .any(|s| s.starts_with("hostb"))
+    });
+    // B is cut off past takeover_after: A fences it, resyncs r2 and
+    // declares it in sync in B's name.
+    net.connect(false);
+    wait_until("A to resync r2 for B", SETTLE, || {
+        ma.log().contains("which are gone; resyncing it for them")
+            && replica_state(&sa, 1).1.is_empty()
+    });
+    net.connect(true);
+    wait_until("B to hold a read lease again", SETTLE, || {
+        read_lease_of(&sb).starts_with("held")
+    });
+    fs::write(mb.path("g"), v2).unwrap();
+    assert_eq!(fs::read(r2.join("g")).unwrap(), v1, "r2 missed v2");
+    let (mut new, mut old, mut errors) = (0, 0, 0);
+    for _ in 0..20 {
+        match read_direct(&ma.path("g")) {
+            Ok(d) if d == v2 => new += 1,
+            Ok(d) if d == v1 => old += 1,
+            Ok(d) => panic!("A read {d:?}"),
+            Err(_) => errors += 1,
+        }
+    }
+    assert_eq!(
+        old,
+        0,
+        "A read the old version {old} times of 20 after B acknowledged v2 (v2 {new}, errors {errors}); B's log:\n{}",
+        mb.log()
+    );
+    drop(mb);
+    drop(ma);
+    drop(f2);
+}

@@ -33,6 +33,13 @@ impl ChironFs {
         if self.cluster.set(shared.clone()).is_err() {
             return;
         }
+        // Fences this host wrote before a restart: lifted once their hosts
+        // are back and every replica is in sync and unmarked.
+        shared.recall_fences();
+        let all: std::collections::BTreeSet<usize> = (0..self.replicas.len()).collect();
+        for h in shared.fenced_by_me() {
+            self.took_over.lock().insert(h, all.clone());
+        }
         for r in self.replicas.iter() {
             if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared.as_ref(), &r.id) {
                 shared.publish(&rec);
@@ -52,11 +59,13 @@ impl ChironFs {
         }
         let complete = shared.refresh(&self.replica_ids());
         self.apply_views();
+        if complete {
+            // Before the lease is extended: writes that miss a replica
+            // republished here wait for it.
+            self.settle_views(shared);
+        }
         if expiry.is_some() {
             shared.settle_lease(expiry, complete);
-        }
-        if complete {
-            self.settle_views(shared);
         }
     }
 
@@ -232,12 +241,22 @@ impl ChironFs {
         Ok(())
     }
 
-    /// Publishes again the views that take a replica out of service and
-    /// could not be settled (this host was cut off): once they are, writes
-    /// that miss those replicas are acknowledged again.
+    /// Publishes again this host's view of a replica when the ring does
+    /// not hold what this host has: a view taking it out of service that
+    /// could not be settled (this host was cut off: once it is, writes
+    /// that miss it are acknowledged again), or one another host wrote in
+    /// this host's name (`vouch_for` while it was taken for dead) that
+    /// says otherwise than this host's own state. Under the replica's
+    /// `recording` lock, from its record read then, as `fail` publishes:
+    /// an older record never replaces a newer view.
     fn settle_views(&self, shared: &SharedStore) {
-        for id in shared.unsettled() {
-            if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &id) {
+        let mut ids = shared.unsettled();
+        ids.extend(shared.take_mismatched());
+        for r in self.replicas.iter().filter(|r| ids.contains(&r.id)) {
+            let _recording = r.recording.lock();
+            let _leaving =
+                (r.state() != crate::replica::State::InSync).then(|| self.leaving(r.index));
+            if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &r.id) {
                 shared.publish(&rec);
             }
         }
@@ -311,9 +330,12 @@ impl ChironFs {
             .iter()
             .filter(|r| r.state() == crate::replica::State::InSync)
             .map(|r| {
+                // A replica another host's operator disabled is not
+                // declared in sync in that host's name.
                 let hosts = shared
                     .stale_elsewhere(&r.id)
                     .into_iter()
+                    .filter(|(_, v)| v.state != crate::meta::ReplicaState::Disabled.to_string())
                     .map(|(h, _)| h)
                     .collect();
                 (r.index, hosts)
@@ -342,6 +364,19 @@ impl ChironFs {
         throttle: &Arc<crate::resync::Throttle>,
     ) {
         let r = &self.replicas[i];
+        let Some(shared) = self.cluster.get() else {
+            return;
+        };
+        for h in hosts {
+            if !shared.fence(h) {
+                return;
+            }
+            self.took_over
+                .lock()
+                .entry(h.clone())
+                .or_default()
+                .insert(i);
+        }
         tracing::info!(
             "replica {} was left out of sync by {hosts:?}, which are gone; resyncing it for them",
             r.spec.path.display()
@@ -368,19 +403,28 @@ impl ChironFs {
         }
     }
 
-    /// Lifts the fences this host put on hosts it took for dead, once they
-    /// are back and nothing it does in their name is under way.
+    /// Lifts this host's fence on each host it took for dead once that
+    /// host answers again and the replicas changed in its name are in
+    /// sync and unmarked (DESIGN.md section 7, "Dead hosts").
     pub(super) fn lift_fences(&self) {
         let Some(shared) = self.cluster.get() else {
             return;
         };
         use crate::replica::State;
-        let done = self.replicas.iter().all(|r| match r.state() {
-            State::Resyncing => false,
-            State::InSync => !self.marks.has_stale(r.index),
-            _ => true,
-        });
-        shared.lift_fences(done);
+        for h in shared.fenced_by_me() {
+            let touched = self.took_over.lock().get(&h).cloned();
+            let done = touched.is_none_or(|t| {
+                t.iter().all(|&i| {
+                    let r = &self.replicas[i];
+                    r.state() == State::InSync && !self.marks.has_stale(i)
+                        || r.state() == State::Failed
+                        || r.state() == State::Disabled
+                })
+            });
+            if done && shared.lift_fence(&h) {
+                self.took_over.lock().remove(&h);
+            }
+        }
     }
 
     /// Paths a host that died was changing (its published intent marks)
@@ -399,6 +443,10 @@ impl ChironFs {
             }
             if !self.resync_lease() {
                 return;
+            }
+            if !shared.fence(&h) {
+                self.end_resync_lease();
+                continue;
             }
             let Some(&first) = self.readers().first() else {
                 self.end_resync_lease();
@@ -427,6 +475,11 @@ impl ChironFs {
                         }
                     }
                 }
+                self.took_over
+                    .lock()
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(r.index);
                 self.change_state(
                     r.index,
                     &[crate::replica::State::InSync],

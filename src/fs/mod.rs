@@ -128,6 +128,11 @@ pub struct ChironFs {
     /// into a replica, so that no change sent before this host knew it is
     /// still in flight (`fan_out`, `apply_views`).
     fanout_gate: parking_lot::RwLock<()>,
+    /// Hosts taken for dead that this host fenced, and the replicas it
+    /// changed in their name (their fence is lifted once those are in
+    /// sync and unmarked: `fs::cluster`, `lift_fences`).
+    took_over:
+        parking_lot::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<usize>>>,
 }
 
 impl ChironFs {
@@ -151,6 +156,7 @@ impl ChironFs {
             settling: (0..64).map(|_| parking_lot::Mutex::new(())).collect(),
             left: (parking_lot::Mutex::new(()), parking_lot::Condvar::new()),
             fanout_gate: parking_lot::RwLock::new(()),
+            took_over: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 

@@ -249,6 +249,10 @@ pub struct SharedStore {
     /// host takes no read lease (so serves no reads and makes no changes)
     /// while it is set.
     fenced_by: Mutex<Option<String>>,
+    /// Replicas whose view under this host's name in the ring says other
+    /// than this host's own record (another host vouched for it while it
+    /// was taken for dead), found by `refresh`, for `take_mismatched`.
+    mismatched: Mutex<Vec<ReplicaId>>,
 }
 
 /// A fence on a host taken for dead (`fence/<host>`), written by the host
@@ -323,6 +327,7 @@ impl SharedStore {
             all_settled: AtomicBool::new(true),
             fenced_by_me: Mutex::new(BTreeSet::new()),
             fenced_by: Mutex::new(None),
+            mismatched: Mutex::new(Vec::new()),
         });
         node.set_listener(s.clone());
         s
@@ -777,6 +782,7 @@ impl SharedStore {
         if !self.read_fence() {
             complete = false;
         }
+        self.check_own_views(ids);
         self.publish_pending();
         // A nudge that arrived while this refresh read the ring is newer
         // than what the refresh read: per host, the later view wins. A
@@ -879,18 +885,13 @@ impl SharedStore {
     }
 
     /// Hosts of the ring other than this one that the failure detector
-    /// has believed dead for at least `takeover_after`, each fenced by this
-    /// host (`fence`) before it is returned: whatever this host then does
-    /// in their name, they do not write meanwhile.
+    /// has believed dead for at least `takeover_after`, that do not answer
+    /// now, while this host reaches a quorum. Whoever acts in their name
+    /// fences them first (`fence`).
     pub fn dead_hosts(&self) -> Vec<String> {
         self.long_dead()
-            .into_iter()
-            .filter(|h| self.fence(h))
-            .collect()
     }
 
-    /// Hosts the failure detector has believed dead for `takeover_after`,
-    /// that do not answer now, while this host reaches a quorum.
     fn long_dead(&self) -> Vec<String> {
         let now = std::time::Instant::now();
         let mut dead = self.dead_since.lock();
@@ -921,21 +922,23 @@ impl SharedStore {
             .collect()
     }
 
-    /// Fences host `h` before this host takes over for it: writes
-    /// `fence/<h>` to a quorum, then waits until no read lease granted to
-    /// `h` can still run (a majority says how long their grants to it have
-    /// left, as `revoke`). From then on `h` neither reads nor changes
-    /// anything: changes need its lease (the fuse adapter's `under_lease`),
-    /// and its renewals read the fence (`read_fence`) after their grant, so
-    /// a grant that came after this wait still gives it no lease. False if
-    /// either step failed (retried by the next call).
+    /// Fences host `h` before this host does anything in its name (called
+    /// while holding the resync lease): records it here, writes
+    /// `fence/<h>/<this host>` to a quorum, then waits until no read lease
+    /// granted to `h` can still run (a majority says how long their grants
+    /// to it have left, as `revoke`). From then on `h` neither reads nor
+    /// changes anything: changes need its lease, and its renewals read its
+    /// fences (`read_fence`) after their grant, so a grant after this wait
+    /// gives it no lease. Each call writes and waits again (another host,
+    /// or `h` itself, may have lifted an earlier fence). False if a step
+    /// failed.
     pub fn fence(&self, h: &str) -> bool {
-        if self.fenced_by_me.lock().contains(h) {
-            return true;
-        }
         let Ok(node) = NodeId::new(h) else {
             return false;
         };
+        // Recorded first, so that the fence is lifted even if this call
+        // fails after its write reached the ring.
+        let first = self.fenced_by_me.lock().insert(h.to_string());
         let fence = Fence {
             by: self.host.to_string(),
             at: now_ms(),
@@ -943,7 +946,7 @@ impl SharedStore {
         let Ok(bytes) = serde_json::to_vec(&fence) else {
             return false;
         };
-        let key = self.key(format!("fence/{h}").as_bytes());
+        let key = self.fence_key(h, self.host.as_str());
         if self.block(self.put_async(key, Some(bytes))) != Some(true) {
             tracing::warn!("ring: cannot fence host {h} (no quorum); not taking over for it yet");
             return false;
@@ -958,68 +961,117 @@ impl SharedStore {
         if until > now {
             std::thread::sleep(until - now);
         }
-        tracing::warn!(
-            "ring: host {h} is fenced: it serves nothing until this host has healed what it left"
-        );
-        self.fenced_by_me.lock().insert(h.to_string());
+        if first {
+            tracing::warn!(
+                "ring: host {h} is fenced: it serves nothing until this host has healed what it left"
+            );
+        }
         true
     }
 
-    /// Lifts the fences this host put on hosts that are back, once
-    /// `done`: nothing this host does in their name is under way (no
-    /// replica resyncing, no path marked on an in-sync one).
-    pub fn lift_fences(&self, done: bool) {
-        if !done {
-            return;
-        }
-        let fenced: Vec<String> = self.fenced_by_me.lock().iter().cloned().collect();
-        for h in fenced {
-            let Ok(node) = NodeId::new(&h) else {
-                continue;
-            };
-            if self.block(self.node.answers(&node)) != Some(true) {
-                continue; // still gone: the fence stays
-            }
-            let key = self.key(format!("fence/{h}").as_bytes());
-            if self.block(self.put_async(key, None)) == Some(true) {
-                tracing::info!("ring: host {h} is back; its fence is lifted");
-                self.fenced_by_me.lock().remove(&h);
+    fn fence_key(&self, fenced: &str, by: &str) -> Vec<u8> {
+        self.key(format!("fence/{fenced}/{by}").as_bytes())
+    }
+
+    /// The hosts this host has fenced (`fence`) and not lifted yet.
+    pub fn fenced_by_me(&self) -> Vec<String> {
+        self.fenced_by_me.lock().iter().cloned().collect()
+    }
+
+    /// Finds the fences this host wrote before it restarted (they are
+    /// lifted as any other).
+    pub fn recall_fences(&self) {
+        let hosts: Vec<NodeId> = self.node.layout().addresses().into_keys().collect();
+        for h in hosts.iter().filter(|h| **h != self.host) {
+            let key = self.fence_key(h.as_str(), self.host.as_str());
+            if let Ok((values, ctx)) = self.get(&key)
+                && !values.is_empty()
+            {
+                self.contexts.lock().insert(key, ctx);
+                self.fenced_by_me.lock().insert(h.to_string());
             }
         }
     }
 
-    /// Reads this host's own fence (`fence/<me>`) after a lease grant:
-    /// sets `fenced_by` (no lease while a fence stands). A fence whose
-    /// writer is itself long dead is lifted here: that host's copies
-    /// stopped with its resync lease, whose term is shorter than
-    /// `takeover_after`. False if the key could not be read (the lease is
-    /// not extended either).
-    fn read_fence(&self) -> bool {
-        let key = self.key(format!("fence/{}", self.host).as_bytes());
-        let values = match self.get(&key) {
-            Ok((values, ctx)) => {
-                self.contexts.lock().insert(key.clone(), ctx);
-                values
-            }
-            Err(e) => {
-                tracing::debug!("ring: this host's fence: {e}");
-                return false;
-            }
+    /// Lifts this host's fence on `h` if `h` answers again (the caller
+    /// says nothing it does in `h`'s name is under way).
+    pub fn lift_fence(&self, h: &str) -> bool {
+        let Ok(node) = NodeId::new(h) else {
+            return false;
         };
-        let fencers: BTreeSet<String> = values
-            .iter()
-            .filter_map(|v| serde_json::from_slice::<Fence>(v).ok())
-            .map(|f| f.by)
-            .collect();
-        if !fencers.is_empty() {
-            let dead = self.long_dead();
-            if fencers.iter().all(|f| dead.contains(f)) {
-                tracing::warn!(
-                    "ring: hosts {fencers:?} fenced this host and are gone themselves; lifting their fence"
-                );
-                if self.block(self.put_async(key, None)) == Some(true) {
-                    *self.fenced_by.lock() = None;
-                    return true;
+        if self.block(self.node.answers(&node)) != Some(true) {
+            return false; // still gone: the fence stays
+        }
+        let key = self.fence_key(h, self.host.as_str());
+        if self.block(self.put_async(key, None)) == Some(true) {
+            tracing::info!("ring: host {h} is back; this host's fence on it is lifted");
+            self.fenced_by_me.lock().remove(h);
+            return true;
+        }
+        false
+    }
+
+    /// Reads this host's own view of each replica from the ring and notes
+    /// those that say another state than this host's record
+    /// (`take_mismatched`).
+    fn check_own_views(&self, ids: &[ReplicaId]) {
+        let Ok(records) = self.local.list_replicas() else {
+            return;
+        };
+        let mut found = Vec::new();
+        for id in ids {
+            let Some(rec) = records.iter().find(|r| r.id == *id) else {
+                continue;
+            };
+            let Ok((values, _)) = self.get(&self.replica_key(id, self.host.as_str())) else {
+                continue;
+            };
+            if latest_view(&values).is_some_and(|v| v.state != rec.state.to_string()) {
+                found.push(*id);
+            }
+        }
+        *self.mismatched.lock() = found;
+    }
+
+    /// The replicas `check_own_views` last found published otherwise than
+    /// this host has them (each returned once).
+    pub fn take_mismatched(&self) -> Vec<ReplicaId> {
+        std::mem::take(&mut *self.mismatched.lock())
+    }
+
+    /// Reads this host's fences (`fence/<me>/<each other member>`) after a
+    /// lease grant: sets `fenced_by` (no lease while one stands). A fence
+    /// whose writer holds no resync lease (everything done in this host's
+    /// name runs under it; a writer that takes it again writes its fence
+    /// again and waits this host's lease out) and is taken for dead here
+    /// is lifted by this host: the writer may be gone for good. False if a
+    /// key could not be read (the lease is not extended either).
+    fn read_fence(&self) -> bool {
+        let hosts: Vec<NodeId> = self.node.layout().addresses().into_keys().collect();
+        let mut fencers = Vec::new();
+        for f in hosts.iter().filter(|h| **h != self.host) {
+            let key = self.fence_key(self.host.as_str(), f.as_str());
+            match self.get(&key) {
+                Ok((values, ctx)) => {
+                    self.contexts.lock().insert(key.clone(), ctx);
+                    if values.is_empty() {
+                        continue;
+                    }
+                    if self.long_dead().iter().any(|d| d == f.as_str())
+                        && self.lease_held_by(f) == Ok(false)
+                    {
+                        tracing::warn!(
+                            "ring: host {f} fenced this host and is gone itself, holding no resync lease; lifting its fence"
+                        );
+                        if self.block(self.put_async(key, None)) == Some(true) {
+                            continue;
+                        }
+                    }
+                    fencers.push(f.to_string());
+                }
+                Err(e) => {
+                    tracing::debug!("ring: this host's fence by {f}: {e}");
+                    return false;
                 }
             }
         }
@@ -1189,47 +1241,51 @@ impl SharedStore {
     fn lease_holder_besides_me(&self) -> Option<String> {
         let hosts: Vec<NodeId> = self.node.layout().addresses().into_keys().collect();
         for h in hosts.iter().filter(|h| **h != self.host) {
-            let values = match self.get(&self.key(format!("lease/{h}").as_bytes())) {
-                Ok((values, _)) => values,
+            match self.lease_held_by(h) {
+                Ok(false) => {}
+                Ok(true) => return Some(h.to_string()),
                 Err(e) => return Some(format!("{h} (unreadable: {e})")),
-            };
-            let now = std::time::Instant::now();
-            let mut seen = self.leases_seen.lock();
-            // Of siblings, the one renewed last is unknown: any that is
-            // unexpired holds.
-            let records: Vec<Lease> = values
-                .iter()
-                .filter_map(|v| serde_json::from_slice::<Lease>(v).ok())
-                .collect();
-            if records.is_empty() {
-                seen.remove(h.as_str());
-                continue;
-            }
-            let mut held = false;
-            for l in records {
-                let ttl = Duration::from_millis(l.ttl_ms);
-                // A record of an older version has no term: it is taken
-                // as the longest one this version uses.
-                let ttl = if l.ttl_ms == 0 { OLD_LEASE_TERM } else { ttl };
-                let key = format!("{h}/{}/{}", l.renewal, l.until);
-                let (first, term) = *seen.entry(key).or_insert((now, ttl));
-                if now.duration_since(first) < term + lease_margin(term) {
-                    held = true;
-                }
-            }
-            // Records of renewals no longer in the ring are forgotten.
-            let live: HashSet<String> = values
-                .iter()
-                .filter_map(|v| serde_json::from_slice::<Lease>(v).ok())
-                .map(|l| format!("{h}/{}/{}", l.renewal, l.until))
-                .collect();
-            let prefix = format!("{h}/");
-            seen.retain(|k, _| !k.starts_with(&prefix) || live.contains(k));
-            if held {
-                return Some(h.to_string());
             }
         }
         None
+    }
+
+    /// Whether host `h`'s resync lease record is unexpired, timed on this
+    /// host's clock from when it first read that renewal.
+    fn lease_held_by(&self, h: &NodeId) -> std::result::Result<bool, String> {
+        let values = self.get(&self.key(format!("lease/{h}").as_bytes()))?.0;
+        let now = std::time::Instant::now();
+        let mut seen = self.leases_seen.lock();
+        // Of siblings, the one renewed last is unknown: any that is
+        // unexpired holds.
+        let records: Vec<Lease> = values
+            .iter()
+            .filter_map(|v| serde_json::from_slice::<Lease>(v).ok())
+            .collect();
+        if records.is_empty() {
+            seen.remove(h.as_str());
+            return Ok(false);
+        }
+        let mut held = false;
+        for l in &records {
+            let ttl = Duration::from_millis(l.ttl_ms);
+            // A record of an older version has no term: it is taken as the
+            // longest one this version uses.
+            let ttl = if l.ttl_ms == 0 { OLD_LEASE_TERM } else { ttl };
+            let key = format!("{h}/{}/{}", l.renewal, l.until);
+            let (first, term) = *seen.entry(key).or_insert((now, ttl));
+            if now.duration_since(first) < term + lease_margin(term) {
+                held = true;
+            }
+        }
+        // Records of renewals no longer in the ring are forgotten.
+        let live: HashSet<String> = records
+            .iter()
+            .map(|l| format!("{h}/{}/{}", l.renewal, l.until))
+            .collect();
+        let prefix = format!("{h}/");
+        seen.retain(|k, _| !k.starts_with(&prefix) || live.contains(k));
+        Ok(held)
     }
 
     /// Test hook: writes this host's lease record with the given `until`
