@@ -39,12 +39,23 @@ const READ_LEASE: f64 = 1.0;
 /// `ring.timeout` of the test rings, in seconds.
 const RING_TIMEOUT: f64 = 1.0;
 
+/// A port free now and never handed out before in this test process: the
+/// kernel may give a port a test just let go of to the next bind(0), and
+/// two tests running at once would then both start a node on it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn write_secret(root: &TestRoot) -> PathBuf {

@@ -51,7 +51,7 @@ impl ChironFs {
     /// One round of the read lease: a grant from a majority, then every
     /// other host's view read (and applied) after it; only then is the
     /// lease extended (DESIGN.md section 7, "Read leases").
-    fn renew_read_lease(&self, shared: &SharedStore) {
+    fn renew_read_lease(self: &Arc<Self>, shared: &SharedStore) {
         let expiry = shared.renew_read_lease();
         if expiry.is_none() {
             // Known now: reads need not wait for this round to end.
@@ -62,10 +62,15 @@ impl ChironFs {
         if complete {
             // Before the lease is extended: writes that miss a replica
             // republished here wait for it.
-            self.settle_views(shared);
+            for id in shared.take_mismatched() {
+                self.republish_unless_busy(shared, &id);
+            }
         }
         if expiry.is_some() {
             shared.settle_lease(expiry, complete);
+        }
+        if complete {
+            self.settle_views();
         }
     }
 
@@ -241,24 +246,96 @@ impl ChironFs {
         Ok(())
     }
 
-    /// Publishes again this host's view of a replica when the ring does
-    /// not hold what this host has: a view taking it out of service that
-    /// could not be settled (this host was cut off: once it is, writes
-    /// that miss it are acknowledged again), or one another host wrote in
-    /// this host's name (`vouch_for` while it was taken for dead) that
-    /// says otherwise than this host's own state. Under the replica's
-    /// `recording` lock, from its record read then, as `fail` publishes:
-    /// an older record never replaces a newer view.
-    fn settle_views(&self, shared: &SharedStore) {
-        let mut ids = shared.unsettled();
-        ids.extend(shared.take_mismatched());
-        for r in self.replicas.iter().filter(|r| ids.contains(&r.id)) {
-            let _recording = r.recording.lock();
-            let _leaving =
-                (r.state() != crate::replica::State::InSync).then(|| self.leaving(r.index));
-            if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &r.id) {
-                shared.publish(&rec);
-            }
+    /// Publishes again, on a thread of its own (revoking the others'
+    /// leases may take a term, and this host's own renewals must go on),
+    /// the views taking a replica out of service that could not be
+    /// settled (this host was cut off): once they are, writes that miss
+    /// those replicas are acknowledged again.
+    fn settle_views(self: &Arc<Self>) {
+        let Some(shared) = self.cluster.get().cloned() else {
+            return;
+        };
+        if shared.unsettled().is_empty() || self.settling_views.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("settle-views".into())
+            .spawn(move || {
+                for id in shared.unsettled() {
+                    me.republish_unless_busy(&shared, &id);
+                }
+                me.settling_views.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.settling_views.store(false, Ordering::Release);
+        }
+    }
+
+    /// Publishes replica `id`'s record again (`republish`) unless a state
+    /// change of it is being recorded now (which publishes it anyway).
+    /// This host's own view of a replica is published again when the ring
+    /// does not hold what this host has: one another host wrote in its
+    /// name (`vouch_for`, while it was taken for dead) that says otherwise
+    /// than its own state, or an unsettled one.
+    fn republish_unless_busy(&self, shared: &SharedStore, id: &ReplicaId) {
+        let Some(r) = self.replicas.iter().find(|r| r.id == *id) else {
+            return;
+        };
+        let Some(_recording) = r.recording.try_lock() else {
+            return;
+        };
+        let _leaving = self.leaving(r.index);
+        if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &r.id) {
+            shared.publish(&rec);
+        }
+    }
+
+    /// Tells the other hosts that replica `i`, in sync here, now misses
+    /// paths this host will copy (its first missed mark): published as
+    /// resyncing until they are copied (`SharedStore::set_behind`), so that
+    /// no host reads it meanwhile (a mark is local to this host).
+    pub(super) fn mark_behind(&self, i: usize) {
+        let Some(shared) = self.cluster.get() else {
+            return;
+        };
+        let r = &self.replicas[i];
+        if shared.set_behind(&r.id, true) {
+            self.republish(shared, i);
+        }
+    }
+
+    /// Replica `i`'s missed paths are copied: published in sync again.
+    pub(super) fn clear_behind(&self, i: usize) {
+        let Some(shared) = self.cluster.get() else {
+            return;
+        };
+        let r = &self.replicas[i];
+        if shared.set_behind(&r.id, false) {
+            self.republish(shared, i);
+        }
+    }
+
+    /// Publishes replica `i`'s record again, under its `recording` lock
+    /// (as `fail` does), waited for by the writes that miss it meanwhile.
+    fn republish(&self, shared: &SharedStore, i: usize) {
+        let r = &self.replicas[i];
+        let _recording = r.recording.lock();
+        let _leaving = self.leaving(i);
+        if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &r.id) {
+            shared.publish(&rec);
+        }
+    }
+
+    /// Tells the other hosts that this host changed `paths`, missing the
+    /// replicas `missed`, and whether it acknowledged the change.
+    pub(super) fn record_write(&self, paths: &[RelPath], missed: &[usize], acked: bool) {
+        let Some(shared) = self.cluster.get() else {
+            return;
+        };
+        let ids: Vec<ReplicaId> = missed.iter().map(|&i| self.replicas[i].id).collect();
+        for p in paths {
+            shared.record_write(p.as_bytes(), &ids, acked);
         }
     }
 
@@ -521,8 +598,17 @@ impl ChironFs {
         // larger host name). Every version none of whose replicas the
         // winner reached is kept as a copy (with three hosts on three
         // disjoint replicas, two copies).
-        let acked: BTreeSet<&str> = writes
-            .iter()
+        // Each host's latest record says whether its version on disk was
+        // acknowledged.
+        let mut latest: std::collections::BTreeMap<&str, &PathWrite> = Default::default();
+        for w in &writes {
+            let e = latest.entry(w.host.as_str()).or_insert(w);
+            if w.n > e.n {
+                *e = w;
+            }
+        }
+        let acked: BTreeSet<&str> = latest
+            .values()
             .filter(|w| w.acked)
             .map(|w| w.host.as_str())
             .collect();
@@ -810,6 +896,7 @@ mod tests {
             host: h.into(),
             missed: vec![missed.to_string()],
             acked: true,
+            n: 0,
         };
         assert!(disjoint_pair(&[w("a", &r2), w("b", &r1)], &all).is_some());
         assert!(disjoint_pair(&[w("a", &r2), w("b", &r2)], &all).is_none());

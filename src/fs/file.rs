@@ -961,31 +961,45 @@ impl ChironFs {
         // otherwise copy an older mtime after a newer one, leaving the
         // first replica different from the others (checker seed 4).
         let _turn = self.settling[(h.ino % self.settling.len() as u64) as usize].lock();
-        // On the replica's own threads if it has them: it may hang.
-        let st = self.on_replica(first, move |_| ops::fstat(fd.as_fd()))?;
-        let mtime = libc::timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec,
-        };
+        // On the replica's own threads if it has them: it may hang. A write
+        // through another request may still be under way (a flush or a
+        // release of this handle can overlap it): the first replica's mtime
+        // is read again after the others were given it, and given again if
+        // that write changed it meanwhile, so the settle never leaves the
+        // others an mtime older than the first replica's.
         let path = self.describe(h.ino);
-        let h2 = h.clone();
-        // Copying a timestamp is housekeeping: one success is enough.
-        let light = fanout::Spread::Light;
-        self.mutate_on(
-            "settle-mtime",
-            &path,
-            None,
-            &targets,
-            1,
-            light,
-            move |rep| {
-                if rep.index == first {
-                    return Ok(());
-                }
-                let fd = h2.fd(rep.index).ok_or(Errno::EBADF)?;
-                At::Fd(fd.as_fd()).utimens(&[OMIT, mtime])
-            },
-        )?;
+        let mut last: Option<(i64, i64)> = None;
+        for _ in 0..4 {
+            let fd = fd.clone();
+            let st = self.on_replica(first, move |_| ops::fstat(fd.as_fd()))?;
+            let seen = (st.st_mtime, st.st_mtime_nsec);
+            if last == Some(seen) {
+                break;
+            }
+            last = Some(seen);
+            let mtime = libc::timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec,
+            };
+            let h2 = h.clone();
+            // Copying a timestamp is housekeeping: one success is enough.
+            let light = fanout::Spread::Light;
+            self.mutate_on(
+                "settle-mtime",
+                &path,
+                None,
+                &targets,
+                1,
+                light,
+                move |rep| {
+                    if rep.index == first {
+                        return Ok(());
+                    }
+                    let fd = h2.fd(rep.index).ok_or(Errno::EBADF)?;
+                    At::Fd(fd.as_fd()).utimens(&[OMIT, mtime])
+                },
+            )?;
+        }
         Ok(())
     }
 

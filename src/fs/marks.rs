@@ -285,8 +285,10 @@ impl ChironFs {
         }
         r.mark_generation.fetch_add(1, Ordering::SeqCst);
         if r.state() == State::InSync && self.marks.add_stale(p, replica) {
-            // Its first: the ledger names it behind until its marks are copied.
+            // Its first: the ledger names it behind until its marks are
+            // copied, and so does its view for the other hosts.
             self.record_ledger();
+            self.mark_behind(replica);
         }
     }
 

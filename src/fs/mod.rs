@@ -133,6 +133,8 @@ pub struct ChironFs {
     /// sync and unmarked: `fs::cluster`, `lift_fences`).
     took_over:
         parking_lot::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<usize>>>,
+    /// A `settle-views` thread runs (`fs::cluster`, `settle_views`).
+    settling_views: AtomicBool,
 }
 
 impl ChironFs {
@@ -157,6 +159,7 @@ impl ChironFs {
             left: (parking_lot::Mutex::new(()), parking_lot::Condvar::new()),
             fanout_gate: parking_lot::RwLock::new(()),
             took_over: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
+            settling_views: AtomicBool::new(false),
         }
     }
 
@@ -506,6 +509,9 @@ impl ChironFs {
                 self.replicas[i].state() != crate::replica::State::InSync
                     || self.marks.is_stale(i, path)
                     || also.is_some_and(|a| self.marks.is_stale(i, a))
+                    // Another host has it out of sync: it may lack what
+                    // that host's marks say (with a ring only).
+                    || self.replicas[i].stale_elsewhere.load(std::sync::atomic::Ordering::Acquire)
             })
             .collect();
         for &i in targets {
@@ -532,12 +538,21 @@ impl ChironFs {
             .collect();
         missed.extend(outcome.failed.iter().map(|f| f.0));
         missed.extend(outcome.behind.iter().copied());
+        self.end(&marked, &missed);
         // A change that missed a replica is not acknowledged while another
         // host may still read that replica (DESIGN.md section 7, "Read
-        // leases"): a no-op without a ring. Before `end`, whose marks then
-        // record whether the change could be acknowledged.
-        let left = self.await_left(&missed);
-        self.end(&marked, &missed);
+        // leases"), nor once this host's lease ran out: a no-op without a
+        // ring. The other hosts learn whether it was (conflicts).
+        let left = self.await_left(&missed).and_then(|()| {
+            if self.lease_held() {
+                Ok(())
+            } else {
+                Err(Errno::EIO)
+            }
+        });
+        if !missed.is_empty() && marks::is_change(op) {
+            self.record_write(&marked, &missed, left.is_ok() && outcome.answer.is_ok());
+        }
         left?;
         outcome.answer?;
         Ok(results

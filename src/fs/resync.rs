@@ -323,6 +323,9 @@ impl ChironFs {
                 "replica {}: the paths it missed while in sync are copied",
                 r.spec.path.display()
             );
+            if !self.marks.has_stale(i) {
+                self.clear_behind(i);
+            }
             return;
         }
         let generation = r.mark_generation.load(Ordering::SeqCst);
@@ -342,6 +345,9 @@ impl ChironFs {
                 return;
             }
             r.needs_full.store(false, Ordering::SeqCst);
+            if let Some(c) = self.cluster() {
+                c.set_behind(&r.id, false);
+            }
             self.persist_state(i, ReplicaState::InSync, String::new());
             self.record_ledger();
         }

@@ -130,13 +130,16 @@ impl ReadLease {
 pub struct PathWrite {
     pub host: String,
     pub missed: Vec<String>,
-    /// Whether the host could acknowledge such a write: the replicas it
-    /// missed were settled out of service (no other host read them,
-    /// `SharedStore::is_settled`). A host cut off from the ring records
-    /// `false`: its writes reached its replicas but answered EIO. (Records
-    /// of older versions have none: taken as acknowledged.)
+    /// Whether the host acknowledged the change (a host cut off from the
+    /// ring, which could not tell the others that replicas it missed were
+    /// out, answered EIO: the change reached its replicas all the same).
+    /// (Records of older versions have none: taken as acknowledged.)
     #[serde(default = "acknowledged")]
     pub acked: bool,
+    /// Orders one host's records of a path: its latest counts. (0 in
+    /// records of older versions.)
+    #[serde(default)]
+    pub n: u64,
 }
 
 fn acknowledged() -> bool {
@@ -207,7 +210,7 @@ pub struct SharedStore {
     /// Ring writes owed: key -> value (`None`: delete).
     outbox: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// Paths whose missed write is already in the ring this degraded spell.
-    recorded: Mutex<HashSet<Vec<u8>>>,
+    recorded: Mutex<HashMap<Vec<u8>, bool>>,
     /// Other hosts' views: replica -> host -> view.
     views: RwLock<HashMap<ReplicaId, BTreeMap<String, HostView>>>,
     on_change: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
@@ -249,10 +252,17 @@ pub struct SharedStore {
     /// host takes no read lease (so serves no reads and makes no changes)
     /// while it is set.
     fenced_by: Mutex<Option<String>>,
+    /// Orders this host's path records (`PathWrite::n`): drawn from the
+    /// local store's durable counter at start, above every earlier run.
+    record_epoch: u64,
+    record_count: AtomicU64,
     /// Replicas whose view under this host's name in the ring says other
     /// than this host's own record (another host vouched for it while it
     /// was taken for dead), found by `refresh`, for `take_mismatched`.
     mismatched: Mutex<Vec<ReplicaId>>,
+    /// Replicas in sync here but missing some paths this host will copy:
+    /// published as resyncing, not in sync (`set_behind`).
+    behind: Mutex<HashSet<ReplicaId>>,
 }
 
 /// A fence on a host taken for dead (`fence/<host>`), written by the host
@@ -299,6 +309,10 @@ impl SharedStore {
                 BTreeMap::new()
             }
         };
+        let record_epoch = local.next_view_seq(0).unwrap_or_else(|e| {
+            tracing::error!("metadata store: {e}");
+            u64::from(crate::clock::boot_ns() as u32)
+        });
         let s = Arc::new_cyclic(|this| SharedStore {
             this: this.clone(),
             gone_since: Mutex::new(HashMap::new()),
@@ -315,7 +329,7 @@ impl SharedStore {
             prefix: format!("fs/{set:016x}/"),
             contexts: Mutex::new(HashMap::new()),
             outbox: Mutex::new(owed),
-            recorded: Mutex::new(HashSet::new()),
+            recorded: Mutex::new(HashMap::new()),
             views: RwLock::new(HashMap::new()),
             on_change: RwLock::new(None),
             timeout,
@@ -328,6 +342,9 @@ impl SharedStore {
             fenced_by_me: Mutex::new(BTreeSet::new()),
             fenced_by: Mutex::new(None),
             mismatched: Mutex::new(Vec::new()),
+            behind: Mutex::new(HashSet::new()),
+            record_epoch,
+            record_count: AtomicU64::new(0),
         });
         node.set_listener(s.clone());
         s
@@ -500,6 +517,14 @@ impl SharedStore {
     /// other host can still read it: every host confirmed the nudge, or
     /// the read leases of those that did not are over (`revoke`).
     pub fn publish(&self, rec: &ReplicaRecord) {
+        let behind;
+        let rec = match self.published_state(rec) {
+            Some(r) => {
+                behind = r;
+                &behind
+            }
+            None => rec,
+        };
         let key = self.replica_key(&rec.id, self.host.as_str());
         if rec.state != ReplicaState::InSync {
             // Unsettled until the others are told (paths recorded
@@ -562,6 +587,28 @@ impl SharedStore {
         }
         self.all_settled
             .store(unsettled.is_empty(), Ordering::SeqCst);
+    }
+
+    /// What this host publishes for `rec` if not `rec` itself: a replica
+    /// in sync but missing paths here (`set_behind`) is published as
+    /// resyncing: no other host reads it, and their changes reach it after
+    /// the other replicas (this host copies into it).
+    fn published_state(&self, rec: &ReplicaRecord) -> Option<ReplicaRecord> {
+        (rec.state == ReplicaState::InSync && self.behind.lock().contains(&rec.id)).then(|| {
+            ReplicaRecord {
+                state: ReplicaState::Resyncing,
+                cause: "copying paths it missed while in sync".into(),
+                ..rec.clone()
+            }
+        })
+    }
+
+    /// Notes (`on`) or forgets that replica `id`, in sync here, misses
+    /// paths this host will copy; true if that changed. The caller then
+    /// publishes its record again.
+    pub fn set_behind(&self, id: &ReplicaId, on: bool) -> bool {
+        let mut b = self.behind.lock();
+        if on { b.insert(*id) } else { b.remove(id) }
     }
 
     /// Whether no other host may read replica `id` while this host has it
@@ -1026,7 +1073,11 @@ impl SharedStore {
             let Ok((values, _)) = self.get(&self.replica_key(id, self.host.as_str())) else {
                 continue;
             };
-            if latest_view(&values).is_some_and(|v| v.state != rec.state.to_string()) {
+            let state = self
+                .published_state(rec)
+                .map_or(rec.state, |r| r.state)
+                .to_string();
+            if latest_view(&values).is_some_and(|v| v.state != state) {
                 found.push(*id);
             }
         }
@@ -1318,6 +1369,40 @@ impl SharedStore {
         }
     }
 
+    /// Records in the ring that this host changed `path`, missing the
+    /// replicas `missed`, and whether it acknowledged the change (what
+    /// conflict detection compares, `fs::cluster::settle_conflict`). Once
+    /// per path per degraded spell, and again when the answer changes
+    /// from one change to the next (the latest record of a host counts:
+    /// `PathWrite::n`). Published in the background (the watcher flushes
+    /// the outbox, and a host taking the resync lease asks for it first):
+    /// a degraded write costs no ring round trip.
+    pub fn record_write(&self, path: &[u8], missed: &[ReplicaId], acked: bool) {
+        if self.recorded.lock().insert(path.to_vec(), acked) == Some(acked) {
+            return;
+        }
+        let key = self.key(&[b"path/".as_slice(), path].concat());
+        if key.len() > crate::ring::msg::MAX_KEY {
+            tracing::warn!(
+                "ring: path too long to record that it missed replicas ({} bytes); a conflict on it will not be detected",
+                path.len()
+            );
+            return;
+        }
+        let mut missed: Vec<String> = missed.iter().map(ToString::to_string).collect();
+        missed.sort();
+        let w = PathWrite {
+            host: self.host.to_string(),
+            missed,
+            acked,
+            n: (self.record_epoch << 32)
+                | (self.record_count.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&w) {
+            self.owe(key, Some(bytes));
+        }
+    }
+
     /// The other hosts' recorded writes to `path` that missed replicas.
     pub fn path_writes(&self, path: &[u8]) -> Vec<PathWrite> {
         let key = self.key(&[b"path/".as_slice(), path].concat());
@@ -1476,41 +1561,7 @@ impl MetaStore for SharedStore {
     }
 
     fn mark_missed(&self, path: &[u8], id: &ReplicaId) -> Result<()> {
-        self.local.mark_missed(path, id)?;
-        // Once per path per degraded spell: which host wrote it, and which
-        // replicas it missed (what conflict detection compares).
-        if self.recorded.lock().insert(path.to_vec()) {
-            let key = self.key(&[b"path/".as_slice(), path].concat());
-            let mut missed = vec![id.to_string()];
-            for r in self.local.list_replicas()? {
-                if r.id != *id && r.state != ReplicaState::InSync {
-                    missed.push(r.id.to_string());
-                }
-            }
-            missed.sort();
-            let unsettled = self.unsettled.lock();
-            let acked = !missed
-                .iter()
-                .any(|m| unsettled.iter().any(|u| u.to_string() == *m));
-            drop(unsettled);
-            let w = PathWrite {
-                host: self.host.to_string(),
-                missed,
-                acked,
-            };
-            // Published in the background (the watcher flushes the
-            // outbox, and a host taking the resync lease asks for it
-            // first): a degraded write costs no ring round trip.
-            if key.len() > crate::ring::msg::MAX_KEY {
-                tracing::warn!(
-                    "ring: path too long to record that it missed replicas ({} bytes); a conflict on it will not be detected",
-                    path.len()
-                );
-            } else if let Ok(bytes) = serde_json::to_vec(&w) {
-                self.owe(key, Some(bytes));
-            }
-        }
-        Ok(())
+        self.local.mark_missed(path, id)
     }
 
     fn clear_missed(&self, path: &[u8], id: &ReplicaId) -> Result<()> {

@@ -625,8 +625,22 @@ impl Job<'_> {
         drop(g);
         self.copy_content(path, &sfd, &dfd, sst.st_nlink)?;
         let _g = self.file_guard(path, ops::fstat(fd_of(&sfd))?.st_nlink.max(sst.st_nlink));
-        let sst = ops::fstat(fd_of(&sfd))?;
-        copy_attrs(At::Fd(fd_of(&sfd)), &sst, At::Fd(fd_of(&dfd)))?;
+        let mut tries = 0;
+        loop {
+            let sst = ops::fstat(fd_of(&sfd))?;
+            copy_attrs(At::Fd(fd_of(&sfd)), &sst, At::Fd(fd_of(&dfd)))?;
+            // Another host's change of the source after the stat above
+            // (its times, at least) reached the destination before the
+            // copy of the attributes, or reaches it after: copied again in
+            // the first case (see `copy_data`).
+            if !self.ctl.recheck_source || same_attrs(&sst, &ops::fstat(fd_of(&sfd))?) {
+                break;
+            }
+            tries += 1;
+            if tries == RECHECKS {
+                return Err(RACED);
+            }
+        }
         self.count_entry();
         Ok(())
     }
@@ -911,6 +925,14 @@ impl Job<'_> {
         }
         Ok(done as u64)
     }
+}
+
+/// Whether two stats of one file show the same content and attributes
+/// (size, times, owner, mode).
+fn same_attrs(a: &Stat, b: &Stat) -> bool {
+    (a.st_size, a.st_mode, a.st_uid, a.st_gid) == (b.st_size, b.st_mode, b.st_uid, b.st_gid)
+        && (a.st_mtime, a.st_mtime_nsec, a.st_ctime, a.st_ctime_nsec)
+            == (b.st_mtime, b.st_mtime_nsec, b.st_ctime, b.st_ctime_nsec)
 }
 
 /// copy_file_range errors that mean "use read/write instead".
