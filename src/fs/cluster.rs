@@ -27,7 +27,17 @@ impl ChironFs {
         let weak = Arc::downgrade(self);
         shared.set_on_change(Arc::new(move || {
             if let Some(fs) = weak.upgrade() {
-                fs.apply_views();
+                // Called from the ring's request handlers too: the drain in
+                // `apply_views` may wait for fan-outs, off the runtime's
+                // worker so that the ring keeps serving meanwhile.
+                let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+                if multi {
+                    tokio::task::block_in_place(|| fs.apply_views());
+                } else {
+                    fs.apply_views();
+                }
             }
         }));
         if self.cluster.set(shared.clone()).is_err() {
@@ -59,11 +69,14 @@ impl ChironFs {
         }
         let complete = shared.refresh(&self.replica_ids());
         self.apply_views();
+        let mut complete = complete;
         if complete {
             // Before the lease is extended: writes that miss a replica
-            // republished here wait for it.
+            // republished here wait for it. One being changed right now
+            // (its record is being published) is left to that change, but
+            // the lease waits for the next round.
             for id in shared.take_mismatched() {
-                self.republish_unless_busy(shared, &id);
+                complete &= self.republish_unless_busy(shared, &id);
             }
         }
         if expiry.is_some() {
@@ -143,7 +156,8 @@ impl ChironFs {
         if self.cluster.get().is_none() {
             return fanout::run(&self.replicas, targets, timeout, spread, f);
         }
-        let _gate = self.fanout_gate.read_recursive();
+        // Fair: a drain waiting in `apply_views` holds new fan-outs back.
+        let _gate = self.fanout_gate.read();
         let (first, last): (Vec<usize>, Vec<usize>) = targets
             .iter()
             .partition(|&&i| !self.replicas[i].copied_elsewhere.load(Ordering::Acquire));
@@ -153,13 +167,24 @@ impl ChironFs {
         let f = Arc::new(f);
         let g = f.clone();
         let mut out = fanout::run(&self.replicas, &first, timeout, spread, move |r| g(r));
-        out.extend(fanout::run(
-            &self.replicas,
-            &last,
-            timeout,
-            spread,
-            move |r| f(r),
-        ));
+        // A replica failure (a timeout: the call may still land) in the
+        // first round: the others are not sent the change; they follow,
+        // answering EAGAIN, so they are marked and the change is not
+        // acknowledged through them alone (the copy's source may lack it).
+        if out
+            .iter()
+            .any(|(_, r)| r.as_ref().err().is_some_and(|e| e.is_replica_failure()))
+        {
+            out.extend(last.iter().map(|&i| (i, Err(Errno(libc::EAGAIN)))));
+        } else {
+            out.extend(fanout::run(
+                &self.replicas,
+                &last,
+                timeout,
+                spread,
+                move |r| f(r),
+            ));
+        }
         out.sort_by_key(|(i, _)| *i);
         out
     }
@@ -263,7 +288,7 @@ impl ChironFs {
             .name("settle-views".into())
             .spawn(move || {
                 for id in shared.unsettled() {
-                    me.republish_unless_busy(&shared, &id);
+                    let _ = me.republish_unless_busy(&shared, &id);
                 }
                 me.settling_views.store(false, Ordering::Release);
             });
@@ -278,17 +303,18 @@ impl ChironFs {
     /// does not hold what this host has: one another host wrote in its
     /// name (`vouch_for`, while it was taken for dead) that says otherwise
     /// than its own state, or an unsettled one.
-    fn republish_unless_busy(&self, shared: &SharedStore, id: &ReplicaId) {
+    fn republish_unless_busy(&self, shared: &SharedStore, id: &ReplicaId) -> bool {
         let Some(r) = self.replicas.iter().find(|r| r.id == *id) else {
-            return;
+            return true;
         };
         let Some(_recording) = r.recording.try_lock() else {
-            return;
+            return false;
         };
         let _leaving = self.leaving(r.index);
         if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &r.id) {
             shared.publish(&rec);
         }
+        true
     }
 
     /// Tells the other hosts that replica `i`, in sync here, now misses
@@ -305,15 +331,43 @@ impl ChironFs {
         }
     }
 
-    /// Replica `i`'s missed paths are copied: published in sync again.
+    /// Replica `i`'s missed paths are copied: published in sync again
+    /// (checked again under its `recording` lock, which a new first mark's
+    /// `mark_behind` waits for: it then publishes it behind again).
     pub(super) fn clear_behind(&self, i: usize) {
         let Some(shared) = self.cluster.get() else {
             return;
         };
         let r = &self.replicas[i];
-        if shared.set_behind(&r.id, false) {
-            self.republish(shared, i);
+        if !shared.is_behind(&r.id) {
+            return;
         }
+        let _recording = r.recording.lock();
+        if self.marks.has_stale(i) || !shared.set_behind(&r.id, false) {
+            return;
+        }
+        let _leaving = self.leaving(i);
+        if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared.as_ref(), &r.id) {
+            shared.publish(&rec);
+        }
+    }
+
+    /// Whether the resync may copy into replica `i` now: with a ring, once
+    /// the other hosts know it is copied into (its resyncing or behind view
+    /// is settled), so that their changes reach it after its source.
+    pub(super) fn may_copy_into(&self, i: usize) -> bool {
+        let Some(shared) = self.cluster.get() else {
+            return true;
+        };
+        let r = &self.replicas[i];
+        // A state change being published: wait for it.
+        drop(r.recording.lock());
+        if r.state() == crate::replica::State::InSync && !shared.is_behind(&r.id) {
+            // Marks found at start, or made before a ring: say so first.
+            self.mark_behind(i);
+            return false;
+        }
+        r.leaving.load(Ordering::SeqCst) == 0 && shared.is_settled(&r.id)
     }
 
     /// Publishes replica `i`'s record again, under its `recording` lock
@@ -612,6 +666,7 @@ impl ChironFs {
             .filter(|w| w.acked)
             .map(|w| w.host.as_str())
             .collect();
+        let writes: Vec<PathWrite> = latest.values().map(|w| (*w).clone()).collect();
         let mut versions: Vec<(bool, i128, String, usize, BTreeSet<String>)> = Vec::new();
         for w in &writes {
             let Some(at) = self.holder(w) else {

@@ -284,6 +284,11 @@ impl ChironFs {
             r.needs_full.store(true, Ordering::SeqCst);
         }
         r.mark_generation.fetch_add(1, Ordering::SeqCst);
+        // With a ring, before the mark counts: a change that misses the
+        // replica meanwhile waits until the other hosts know it is behind.
+        let _leaving = (r.state() == State::InSync)
+            .then(|| self.leaving(replica))
+            .flatten();
         if r.state() == State::InSync && self.marks.add_stale(p, replica) {
             // Its first: the ledger names it behind until its marks are
             // copied, and so does its view for the other hosts.

@@ -44,6 +44,8 @@ impl ChironFs {
                     }
                     // Paths it missed while in sync (it serves the rest).
                     State::InSync if self.marks.has_stale(i) => self.resync(i, &throttle),
+                    // Nothing left to copy: the other hosts learn it.
+                    State::InSync => self.clear_behind(i),
                     State::Resyncing => {
                         self.resync(i, &throttle);
                         match self.replicas[i].state() {
@@ -106,6 +108,12 @@ impl ChironFs {
 
     pub(super) fn resync(&self, i: usize, throttle: &Arc<Throttle>) {
         let r = &self.replicas[i];
+        // With a ring, not before the other hosts know that this host
+        // copies into it (DESIGN.md section 7, "Writes beside another
+        // host's resync"); next round otherwise.
+        if !self.may_copy_into(i) {
+            return;
+        }
         // The source of a full compare: a replica no host sees out of sync
         // (it copies everything). An incremental resync picks a source per
         // path (`source_for`).
@@ -433,14 +441,30 @@ impl ChironFs {
     /// not marked for `p` (it holds every change of `p`). With `p` = None:
     /// the first such replica.
     fn source_for(&self, i: usize, p: Option<&RelPath>) -> Option<usize> {
+        // With a ring, first a replica no host has out of sync (one may
+        // lack another host's changes, and another host's changes reach it
+        // in the same round as the destination's), then one some host has
+        // out of sync (two hosts that each took out what the other wrote
+        // have no other: `settle_conflict` compares their versions), never
+        // one being copied into.
+        let ring = self.cluster().is_some();
+        let elsewhere = |s: &Replica| ring && s.stale_elsewhere.load(Ordering::Acquire);
         let in_sync = self
             .replicas
             .iter()
             .filter(|s| s.index != i && s.state() == State::InSync);
+        let in_sync_here = in_sync.clone().filter(|s| !elsewhere(s));
+        let in_sync_stale_elsewhere = in_sync.filter(|s| elsewhere(s));
         let catching_up = self.replicas.iter().filter(|s| {
-            s.index != i && s.state() == State::Resyncing && !s.needs_full.load(Ordering::Relaxed)
+            s.index != i
+                && !ring
+                && s.state() == State::Resyncing
+                && !s.needs_full.load(Ordering::Relaxed)
         });
-        let mut candidates = in_sync.chain(catching_up).map(|s| s.index);
+        let mut candidates = in_sync_here
+            .chain(in_sync_stale_elsewhere)
+            .chain(catching_up)
+            .map(|s| s.index);
         let Some(p) = p else {
             return candidates.next();
         };

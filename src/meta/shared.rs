@@ -611,6 +611,11 @@ impl SharedStore {
         if on { b.insert(*id) } else { b.remove(id) }
     }
 
+    /// Whether replica `id` is published as behind (`set_behind`).
+    pub fn is_behind(&self, id: &ReplicaId) -> bool {
+        self.behind.lock().contains(id)
+    }
+
     /// Whether no other host may read replica `id` while this host has it
     /// out of service: true unless the view saying so could not be
     /// published and the others' read leases revoked (`publish`).
@@ -829,7 +834,9 @@ impl SharedStore {
         if !self.read_fence() {
             complete = false;
         }
-        self.check_own_views(ids);
+        if !self.check_own_views(ids) {
+            complete = false;
+        }
         self.publish_pending();
         // A nudge that arrived while this refresh read the ring is newer
         // than what the refresh read: per host, the later view wins. A
@@ -1061,9 +1068,9 @@ impl SharedStore {
     /// Reads this host's own view of each replica from the ring and notes
     /// those that say another state than this host's record
     /// (`take_mismatched`).
-    fn check_own_views(&self, ids: &[ReplicaId]) {
+    fn check_own_views(&self, ids: &[ReplicaId]) -> bool {
         let Ok(records) = self.local.list_replicas() else {
-            return;
+            return false;
         };
         let mut found = Vec::new();
         for id in ids {
@@ -1071,7 +1078,8 @@ impl SharedStore {
                 continue;
             };
             let Ok((values, _)) = self.get(&self.replica_key(id, self.host.as_str())) else {
-                continue;
+                *self.mismatched.lock() = found;
+                return false;
             };
             let state = self
                 .published_state(rec)
@@ -1082,6 +1090,7 @@ impl SharedStore {
             }
         }
         *self.mismatched.lock() = found;
+        true
     }
 
     /// The replicas `check_own_views` last found published otherwise than

@@ -139,9 +139,11 @@ fn writes_owed_during_a_partition_are_published_before_a_resync() {
     h.b.put_replica(&record(h.ids[0], ReplicaState::Failed))
         .unwrap();
     h.b.mark_missed(b"doc", &h.ids[0]).unwrap();
+    h.b.record_write(b"doc", &[h.ids[0]], false);
     h.a.put_replica(&record(h.ids[1], ReplicaState::Failed))
         .unwrap();
     h.a.mark_missed(b"doc", &h.ids[1]).unwrap();
+    h.a.record_write(b"doc", &[h.ids[1]], true);
     h.a.refresh(&h.ids);
     assert!(
         h.a.stale_elsewhere(&h.ids[0]).is_empty(),
@@ -155,6 +157,8 @@ fn writes_owed_during_a_partition_are_published_before_a_resync() {
     let writes = h.a.path_writes(b"doc");
     let hosts: Vec<&str> = writes.iter().map(|w: &PathWrite| w.host.as_str()).collect();
     assert_eq!(hosts, vec!["hosta", "hostb"], "{writes:?}");
+    // Each says whether its host acknowledged the change.
+    assert!(writes[0].acked && !writes[1].acked, "{writes:?}");
     // The lease is exclusive until released.
     assert!(!h.b.take_lease(Duration::from_secs(30)));
     h.a.release_lease();
@@ -364,5 +368,27 @@ fn the_resync_lease_holder_stops_when_its_own_term_runs_out() {
     assert!(h.a.resync_lease_current());
     h.a.release_lease();
     assert!(!h.a.resync_lease_current());
+    drop(h.rt);
+}
+
+#[test]
+fn a_hosts_latest_path_record_says_whether_it_acknowledged_the_change() {
+    let h = hosts();
+    h.a.record_write(b"doc", &[h.ids[1]], false);
+    // The same answer again: nothing new to record.
+    h.a.record_write(b"doc", &[h.ids[1]], false);
+    h.a.gather();
+    assert_eq!(h.b.path_writes(b"doc").len(), 1);
+    // Acknowledged now: recorded again, later in this host's order.
+    h.a.record_write(b"doc", &[h.ids[1]], true);
+    h.a.gather();
+    let writes = h.b.path_writes(b"doc");
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    let latest = writes.iter().max_by_key(|w| w.n).unwrap();
+    assert!(latest.acked, "{writes:?}");
+    assert!(
+        writes.iter().any(|w| !w.acked && w.n < latest.n),
+        "{writes:?}"
+    );
     drop(h.rt);
 }
