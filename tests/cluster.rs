@@ -308,6 +308,19 @@ fn replica_state(sock: &Path, index: usize) -> (String, Vec<String>) {
     (r["state"].as_str().unwrap_or("").to_string(), stale)
 }
 
+/// Waits until every replica is in sync, and no other host's view says
+/// otherwise, for every host of `socks` (two replicas each).
+fn wait_all_in_sync(socks: &[&PathBuf]) {
+    wait_until("every replica in sync for every host", SETTLE, || {
+        socks.iter().all(|s| {
+            (0..2).all(|i| {
+                let (state, stale) = replica_state(s, i);
+                state == "in-sync" && stale.is_empty()
+            })
+        })
+    });
+}
+
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
@@ -744,14 +757,7 @@ fn partition_conflict(policy: &str, copied: &[&str]) {
     }
     f2.set_mode("ok");
     f1.set_mode("ok");
-    wait_until("both replicas in sync for both hosts", SETTLE, || {
-        [&sa, &sb].iter().all(|s| {
-            (0..2).all(|i| {
-                let (state, stale) = replica_state(s, i);
-                state == "in-sync" && stale.is_empty()
-            })
-        })
-    });
+    wait_all_in_sync(&[&sa, &sb]);
     // The newer version stays on the path; the others are kept beside it,
     // on both replicas.
     let content = |host: &str| -> &[u8] {
@@ -1112,13 +1118,9 @@ fn a_host_taken_for_dead_and_back_mid_takeover_loses_nothing_and_diverges_nowher
     thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let log = writer.join().unwrap();
-    wait_until("both replicas in sync for both hosts", SETTLE, || {
-        [&sa, &sb].iter().all(|s| {
-            (0..2).all(|i| {
-                let (state, stale) = replica_state(s, i);
-                state == "in-sync" && stale.is_empty()
-            })
-        }) && read_lease_of(&sb).starts_with("held")
+    wait_all_in_sync(&[&sa, &sb]);
+    wait_until("B to hold a read lease", SETTLE, || {
+        read_lease_of(&sb).starts_with("held")
     });
     let acked = log.iter().filter(|w| w.2).count();
     let during: Vec<&(usize, u32, bool, Instant)> = log
@@ -1236,14 +1238,7 @@ fn a_write_beside_another_hosts_resync_is_never_undone_by_its_copy() {
     f1.set_mode("ok");
     let wrote = writer.join().unwrap();
     assert!(wrote.is_ok(), "A's write: {wrote:?}\n{}", ma.log());
-    wait_until("both replicas in sync for both hosts", SETTLE, || {
-        [&sa, &sb].iter().all(|s| {
-            (0..2).all(|i| {
-                let (state, stale) = replica_state(s, i);
-                state == "in-sync" && stale.is_empty()
-            })
-        })
-    });
+    wait_all_in_sync(&[&sa, &sb]);
     let mut want = old.clone();
     want[at as usize..at as usize + new.len()].copy_from_slice(&new);
     for r in [&r1, &r2] {
