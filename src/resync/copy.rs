@@ -245,6 +245,11 @@ impl Job<'_> {
             if stat_opt(ddir, n)?.is_some() {
                 self.confirm_source()?;
                 self.remove_entry(ddir, n)?;
+                // Made again on the source meanwhile (by another host): the
+                // removal may have taken its copy on the destination.
+                if self.ctl.recheck_source && stat_opt(sdir, n)?.is_some() {
+                    return Err(RACED);
+                }
             }
             return Ok(());
         };
@@ -302,6 +307,7 @@ impl Job<'_> {
         let at_root = *path == RelPath::root();
         let g = self.guard(path);
         let slist = list_dir(sd, at_root)?;
+        (self.ctl.listed)(path);
         let dlist = list_dir(dd, at_root)?;
         let src_names: HashMap<&CString, u8> = slist.iter().map(|e| (&e.name, e.kind)).collect();
         let extras: Vec<&CString> = dlist
@@ -312,7 +318,17 @@ impl Job<'_> {
         if !extras.is_empty() {
             self.confirm_source()?;
             for name in extras {
+                // Another host may have made it since the source was
+                // listed: on the source first, so it is seen there now
+                // (kept), or, if it lands during the removal, after it
+                // (copied again).
+                if self.ctl.recheck_source && stat_opt(sd, name)?.is_some() {
+                    continue;
+                }
                 let r = self.remove_entry(dd, name);
+                if self.ctl.recheck_source && stat_opt(sd, name)?.is_some() {
+                    return Err(RACED);
+                }
                 let shown = entry_name_lossy(path, name);
                 self.absorb(&shown, r)?;
             }

@@ -132,7 +132,12 @@ pub struct CopyControl {
     displaced: Box<DisplaceFn>,
     replaced: Box<ReplacedFn>,
     made: Box<MadeFn>,
+    listed: Box<ListedFn>,
 }
+
+/// Called with a directory's path between the listings of its source and
+/// its destination (see [`CopyControl::with_listed`]).
+type ListedFn = dyn Fn(&RelPath) + Send + Sync;
 
 /// (destination replica index, the destination inode's stat): see
 /// [`CopyControl::with_replaced`].
@@ -186,7 +191,15 @@ impl CopyControl {
             displaced: Box::new(|_, _, _, _| false),
             replaced: Box::new(|_, _| {}),
             made: Box::new(|_, _, _| ()),
+            listed: Box::new(|_| ()),
         }
+    }
+
+    /// Sets what runs between the listing of a directory's source and of
+    /// its destination (where another host's change may land, in tests).
+    pub fn with_listed(mut self, f: impl Fn(&RelPath) + Send + Sync + 'static) -> CopyControl {
+        self.listed = Box::new(f);
+        self
     }
 
     /// Sets who learns which inode each entry the copy synced is on the

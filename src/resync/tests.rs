@@ -1157,3 +1157,30 @@ fn a_first_copy_copied_again_from_another_source_is_kept() {
         assert_eq!(diffs(&b, &dst, f, true), set(&[]));
     }
 }
+
+/// Another host creates an entry in a directory being copied, on the
+/// source first and then on the destination (its changes reach a replica
+/// being copied into last), between the copy's listing of the source and
+/// of the destination: the entry looks extra on the destination, and the
+/// copy must not remove it there (it would be gone from that replica
+/// alone, both in sync).
+#[test]
+fn an_entry_another_host_creates_during_a_directory_copy_is_kept() {
+    let src = TestReplica::new(0);
+    let dst = TestReplica::new(1);
+    fs::create_dir(src.p("d")).unwrap();
+    fs::create_dir(dst.p("d")).unwrap();
+    fs::write(src.p("d/a"), b"a").unwrap();
+    let (s, d) = (src.p("d/x"), dst.p("d/x"));
+    let ctl = CopyControl::new(0)
+        .rechecking_source(true)
+        .with_listed(move |p| {
+            if p.to_string() == "/d" && !s.exists() {
+                fs::write(&s, b"made elsewhere").unwrap();
+                fs::write(&d, b"made elsewhere").unwrap();
+            }
+        });
+    sync_path(&src.rep, &dst.rep, &rel("/d"), SyncMode::Tree, &ctl).unwrap();
+    assert_eq!(fs::read(dst.p("d/x")).unwrap(), b"made elsewhere");
+    assert_eq!(fs::read(dst.p("d/a")).unwrap(), b"a");
+}
