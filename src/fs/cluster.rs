@@ -310,10 +310,7 @@ impl ChironFs {
         let Some(_recording) = r.recording.try_lock() else {
             return false;
         };
-        let _leaving = self.leaving(r.index);
-        if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &r.id) {
-            shared.publish(&rec);
-        }
+        self.publish_record(shared, r.index);
         true
     }
 
@@ -346,10 +343,7 @@ impl ChironFs {
         if self.marks.has_stale(i) || !shared.set_behind(&r.id, false) {
             return;
         }
-        let _leaving = self.leaving(i);
-        if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared.as_ref(), &r.id) {
-            shared.publish(&rec);
-        }
+        self.publish_record(shared, i);
     }
 
     /// Whether the resync may copy into replica `i` now: with a ring, once
@@ -373,10 +367,16 @@ impl ChironFs {
     /// Publishes replica `i`'s record again, under its `recording` lock
     /// (as `fail` does), waited for by the writes that miss it meanwhile.
     fn republish(&self, shared: &SharedStore, i: usize) {
-        let r = &self.replicas[i];
-        let _recording = r.recording.lock();
+        let _recording = self.replicas[i].recording.lock();
+        self.publish_record(shared, i);
+    }
+
+    /// Publishes replica `i`'s record as this host's store has it now;
+    /// the caller holds its `recording` lock. Writes that miss it wait
+    /// meanwhile (`Leaving`).
+    fn publish_record(&self, shared: &SharedStore, i: usize) {
         let _leaving = self.leaving(i);
-        if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &r.id) {
+        if let Ok(Some(rec)) = crate::meta::MetaStore::get_replica(shared, &self.replicas[i].id) {
             shared.publish(&rec);
         }
     }

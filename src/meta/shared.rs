@@ -577,11 +577,10 @@ impl SharedStore {
             || self.revoke(&key, &bytes, published, &unconfirmed, &rec.id);
         let mut unsettled = self.unsettled.lock();
         if settled {
-            if unsettled.remove(&rec.id) {
-                // Writes that miss it are acknowledged from now on: paths
-                // are recorded again, as such.
-                self.recorded.lock().clear();
-            }
+            // Writes that miss it are acknowledged from now on (their path
+            // records say so: `record_write` writes again when the answer
+            // changes).
+            unsettled.remove(&rec.id);
         } else {
             unsettled.insert(rec.id);
         }
