@@ -28,6 +28,36 @@ pub fn boot_ns() -> u64 {
 
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// The monotonic clock a ring node measures leases on: [`boot_ns`], or in
+/// the deterministic simulation (ring/dsim) a simulated clock that runs
+/// on virtual time at its own rate.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The host's CLOCK_BOOTTIME.
+    pub fn boot() -> Clock {
+        Clock(std::sync::Arc::new(boot_ns))
+    }
+
+    /// A clock read through `f` (tests).
+    #[cfg(test)]
+    pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Clock {
+        Clock(std::sync::Arc::new(f))
+    }
+
+    /// Nanoseconds on this clock.
+    pub fn now_ns(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 /// (year, month, day, hour, minute, second) in UTC of `secs` since the epoch.
 pub fn utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = secs.div_euclid(86_400);

@@ -669,13 +669,13 @@ impl SharedStore {
                 return true;
             }
             if published && let Some(Some(until)) = self.block(self.node.lease_left_round(hosts)) {
-                let now = std::time::Instant::now();
-                if until > now {
+                let left = until.saturating_sub(self.node.now_ns());
+                if left > 0 {
                     tracing::info!(
                         "ring: waiting {:.1}s for the read leases of {hosts:?} to run out before replica {id} is out of service for them too",
-                        (until - now).as_secs_f64()
+                        left as f64 / 1e9
                     );
-                    std::thread::sleep(until - now);
+                    sleep_until_ns(&self.node, until);
                 }
                 return true;
             }
@@ -1010,10 +1010,7 @@ impl SharedStore {
             );
             return false;
         };
-        let now = std::time::Instant::now();
-        if until > now {
-            std::thread::sleep(until - now);
-        }
+        sleep_until_ns(&self.node, until);
         if first {
             tracing::warn!(
                 "ring: host {h} is fenced: it serves nothing until this host has healed what it left"
@@ -1610,5 +1607,17 @@ impl MetaStore for SharedStore {
 
     fn sync(&self) -> Result<()> {
         self.local.sync()
+    }
+}
+
+/// Sleeps until `node`'s lease clock reads `until` (from
+/// `Node::lease_left_round`).
+fn sleep_until_ns(node: &crate::ring::node::Node, until: u64) {
+    loop {
+        let left = until.saturating_sub(node.now_ns());
+        if left == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_nanos(left));
     }
 }

@@ -56,6 +56,8 @@ pub type SyncFn = Box<dyn FnMut() -> Result<(), String> + Send>;
 pub struct GroupCommit {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Without a thread (`inline`): the sync function, run by a waiter.
+    inline: Option<Mutex<SyncFn>>,
 }
 
 impl GroupCommit {
@@ -76,7 +78,49 @@ impl GroupCommit {
         Ok(GroupCommit {
             shared,
             thread: Mutex::new(Some(thread)),
+            inline: None,
         })
+    }
+
+    /// Group commit without a thread: a waiter whose ticket is not settled
+    /// runs the sync itself, which settles every ticket issued before it.
+    /// Writes nobody waits for stay unsynced, as they may with the thread.
+    /// For the deterministic simulation (ring/dsim), where no thread may
+    /// run beside the simulated network.
+    pub fn inline(sync: SyncFn) -> GroupCommit {
+        let (progress, _) = watch::channel(Progress::default());
+        GroupCommit {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                work: Condvar::new(),
+                settled: Condvar::new(),
+                progress,
+            }),
+            thread: Mutex::new(None),
+            inline: Some(Mutex::new(sync)),
+        }
+    }
+
+    /// Inline mode: syncs now unless `t` is settled (or failed).
+    fn sync_inline(&self, t: Ticket) {
+        let Some(sync) = &self.inline else {
+            return;
+        };
+        let mut sync = sync.lock();
+        let target = {
+            let st = self.shared.state.lock();
+            if Self::outcome(&st.progress, t).is_some() || st.stop {
+                return;
+            }
+            st.issued
+        };
+        let result = sync();
+        let mut st = self.shared.state.lock();
+        match result {
+            Ok(()) => st.progress.settled = st.progress.settled.max(target),
+            Err(e) => st.progress.failed = Some(e),
+        }
+        publish(&self.shared, &st);
     }
 
     /// A new ticket, covering every write that returned before this call.
@@ -106,6 +150,7 @@ impl GroupCommit {
 
     /// Waits, without blocking the thread, until `t` is durable.
     pub async fn wait(&self, t: Ticket) -> Result<(), String> {
+        self.sync_inline(t);
         let mut rx = self.shared.progress.subscribe();
         let p = rx
             .wait_for(|p| Self::outcome(p, t).is_some())
@@ -116,6 +161,7 @@ impl GroupCommit {
 
     /// Blocks the calling thread until `t` is durable.
     pub fn wait_blocking(&self, t: Ticket) -> Result<(), String> {
+        self.sync_inline(t);
         let mut st = self.shared.state.lock();
         loop {
             if let Some(r) = Self::outcome(&st.progress, t) {
@@ -136,7 +182,14 @@ impl GroupCommit {
     /// Ends the sync thread; tickets not settled by then fail (call
     /// `settle_all` first after making everything durable).
     pub fn stop(&self) {
-        self.shared.state.lock().stop = true;
+        {
+            let mut st = self.shared.state.lock();
+            st.stop = true;
+            if self.inline.is_some() {
+                st.progress.stopped = true;
+                publish(&self.shared, &st);
+            }
+        }
         self.shared.work.notify_one();
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();

@@ -35,6 +35,8 @@
 
 pub mod commit;
 #[cfg(test)]
+mod dsim;
+#[cfg(test)]
 mod durability_tests;
 pub mod epoch;
 pub mod gossip;

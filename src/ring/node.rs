@@ -16,7 +16,7 @@
 //! - a read merges what R nodes of each list hold; every owner that
 //!   answered with less than the merge gets the merge (read repair).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +58,44 @@ pub struct NodeConfig {
     /// starts it assumes that grants it made before may still run
     /// (`ring.read_lease`).
     pub read_lease: Duration,
+    /// The monotonic clock leases are measured on (`clock::boot_ns`; a
+    /// simulated one in ring/dsim).
+    pub clock: crate::clock::Clock,
+    /// Syncs the store in the thread that waits for a write instead of a
+    /// `ring-sync` thread (the deterministic simulation: no thread runs
+    /// beside the simulated network).
+    pub inline_sync: bool,
+    /// Where the node's random choices come from.
+    pub dice: Dice,
+}
+
+/// A node's source of random choices: the OS, or in the deterministic
+/// simulation (ring/dsim) the seed's generator.
+#[derive(Clone)]
+pub struct Dice(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Dice {
+    pub fn os() -> Dice {
+        Dice(Arc::new(|| {
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            u64::from_le_bytes(b)
+        }))
+    }
+
+    pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Dice {
+        Dice(Arc::new(f))
+    }
+
+    pub fn roll(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Dice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dice")
+    }
 }
 
 impl NodeConfig {
@@ -70,6 +108,9 @@ impl NodeConfig {
             anti_entropy_interval: Some(Duration::from_secs(10)),
             layout_interval: Duration::from_secs(2),
             read_lease: DEFAULT_READ_LEASE,
+            clock: crate::clock::Clock::boot(),
+            inline_sync: false,
+            dice: Dice::os(),
         }
     }
 }
@@ -197,7 +238,7 @@ struct Inner {
     generations: Mutex<HashMap<Partition, u64>>,
     /// Tombstones seen in the previous collection round: collected in the
     /// next one if unchanged (a grace period for writes in flight).
-    tombstones: Mutex<HashMap<Vec<u8>, Dvv>>,
+    tombstones: Mutex<BTreeMap<Vec<u8>, Dvv>>,
     stats: Stats,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Read leases this node granted (section 7, "Read leases").
@@ -236,7 +277,7 @@ impl Node {
         cfg.quorum
             .check()
             .map_err(|e| format!("configured n, r, w: {e}"))?;
-        let store = Storage::open(dir, &cfg.id).map_err(|e| e.to_string())?;
+        let store = Storage::open_with(dir, &cfg.id, cfg.inline_sync).map_err(|e| e.to_string())?;
         let layout = store
             .load_layout(cfg.quorum)
             .map_err(|e| e.to_string())?
@@ -254,6 +295,7 @@ impl Node {
             );
         }
         let cfg_read_lease = cfg.read_lease;
+        let started = cfg.clock.now_ns();
         let layout_version = AtomicU64::new(layout.current.version);
         Ok(Node {
             inner: Arc::new(Inner {
@@ -265,13 +307,10 @@ impl Node {
                 live,
                 trees: Mutex::new(HashMap::new()),
                 generations: Mutex::new(HashMap::new()),
-                tombstones: Mutex::new(HashMap::new()),
+                tombstones: Mutex::new(BTreeMap::new()),
                 stats: Stats::default(),
                 tasks: Mutex::new(Vec::new()),
-                grants: Mutex::new(super::lease::Grants::new(
-                    crate::clock::boot_ns(),
-                    cfg_read_lease,
-                )),
+                grants: Mutex::new(super::lease::Grants::new(started, cfg_read_lease)),
                 layout_version,
             }),
         })
@@ -358,10 +397,7 @@ impl Node {
     }
 
     fn grant_local(&self, host: &NodeId, term: Duration) -> Duration {
-        self.inner
-            .grants
-            .lock()
-            .grant(host, term, crate::clock::boot_ns())
+        self.inner.grants.lock().grant(host, term, self.now_ns())
     }
 
     /// Asks every member of the current layout (this node included) how
@@ -369,8 +405,10 @@ impl Node {
     /// answered, returns the instant (on this host's monotonic clock)
     /// after which every lease those hosts held through any of them is
     /// over; a lease they hold needed a majority too, so it is over then.
+    /// The instant is in nanoseconds of this node's clock (`NodeConfig::
+    /// clock`, `clock::boot_ns` outside tests; [`Node::now_ns`]).
     /// `None` if no majority answered.
-    pub async fn lease_left_round(&self, hosts: &[NodeId]) -> Option<std::time::Instant> {
+    pub async fn lease_left_round(&self, hosts: &[NodeId]) -> Option<u64> {
         let me = self.inner.cfg.id.clone();
         let members: Vec<NodeId> = self.layout().current.nodes.into_keys().collect();
         let hosts: Vec<NodeId> = hosts
@@ -382,34 +420,38 @@ impl Node {
         for n in members.iter().filter(|n| **n != me) {
             let (net, n, hosts, tx) =
                 (self.inner.net.clone(), n.clone(), hosts.clone(), tx.clone());
+            let clock = self.inner.cfg.clock.clone();
             tokio::spawn(async move {
                 let r = net.call(&n, Request::LeaseLeft { hosts }).await;
-                let _ = tx.send((r, std::time::Instant::now()));
+                let _ = tx.send((r, clock.now_ns()));
             });
         }
         drop(tx);
         let mut answered = 0;
-        let mut until = std::time::Instant::now();
+        let mut until = self.now_ns();
         if members.contains(&me) {
-            let left = self
-                .inner
-                .grants
-                .lock()
-                .left(&hosts, crate::clock::boot_ns());
+            let now = self.now_ns();
+            let left = self.inner.grants.lock().left(&hosts, now);
             answered += 1;
-            until = until.max(std::time::Instant::now() + super::lease::wait_for(left));
+            until = until.max(now.saturating_add(nanos(super::lease::wait_for(left))));
         }
         while !super::lease::majority(answered, members.len()) {
             match rx.recv().await {
                 Some((Ok(Response::Left(ms)), at)) => {
                     answered += 1;
-                    until = until.max(at + super::lease::wait_for(Duration::from_millis(ms)));
+                    let wait = super::lease::wait_for(Duration::from_millis(ms));
+                    until = until.max(at.saturating_add(nanos(wait)));
                 }
                 Some(_) => {}
                 None => return None,
             }
         }
         Some(until)
+    }
+
+    /// Nanoseconds on the clock this node measures leases on.
+    pub fn now_ns(&self) -> u64 {
+        self.inner.cfg.clock.now_ns()
     }
 
     /// Whether `node` answers a request now (the failure detector's
@@ -505,6 +547,16 @@ impl Node {
                 n.pull_layout().await;
             }
         }));
+    }
+
+    /// Stops the background loops and leaves the store as it is, as a
+    /// `kill -9` would (the deterministic simulation; its store is then
+    /// copied as a power loss would leave it and opened again).
+    #[cfg(test)]
+    pub fn crash(&self) {
+        for t in self.inner.tasks.lock().drain(..) {
+            t.abort();
+        }
     }
 
     /// Stops the background loops and closes the store in order (every
@@ -957,7 +1009,7 @@ impl Node {
         }
         let me = self.inner.cfg.id.clone();
         let mut synced_all = true;
-        let mut tombstone_candidates = HashMap::new();
+        let mut tombstone_candidates = BTreeMap::new();
         for p in 0..PARTITIONS {
             let sets = layout.owner_sets(p);
             if !sets.iter().any(|s| s.contains(&me)) {
@@ -1098,7 +1150,7 @@ impl Node {
     /// Purges the tombstones that were already candidates last round,
     /// unchanged, and that every node of the layout holds exactly (or does
     /// not hold at all, hints included).
-    async fn collect_tombstones(&self, candidates: HashMap<Vec<u8>, Dvv>) {
+    async fn collect_tombstones(&self, candidates: BTreeMap<Vec<u8>, Dvv>) {
         let previous = std::mem::replace(&mut *self.inner.tombstones.lock(), candidates.clone());
         let everyone: Vec<NodeId> = self.layout().addresses().into_keys().collect();
         for (key, version) in candidates {
@@ -1153,9 +1205,7 @@ impl Node {
         if peers.is_empty() {
             return;
         }
-        let mut pick = [0u8; 8];
-        let _ = getrandom::fill(&mut pick);
-        let peer = &peers[(u64::from_le_bytes(pick) % peers.len() as u64) as usize];
+        let peer = &peers[(self.inner.cfg.dice.roll() % peers.len() as u64) as usize];
         if let Ok(Response::Layout(l)) = self.inner.net.call(peer, Request::GetLayout).await {
             self.merge_layout(&l);
         }
@@ -1455,11 +1505,7 @@ impl Node {
                 Response::Granted(u64::try_from(term.as_millis()).unwrap_or(u64::MAX))
             }
             Request::LeaseLeft { hosts } => {
-                let left = self
-                    .inner
-                    .grants
-                    .lock()
-                    .left(&hosts, crate::clock::boot_ns());
+                let left = self.inner.grants.lock().left(&hosts, self.now_ns());
                 // Rounded up: the asker must not stop waiting early.
                 let ms = left.as_nanos().div_ceil(1_000_000);
                 Response::Left(u64::try_from(ms).unwrap_or(u64::MAX))
@@ -1517,6 +1563,10 @@ impl Slots {
         used.insert(pick.clone());
         Some(pick)
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn merge_opt(a: Option<Dvv>, b: Option<&Dvv>) -> Option<Dvv> {

@@ -143,6 +143,12 @@ impl Storage {
     /// issued before a crash, or before its store was wiped, is issued
     /// again.
     pub fn open(dir: &Path, node: &NodeId) -> Result<Storage> {
+        Self::open_with(dir, node, false)
+    }
+
+    /// [`Storage::open`]; with `inline_sync`, writes are synced by their
+    /// waiters rather than a `ring-sync` thread (`GroupCommit::inline`).
+    pub fn open_with(dir: &Path, node: &NodeId, inline_sync: bool) -> Result<Storage> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -183,13 +189,16 @@ impl Storage {
         // could carry them.
         journal.persist(PersistMode::SyncAll)?;
         let j = journal.clone();
-        let commit = GroupCommit::start(Box::new(move || {
-            j.persist(PersistMode::SyncData).map_err(|e| e.to_string())
-        }))
-        .map_err(|e| StorageError {
-            step: "start the sync thread",
-            reason: e.to_string(),
-        })?;
+        let sync: super::commit::SyncFn =
+            Box::new(move || j.persist(PersistMode::SyncData).map_err(|e| e.to_string()));
+        let commit = if inline_sync {
+            GroupCommit::inline(sync)
+        } else {
+            GroupCommit::start(sync).map_err(|e| StorageError {
+                step: "start the sync thread",
+                reason: e.to_string(),
+            })?
+        };
         Ok(Storage {
             kv: open("kv")?,
             purged: open("purged")?,
