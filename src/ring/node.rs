@@ -971,13 +971,68 @@ impl Node {
                 continue;
             }
             if self.send_write(&owner, &key, &version, None).await {
-                if let Err(e) = self.inner.store.hint_delivered(&owner, &key, &version) {
+                self.hint_done(&owner, &key, &version);
+            }
+        }
+        self.hand_over_hints(&owners).await;
+    }
+
+    fn hint_done(&self, owner: &NodeId, key: &[u8], version: &Dvv) {
+        if let Err(e) = self.inner.store.hint_delivered(owner, key, version) {
+            tracing::warn!("ring: {e}");
+        } else {
+            self.inner
+                .stats
+                .hints_delivered
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hints kept for nodes the layout no longer knows (they left while
+    /// this node stood in for them) go to each key's owners now: every
+    /// owner of every active layout version gets the value, and the hint
+    /// is dropped once all of them have it durably. Without this, a write
+    /// acknowledged through stand-ins for owners that then left would be
+    /// on no owner (the new owners sync from the old owners' stores, not
+    /// from hints). Found by the deterministic simulation (ring/dsim,
+    /// seed 804).
+    async fn hand_over_hints(&self, known: &[NodeId]) {
+        let gone: Vec<NodeId> = match self.inner.store.hint_owners() {
+            Ok(o) => o.into_iter().filter(|o| !known.contains(o)).collect(),
+            Err(e) => {
+                tracing::warn!("ring: {e}");
+                return;
+            }
+        };
+        let me = self.inner.cfg.id.clone();
+        for departed in gone {
+            let hints = match self.inner.store.hints_for(&departed, 10_000) {
+                Ok(h) => h,
+                Err(e) => {
                     tracing::warn!("ring: {e}");
-                } else {
-                    self.inner
-                        .stats
-                        .hints_delivered
-                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            for (key, version) in hints {
+                let Ok(sets) = self.owner_sets(hash::partition_of(&key)) else {
+                    return;
+                };
+                let owners: BTreeSet<NodeId> = sets.into_iter().flat_map(|s| s.nodes).collect();
+                let mut all = true;
+                for owner in owners {
+                    let ok = if owner == me {
+                        match self.write_local(&key, &version) {
+                            Ok(t) => self.inner.store.durable(t).await.is_ok(),
+                            Err(_) => false,
+                        }
+                    } else {
+                        self.inner.live.is_alive(&owner)
+                            && self.send_write(&owner, &key, &version, None).await
+                    };
+                    all &= ok;
+                }
+                if all {
+                    self.hint_done(&departed, &key, &version);
                 }
             }
         }

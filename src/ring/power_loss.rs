@@ -38,28 +38,39 @@ fn journal_id(path: &Path) -> Option<u64> {
 /// Copies the store in `from` to `to`, its active journal replaced by
 /// `durable` (what the last sync covered; nothing if there was none).
 pub fn copy(from: &Path, to: &Path, durable: Option<(PathBuf, Vec<u8>)>) -> std::io::Result<()> {
-    copy_tree(from, to)?;
-    let journals = to.join("ring").join("journals");
+    let journals = from.join("ring").join("journals");
     let id = durable.as_ref().and_then(|(p, _)| journal_id(p));
+    // Journals the sync did not reach are written below, not copied:
+    // fjall preallocates them, and copying that is most of a copy's time.
+    let replaced = |p: &Path| {
+        p.parent() == Some(journals.as_path())
+            && journal_id(p).is_some_and(|j| id.is_none_or(|d| j >= d))
+    };
+    copy_tree(from, to, &replaced)?;
+    let to_journals = to.join("ring").join("journals");
     for entry in std::fs::read_dir(&journals)? {
         let path = entry?.path();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        let dest = to_journals.join(name);
         match (journal_id(&path), id, &durable) {
             (Some(j), Some(d), _) if j < d => {}
-            (Some(j), Some(d), Some((_, bytes))) if j == d => std::fs::write(&path, bytes)?,
-            _ => std::fs::write(&path, b"")?,
+            (Some(j), Some(d), Some((_, bytes))) if j == d => std::fs::write(&dest, bytes)?,
+            _ => std::fs::write(&dest, b"")?,
         }
     }
     Ok(())
 }
 
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let dest = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &dest)?;
-        } else {
+            copy_tree(&entry.path(), &dest, skip)?;
+        } else if !skip(&entry.path()) {
             std::fs::copy(entry.path(), dest)?;
         }
     }

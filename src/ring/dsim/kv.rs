@@ -189,7 +189,7 @@ impl Run {
         };
         self.world
             .event(format!("{n}: crashed (unsynced writes lost)"));
-        drop(p);
+        super::reap(p);
         let down = self.world.rng().millis(100, 2500);
         tokio::time::sleep(down).await;
         match open(&self.world, &n, copy, &self.names[..1]) {
@@ -224,7 +224,7 @@ impl Run {
             let pause = self.world.rng().millis(100, 1200);
             tokio::time::sleep(pause).await;
             let n = self.names.len() as u64;
-            let choice = self.world.rng().below(7);
+            let choice = self.world.rng().below(8);
             let pick = |w: &World| self.names[w.rng().below(n) as usize].clone();
             match choice {
                 0 => {
@@ -287,19 +287,74 @@ impl Run {
                         p * 100.0
                     ));
                 }
-                _ => {
+                6 => {
                     self.world.heal();
                     self.world.set_faults(Faults::default());
                     self.world.event("network healed, no message faults");
                 }
+                _ => self.change_layout().await,
             }
         }
         restarts
     }
 
+    /// A layout change in the middle of the run, committed through a live
+    /// member: a node that is not a member joins, or (above three
+    /// members) a member leaves; it may join again later.
+    async fn change_layout(&self) {
+        let layout = match self.names.first().and_then(|n| self.node(n)) {
+            Some(n) => n.layout(),
+            None => return,
+        };
+        let members: Vec<NodeId> = layout.current.nodes.keys().cloned().collect();
+        let outside: Vec<NodeId> = self
+            .names
+            .iter()
+            .filter(|n| !members.contains(n))
+            .cloned()
+            .collect();
+        let live: Vec<NodeId> = members
+            .iter()
+            .filter(|n| !self.world.is_down(n))
+            .cloned()
+            .collect();
+        if live.is_empty() || layout.old.is_some() {
+            return;
+        }
+        let (by, join) = {
+            let mut r = self.world.rng();
+            let by = live[r.below(live.len() as u64) as usize].clone();
+            let join = !outside.is_empty() && (members.len() <= 3 || r.chance(0.5));
+            (by, join)
+        };
+        let Some(node) = self.node(&by) else { return };
+        let what = if join {
+            let n = outside[self.world.rng().below(outside.len() as u64) as usize].clone();
+            let r = node.stage_join(n.clone(), format!("sim:{n}")).await;
+            (format!("join {n}"), r.map(|_| ()))
+        } else if members.len() > 3 {
+            let n = members[self.world.rng().below(members.len() as u64) as usize].clone();
+            let r = node.stage_leave(n.clone()).await;
+            (format!("leave {n}"), r.map(|_| ()))
+        } else {
+            return;
+        };
+        let applied = match what.1 {
+            Ok(()) => node.apply().await.map(|l| l.current.version),
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(v) => self
+                .world
+                .event(format!("layout {v}: {} (through {by})", what.0)),
+            Err(e) => self.world.event(format!("layout change {}: {e}", what.0)),
+        }
+    }
+
     /// Delivers hints and runs anti-entropy everywhere until every owner
     /// stores the same version of every key (or gives up: a violation).
-    async fn settle(&self) -> bool {
+    async fn settle(&self) -> Result<(), String> {
+        let mut why = String::new();
         for _ in 0..40 {
             let nodes: Vec<Node> = self.procs.lock().values().map(|p| p.node.clone()).collect();
             for n in &nodes {
@@ -307,22 +362,32 @@ impl Run {
                 n.deliver_hints().await;
                 n.anti_entropy_round().await;
             }
-            if self.converged(&nodes) {
-                return true;
+            match self.converged(&nodes) {
+                Ok(()) => return Ok(()),
+                Err(e) => why = e,
             }
         }
-        false
+        Err(why)
     }
 
-    fn converged(&self, nodes: &[Node]) -> bool {
-        if nodes.iter().any(|n| n.hint_count() > 0) {
-            return false;
+    fn converged(&self, nodes: &[Node]) -> Result<(), String> {
+        for n in nodes {
+            if n.hint_count() > 0 {
+                return Err(format!("{} still holds {} hints", n.id(), n.hint_count()));
+            }
+            let l = n.layout();
+            if let Some(old) = &l.old {
+                return Err(format!(
+                    "{} is still in the transition from layout {} to {} (synced: {:?})",
+                    n.id(),
+                    old.version,
+                    l.current.version,
+                    l.synced
+                ));
+            }
         }
         let layout = nodes[0].layout();
-        if layout.old.is_some() {
-            return false;
-        }
-        (0..KEYS).all(|k| {
+        for k in 0..KEYS {
             let p = hash::partition_of(&key(k));
             let owners = layout.current.owners[p as usize].clone();
             let versions: BTreeSet<Option<Vec<u8>>> = nodes
@@ -330,8 +395,13 @@ impl Run {
                 .filter(|n| owners.contains(n.id()))
                 .map(|n| n.local(&key(k)).and_then(|v| postcard::to_stdvec(&v).ok()))
                 .collect();
-            versions.len() == 1
-        })
+            if versions.len() != 1 {
+                return Err(format!(
+                    "the owners {owners:?} of k{k} store different versions"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -360,7 +430,9 @@ pub async fn run(world: &Arc<World>) -> Vec<String> {
     let Some(first) = run.node(&names[0]) else {
         return vec!["no first node".into()];
     };
-    for n in &names {
+    // Some nodes may start outside the layout (they join later).
+    let spare = world.rng().below(count - 2);
+    for n in &names[..(count - spare) as usize] {
         if let Err(e) = first.stage_join(n.clone(), format!("sim:{n}")).await {
             return vec![format!("stage_join {n}: {e}")];
         }
@@ -379,7 +451,7 @@ pub async fn run(world: &Arc<World>) -> Vec<String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    world.event(format!("{count} nodes, layout 1"));
+    world.event(format!("{count} nodes, {} in layout 1", count - spare));
     for n in &names {
         run.spawn_client(n);
     }
@@ -396,10 +468,14 @@ pub async fn run(world: &Arc<World>) -> Vec<String> {
     world.heal();
     world.set_faults(Faults::default());
     world.event("the end: network healed, every node up");
-    if !run.settle().await {
-        run.fail("the ring does not converge after everything healed".into());
+    if let Err(why) = run.settle().await {
+        run.fail(format!(
+            "the ring does not converge after everything healed: {why}"
+        ));
     }
     check(&run).await;
+    let procs = std::mem::take(&mut *run.procs.lock());
+    super::reap_all(procs.into_values().collect());
     std::mem::take(&mut run.history.lock().violations)
 }
 

@@ -80,6 +80,10 @@ pub struct World {
     /// Highest one-way latency.
     pub max_latency: Duration,
     events: Mutex<Vec<String>>,
+    /// Every node opened: held to the end, so that no task of the
+    /// simulation drops the last handle of a store (a close waits for
+    /// fjall's threads in real time).
+    graveyard: Mutex<Vec<super::super::node::Node>>,
     /// A digest of every message sent (from, to, kind, fate), so that a
     /// replay is compared message by message, not only event by event.
     messages: Mutex<u64>,
@@ -99,6 +103,7 @@ impl World {
             timeout: Duration::from_millis(500),
             max_latency: Duration::from_millis(4),
             events: Mutex::new(Vec::new()),
+            graveyard: Mutex::new(Vec::new()),
             messages: Mutex::new(0xcbf2_9ce4_8422_2325),
         })
     }
@@ -119,7 +124,23 @@ impl World {
     /// Records an event of the run (what a failing seed prints).
     pub fn event(&self, what: impl Into<String>) {
         let line = format!("{:>7}ms {}", self.now_ms(), what.into());
+        if std::env::var_os("CHIRONFS_SIM_TRACE").is_some() {
+            eprintln!("{:?} {line}", std::time::Instant::now());
+        }
         self.events.lock().push(line);
+    }
+
+    /// Keeps `node` open until the run ends (`graveyard`).
+    pub fn keep(&self, node: &super::super::node::Node) {
+        self.graveyard.lock().push(node.clone());
+    }
+
+    /// Every node the run opened, to close once the runtime is gone; the
+    /// world forgets them (a node's network refers to the world: without
+    /// this the two would keep each other, and the stores, forever).
+    pub fn take_graveyard(&self) -> Vec<super::super::node::Node> {
+        self.handlers.lock().clear();
+        std::mem::take(&mut *self.graveyard.lock())
     }
 
     pub fn events(&self) -> Vec<String> {

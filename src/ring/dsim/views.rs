@@ -416,7 +416,7 @@ impl Run {
             }
         };
         self.world.event(format!("{}: crashed", h.id));
-        drop(p);
+        super::reap(p);
         let down = self.world.rng().millis(100, 3000);
         tokio::time::sleep(down).await;
         let seeds = [self.hosts[0].id.clone()];
@@ -539,10 +539,13 @@ pub async fn run(world: &Arc<World>, bug: Bug) -> Vec<String> {
     for r in restarts {
         let _ = r.await;
     }
+    let mut procs = Vec::new();
     for h in &run.hosts {
         for t in h.tasks.lock().drain(..) {
             t.abort();
         }
+        procs.extend(h.proc.lock().take());
     }
+    super::reap_all(procs);
     std::mem::take(&mut run.model.lock().violations)
 }
