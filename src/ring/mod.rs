@@ -27,6 +27,8 @@
 //!   frames over TCP (a Noise handshake, records, the message codec);
 //! - `gossip`: membership (foca, SWIM) and phi-accrual failure detection;
 //! - `sim`: an in-process network with kills and partitions, for tests;
+//! - `dsim`: the deterministic simulation (one thread, virtual time, a
+//!   seeded network and clocks) with its history checkers, for tests;
 //! - `power_loss`: a store's copy as a power loss would leave it, for tests.
 //!
 //! The ring knows nothing of the filesystem: keys and values are bytes.
