@@ -211,6 +211,20 @@ pub enum Ring {
         #[command(flatten)]
         json: Json,
     },
+    /// End a layout transition that cannot end by itself (a node of it
+    /// is dead and will not come back): every node counts as having taken
+    /// and synced the new version. Risks: what only the dead node held is
+    /// lost, and what a node did not sync yet is missing from reads until
+    /// anti-entropy brings it. Needs --force.
+    Finish {
+        /// Say that you accept the risks above.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        json: Json,
+    },
     /// A quorum read of KEY.
     Get {
         key: String,

@@ -655,6 +655,25 @@ fn ring_main(ring: Ring, socket: Option<&str>) -> i32 {
             json,
             String::new(),
         ),
+        Ring::Finish {
+            force,
+            target,
+            json,
+        } => {
+            if !force {
+                eprintln!(
+                    "chironctl: `chironctl ring finish` ends a layout transition without the nodes that did not sync: what only a dead node held is lost, and what a live node did not sync yet is missing from reads until anti-entropy brings it; wait for `chironctl ring status` to show no transition, or say --force"
+                );
+                return 2;
+            }
+            (
+                "finish",
+                Request::new("ring-finish"),
+                target,
+                json,
+                String::new(),
+            )
+        }
         Ring::Get { key, target, json } => (
             "get",
             Request {
@@ -751,6 +770,10 @@ fn ring_main(ring: Ring, socket: Option<&str>) -> i32 {
                         staged_summary(&st)
                     );
                 }
+                "finish" => println!(
+                    "layout version {}: transition ended by force",
+                    st.layout_version
+                ),
                 "apply" => match st.transition_from {
                     Some(old) => println!(
                         "layout version {} committed; transition from version {old} until the new owners have synced (see `chironctl ring status`)",

@@ -12,6 +12,7 @@
 //!           `{"version":1,"command":"ring-leave","node":"b"}`,
 //!           `{"version":1,"command":"ring-quorum","quorum":{"n":3,"r":2,"w":2}}`,
 //!           `{"version":1,"command":"ring-apply"}`,
+//!           `{"version":1,"command":"ring-finish"}` (ends a transition by force),
 //!           `{"version":1,"command":"ring-get","key":"k"}`,
 //!           `{"version":1,"command":"ring-put","key":"k","value":"v"}` (with
 //!           `"context":{...}` from a `ring-get`: replaces what that read saw;

@@ -104,6 +104,7 @@ impl RingHandle {
                 )
             }
             "ring-apply" => status(self.run("ring-apply", self.node.apply())?.map(drop)),
+            "ring-finish" => status(self.run("ring-finish", self.node.force_finish())?.map(drop)),
             "ring-get" => {
                 let key = key()?;
                 let found = self

@@ -118,6 +118,11 @@ pub struct LayoutHistory {
     /// Node -> the highest layout version whose partitions it has synced.
     pub synced: BTreeMap<NodeId, u64>,
     pub staged: Staged,
+    /// Node -> the highest layout version it has taken ("ack"): from then
+    /// on it coordinates with that version and refuses requests
+    /// coordinated on an older one. Syncing a change starts only once
+    /// every node of both versions acknowledged it (`all_acked`).
+    pub acked: BTreeMap<NodeId, u64>,
 }
 
 impl LayoutVersion {
@@ -289,7 +294,61 @@ impl LayoutHistory {
             old: None,
             synced: BTreeMap::new(),
             staged: Staged::default(),
+            acked: BTreeMap::new(),
         }
+    }
+
+    /// Every node of the current version and of the old one while a
+    /// change is being synced.
+    pub fn members(&self) -> BTreeSet<NodeId> {
+        let mut all: BTreeSet<NodeId> = self.current.nodes.keys().cloned().collect();
+        if let Some(old) = &self.old {
+            all.extend(old.nodes.keys().cloned());
+        }
+        all
+    }
+
+    /// Records that `node` took the current version (true if new).
+    pub fn ack(&mut self, node: &NodeId) -> bool {
+        let v = self.current.version;
+        let e = self.acked.entry(node.clone()).or_default();
+        let changed = *e < v;
+        *e = (*e).max(v);
+        changed
+    }
+
+    /// Whether every node of both versions took the current one: no
+    /// request coordinated on the old version is accepted any more by a
+    /// node that took it, so what the old owners hold from now on is all
+    /// there is to sync.
+    pub fn all_acked(&self) -> bool {
+        let v = self.current.version;
+        self.members()
+            .iter()
+            .all(|n| self.acked.get(n).copied().unwrap_or(0) >= v)
+    }
+
+    /// Ends a transition whatever its state (`chironctl ring finish
+    /// --force`): every node counts as having taken and synced the current
+    /// version. What a node that did not sync lacks is read from nowhere
+    /// until anti-entropy brings it, and what only a dead old owner held is
+    /// lost if that owner never returns.
+    pub fn force_finish(&mut self) -> Result<u64, String> {
+        if self.old.is_none() {
+            return Err(format!(
+                "layout version {} is not in a transition",
+                self.current.version
+            ));
+        }
+        let v = self.current.version;
+        for n in self.members() {
+            let a = self.acked.entry(n.clone()).or_default();
+            *a = (*a).max(v);
+            let s = self.synced.entry(n).or_default();
+            *s = (*s).max(v);
+        }
+        self.old = None;
+        Ok(v)
     }
 
     /// The preference lists of partition `p`: the current one, and the old
@@ -403,14 +462,15 @@ impl LayoutHistory {
         self.normalize();
     }
 
-    /// Ends a transition once every member of the new version synced.
+    /// Ends a transition once every node of both versions synced (a node
+    /// of the old version only has nothing to fetch, but may hold hints
+    /// that must reach the new owners first).
     fn normalize(&mut self) {
         let v = self.current.version;
         if self.old.is_some()
             && self
-                .current
-                .nodes
-                .keys()
+                .members()
+                .iter()
                 .all(|n| self.synced.get(n).copied().unwrap_or(0) >= v)
         {
             self.old = None;
@@ -430,6 +490,10 @@ impl LayoutHistory {
         let rival = other.current.version == self.current.version
             && other.current != self.current
             && fingerprint(&other.current) > fingerprint(&self.current);
+        for (n, v) in &other.acked {
+            let e = self.acked.entry(n.clone()).or_default();
+            *e = (*e).max(*v);
+        }
         if other.current.version > self.current.version || rival {
             self.current = other.current.clone();
             self.old = other.old.clone();
@@ -539,6 +603,43 @@ mod tests {
         assert!(l.old.is_some());
         l.mark_synced(&id("d"), 2);
         assert!(l.old.is_none(), "transition ends when all synced");
+    }
+
+    #[test]
+    fn syncing_waits_until_every_node_took_the_new_version_and_force_ends_a_transition() {
+        let mut l = ring(&["a", "b", "c", "d"], 3);
+        for n in ["a", "b", "c", "d"] {
+            l.ack(&id(n));
+        }
+        l.stage_leave(id("d")).unwrap();
+        assert_eq!(l.apply(Quorum::default()).unwrap(), 2);
+        assert!(!l.all_acked());
+        for n in ["a", "b", "c"] {
+            assert!(l.ack(&id(n)));
+        }
+        assert!(
+            !l.all_acked(),
+            "d, leaving, may still coordinate with version 1"
+        );
+        // Acknowledgements travel with layouts.
+        let mut from_d = l.clone();
+        from_d.ack(&id("d"));
+        assert!(l.merge(&from_d));
+        assert!(l.all_acked());
+        for n in ["a", "b", "c"] {
+            l.mark_synced(&id(n), 2);
+        }
+        assert!(
+            l.old.is_some(),
+            "d, of the old version only, may hold hints the new owners need"
+        );
+        // A dead d would hold it forever: the operator ends it.
+        let mut forced = l.clone();
+        assert_eq!(forced.force_finish().unwrap(), 2);
+        assert!(forced.old.is_none());
+        assert!(forced.force_finish().is_err(), "no transition left");
+        l.mark_synced(&id("d"), 2);
+        assert!(l.old.is_none());
     }
 
     #[test]
@@ -660,7 +761,7 @@ mod tests {
         assert!(l.current.joined.values().all(|&v| v == 1));
         let settle = |l: &mut LayoutHistory| {
             let v = l.current.version;
-            for n in l.current.nodes.keys().cloned().collect::<Vec<_>>() {
+            for n in l.members() {
                 l.mark_synced(&n, v);
             }
         };

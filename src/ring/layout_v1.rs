@@ -65,6 +65,7 @@ pub fn decode(bytes: &[u8], configured: Quorum) -> Result<LayoutHistory, String>
             leave: old.staged.leave,
             quorum: None,
         },
+        acked: BTreeMap::new(),
     };
     l.check().map_err(|e| {
         format!(
@@ -125,4 +126,29 @@ mod tests {
         assert!(decode(&[0xff; 7], Quorum::default()).is_err());
         assert!(decode(&old_bytes()[..40], Quorum::default()).is_err());
     }
+}
+
+/// A layout as stores wrote it before the per-node acknowledgements
+/// (`LayoutHistory::acked`) were part of it (`layout.v2` in `sys`; now
+/// `layout.v3`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryV2 {
+    pub current: LayoutVersion,
+    pub old: Option<LayoutVersion>,
+    pub synced: BTreeMap<NodeId, u64>,
+    pub staged: Staged,
+}
+
+/// Decodes a `layout.v2`: no node has acknowledged anything yet (each
+/// acknowledges the version it holds when it opens or takes a layout).
+pub fn decode_v2(bytes: &[u8]) -> Result<LayoutHistory, String> {
+    let old: HistoryV2 =
+        postcard::from_bytes(bytes).map_err(|e| format!("malformed stored layout: {e}"))?;
+    Ok(LayoutHistory {
+        current: old.current,
+        old: old.old,
+        synced: old.synced,
+        staged: old.staged,
+        acked: BTreeMap::new(),
+    })
 }

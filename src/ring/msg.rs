@@ -20,7 +20,11 @@ pub const MAX_LEASE_HOSTS: usize = 1024;
 pub enum Request {
     /// Replica read: the version this node holds for `key` (its own store
     /// and any hints it keeps for others).
-    Read { key: Vec<u8> },
+    ///
+    /// `layout` (here and in `Write` and `Coordinate`) is the layout
+    /// version the sender coordinates with: a node that took a later one
+    /// refuses with `StaleLayout`.
+    Read { key: Vec<u8>, layout: u64 },
     /// Replica write: merge `version` into what this node holds. With
     /// `hint_for`, the node stands in for that owner, which is down, and
     /// keeps the version as a hint until the owner is back.
@@ -28,6 +32,7 @@ pub enum Request {
         key: Vec<u8>,
         version: Dvv,
         hint_for: Option<NodeId>,
+        layout: u64,
     },
     /// Asks an owner of `key` to coordinate a client write: give `value` a
     /// new dot after `context` and replicate it to a write quorum.
@@ -35,6 +40,7 @@ pub enum Request {
         key: Vec<u8>,
         value: Val,
         context: Context,
+        layout: u64,
     },
     /// Merkle hashes of partition `partition` at `level` (0: the root; 1:
     /// the 16 inner nodes; 2: the 256 leaves) for the given indices.
@@ -82,4 +88,7 @@ pub enum Response {
     /// Grants to the hosts asked about end within this many milliseconds
     /// (rounded up) on the answering node's clock.
     Left(u64),
+    /// Refused: the request was coordinated on an older layout than this
+    /// node's, which comes along (the sender takes it and tries again).
+    StaleLayout(Box<LayoutHistory>),
 }

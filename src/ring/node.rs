@@ -278,10 +278,13 @@ impl Node {
             .check()
             .map_err(|e| format!("configured n, r, w: {e}"))?;
         let store = Storage::open_with(dir, &cfg.id, cfg.inline_sync).map_err(|e| e.to_string())?;
-        let layout = store
+        let mut layout = store
             .load_layout(cfg.quorum)
             .map_err(|e| e.to_string())?
             .unwrap_or_else(|| LayoutHistory::empty(cfg.quorum));
+        if layout.current.version > 0 && layout.ack(&cfg.id) {
+            store.save_layout(&layout).map_err(|e| e.to_string())?;
+        }
         layout
             .check()
             .map_err(|e| format!("the stored layout: {e}"))?;
@@ -573,8 +576,17 @@ impl Node {
 
     // ---- client operations ----
 
-    /// Quorum read of `key`.
+    /// Quorum read of `key`. Tried again once if a node refused it for an
+    /// older layout (this node took the newer one meanwhile).
     pub async fn get(&self, key: &[u8]) -> Result<Found> {
+        let v = self.layout_version();
+        match self.get_once(key).await {
+            Err(_) if self.layout_version() != v => self.get_once(key).await,
+            r => r,
+        }
+    }
+
+    async fn get_once(&self, key: &[u8]) -> Result<Found> {
         check_key(key)?;
         self.inner.stats.gets.fetch_add(1, Ordering::Relaxed);
         let p = hash::partition_of(key);
@@ -637,7 +649,17 @@ impl Node {
     /// Quorum write of `value` (`None` deletes) after a read that returned
     /// `context` (empty for a blind write, which then stands beside
     /// whatever the key holds as a sibling).
+    /// Quorum write of `key`; tried again once if a node refused it for an
+    /// older layout (this node took the newer one meanwhile).
     pub async fn put(&self, key: &[u8], value: Val, context: &Context) -> Result<Dvv> {
+        let v = self.layout_version();
+        match self.put_once(key, value.clone(), context).await {
+            Err(_) if self.layout_version() != v => self.put_once(key, value, context).await,
+            r => r,
+        }
+    }
+
+    async fn put_once(&self, key: &[u8], value: Val, context: &Context) -> Result<Dvv> {
         check_key(key)?;
         if let Some(v) = &value
             && v.len() > MAX_VALUE
@@ -669,9 +691,17 @@ impl Node {
                 key: key.to_vec(),
                 value: value.clone(),
                 context: context.clone(),
+                layout: self.layout_version(),
             };
             match self.inner.net.call(&owner, req).await {
                 Ok(Response::Version(Some(v))) => return Ok(v),
+                Ok(Response::StaleLayout(l)) => {
+                    self.merge_layout(&l);
+                    last = RingError::Refused(format!(
+                        "{owner} has layout version {}, newer than this node's",
+                        l.current.version
+                    ));
+                }
                 Ok(Response::Refused(why)) => last = RingError::Refused(why),
                 Ok(other) => last = RingError::Refused(format!("unexpected answer {other:?}")),
                 Err(e) => {
@@ -822,13 +852,16 @@ impl Node {
         if *to == self.inner.cfg.id {
             return self.read_local(key).ok();
         }
-        match self
-            .inner
-            .net
-            .call(to, Request::Read { key: key.to_vec() })
-            .await
-        {
+        let req = Request::Read {
+            key: key.to_vec(),
+            layout: self.layout_version(),
+        };
+        match self.inner.net.call(to, req).await {
             Ok(Response::Version(v)) if v.as_ref().is_none_or(Dvv::is_valid) => Some(v),
+            Ok(Response::StaleLayout(l)) => {
+                self.merge_layout(&l);
+                None
+            }
             Ok(other) => {
                 tracing::debug!("ring: read from {to}: unexpected answer {other:?}");
                 None
@@ -857,9 +890,14 @@ impl Node {
             key: key.to_vec(),
             version: version.clone(),
             hint_for: hint_for.cloned(),
+            layout: self.layout_version(),
         };
         match self.inner.net.call(to, req).await {
             Ok(Response::Done) => true,
+            Ok(Response::StaleLayout(l)) => {
+                self.merge_layout(&l);
+                false
+            }
             Ok(other) => {
                 tracing::debug!("ring: write to {to}: unexpected answer {other:?}");
                 false
@@ -955,7 +993,13 @@ impl Node {
     pub async fn deliver_hints(&self) {
         // Owner by owner: hints for owners that are down never hold back
         // those for owners that are up.
-        let owners: Vec<NodeId> = self.layout().addresses().into_keys().collect();
+        let (owners, transition) = {
+            let l = self.inner.layout.read();
+            (
+                l.addresses().into_keys().collect::<Vec<NodeId>>(),
+                l.old.is_some(),
+            )
+        };
         let mut hints = Vec::new();
         for owner in owners.iter().filter(|o| self.inner.live.is_alive(o)) {
             match self.inner.store.hints_for(owner, 10_000) {
@@ -970,11 +1014,40 @@ impl Node {
             if !self.inner.live.is_alive(&owner) {
                 continue;
             }
-            if self.send_write(&owner, &key, &version, None).await {
+            // During a transition the new owners get it too: they may
+            // have synced from the owner before it arrives there.
+            if self.send_write(&owner, &key, &version, None).await
+                && (!transition || self.give_to_owners(&key, &version, false).await)
+            {
                 self.hint_done(&owner, &key, &version);
             }
         }
         self.hand_over_hints(&owners).await;
+    }
+
+    /// Writes `version` of `key` durably to every owner of the key in the
+    /// current layout version (`all`: in every active one); true if each
+    /// has it.
+    async fn give_to_owners(&self, key: &[u8], version: &Dvv, all: bool) -> bool {
+        let Ok(sets) = self.owner_sets(hash::partition_of(key)) else {
+            return false;
+        };
+        let take = if all { sets.len() } else { 1 };
+        let owners: BTreeSet<NodeId> = sets.into_iter().take(take).flat_map(|s| s.nodes).collect();
+        let mut every = true;
+        for owner in owners {
+            let ok = if owner == self.inner.cfg.id {
+                match self.write_local(key, version) {
+                    Ok(t) => self.inner.store.durable(t).await.is_ok(),
+                    Err(_) => false,
+                }
+            } else {
+                self.inner.live.is_alive(&owner)
+                    && self.send_write(&owner, key, version, None).await
+            };
+            every &= ok;
+        }
+        every
     }
 
     fn hint_done(&self, owner: &NodeId, key: &[u8], version: &Dvv) {
@@ -1004,7 +1077,6 @@ impl Node {
                 return;
             }
         };
-        let me = self.inner.cfg.id.clone();
         for departed in gone {
             let hints = match self.inner.store.hints_for(&departed, 10_000) {
                 Ok(h) => h,
@@ -1014,24 +1086,7 @@ impl Node {
                 }
             };
             for (key, version) in hints {
-                let Ok(sets) = self.owner_sets(hash::partition_of(&key)) else {
-                    return;
-                };
-                let owners: BTreeSet<NodeId> = sets.into_iter().flat_map(|s| s.nodes).collect();
-                let mut all = true;
-                for owner in owners {
-                    let ok = if owner == me {
-                        match self.write_local(&key, &version) {
-                            Ok(t) => self.inner.store.durable(t).await.is_ok(),
-                            Err(_) => false,
-                        }
-                    } else {
-                        self.inner.live.is_alive(&owner)
-                            && self.send_write(&owner, &key, &version, None).await
-                    };
-                    all &= ok;
-                }
-                if all {
+                if self.give_to_owners(&key, &version, true).await {
                     self.hint_done(&departed, &key, &version);
                 }
             }
@@ -1112,7 +1167,10 @@ impl Node {
                 }
             }
         }
-        if layout.old.is_some() && synced_all {
+        // Synced only once every node took the new version (no write
+        // coordinated on the old one lands after the exchanges above) and
+        // this node holds no hint (each went to the new owners too).
+        if layout.old.is_some() && synced_all && layout.all_acked() && self.hint_count() == 0 {
             self.mark_synced(layout.current.version).await;
         }
         self.collect_tombstones(tombstone_candidates).await;
@@ -1272,12 +1330,14 @@ impl Node {
             tracing::warn!("ring: refused a malformed layout: {e}");
             return false;
         }
+        let acked;
         let changed = {
             let mut l = self.inner.layout.write();
             let mut next = l.clone();
             if !next.merge(other) {
                 return false;
             }
+            acked = next.ack(&self.inner.cfg.id);
             if let Err(e) = self.settle_membership(&next) {
                 tracing::warn!(
                     "ring: layout version {} not taken: {e}",
@@ -1296,6 +1356,11 @@ impl Node {
         };
         if changed {
             self.inner.trees.lock().clear();
+        }
+        if acked {
+            // Every node waits for this acknowledgement before syncing.
+            let n = self.clone();
+            tokio::spawn(async move { n.push_layout().await });
         }
         changed
     }
@@ -1336,6 +1401,7 @@ impl Node {
             let mut l = self.inner.layout.write();
             let mut copy = l.clone();
             f(&mut copy)?;
+            copy.ack(&self.inner.cfg.id);
             self.settle_membership(&copy).map_err(|e| e.to_string())?;
             self.inner
                 .store
@@ -1377,6 +1443,19 @@ impl Node {
     pub async fn apply(&self) -> std::result::Result<LayoutHistory, String> {
         let first = self.inner.cfg.quorum;
         self.change_layout(|l| l.apply(first).map(|_| ())).await
+    }
+
+    /// Ends the layout transition by force (`LayoutHistory::force_finish`,
+    /// `chironctl ring finish --force`).
+    pub async fn force_finish(&self) -> std::result::Result<LayoutHistory, String> {
+        let r = self.change_layout(|l| l.force_finish().map(|_| ())).await;
+        if let Ok(l) = &r {
+            tracing::warn!(
+                "ring: layout version {}: transition ended by force (`chironctl ring finish --force`)",
+                l.current.version
+            );
+        }
+        r
     }
 
     async fn mark_synced(&self, version: u64) {
@@ -1452,9 +1531,39 @@ impl Node {
         }
     }
 
+    /// A replica read or write coordinated on layout `theirs`: refused if
+    /// this node took a later one (`Some`: the answer); if the sender is
+    /// ahead, this node fetches its layout (and serves the request).
+    fn check_layout(&self, from: &NodeId, theirs: u64) -> Option<Response> {
+        let mine = self.layout_version();
+        if theirs < mine {
+            return Some(Response::StaleLayout(Box::new(self.layout())));
+        }
+        if theirs > mine {
+            let (n, from) = (self.clone(), from.clone());
+            tokio::spawn(async move {
+                if let Ok(Response::Layout(l)) = n.inner.net.call(&from, Request::GetLayout).await {
+                    n.merge_layout(&l);
+                }
+            });
+        }
+        None
+    }
+
     async fn serve_inner(&self, from: &NodeId, req: Request) -> Result<Response> {
+        let layout = match &req {
+            Request::Read { layout, .. }
+            | Request::Write { layout, .. }
+            | Request::Coordinate { layout, .. } => Some(*layout),
+            _ => None,
+        };
+        if let Some(theirs) = layout
+            && let Some(refused) = self.check_layout(from, theirs)
+        {
+            return Ok(refused);
+        }
         Ok(match req {
-            Request::Read { key } => {
+            Request::Read { key, .. } => {
                 check_key(&key)?;
                 Response::Version(self.read_local(&key)?)
             }
@@ -1462,6 +1571,7 @@ impl Node {
                 key,
                 version,
                 hint_for,
+                ..
             } => {
                 check_key(&key)?;
                 if !version.is_valid() {
@@ -1483,6 +1593,7 @@ impl Node {
                 key,
                 value,
                 context,
+                ..
             } => {
                 check_key(&key)?;
                 let p = hash::partition_of(&key);

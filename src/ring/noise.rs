@@ -54,9 +54,11 @@ use super::wire::{MAX_PAYLOAD, WireError};
 pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 /// The protocol this code speaks; a peer announcing another one is refused.
 /// 2: layouts carry each version's R and W. 3: Noise links (this module).
-/// 4: read leases (`LeaseGrant`, `LeaseLeft`).
+/// 4: read leases (`LeaseGrant`, `LeaseLeft`). 5: layouts carry the
+/// nodes' acknowledgements, and replica reads and writes the layout
+/// version they were coordinated on (`StaleLayout`).
 /// Every node of a ring must be upgraded together.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Length of the length prefix of handshake messages.
 pub const HEADER_LEN: usize = 4;
 /// Largest handshake message body (the largest is the server's, with a
@@ -829,12 +831,12 @@ mod tests {
         let (_, hello) = ClientHandshake::start(&c).unwrap();
         let body = &hello[HEADER_LEN..];
         // A node of the previous version, or no ring node at all.
-        let mut v3 = body.to_vec();
-        v3[MAGIC.len()] = 3;
-        let e = ServerHandshake::accept(&srv, &v3).err().unwrap();
-        assert!(matches!(e, WireError::Version(3)));
+        let mut v4 = body.to_vec();
+        v4[MAGIC.len()] = 4;
+        let e = ServerHandshake::accept(&srv, &v4).err().unwrap();
+        assert!(matches!(e, WireError::Version(4)));
         assert!(
-            e.to_string().contains("version 3, this node speaks 4"),
+            e.to_string().contains("version 4, this node speaks 5"),
             "{e}"
         );
         let mut magic = body.to_vec();
@@ -962,6 +964,7 @@ mod tests {
             key: b"/x".to_vec(),
             value: Some(b"hello".to_vec()),
             context: [("a".to_string(), 1)].into(),
+            layout: 1,
         };
         let (mut c, mut s) = pair();
         // Not the first record of the link, to cover the nonce.

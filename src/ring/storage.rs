@@ -39,9 +39,13 @@ use crate::meta::lock::StateLock;
 
 const STRIPES: usize = 64;
 
-/// The layout, with N, R and W in each version.
-const LAYOUT: &str = "layout.v2";
-/// A layout stored before they were (read once, replaced at the next save).
+/// The layout, with N, R and W in each version and the nodes'
+/// acknowledgements.
+const LAYOUT: &str = "layout.v3";
+/// A layout stored before the acknowledgements were part of it.
+const LAYOUT_V2: &str = "layout.v2";
+/// A layout stored before N, R and W were (read once, replaced at the
+/// next save).
 const LAYOUT_V1: &str = "layout";
 /// The layout version since which this node has been a member (u64 BE).
 const MEMBER_SINCE: &str = "member_since";
@@ -532,6 +536,9 @@ impl Storage {
                 .map(Some)
                 .map_err(|e| bad(format!("malformed stored layout: {e}")));
         }
+        if let Some(b) = self.sys.get(LAYOUT_V2).map_err(err("read layout"))? {
+            return super::layout_v1::decode_v2(&b).map(Some).map_err(bad);
+        }
         match self.sys.get(LAYOUT_V1).map_err(err("read layout"))? {
             Some(b) => super::layout_v1::decode(&b, configured)
                 .map(Some)
@@ -550,6 +557,7 @@ impl Storage {
             self.sys
                 .insert(LAYOUT, bytes)
                 .map_err(err("write layout"))?;
+            self.sys.remove(LAYOUT_V2).map_err(err("write layout"))?;
             self.sys.remove(LAYOUT_V1).map_err(err("write layout"))?;
         }
         self.sync()
@@ -608,6 +616,7 @@ impl Storage {
             .insert(LAYOUT_V1, bytes)
             .map_err(err("write layout"))?;
         self.sys.remove(LAYOUT).map_err(err("write layout"))?;
+        self.sys.remove(LAYOUT_V2).map_err(err("write layout"))?;
         self.sync()
     }
 

@@ -598,3 +598,57 @@ async fn blind_concurrent_writes_are_siblings_and_bad_input_is_refused() {
     let e = n.get(b"k").await.unwrap_err().to_string();
     assert!(e.contains("chironctl ring join"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_coordinated_on_an_older_layout_is_refused_and_its_sender_catches_up() {
+    use super::{Handler, Request, Response};
+    let c = Cluster::new(&["a", "b", "c", "d"], FAST).await;
+    // d misses layout version 2.
+    c.world.partition(&[id("d")], &[id("a"), id("b"), id("c")]);
+    c.node("a")
+        .stage_quorum(Quorum { n: 3, r: 2, w: 2 })
+        .await
+        .unwrap();
+    assert_eq!(c.node("a").apply().await.unwrap().current.version, 2);
+    c.wait("a, b and c have version 2", || {
+        ["a", "b", "c"]
+            .iter()
+            .all(|n| c.node(n).layout_version() == 2)
+    })
+    .await;
+    assert_eq!(c.node("d").layout_version(), 1);
+    // A replica write coordinated on version 1 is refused, with the layout.
+    let req = Request::Write {
+        key: b"k".to_vec(),
+        version: super::version::Dvv::default(),
+        hint_for: None,
+        layout: 1,
+    };
+    match c.node("a").handle(id("d"), req).await {
+        Response::StaleLayout(l) => assert_eq!(l.current.version, 2),
+        other => panic!("a write on layout 1 was answered {other:?}"),
+    }
+    // d takes the layout it is given and coordinates again on it.
+    c.world.heal();
+    let v = c
+        .node("d")
+        .put(b"after", val("1"), &Context::new())
+        .await
+        .expect("d's write, after catching up");
+    assert_eq!(v.values(), vec![val("1")]);
+    assert_eq!(c.node("d").layout_version(), 2);
+    // A node behind that is sent a newer version fetches the layout.
+    let mut c = c;
+    c.world
+        .partition(&[id("e")], &[id("a"), id("b"), id("c"), id("d")]);
+    let e = c.add("e", FAST, &[]);
+    c.world.heal();
+    assert_eq!(e.layout_version(), 0);
+    let read = Request::Read {
+        key: b"after".to_vec(),
+        layout: 2,
+    };
+    let _ = e.handle(id("a"), read).await;
+    c.wait("e fetched the sender's layout", || e.layout_version() == 2)
+        .await;
+}

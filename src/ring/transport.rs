@@ -592,11 +592,11 @@ mod tests {
             let me = self.me.clone();
             Box::pin(async move {
                 match req {
-                    Request::Read { key } if key == b"slow" => {
+                    Request::Read { key, .. } if key == b"slow" => {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         Response::Done
                     }
-                    Request::Read { key } if key == b"panic" => panic!("handler bug"),
+                    Request::Read { key, .. } if key == b"panic" => panic!("handler bug"),
                     Request::Coordinate { key, value, .. } => Response::Entries(vec![(
                         key,
                         Dvv {
@@ -682,6 +682,7 @@ mod tests {
             key: b"/big".to_vec(),
             value: Some(value.clone()),
             context: Default::default(),
+            layout: 1,
         };
         match net_a.call(&id("b"), req).await.unwrap() {
             Response::Entries(e) => assert_eq!(e[0].1.values(), vec![Some(value)]),
@@ -893,6 +894,7 @@ mod tests {
             &id("b"),
             Request::Read {
                 key: b"slow".to_vec(),
+                layout: 1,
             },
         );
         assert_eq!(slow.await, Err(NetError::Timeout(id("b"))));
@@ -914,6 +916,7 @@ mod tests {
             &id("b"),
             Request::Read {
                 key: b"panic".to_vec(),
+                layout: 1,
             },
         );
         assert!(matches!(bug.await, Err(NetError::Unreachable(..))));

@@ -174,11 +174,12 @@ fn check_partition(p: u16) -> Result<(), WireError> {
 /// versions and layouts, partitions and Merkle positions in range.
 pub fn check_request(req: &Request) -> Result<(), WireError> {
     match req {
-        Request::Read { key } => check_key(key),
+        Request::Read { key, .. } => check_key(key),
         Request::Write {
             key,
             version,
             hint_for: _,
+            layout: _,
         }
         | Request::Purge { key, version }
         | Request::Nudge { key, version } => {
@@ -189,6 +190,7 @@ pub fn check_request(req: &Request) -> Result<(), WireError> {
             key,
             value,
             context,
+            layout: _,
         } => {
             check_key(key)?;
             check_val(value)?;
@@ -262,7 +264,9 @@ pub fn check_response(resp: &Response) -> Result<(), WireError> {
             check_key(key)?;
             check_dvv(dvv)
         }),
-        Response::Layout(layout) => layout.check().map_err(WireError::Invalid),
+        Response::Layout(layout) | Response::StaleLayout(layout) => {
+            layout.check().map_err(WireError::Invalid)
+        }
     }
 }
 
@@ -307,26 +311,33 @@ pub(crate) mod samples {
 
     pub(crate) fn requests() -> Vec<Request> {
         vec![
-            Request::Read { key: b"k".to_vec() },
+            Request::Read {
+                key: b"k".to_vec(),
+                layout: 1,
+            },
             Request::Write {
                 key: vec![0; MAX_KEY],
                 version: dvv(vec![Some(vec![1; MAX_VALUE]), None]),
                 hint_for: Some(id("c")),
+                layout: 1,
             },
             Request::Write {
                 key: b"".to_vec(),
                 version: Dvv::default(),
                 hint_for: None,
+                layout: 1,
             },
             Request::Coordinate {
                 key: b"/a/b".to_vec(),
                 value: Some(b"v".to_vec()),
                 context: [("a".to_string(), 3), ("b".to_string(), 1)].into(),
+                layout: 1,
             },
             Request::Coordinate {
                 key: b"/a/b".to_vec(),
                 value: None,
                 context: Default::default(),
+                layout: 1,
             },
             Request::Tree {
                 partition: PARTITIONS - 1,
@@ -369,6 +380,7 @@ pub(crate) mod samples {
                 (b"k4".to_vec(), dvv(vec![Some(vec![5; MAX_VALUE])])),
             ]),
             Response::Layout(Box::new(layout())),
+            Response::StaleLayout(Box::new(layout())),
             Response::Refused("no".into()),
             Response::Granted(6000),
             Response::Left(u64::MAX),
@@ -435,16 +447,19 @@ mod tests {
         let bad_requests = [
             Request::Read {
                 key: vec![0; MAX_KEY + 1],
+                layout: 1,
             },
             Request::Write {
                 key: b"k".to_vec(),
                 version: dvv(vec![Some(vec![0; MAX_VALUE + 1])]),
                 hint_for: None,
+                layout: 1,
             },
             Request::Write {
                 key: b"k".to_vec(),
                 version: Dvv::new_write(&Default::default(), None),
                 hint_for: None,
+                layout: 1,
             },
             Request::Purge {
                 key: b"k".to_vec(),
@@ -454,11 +469,13 @@ mod tests {
                 key: b"k".to_vec(),
                 value: Some(vec![0; MAX_VALUE + 1]),
                 context: Default::default(),
+                layout: 1,
             },
             Request::Coordinate {
                 key: b"k".to_vec(),
                 value: None,
                 context: [(String::new(), 1)].into(),
+                layout: 1,
             },
             Request::Tree {
                 partition: PARTITIONS,
