@@ -590,6 +590,70 @@ fn a_fourth_node_joins_through_a_transition_that_ends() {
     }
 }
 
+#[test]
+fn a_node_added_and_a_node_removed_under_a_write_load_lose_no_acknowledged_write() {
+    let mut ring = Ring::new(&["n1", "n2", "n3", "n4"]);
+    ring.start_all();
+    ring.layout("n1", &["n1", "n2", "n3"]);
+    ring.wait_ready(&["n1", "n2", "n3"], 1);
+    // Finishing a transition by force is refused without --force, and
+    // refused with it when there is none.
+    let o = ctl(ring.sock("n1"), &["ring", "finish"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    let o = ctl(ring.sock("n1"), &["ring", "finish", "--force"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not in a transition"), "{}", stderr(&o));
+
+    // Two writers, through n2 and n3, each key written once; only what
+    // chironctl reports written counts as acknowledged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = ["n2", "n3"]
+        .iter()
+        .map(|via| {
+            let (sock, stop, via) = (ring.sock(via).to_path_buf(), stop.clone(), via.to_string());
+            thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (k, v) = (format!("{via}/{i}"), format!("v{i}"));
+                    if ctl(&sock, &["ring", "put", &k, &v]).status.success() {
+                        acked.push((k, v));
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    ok(&ctl(
+        ring.sock("n1"),
+        &["ring", "join", "n4", &ring.node("n4").addr()],
+    ));
+    ok(&ctl(ring.sock("n1"), &["ring", "apply"]));
+    ring.wait_ready(&["n1", "n2", "n3", "n4"], 2);
+    ok(&ctl(ring.sock("n2"), &["ring", "leave", "n1"]));
+    ok(&ctl(ring.sock("n2"), &["ring", "apply"]));
+    ring.wait_ready(&["n2", "n3", "n4"], 3);
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked: Vec<(String, String)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    // n1 left: gone for good, nothing may depend on it.
+    ring.kill9("n1");
+    for (k, v) in &acked {
+        assert_eq!(
+            ok(&ctl(ring.sock("n4"), &["ring", "get", k])),
+            format!("{v}\n"),
+            "{k}, acknowledged during the layout changes"
+        );
+    }
+}
+
 /// Runs `chironfs ring-node --config FILE`; expects exit 1 and one line
 /// on stderr containing every needle.
 #[track_caller]
