@@ -4,10 +4,15 @@
 //!
 //! The operator stages changes (`chironctl ring join|leave|quorum`) and
 //! commits them (`chironctl ring apply`), which makes layout version v+1.
-//! Until every node of v+1 has synced its new partitions from the owners of
-//! v, both versions are active: writes need a quorum of each, reads consult
-//! both, each version with its own N, R and W. Layouts travel whole between
-//! nodes and merge deterministically.
+//! Until the change is synced, both versions are active: writes need a
+//! quorum of each, reads consult both, each version with its own N, R and
+//! W. Syncing follows Garage's ack / sync / sync-ack: every node of either
+//! version first takes v+1 and records so (`acked`; from then on it
+//! refuses requests coordinated on v), then each new owner fetches its
+//! partitions from the old owners and marks itself synced, and the
+//! transition ends when every node of both versions has. `force_finish`
+//! ends one past a dead node. Layouts travel whole between nodes and
+//! merge deterministically.
 //!
 //! N, R and W are part of each committed version, so every node counts the
 //! same quorums: a node's configured `n`, `r`, `w` only seed a ring's first
