@@ -46,7 +46,21 @@ struct History {
     writes: Vec<Write>,
     /// (key, actor, counter) -> the value seen with that dot.
     dots: BTreeMap<(u64, String, u64), Option<Vec<u8>>>,
+    /// Acknowledged puts: (key, the dot their value got, the step at
+    /// which the acknowledgement came, the value).
+    acks: Vec<(u64, (String, u64), u64, u64)>,
+    /// Acknowledgements and starts of reads, in order (several happen at
+    /// one instant of virtual time).
+    steps: u64,
     violations: Vec<String>,
+}
+
+/// The dot `version` gave value `v`.
+fn dot_of(version: &Dvv, v: &[u8]) -> Option<(String, u64)> {
+    version.entries.iter().find_map(|e| {
+        let i = e.values.iter().position(|x| x.as_deref() == Some(v))?;
+        Some((e.actor.clone(), e.counter - i as u64))
+    })
 }
 
 impl History {
@@ -99,6 +113,8 @@ fn key(k: u64) -> Vec<u8> {
 
 struct Run {
     world: Arc<World>,
+    /// Reads are checked for freshness (`check_fresh`).
+    strict: bool,
     names: Vec<NodeId>,
     procs: Mutex<BTreeMap<NodeId, Proc>>,
     clients: Mutex<BTreeMap<NodeId, tokio::task::JoinHandle<()>>>,
@@ -124,6 +140,11 @@ impl Run {
             tokio::time::sleep(pause).await;
             let Some(node) = self.node(&me) else { return };
             let k = self.world.rng().below(KEYS);
+            let start = {
+                let mut h = self.history.lock();
+                h.steps += 1;
+                h.steps
+            };
             let found = match node.get(&key(k)).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -133,6 +154,9 @@ impl Run {
             };
             let replaces = ids(&found.values());
             self.history.lock().observe(k, found.version.as_ref());
+            if self.strict {
+                self.check_fresh(&me, k, start, &found.context());
+            }
             let delete = self.world.rng().chance(0.15);
             let id = {
                 let mut h = self.history.lock();
@@ -161,6 +185,11 @@ impl Run {
                     let mut h = self.history.lock();
                     h.writes[id].acked = true;
                     h.observe(k, Some(&v));
+                    h.steps += 1;
+                    let step = h.steps;
+                    if !delete && let Some(dot) = dot_of(&v, format!("v{id}").as_bytes()) {
+                        h.acks.push((k, dot, step, id as u64));
+                    }
                     drop(h);
                     self.world
                         .event(format!("{me}: {what} over {replaces:?}: acknowledged"));
@@ -210,6 +239,28 @@ impl Run {
                 }
             }
             Err(e) => self.fail(format!("{n} does not open after a crash: {e}")),
+        }
+    }
+
+    /// With every node an owner of every key (three nodes, N = 3: no
+    /// stand-in, no layout change), R + W > N: a read that started after
+    /// a put was acknowledged sees its value or what replaced it, i.e. its
+    /// context covers the value's dot.
+    fn check_fresh(&self, me: &NodeId, k: u64, start: u64, ctx: &super::super::version::Context) {
+        let stale: Vec<String> = self
+            .history
+            .lock()
+            .acks
+            .iter()
+            .filter(|(key, (actor, counter), step, _)| {
+                *key == k && *step < start && ctx.get(actor).copied().unwrap_or(0) < *counter
+            })
+            .map(|(_, (actor, counter), _, id)| {
+                format!("{me} read k{k} without v{id} ({actor}:{counter}), acknowledged before the read began")
+            })
+            .collect();
+        for s in stale {
+            self.fail(format!("stale read: {s}"));
         }
     }
 
@@ -413,6 +464,7 @@ pub async fn run(world: &Arc<World>) -> Vec<String> {
         .collect();
     let run = Arc::new(Run {
         world: world.clone(),
+        strict: count == 3,
         names: names.clone(),
         procs: Mutex::new(BTreeMap::new()),
         clients: Mutex::new(BTreeMap::new()),
