@@ -40,6 +40,27 @@ fn coordinate(s: &Storage, key: &str, issued: &mut HashSet<(String, String, u64)
 }
 
 #[test]
+fn a_node_that_drops_its_keys_to_rejoin_takes_a_new_epoch_and_reuses_no_dot() {
+    // A node added back to the layout drops what it stored (membership):
+    // numbering from the emptied store under the same actor would issue
+    // the same dots for other values.
+    let dir = TempDir::new().unwrap();
+    let me = id("a");
+    let mut issued = HashSet::new();
+    let s = Storage::open(dir.path(), &me).unwrap();
+    let first = s.actor();
+    (0..10).for_each(|i| coordinate(&s, &format!("k{}", i % 3), &mut issued));
+    s.drop_owned().unwrap();
+    assert_ne!(s.actor(), first, "the drop must retire the epoch");
+    (0..10).for_each(|i| coordinate(&s, &format!("k{}", i % 3), &mut issued));
+    // The new epoch is durable: a crash now keeps no way back to the old.
+    let second = s.actor();
+    drop(s);
+    let s = Storage::open(dir.path(), &me).unwrap();
+    assert!(s.actor() != first && s.actor() != second, "{}", s.actor());
+}
+
+#[test]
 fn a_store_that_was_not_closed_cleanly_takes_a_new_epoch_and_reuses_no_dot() {
     let dir = TempDir::new().unwrap();
     let copy = TempDir::new().unwrap();

@@ -22,8 +22,8 @@
 
 use fjall::PartitionHandle;
 
-use super::NodeId;
 use super::storage::{Result, StorageError, err};
+use super::{Dice, NodeId};
 
 const ACTOR: &str = "actor";
 const SHUTDOWN: &str = "shutdown";
@@ -40,7 +40,7 @@ fn malformed(what: &str, e: impl std::fmt::Display) -> StorageError {
 
 /// The actor id this session's writes carry; records the store as open.
 /// The caller makes the `sys` writes durable before any other write.
-pub fn begin(sys: &PartitionHandle, node: &NodeId) -> Result<String> {
+pub fn begin(sys: &PartitionHandle, node: &NodeId, dice: &Dice) -> Result<String> {
     let previous = match sys.get(ACTOR).map_err(err("read actor"))? {
         Some(a) => Some(String::from_utf8(a.to_vec()).map_err(|e| malformed("actor", e))?),
         None => None,
@@ -52,30 +52,52 @@ pub fn begin(sys: &PartitionHandle, node: &NodeId) -> Result<String> {
     let actor = match previous {
         Some(a) if clean => a,
         previous => {
-            let mut retired: Vec<String> = match sys.get(RETIRED).map_err(err("read actor"))? {
-                Some(b) => postcard::from_bytes(&b).map_err(|e| malformed("retired epochs", e))?,
-                None => Vec::new(),
-            };
+            let actor = retire(sys, node, previous.clone(), dice)?;
             if let Some(old) = previous {
-                retired.push(old);
-            }
-            let actor = draw(node, &retired)?;
-            if let Some(old) = retired.last() {
                 tracing::warn!(
                     "ring: the store was not closed cleanly: actor {old} retired, this node's writes now carry {actor}"
                 );
             }
-            let bytes = postcard::to_stdvec(&retired).map_err(|e| StorageError {
-                step: "write actor",
-                reason: e.to_string(),
-            })?;
-            sys.insert(RETIRED, bytes).map_err(err("write actor"))?;
-            sys.insert(ACTOR, actor.as_bytes())
-                .map_err(err("write actor"))?;
             actor
         }
     };
     sys.insert(SHUTDOWN, OPEN).map_err(err("write actor"))?;
+    Ok(actor)
+}
+
+/// Retires the current actor and draws a new one: the node dropped the
+/// keys it stored (it was out of the layout, `membership`), so numbering
+/// from its store would issue dots again. The caller makes it durable
+/// before any write that carries it.
+pub fn renew(sys: &PartitionHandle, node: &NodeId, dice: &Dice) -> Result<String> {
+    let current = match sys.get(ACTOR).map_err(err("read actor"))? {
+        Some(a) => Some(String::from_utf8(a.to_vec()).map_err(|e| malformed("actor", e))?),
+        None => None,
+    };
+    retire(sys, node, current, dice)
+}
+
+fn retire(
+    sys: &PartitionHandle,
+    node: &NodeId,
+    old: Option<String>,
+    dice: &Dice,
+) -> Result<String> {
+    let mut retired: Vec<String> = match sys.get(RETIRED).map_err(err("read actor"))? {
+        Some(b) => postcard::from_bytes(&b).map_err(|e| malformed("retired epochs", e))?,
+        None => Vec::new(),
+    };
+    if let Some(old) = old {
+        retired.push(old);
+    }
+    let actor = draw(node, &retired, dice);
+    let bytes = postcard::to_stdvec(&retired).map_err(|e| StorageError {
+        step: "write actor",
+        reason: e.to_string(),
+    })?;
+    sys.insert(RETIRED, bytes).map_err(err("write actor"))?;
+    sys.insert(ACTOR, actor.as_bytes())
+        .map_err(err("write actor"))?;
     Ok(actor)
 }
 
@@ -85,16 +107,11 @@ pub fn end(sys: &PartitionHandle) -> Result<()> {
     sys.insert(SHUTDOWN, CLEAN).map_err(err("close"))
 }
 
-fn draw(node: &NodeId, retired: &[String]) -> Result<String> {
+fn draw(node: &NodeId, retired: &[String], dice: &Dice) -> String {
     loop {
-        let mut epoch = [0u8; 4];
-        getrandom::fill(&mut epoch).map_err(|e| StorageError {
-            step: "draw actor epoch",
-            reason: e.to_string(),
-        })?;
-        let a = format!("{node}:{:08x}", u32::from_be_bytes(epoch));
+        let a = format!("{node}:{:08x}", dice.roll() as u32);
         if !retired.contains(&a) {
-            return Ok(a);
+            return a;
         }
     }
 }

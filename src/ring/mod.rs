@@ -78,6 +78,35 @@ use serde::{Deserialize, Serialize};
 
 pub use msg::{Request, Response};
 
+/// A node's source of random choices: the OS, or in the deterministic
+/// simulation (ring/dsim) the seed's generator.
+#[derive(Clone)]
+pub struct Dice(std::sync::Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Dice {
+    pub fn os() -> Dice {
+        Dice(std::sync::Arc::new(|| {
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            u64::from_le_bytes(b)
+        }))
+    }
+
+    pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Dice {
+        Dice(std::sync::Arc::new(f))
+    }
+
+    pub fn roll(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Dice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dice")
+    }
+}
+
 /// A node's name, given by the operator: 1 to 64 of `[A-Za-z0-9._-]`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

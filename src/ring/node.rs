@@ -69,34 +69,7 @@ pub struct NodeConfig {
     pub dice: Dice,
 }
 
-/// A node's source of random choices: the OS, or in the deterministic
-/// simulation (ring/dsim) the seed's generator.
-#[derive(Clone)]
-pub struct Dice(Arc<dyn Fn() -> u64 + Send + Sync>);
-
-impl Dice {
-    pub fn os() -> Dice {
-        Dice(Arc::new(|| {
-            let mut b = [0u8; 8];
-            let _ = getrandom::fill(&mut b);
-            u64::from_le_bytes(b)
-        }))
-    }
-
-    pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Dice {
-        Dice(Arc::new(f))
-    }
-
-    pub fn roll(&self) -> u64 {
-        (self.0)()
-    }
-}
-
-impl std::fmt::Debug for Dice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Dice")
-    }
-}
+pub use super::Dice;
 
 impl NodeConfig {
     pub fn new(id: NodeId) -> NodeConfig {
@@ -277,7 +250,8 @@ impl Node {
         cfg.quorum
             .check()
             .map_err(|e| format!("configured n, r, w: {e}"))?;
-        let store = Storage::open_with(dir, &cfg.id, cfg.inline_sync).map_err(|e| e.to_string())?;
+        let store = Storage::open_with(dir, &cfg.id, cfg.inline_sync, cfg.dice.clone())
+            .map_err(|e| e.to_string())?;
         let mut layout = store
             .load_layout(cfg.quorum)
             .map_err(|e| e.to_string())?
@@ -590,13 +564,13 @@ impl Node {
         check_key(key)?;
         self.inner.stats.gets.fetch_add(1, Ordering::Relaxed);
         let p = hash::partition_of(key);
-        let sets = self.owner_sets(p)?;
+        let (lv, sets) = self.owner_sets_at(p)?;
         let slots = Slots::new(&sets, self.fallbacks(p, &sets));
         let (tx, mut rx) = mpsc::unbounded_channel();
         for owner in slots.owners() {
             let (n, key, tx, slots) = (self.clone(), key.to_vec(), tx.clone(), slots.clone());
             tokio::spawn(async move {
-                let got = n.read_slot(&owner, &key, &slots).await;
+                let got = n.read_slot(&owner, &key, &slots, lv).await;
                 let _ = tx.send((owner, got));
             });
         }
@@ -639,7 +613,7 @@ impl Node {
             for (owner, version, from_owner) in answers {
                 if from_owner && version.as_ref() != Some(&merged) {
                     n.inner.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
-                    n.send_write(&owner, &key, &merged, None).await;
+                    n.send_write(&owner, &key, &merged, None, lv).await;
                 }
             }
         });
@@ -648,18 +622,33 @@ impl Node {
 
     /// Quorum write of `value` (`None` deletes) after a read that returned
     /// `context` (empty for a blind write, which then stands beside
-    /// whatever the key holds as a sibling).
-    /// Quorum write of `key`; tried again once if a node refused it for an
-    /// older layout (this node took the newer one meanwhile).
+    /// whatever the key holds as a sibling). Tried again once if a node
+    /// refused it for an older layout (this node took the newer one
+    /// meanwhile); the second try replaces the first's value where this
+    /// node stored it, rather than standing beside it.
     pub async fn put(&self, key: &[u8], value: Val, context: &Context) -> Result<Dvv> {
         let v = self.layout_version();
-        match self.put_once(key, value.clone(), context).await {
-            Err(_) if self.layout_version() != v => self.put_once(key, value, context).await,
+        let mut made = None;
+        match self.put_once(key, value.clone(), context, &mut made).await {
+            Err(_) if self.layout_version() != v => {
+                let mut again = context.clone();
+                if let Some((actor, counter)) = made {
+                    let c = again.entry(actor).or_default();
+                    *c = (*c).max(counter);
+                }
+                self.put_once(key, value, &again, &mut None).await
+            }
             r => r,
         }
     }
 
-    async fn put_once(&self, key: &[u8], value: Val, context: &Context) -> Result<Dvv> {
+    async fn put_once(
+        &self,
+        key: &[u8],
+        value: Val,
+        context: &Context,
+        made: &mut Option<(String, u64)>,
+    ) -> Result<Dvv> {
         check_key(key)?;
         if let Some(v) = &value
             && v.len() > MAX_VALUE
@@ -668,7 +657,7 @@ impl Node {
         }
         self.inner.stats.puts.fetch_add(1, Ordering::Relaxed);
         let p = hash::partition_of(key);
-        let sets = self.owner_sets(p)?;
+        let (lv, sets) = self.owner_sets_at(p)?;
         let me = &self.inner.cfg.id;
         let mut last = RingError::NoQuorum {
             op: "write",
@@ -678,7 +667,7 @@ impl Node {
         // The coordinator: this node if it owns the key, else the first
         // owner that takes the job.
         if sets[0].nodes.contains(me) {
-            return self.coordinate(key, value, context).await;
+            return self.coordinate_noting(key, value, context, made).await;
         }
         for owner in sets[0].nodes.clone() {
             if !self.inner.live.is_alive(&owner) {
@@ -691,7 +680,7 @@ impl Node {
                 key: key.to_vec(),
                 value: value.clone(),
                 context: context.clone(),
-                layout: self.layout_version(),
+                layout: lv,
             };
             match self.inner.net.call(&owner, req).await {
                 Ok(Response::Version(Some(v))) => return Ok(v),
@@ -723,15 +712,39 @@ impl Node {
     // ---- coordination ----
 
     async fn coordinate(&self, key: &[u8], value: Val, context: &Context) -> Result<Dvv> {
+        self.coordinate_noting(key, value, context, &mut None).await
+    }
+
+    /// [`Node::coordinate`]; `made` gets the dot the value was given here
+    /// (set even if the write then fails).
+    async fn coordinate_noting(
+        &self,
+        key: &[u8],
+        value: Val,
+        context: &Context,
+        made: &mut Option<(String, u64)>,
+    ) -> Result<Dvv> {
         let p = hash::partition_of(key);
-        let sets = self.owner_sets(p)?;
-        let actor = self.inner.store.actor().to_string();
+        let (lv, sets) = self.owner_sets_at(p)?;
         let write = Dvv::new_write(context, value);
-        let (version, ticket) = self
-            .inner
-            .store
-            .update(key, |cur| write.update(cur, &actor))
-            .map_err(storage_err)?;
+        // The actor is read with the layout held: a membership drop (which
+        // renews it) happens while a layout is taken, with it held too.
+        let (actor, updated) = self
+            .under_layout(lv, || {
+                let actor = self.inner.store.actor();
+                let r = self
+                    .inner
+                    .store
+                    .update(key, |cur| write.update(cur, &actor));
+                (actor, r)
+            })
+            .ok_or_else(|| RingError::Refused(format!("the layout changed from version {lv}")))?;
+        let (version, ticket) = updated.map_err(storage_err)?;
+        *made = version
+            .entries
+            .iter()
+            .find(|e| e.actor == actor)
+            .map(|e| (actor.clone(), e.counter));
         self.changed(p);
         let me = self.inner.cfg.id.clone();
         let slots = Slots::new(&sets, self.fallbacks(p, &sets));
@@ -764,7 +777,7 @@ impl Node {
                 slots.clone(),
             );
             tokio::spawn(async move {
-                let ok = n.write_slot(&owner, &key, &version, &slots).await;
+                let ok = n.write_slot(&owner, &key, &version, &slots, lv).await;
                 let _ = tx.send((owner, ok));
             });
         }
@@ -790,14 +803,21 @@ impl Node {
 
     /// Delivers `version` for `owner`'s slot: to the owner, or as a hint to
     /// a stand-in. True once some node holds it for that slot.
-    async fn write_slot(&self, owner: &NodeId, key: &[u8], version: &Dvv, slots: &Slots) -> bool {
+    async fn write_slot(
+        &self,
+        owner: &NodeId,
+        key: &[u8],
+        version: &Dvv,
+        slots: &Slots,
+        lv: u64,
+    ) -> bool {
         let believed_alive = self.inner.live.is_alive(owner);
-        if believed_alive && self.send_write(owner, key, version, None).await {
+        if believed_alive && self.send_write(owner, key, version, None, lv).await {
             return true;
         }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
             if standin == self.inner.cfg.id {
-                if self.hint_local(owner, key, version).await.is_ok() {
+                if self.hint_local(owner, key, version, lv).await.is_ok() {
                     self.inner
                         .stats
                         .hints_stored
@@ -806,7 +826,10 @@ impl Node {
                 }
                 continue;
             }
-            if self.send_write(&standin, key, version, Some(owner)).await {
+            if self
+                .send_write(&standin, key, version, Some(owner), lv)
+                .await
+            {
                 self.inner
                     .stats
                     .hints_stored
@@ -816,7 +839,7 @@ impl Node {
         }
         // No stand-in left: the failure detector may be wrong (it lags
         // behind a loaded or recovering node), so ask the owner anyway.
-        !believed_alive && self.send_write(owner, key, version, None).await
+        !believed_alive && self.send_write(owner, key, version, None, lv).await
     }
 
     /// Reads `owner`'s slot: from the owner, or from a stand-in that holds
@@ -827,9 +850,10 @@ impl Node {
         owner: &NodeId,
         key: &[u8],
         slots: &Slots,
+        lv: u64,
     ) -> Option<(Option<Dvv>, bool)> {
         let believed_alive = self.inner.live.is_alive(owner);
-        if believed_alive && let Some(v) = self.send_read(owner, key).await {
+        if believed_alive && let Some(v) = self.send_read(owner, key, lv).await {
             return Some((v, true));
         }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
@@ -837,24 +861,25 @@ impl Node {
             // what the owner holds: its "not found" must not count toward
             // R, or a read could miss an acknowledged write with most of
             // the key's owners down.
-            if let Some(Some(v)) = self.send_read(&standin, key).await {
+            if let Some(Some(v)) = self.send_read(&standin, key, lv).await {
                 return Some((Some(v), false));
             }
         }
         // No stand-in left: ask the owner even if believed down.
-        if !believed_alive && let Some(v) = self.send_read(owner, key).await {
+        if !believed_alive && let Some(v) = self.send_read(owner, key, lv).await {
             return Some((v, true));
         }
         None
     }
 
-    async fn send_read(&self, to: &NodeId, key: &[u8]) -> Option<Option<Dvv>> {
+    /// Reads `key` from `to`, for an operation planned on layout `lv`.
+    async fn send_read(&self, to: &NodeId, key: &[u8], lv: u64) -> Option<Option<Dvv>> {
         if *to == self.inner.cfg.id {
             return self.read_local(key).ok();
         }
         let req = Request::Read {
             key: key.to_vec(),
-            layout: self.layout_version(),
+            layout: lv,
         };
         match self.inner.net.call(to, req).await {
             Ok(Response::Version(v)) if v.as_ref().is_none_or(Dvv::is_valid) => Some(v),
@@ -873,24 +898,28 @@ impl Node {
         }
     }
 
+    /// Writes `version` of `key` to `to` (as a hint for `hint_for`), for
+    /// an operation planned on layout `lv`: every node, this one included,
+    /// that took a later layout refuses it.
     async fn send_write(
         &self,
         to: &NodeId,
         key: &[u8],
         version: &Dvv,
         hint_for: Option<&NodeId>,
+        lv: u64,
     ) -> bool {
         if *to == self.inner.cfg.id && hint_for.is_none() {
-            return match self.write_local(key, version) {
-                Ok(t) => self.inner.store.durable(t).await.is_ok(),
-                Err(_) => false,
+            return match self.under_layout(lv, || self.write_local(key, version)) {
+                Some(Ok(t)) => self.inner.store.durable(t).await.is_ok(),
+                _ => false,
             };
         }
         let req = Request::Write {
             key: key.to_vec(),
             version: version.clone(),
             hint_for: hint_for.cloned(),
-            layout: self.layout_version(),
+            layout: lv,
         };
         match self.inner.net.call(to, req).await {
             Ok(Response::Done) => true,
@@ -931,14 +960,23 @@ impl Node {
         Ok(ticket)
     }
 
-    /// Keeps `version` as a hint for `owner`, durably.
-    async fn hint_local(&self, owner: &NodeId, key: &[u8], version: &Dvv) -> Result<()> {
+    /// Keeps `version` as a hint for `owner`, durably, for an operation
+    /// planned on layout `lv` (refused if this node took a later one).
+    async fn hint_local(&self, owner: &NodeId, key: &[u8], version: &Dvv, lv: u64) -> Result<()> {
         let t = self
-            .inner
-            .store
-            .hint(owner, key, version)
+            .under_layout(lv, || self.inner.store.hint(owner, key, version))
+            .ok_or_else(|| RingError::Refused(format!("the layout changed from version {lv}")))?
             .map_err(storage_err)?;
         self.inner.store.durable(t).await.map_err(storage_err)
+    }
+
+    /// Runs `f` (a store write of an operation planned on layout `lv`)
+    /// with the layout held, unless this node took a later layout: then
+    /// `None`. Held, so that no layout is taken, acknowledged and synced
+    /// from this node between the check and the write.
+    fn under_layout<T>(&self, lv: u64, f: impl FnOnce() -> T) -> Option<T> {
+        let l = self.inner.layout.read();
+        (l.current.version <= lv).then(f)
     }
 
     fn changed(&self, p: Partition) {
@@ -953,6 +991,13 @@ impl Node {
     /// The preference lists of partition `p`, each with the quorum of its
     /// layout version: the current one first.
     fn owner_sets(&self, p: Partition) -> Result<Vec<OwnerSet>> {
+        self.owner_sets_at(p).map(|(_, sets)| sets)
+    }
+
+    /// The preference lists of partition `p` and the layout version they
+    /// come from, read together: an operation stamps its messages with
+    /// that version.
+    fn owner_sets_at(&self, p: Partition) -> Result<(u64, Vec<OwnerSet>)> {
         let layout = self.inner.layout.read();
         if layout.current.version == 0 {
             return Err(RingError::NoLayout);
@@ -967,7 +1012,7 @@ impl Node {
                 quorum: old.quorum(),
             });
         }
-        Ok(sets)
+        Ok((layout.current.version, sets))
     }
 
     /// Stand-ins for partition `p`: every known node outside its
@@ -993,13 +1038,9 @@ impl Node {
     pub async fn deliver_hints(&self) {
         // Owner by owner: hints for owners that are down never hold back
         // those for owners that are up.
-        let (owners, transition) = {
-            let l = self.inner.layout.read();
-            (
-                l.addresses().into_keys().collect::<Vec<NodeId>>(),
-                l.old.is_some(),
-            )
-        };
+        // Hints go to members (of either version); those kept for any
+        // other node are handed over to the owners (`hand_over_hints`).
+        let owners: Vec<NodeId> = self.inner.layout.read().members().into_iter().collect();
         let mut hints = Vec::new();
         for owner in owners.iter().filter(|o| self.inner.live.is_alive(o)) {
             match self.inner.store.hints_for(owner, 10_000) {
@@ -1015,10 +1056,22 @@ impl Node {
                 continue;
             }
             // During a transition the new owners get it too: they may
-            // have synced from the owner before it arrives there.
-            if self.send_write(&owner, &key, &version, None).await
-                && (!transition || self.give_to_owners(&key, &version, false).await)
-            {
+            // have synced from the owner before it arrives there. Each
+            // hint is sent as of the layout it is read under.
+            let Ok((lv, sets)) = self.owner_sets_at(hash::partition_of(&key)) else {
+                return;
+            };
+            let transition = sets.len() > 1;
+            let owns = sets.iter().any(|s| s.nodes.contains(&owner));
+            let delivered = if owns {
+                self.send_write(&owner, &key, &version, None, lv).await
+                    && (!transition || self.give_to_owners(&key, &version, false).await)
+            } else {
+                // The owner no longer owns the key (a forced end of a
+                // transition): the key's owners get it instead.
+                self.give_to_owners(&key, &version, true).await
+            };
+            if delivered {
                 self.hint_done(&owner, &key, &version);
             }
         }
@@ -1029,22 +1082,15 @@ impl Node {
     /// current layout version (`all`: in every active one); true if each
     /// has it.
     async fn give_to_owners(&self, key: &[u8], version: &Dvv, all: bool) -> bool {
-        let Ok(sets) = self.owner_sets(hash::partition_of(key)) else {
+        let Ok((lv, sets)) = self.owner_sets_at(hash::partition_of(key)) else {
             return false;
         };
         let take = if all { sets.len() } else { 1 };
         let owners: BTreeSet<NodeId> = sets.into_iter().take(take).flat_map(|s| s.nodes).collect();
         let mut every = true;
         for owner in owners {
-            let ok = if owner == self.inner.cfg.id {
-                match self.write_local(key, version) {
-                    Ok(t) => self.inner.store.durable(t).await.is_ok(),
-                    Err(_) => false,
-                }
-            } else {
-                self.inner.live.is_alive(&owner)
-                    && self.send_write(&owner, key, version, None).await
-            };
+            let ok = (owner == self.inner.cfg.id || self.inner.live.is_alive(&owner))
+                && self.send_write(&owner, key, version, None, lv).await;
             every &= ok;
         }
         every
@@ -1222,7 +1268,8 @@ impl Node {
                         .stats
                         .entries_repaired
                         .fetch_add(1, Ordering::Relaxed);
-                    self.send_write(peer, &k, &v, None).await;
+                    let lv = self.layout_version();
+                    self.send_write(peer, &k, &v, None, lv).await;
                 }
             }
         }
@@ -1272,7 +1319,7 @@ impl Node {
             }
             let mut all_agree = true;
             for node in &everyone {
-                match self.send_read(node, &key).await {
+                match self.send_read(node, &key, self.layout_version()).await {
                     Some(None) => {}
                     Some(Some(v)) if v == version => {}
                     _ => {
@@ -1345,8 +1392,14 @@ impl Node {
                 );
                 return false;
             }
+            // Not taken unless stored: after a restart this node would
+            // serve the older version again, though counted as past it.
             if let Err(e) = self.inner.store.save_layout(&next) {
-                tracing::warn!("ring: {e}");
+                tracing::warn!(
+                    "ring: layout version {} not taken: {e}",
+                    next.current.version
+                );
+                return false;
             }
             self.inner
                 .layout_version
@@ -1571,22 +1624,26 @@ impl Node {
                 key,
                 version,
                 hint_for,
-                ..
+                layout,
             } => {
                 check_key(&key)?;
                 if !version.is_valid() {
                     return Err(RingError::Refused("malformed version".into()));
                 }
-                // Acknowledged only once durable.
-                match hint_for {
-                    Some(owner) if owner != self.inner.cfg.id => {
-                        self.hint_local(&owner, &key, &version).await?;
-                    }
-                    _ => {
-                        let t = self.write_local(&key, &version)?;
-                        self.inner.store.durable(t).await.map_err(storage_err)?;
-                    }
-                }
+                // Stored with the layout held (a later one taken meanwhile
+                // refuses it), acknowledged only once durable.
+                let stored = self.under_layout(layout, || match &hint_for {
+                    Some(owner) if *owner != self.inner.cfg.id => self
+                        .inner
+                        .store
+                        .hint(owner, &key, &version)
+                        .map_err(storage_err),
+                    _ => self.write_local(&key, &version),
+                });
+                let Some(t) = stored else {
+                    return Ok(Response::StaleLayout(Box::new(self.layout())));
+                };
+                self.inner.store.durable(t?).await.map_err(storage_err)?;
                 Response::Done
             }
             Request::Coordinate {

@@ -81,7 +81,9 @@ pub struct Storage {
     /// it shared, so none lands between the last sync and the flag.
     closed: RwLock<bool>,
     stripes: Vec<Mutex<()>>,
-    actor: String,
+    actor: RwLock<String>,
+    node: NodeId,
+    dice: super::Dice,
     _lock: StateLock,
 }
 
@@ -147,12 +149,18 @@ impl Storage {
     /// issued before a crash, or before its store was wiped, is issued
     /// again.
     pub fn open(dir: &Path, node: &NodeId) -> Result<Storage> {
-        Self::open_with(dir, node, false)
+        Self::open_with(dir, node, false, super::Dice::os())
     }
 
     /// [`Storage::open`]; with `inline_sync`, writes are synced by their
-    /// waiters rather than a `ring-sync` thread (`GroupCommit::inline`).
-    pub fn open_with(dir: &Path, node: &NodeId, inline_sync: bool) -> Result<Storage> {
+    /// waiters rather than a `ring-sync` thread (`GroupCommit::inline`);
+    /// actor epochs are drawn from `dice`.
+    pub fn open_with(
+        dir: &Path,
+        node: &NodeId,
+        inline_sync: bool,
+        dice: super::Dice,
+    ) -> Result<Storage> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -188,7 +196,7 @@ impl Storage {
             dir: dir.to_path_buf(),
         });
         let sys = open("sys")?;
-        let actor = epoch::begin(&sys, node)?;
+        let actor = epoch::begin(&sys, node, &dice)?;
         // The actor and the "open" flag are durable before any write that
         // could carry them.
         journal.persist(PersistMode::SyncAll)?;
@@ -212,7 +220,9 @@ impl Storage {
             commit,
             closed: RwLock::new(false),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            actor,
+            actor: RwLock::new(actor),
+            node: node.clone(),
+            dice,
             _lock: lock,
         })
     }
@@ -255,8 +265,8 @@ impl Storage {
     }
 
     /// The actor id this node's coordinated writes carry.
-    pub fn actor(&self) -> &str {
-        &self.actor
+    pub fn actor(&self) -> String {
+        self.actor.read().clone()
     }
 
     fn stripe(&self, key: &[u8]) -> parking_lot::MutexGuard<'_, ()> {
@@ -603,6 +613,8 @@ impl Storage {
                 self.kv.remove(k).map_err(err("drop keys"))?;
                 n += 1;
             }
+            // Numbering from the emptied store would issue its dots again.
+            *self.actor.write() = epoch::renew(&self.sys, &self.node, &self.dice)?;
         }
         self.sync()?;
         Ok(n)

@@ -44,7 +44,7 @@ fn a_purged_key_refuses_what_its_tombstone_deleted() {
     assert!(!changed);
     // A write made after the delete (its dot is newer) is kept, alone.
     let other = Storage::open(TempDir::new().unwrap().path(), &id("x")).unwrap();
-    let newer = Dvv::new_write(&tomb.context(), val("new")).update(&tomb, other.actor());
+    let newer = Dvv::new_write(&tomb.context(), val("new")).update(&tomb, &other.actor());
     let mixed = newer.sync(&old);
     let _ = s.merge(b"k", &mixed).unwrap();
     let got = s.get(b"k").unwrap().unwrap();

@@ -317,14 +317,16 @@ impl Run {
                         Faults {
                             loss: r.below(20) as f64 / 100.0,
                             dup: r.below(10) as f64 / 100.0,
+                            late: r.below(5) as f64 / 100.0,
                             ..self.world.faults()
                         }
                     };
                     self.world.set_faults(f);
                     self.world.event(format!(
-                        "messages: {:.0}% lost, {:.0}% duplicated",
+                        "messages: {:.0}% lost, {:.0}% duplicated, {:.0}% late",
                         f.loss * 100.0,
-                        f.dup * 100.0
+                        f.dup * 100.0,
+                        f.late * 100.0
                     ));
                 }
                 5 => {

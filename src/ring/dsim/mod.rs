@@ -276,14 +276,19 @@ fn simulated_histories_are_clean() {
 
 #[test]
 fn one_seed_replays_exactly() {
-    for model in [Model::Kv, Model::Views] {
-        let a = run(model, 7, Bug::None);
-        let b = run(model, 7, Bug::None);
+    for (model, seed) in [
+        (Model::Kv, 7),
+        (Model::Kv, 804),
+        (Model::Views, 7),
+        (Model::Views, 22),
+    ] {
+        let a = run(model, seed, Bug::None);
+        let b = run(model, seed, Bug::None);
         join_reapers();
         let first = a.events.iter().zip(&b.events).position(|(x, y)| x != y);
         assert!(
             first.is_none() && a.events.len() == b.events.len(),
-            "{model:?} seed 7 ran differently twice: first difference at event {first:?}:\n{:?}\n{:?}",
+            "{model:?} seed {seed} ran differently twice: first difference at event {first:?}:\n{:?}\n{:?}",
             first.map(|i| &a.events[i]),
             first.map(|i| &b.events[i]),
         );

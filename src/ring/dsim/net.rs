@@ -57,6 +57,9 @@ pub struct Faults {
     pub dup: f64,
     /// Probability that the failure detector is wrong about a node.
     pub fd_mistakes: f64,
+    /// Probability that a request arrives late: after its sender gave
+    /// up on it (up to 1.5 s past the timeout).
+    pub late: f64,
 }
 
 struct ClockModel {
@@ -299,6 +302,27 @@ impl Net for SimNet {
             let Some(delivered) = roundtrip(&req) else {
                 return Err(lost(&w, "undecodable", &req));
             };
+            let late = {
+                let p = w.faults.lock().late;
+                w.rng().chance(p)
+            };
+            if late {
+                // Delivered after the sender gave up on it; the answer
+                // goes nowhere.
+                let delay = w.timeout + w.rng().millis(0, 1500);
+                let (w2, me2, to2) = (w.clone(), me.clone(), to.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let h = w2.handlers.lock().get(&to2).cloned();
+                    if let Some(h) = h
+                        && w2.reachable(&me2, &to2)
+                    {
+                        let _ = h.handle(me2, delivered).await;
+                    }
+                });
+                tokio::time::sleep(w.timeout).await;
+                return Err(lost(&w, "late", &req));
+            }
             let dup = {
                 let p = w.faults.lock().dup;
                 w.rng().chance(p)
@@ -322,7 +346,14 @@ impl Net for SimNet {
             }
             let resp = h.handle(me.clone(), delivered).await;
             tokio::time::sleep(w.latency()).await;
-            if dead() || !w.reachable(&to, &me) || w.lost() {
+            // The node that served it crashed (and restarted) meanwhile:
+            // its answer never left.
+            let same = w
+                .handlers
+                .lock()
+                .get(&to)
+                .is_some_and(|now| Arc::ptr_eq(now, &h));
+            if dead() || !same || !w.reachable(&to, &me) || w.lost() {
                 tokio::time::sleep(w.timeout).await;
                 return Err(lost(&w, "answer lost", &req));
             }

@@ -476,6 +476,7 @@ impl Run {
                             loss: r.below(25) as f64 / 100.0,
                             dup: r.below(10) as f64 / 100.0,
                             fd_mistakes: r.below(10) as f64 / 100.0,
+                            late: r.below(5) as f64 / 100.0,
                         }
                     };
                     self.world.set_faults(f);
