@@ -312,15 +312,7 @@ impl Run {
                     }
                 }
                 4 => {
-                    let f = {
-                        let mut r = self.world.rng();
-                        Faults {
-                            loss: r.below(20) as f64 / 100.0,
-                            dup: r.below(10) as f64 / 100.0,
-                            late: r.below(5) as f64 / 100.0,
-                            ..self.world.faults()
-                        }
-                    };
+                    let f = self.world.random_faults(20, false);
                     self.world.set_faults(f);
                     self.world.event(format!(
                         "messages: {:.0}% lost, {:.0}% duplicated, {:.0}% late",

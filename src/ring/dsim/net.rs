@@ -169,6 +169,21 @@ impl World {
         }
     }
 
+    /// Random message faults: up to `max_loss`% lost, 10% duplicated, 5%
+    /// late, and (`fd`) up to 10% failure-detector mistakes, else those
+    /// in force now.
+    pub fn random_faults(&self, max_loss: u64, fd: bool) -> Faults {
+        let now = self.faults();
+        let mut r = self.rng();
+        let pct = |r: &mut Rng, max: u64| r.below(max) as f64 / 100.0;
+        Faults {
+            loss: pct(&mut r, max_loss),
+            dup: pct(&mut r, 10),
+            late: pct(&mut r, 5),
+            fd_mistakes: if fd { pct(&mut r, 10) } else { now.fd_mistakes },
+        }
+    }
+
     pub fn set_faults(&self, f: Faults) {
         *self.faults.lock() = f;
     }

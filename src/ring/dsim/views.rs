@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use super::super::node::{Listener, Node};
 use super::super::version::Dvv;
 use super::super::{BoxFuture, NodeId};
-use super::net::{Faults, World};
+use super::net::World;
 use super::{Bug, LEASE, Proc, crash, open, store_dir};
 
 const REPLICAS: u64 = 2;
@@ -89,6 +89,15 @@ impl Host {
             None => v.clone(),
         };
         views.insert(key.to_vec(), merged);
+    }
+
+    /// The context to write `key` with: what this host knows of it.
+    fn context(&self, key: &[u8]) -> super::super::version::Context {
+        self.views
+            .lock()
+            .get(key)
+            .map(Dvv::context)
+            .unwrap_or_default()
     }
 
     fn in_sync(&self, r: u64) -> bool {
@@ -311,12 +320,7 @@ impl Run {
     ) -> bool {
         let key = view_key(r);
         let seq = state[r as usize].2 + 1;
-        let ctx = h
-            .views
-            .lock()
-            .get(&key)
-            .map(Dvv::context)
-            .unwrap_or_default();
+        let ctx = h.context(&key);
         // A write that was not acknowledged may still land: the next
         // view of this replica must count higher.
         state[r as usize].2 = seq;
@@ -383,12 +387,7 @@ impl Run {
         let key = view_key(r as u64);
         let seq = state[r].2 + 1;
         state[r].2 = seq;
-        let ctx = h
-            .views
-            .lock()
-            .get(&key)
-            .map(Dvv::context)
-            .unwrap_or_default();
+        let ctx = h.context(&key);
         match node.put(&key, Some(encode(true, seq)), &ctx).await {
             Ok(v) => {
                 unpublished[r] = false;
@@ -470,15 +469,7 @@ impl Run {
                     restarts.push(tokio::spawn(self.clone().crash_and_restart(i)));
                 }
                 4 => {
-                    let f = {
-                        let mut r = self.world.rng();
-                        Faults {
-                            loss: r.below(25) as f64 / 100.0,
-                            dup: r.below(10) as f64 / 100.0,
-                            fd_mistakes: r.below(10) as f64 / 100.0,
-                            late: r.below(5) as f64 / 100.0,
-                        }
-                    };
+                    let f = self.world.random_faults(25, true);
                     self.world.set_faults(f);
                     self.world.event(format!("message faults {f:?}"));
                 }
