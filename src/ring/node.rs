@@ -625,7 +625,10 @@ impl Node {
     /// whatever the key holds as a sibling). Tried again once if a node
     /// refused it for an older layout (this node took the newer one
     /// meanwhile); the second try replaces the first's value where this
-    /// node stored it, rather than standing beside it.
+    /// node stored it, rather than standing beside it, but only if that
+    /// dot directly follows what the client read of its actor: a context
+    /// entry covers every lower dot of the actor too, and one between
+    /// would be another client's write, which must stay.
     pub async fn put(&self, key: &[u8], value: Val, context: &Context) -> Result<Dvv> {
         let v = self.layout_version();
         let mut made = None;
@@ -634,7 +637,9 @@ impl Node {
                 let mut again = context.clone();
                 if let Some((actor, counter)) = made {
                     let c = again.entry(actor).or_default();
-                    *c = (*c).max(counter);
+                    if c.checked_add(1) == Some(counter) {
+                        *c = counter;
+                    }
                 }
                 self.put_once(key, value, &again, &mut None).await
             }
@@ -685,11 +690,13 @@ impl Node {
             match self.inner.net.call(&owner, req).await {
                 Ok(Response::Version(Some(v))) => return Ok(v),
                 Ok(Response::StaleLayout(l)) => {
+                    // Planned on an old layout: `put` starts over on the
+                    // new one rather than asking the next old owner.
                     self.merge_layout(&l);
-                    last = RingError::Refused(format!(
+                    return Err(RingError::Refused(format!(
                         "{owner} has layout version {}, newer than this node's",
                         l.current.version
-                    ));
+                    )));
                 }
                 Ok(Response::Refused(why)) => last = RingError::Refused(why),
                 Ok(other) => last = RingError::Refused(format!("unexpected answer {other:?}")),
@@ -815,7 +822,16 @@ impl Node {
         if believed_alive && self.send_write(owner, key, version, None, lv).await {
             return true;
         }
+        // Refused for an older layout: no stand-in may take it in the
+        // owner's place (the operation starts over on the new layout).
+        let stale = || self.layout_version() > lv;
+        if stale() {
+            return false;
+        }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
+            if stale() {
+                return false;
+            }
             if standin == self.inner.cfg.id {
                 if self.hint_local(owner, key, version, lv).await.is_ok() {
                     self.inner
@@ -856,6 +872,9 @@ impl Node {
         if believed_alive && let Some(v) = self.send_read(owner, key, lv).await {
             return Some((v, true));
         }
+        if self.layout_version() > lv {
+            return None;
+        }
         while let Some(standin) = slots.take_fallback(&self.inner.live) {
             // A stand-in that holds nothing for the key says nothing of
             // what the owner holds: its "not found" must not count toward
@@ -875,6 +894,10 @@ impl Node {
     /// Reads `key` from `to`, for an operation planned on layout `lv`.
     async fn send_read(&self, to: &NodeId, key: &[u8], lv: u64) -> Option<Option<Dvv>> {
         if *to == self.inner.cfg.id {
+            // As a remote owner would: no answer for an older layout.
+            if self.layout_version() > lv {
+                return None;
+            }
             return self.read_local(key).ok();
         }
         let req = Request::Read {
@@ -1019,9 +1042,11 @@ impl Node {
     /// preference lists, in an order fixed per partition.
     fn fallbacks(&self, p: Partition, sets: &[OwnerSet]) -> Vec<NodeId> {
         let layout = self.inner.layout.read();
+        // Members only: the acknowledgements, sync marks and hint counts
+        // of a transition cover members, not nodes merely staged to join.
         let mut others: Vec<NodeId> = layout
-            .addresses()
-            .into_keys()
+            .members()
+            .into_iter()
             .filter(|n| !sets.iter().any(|s| s.nodes.contains(n)))
             .collect();
         others.sort_by_key(|n| {
