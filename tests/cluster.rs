@@ -10,7 +10,8 @@
 //! `chironctl conflicts`, with the acknowledged version on the path); a
 //! write acknowledged while another host may still read a replica it
 //! missed; a host taken for dead writing while another heals in its name
-//! (fencing).
+//! (fencing); a host whose wall clock steps back losing its later views
+//! (its daemon runs under libfaketime).
 //!
 //! The partition test runs each mount in a network namespace of its own
 //! (iproute2), joined to the arbiter's through veth pairs and routed by the
@@ -1327,4 +1328,172 @@ fn a_host_back_from_the_dead_publishes_its_own_views_again() {
     drop(mb);
     drop(ma);
     drop(f2);
+}
+
+/// libfaketime, from Debian's `libfaketime` (installed with `faketime` by
+/// scripts/setup).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// A prefix that runs a daemon with its wall clock offset by what `file`
+/// says ("+0", "-1h"), read again on every call: rewriting the file steps
+/// the clock of the running daemon. Only CLOCK_REALTIME moves, as with
+/// `date -s`: the monotonic clocks the leases count on do not, and file
+/// times the daemon stats are not faked (NO_FAKE_STAT).
+fn faketime_prefix(file: &Path) -> Vec<String> {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: run scripts/setup (Debian package faketime)"
+    );
+    vec![
+        "env".into(),
+        format!("LD_PRELOAD={LIBFAKETIME}"),
+        format!("FAKETIME_TIMESTAMP_FILE={}", file.display()),
+        "FAKETIME_NO_CACHE=1".into(),
+        "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
+        "NO_FAKE_STAT=1".into(),
+    ]
+}
+
+/// How many seconds the mtime of `p` is behind this process's clock.
+fn mtime_behind(p: &Path) -> f64 {
+    let mtime = fs::metadata(p).unwrap().modified().unwrap();
+    match std::time::SystemTime::now().duration_since(mtime) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// Issue 10: "a host whose clock is stepped back an hour keeps its views".
+/// Views are ordered by their number, never by their `since` time (DESIGN.md
+/// section 7). Host B's daemon runs under libfaketime; once both hosts hold
+/// read leases and r2 is in sync for both, B's wall clock steps back an
+/// hour. B then takes r2 out (`chironctl disable`) and writes v2 through its
+/// mount: its "disabled" view is an hour older by its clock than its
+/// "in sync" one. After several lease renewals (each reads every view
+/// again), A reads v2 on every try and sees r2 out for B, and B still has r2
+/// disabled; enabled again, r2 is resynced and both replicas are identical.
+/// B's clock then steps forward again: nothing flips. B stamps the mtimes
+/// of what it writes with its own clock, which shows each step took effect.
+/// (With views ordered by `since` again, A kept B's "in sync" view and read
+/// v1 from r2 10 times of 20.)
+#[test]
+fn a_host_whose_clock_steps_back_an_hour_keeps_its_views() {
+    let shared = TestRoot::new();
+    let (r1, r2) = (shared.mkdir("r1"), shared.mkdir("r2"));
+    let secret = write_secret(&shared);
+    let clock = shared.path().join("hostb.faketime");
+    fs::write(&clock, "+0\n").unwrap();
+    let prefix = faketime_prefix(&clock);
+    let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    let addrs = loopback_addrs();
+    let (_arb, (ma, sa), (mb, sb)) = two_hosts(
+        &shared,
+        &secret,
+        &addrs,
+        &[&r1, &r2],
+        &[&r1, &r2],
+        &prefix,
+        &[],
+    );
+    let r2_arg = r2.display().to_string();
+    let (v1, v2, v3): (&[u8], &[u8], &[u8]) = (
+        b"version-1 written by B",
+        b"version-2 written by B, its clock an hour back",
+        b"version-3 written by B, its clock right again",
+    );
+    // A reads, from r1 then r2 (round-robin), what B wrote.
+    let reads_through_a = |want: &[u8], old: &[u8]| {
+        let (mut new, mut stale, mut errors) = (0, 0, 0);
+        for _ in 0..20 {
+            match read_direct(&ma.path("f")) {
+                Ok(d) if d == want => new += 1,
+                Ok(d) if d == old => stale += 1,
+                Ok(d) => panic!("A read {d:?}"),
+                Err(_) => errors += 1,
+            }
+        }
+        (new, stale, errors)
+    };
+
+    wait_all_in_sync(&[&sa, &sb]);
+    wait_until("both hosts to hold a read lease", SETTLE, || {
+        read_lease_of(&sa).starts_with("held") && read_lease_of(&sb).starts_with("held")
+    });
+    fs::write(mb.path("f"), v1).unwrap();
+    let behind = mtime_behind(&r1.join("f"));
+    assert!(
+        behind.abs() < 60.0,
+        "B's clock is right before the step: its write is {behind:.0} s old"
+    );
+    assert_eq!(reads_through_a(v1, v1), (20, 0, 0));
+
+    // B's wall clock steps back an hour; a few renewals run under it.
+    fs::write(&clock, "-1h\n").unwrap();
+    thread::sleep(Duration::from_secs_f64(READ_LEASE * 2.0));
+    ctl_ok(&sb, &["disable", &r2_arg]);
+    fs::write(mb.path("f"), v2).unwrap();
+    assert_eq!(fs::read(r1.join("f")).unwrap(), v2);
+    assert_eq!(fs::read(r2.join("f")).unwrap(), v1, "r2 really missed v2");
+    let behind = mtime_behind(&r1.join("f"));
+    assert!(
+        (3540.0..3660.0).contains(&behind),
+        "B's clock did not step back an hour: its write is {behind:.0} s old\n{}",
+        mb.log()
+    );
+
+    // Several lease periods: every renewal reads the views again (and B's
+    // publishes its unsettled ones again).
+    thread::sleep(Duration::from_secs_f64(READ_LEASE * 5.0));
+    let (new, stale, errors) = reads_through_a(v2, v1);
+    eprintln!("B's clock an hour back: A read v2 {new}, v1 {stale}, errors {errors} times");
+    assert_eq!(
+        stale,
+        0,
+        "A read the old version {stale} times of 20 after B, its clock an hour back, \
+         disabled r2 and wrote v2 (v2 {new}, errors {errors}); A's status: {}\nB's log:\n{}",
+        json(&sa, &["status"]),
+        mb.log()
+    );
+    assert_eq!(
+        new, 20,
+        "with every link up every read is v2 ({errors} errors)"
+    );
+    let (state, _) = replica_state(&sb, 1);
+    assert_eq!(state, "disabled", "B lost its later view of r2");
+    let (state, stale_for) = replica_state(&sa, 1);
+    assert_eq!(state, "in-sync", "r2 itself is fine for A");
+    assert!(
+        stale_for.iter().any(|s| s.starts_with("hostb")),
+        "A does not see r2 out for B: {stale_for:?}"
+    );
+
+    // Enabled again (still an hour back), r2 is resynced by B.
+    ctl_ok(&sb, &["enable", &r2_arg]);
+    wait_all_in_sync(&[&sa, &sb]);
+    assert_eq!(fs::read(r2.join("f")).unwrap(), v2);
+    assert_replicas_identical(&[&r1, &r2]);
+
+    // B's clock steps forward again: its views stay as they are.
+    fs::write(&clock, "+0\n").unwrap();
+    fs::write(mb.path("f"), v3).unwrap();
+    let behind = mtime_behind(&r1.join("f"));
+    assert!(
+        behind.abs() < 60.0,
+        "B's clock did not step forward again: its write is {behind:.0} s old"
+    );
+    thread::sleep(Duration::from_secs_f64(READ_LEASE * 5.0));
+    for s in [&sa, &sb] {
+        for i in 0..2 {
+            let (state, stale_for) = replica_state(s, i);
+            assert!(
+                state == "in-sync" && stale_for.is_empty(),
+                "{}: replica {i} is {state}, out for {stale_for:?} after B's clock stepped forward",
+                s.display()
+            );
+        }
+    }
+    assert_eq!(reads_through_a(v3, v2), (20, 0, 0));
+    assert_replicas_identical(&[&r1, &r2]);
+    drop(mb);
+    drop(ma);
 }
