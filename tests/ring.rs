@@ -657,6 +657,86 @@ fn a_node_added_and_a_node_removed_under_a_write_load_lose_no_acknowledged_write
 /// Runs `chironfs ring-node --config FILE`; expects exit 1 and one line
 /// on stderr containing every needle.
 #[track_caller]
+#[test]
+fn only_a_layout_signed_by_an_operator_key_is_taken() {
+    let mut ring = Ring::new(&["n1", "n2", "n3"]);
+    let key = ring.root.path().join("operator.key");
+    let made = ok(&ctl(
+        ring.sock("n1"),
+        &["ring", "keygen", key.to_str().unwrap()],
+    ));
+    let line = made
+        .lines()
+        .find(|l| l.starts_with("operator_keys = "))
+        .unwrap_or_else(|| panic!("no config line in:\n{made}"));
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Never overwritten.
+    let again = ctl(ring.sock("n1"), &["ring", "keygen", key.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("exists"), "{}", stderr(&again));
+    // n1 and n2 require the operator's signature; n3 goes rogue: it
+    // requires nothing and commits a layout of its own.
+    for n in ["n1", "n2"] {
+        let mut cfg = fs::read_to_string(&ring.node(n).config).unwrap();
+        cfg.push_str(line);
+        cfg.push('\n');
+        fs::write(&ring.node(n).config, cfg).unwrap();
+    }
+    ring.start_all();
+    for n in ["n1", "n2", "n3"] {
+        ok(&ctl(
+            ring.sock("n1"),
+            &["ring", "join", n, &ring.node(n).addr()],
+        ));
+    }
+    let o = ctl(ring.sock("n1"), &["ring", "apply"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("operator_keys") && stderr(&o).contains("--key"),
+        "{}",
+        stderr(&o)
+    );
+    // A key file others can read is refused before anything is asked.
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = ctl(
+        ring.sock("n1"),
+        &["ring", "apply", "--key", key.to_str().unwrap()],
+    );
+    assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    ok(&ctl(
+        ring.sock("n1"),
+        &["ring", "apply", "--key", key.to_str().unwrap()],
+    ));
+    ring.wait_ready(&["n1", "n2", "n3"], 1);
+    ok(&ctl(ring.sock("n2"), &["ring", "put", "k", "before"]));
+
+    // The rogue takes every partition for itself.
+    ok(&ctl(ring.sock("n3"), &["ring", "leave", "n1"]));
+    ok(&ctl(ring.sock("n3"), &["ring", "leave", "n2"]));
+    ok(&ctl(ring.sock("n3"), &["ring", "apply"]));
+    assert_eq!(status(ring.sock("n3"))["layout_version"], 2);
+    // n1 and n2 pull layouts every second or so: 5 s to (not) take it.
+    thread::sleep(Duration::from_secs(5));
+    for n in ["n1", "n2"] {
+        let st = status(ring.sock(n));
+        assert_eq!(st["layout_version"], 1, "{n} took the rogue's layout: {st}");
+        assert_eq!(members(&st).len(), 3, "{n}: {st}");
+    }
+    let log = fs::read_to_string(&ring.node("n1").log).unwrap_or_default()
+        + &fs::read_to_string(&ring.node("n2").log).unwrap_or_default();
+    assert!(
+        log.contains("refused layout version 2") && log.contains("not signed by an operator key"),
+        "no refusal logged:\n{log}"
+    );
+    // n1 and n2 still make a quorum of the operator's layout.
+    ok(&ctl(ring.sock("n1"), &["ring", "put", "k", "after"]));
+    assert_eq!(ok(&ctl(ring.sock("n2"), &["ring", "get", "k"])), "after\n");
+}
+
 fn assert_fails(config: &Path, needles: &[&str]) {
     let mut cmd = Command::new(CHIRONFS);
     cmd.arg("ring-node").arg("--config").arg(config);

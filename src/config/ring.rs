@@ -51,6 +51,12 @@ pub struct RingConfig {
     /// told waits at most this (plus a margin) before it goes on. The
     /// same on every node. Default: 6.
     pub read_lease: f64,
+    /// Public Ed25519 keys (64 hex digits each, from `chironctl ring
+    /// keygen`): a layout version is taken from the network only if one
+    /// of them signed it, and `chironctl ring apply` must sign with the
+    /// private half (`--key`). The same on every node. Default: none (any
+    /// member may change the layout).
+    pub operator_keys: Vec<String>,
 }
 
 impl Default for RingConfig {
@@ -69,6 +75,7 @@ impl Default for RingConfig {
             anti_entropy_interval: 10.0,
             takeover_after: 60.0,
             read_lease: 6.0,
+            operator_keys: Vec::new(),
         }
     }
 }
@@ -102,6 +109,9 @@ impl RingConfig {
             if !ok {
                 return bad("seeds", s.clone(), "expected NODE@HOST:PORT");
             }
+        }
+        if let Err(e) = crate::ring::operator::Operators::parse(&self.operator_keys) {
+            return bad("operator_keys", self.operator_keys.join(", "), &e);
         }
         if !(1..=7).contains(&self.n) {
             return bad("n", self.n.to_string(), "expected 1 to 7");

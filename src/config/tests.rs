@@ -140,6 +140,11 @@ fn ring_section_is_checked_key_by_key() {
             "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\nread_lease = 10\ntakeover_after = 11\n",
             "ring.takeover_after",
         ),
+        // Operator keys: 64 hex digits of an Ed25519 public key.
+        (
+            "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\noperator_keys = [\"abc\"]\n",
+            "ring.operator_keys",
+        ),
     ] {
         let e = Config::build(Some(("c.toml", text)), &[])
             .unwrap_err()
@@ -164,6 +169,13 @@ fn ring_section_is_checked_key_by_key() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("N=3 R=1 W=1") && e.contains("R + W"), "{e}");
+    let key = crate::ring::operator::OperatorKey::generate().unwrap();
+    let text = format!(
+        "[ring]\nlisten = \"x:1\"\nsecret_file = \"/s\"\noperator_keys = [\"{}\"]\n",
+        key.public().to_hex()
+    );
+    let c = Config::build(Some(("c.toml", &text)), &[]).unwrap();
+    assert_eq!(c.ring.unwrap().operator_keys.len(), 1);
     let c = Config::build(None, &["conflict_policy=keep-both".into()]).unwrap();
     assert_eq!(c.conflict_policy, ConflictPolicy::KeepBoth);
     assert!(Config::build(None, &["conflict_policy=oldest".into()]).is_err());

@@ -206,6 +206,10 @@ pub enum Ring {
     },
     /// Commit what is staged as the next layout version.
     Apply {
+        /// Sign the new version with the operator key in FILE (needed
+        /// when the ring lists `operator_keys`; see `ring keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<std::path::PathBuf>,
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
@@ -225,6 +229,10 @@ pub enum Ring {
         #[command(flatten)]
         json: Json,
     },
+    /// Make a new operator key in FILE (mode 0600; never overwritten)
+    /// and print the public half to list in every node's
+    /// `ring.operator_keys`. Talks to no daemon.
+    Keygen { file: std::path::PathBuf },
     /// A quorum read of KEY.
     Get {
         key: String,

@@ -12,6 +12,7 @@ use super::protocol::{Request, Response};
 use crate::fs::FsStatus;
 use crate::meta::ConflictRecord;
 use crate::ring::node::RingStatus;
+use crate::ring::operator::OperatorKey;
 
 /// Nagios exit codes.
 const OK: i32 = 0;
@@ -614,7 +615,8 @@ fn print_json<T: serde::Serialize>(v: &T) -> i32 {
 
 /// `chironctl ring ...`.
 fn ring_main(ring: Ring, socket: Option<&str>) -> i32 {
-    let (sub, req, target, json, key) = match ring {
+    let mut operator: Option<OperatorKey> = None;
+    let (sub, mut req, target, json, key) = match ring {
         Ring::Status { target, json } => (
             "status",
             Request::new("ring-status"),
@@ -648,13 +650,25 @@ fn ring_main(ring: Ring, socket: Option<&str>) -> i32 {
             json,
             String::new(),
         ),
-        Ring::Apply { target, json } => (
-            "apply",
-            Request::new("ring-apply"),
-            target,
-            json,
-            String::new(),
-        ),
+        Ring::Apply { key, target, json } => {
+            // Read first: a bad key file stops before anything is asked.
+            let op = match key.as_deref().map(OperatorKey::load).transpose() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("chironctl: {e}");
+                    return 1;
+                }
+            };
+            operator = op;
+            (
+                "apply",
+                Request::new("ring-apply"),
+                target,
+                json,
+                String::new(),
+            )
+        }
+        Ring::Keygen { file } => return keygen(&file),
         Ring::Finish {
             force,
             target,
@@ -726,6 +740,19 @@ fn ring_main(ring: Ring, socket: Option<&str>) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    if let Some(op) = &operator {
+        // Signs what the node says the staged changes make; the node
+        // commits it only if it still makes exactly that.
+        let plan = match call(&sock, &Request::new("ring-plan")) {
+            Ok(r) if r.ok => r.plan,
+            Ok(r) => return fail(r.error.unwrap_or_else(|| "the daemon refused".into())),
+            Err(e) => return fail(e),
+        };
+        let Some(plan) = plan else {
+            return fail("the daemon sent no layout to sign".into());
+        };
+        req.signature = Some(op.sign(&plan));
+    }
     let resp = match call(&sock, &req) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -784,6 +811,25 @@ fn ring_main(ring: Ring, socket: Option<&str>) -> i32 {
                 _ => print!("{}", render_ring(&st)),
             }
             0
+        }
+    }
+}
+
+/// `chironctl ring keygen FILE`.
+fn keygen(file: &std::path::Path) -> i32 {
+    let made = OperatorKey::generate().and_then(|k| k.save_new(file).map(|()| k));
+    match made {
+        Ok(k) => {
+            println!(
+                "operator key saved in {}; whoever can read it can change the ring's layout, so keep it off the ring's nodes (`--key /dev/stdin` reads it from a pipe). List its public half in every node's [ring] section:",
+                file.display()
+            );
+            println!("operator_keys = [\"{}\"]", k.public().to_hex());
+            0
+        }
+        Err(e) => {
+            eprintln!("chironctl: {e}");
+            1
         }
     }
 }

@@ -11,7 +11,10 @@
 //!           `{"version":1,"command":"ring-join","node":"b","addr":"10.0.0.2:7100"}`,
 //!           `{"version":1,"command":"ring-leave","node":"b"}`,
 //!           `{"version":1,"command":"ring-quorum","quorum":{"n":3,"r":2,"w":2}}`,
-//!           `{"version":1,"command":"ring-apply"}`,
+//!           `{"version":1,"command":"ring-plan"}` (answers `"plan":{...}`:
+//!           the version `ring-apply` would commit, to sign),
+//!           `{"version":1,"command":"ring-apply"}` (with
+//!           `"signature":{"key":[...],"sig":[...]}`: an operator's of that plan),
 //!           `{"version":1,"command":"ring-finish"}` (ends a transition by force),
 //!           `{"version":1,"command":"ring-get","key":"k"}`,
 //!           `{"version":1,"command":"ring-put","key":"k","value":"v"}` (with
@@ -72,6 +75,10 @@ pub struct Request {
     /// For `ring-quorum`: the N, R, W to stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum: Option<crate::ring::layout::Quorum>,
+    /// For `ring-apply`: an operator's signature of the version
+    /// `ring-plan` gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::ring::operator::LayoutSignature>,
 }
 
 impl Request {
@@ -103,6 +110,9 @@ pub struct Response {
     pub context: Option<Context>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<Vec<ConflictRecord>>,
+    /// The version `ring-apply` would commit (`ring-plan`), to sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::ring::layout::LayoutVersion>,
 }
 
 impl Response {

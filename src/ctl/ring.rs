@@ -1,5 +1,6 @@
 //! The ring commands of the status socket (`ring-status`, `ring-join`,
-//! `ring-leave`, `ring-quorum`, `ring-apply`, `ring-get`, `ring-put`), served by mounts
+//! `ring-leave`, `ring-quorum`, `ring-plan`, `ring-apply`, `ring-finish`, `ring-get`,
+//! `ring-put`), served by mounts
 //! with a `[ring]` section and by `chironfs ring-node`.
 
 use std::time::Duration;
@@ -103,7 +104,14 @@ impl RingHandle {
                         .map(drop),
                 )
             }
-            "ring-apply" => status(self.run("ring-apply", self.node.apply())?.map(drop)),
+            "ring-plan" => Ok(Response {
+                plan: Some(self.node.plan()?),
+                ..Response::ok(None)
+            }),
+            "ring-apply" => status(
+                self.run("ring-apply", self.node.apply(req.signature.clone()))?
+                    .map(drop),
+            ),
             "ring-finish" => status(self.run("ring-finish", self.node.force_finish())?.map(drop)),
             "ring-get" => {
                 let key = key()?;

@@ -62,7 +62,7 @@ fn hosts() -> Hosts {
                 .await
                 .unwrap();
         }
-        nodes[0].0.apply().await.unwrap();
+        nodes[0].0.apply(None).await.unwrap();
     });
     let mut stores = Vec::new();
     for (node, dir) in nodes.into_iter().skip(1) {

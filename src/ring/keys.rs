@@ -233,7 +233,7 @@ impl fmt::Debug for StaticKey {
 
 /// Reads a file that only its owner may read, of at most `max` bytes
 /// (one more is read, to see a longer file).
-fn read_private_file(path: &Path, max: usize) -> io::Result<Vec<u8>> {
+pub(super) fn read_private_file(path: &Path, max: usize) -> io::Result<Vec<u8>> {
     read_guarded_file(path, max, 0o077, "readable")
 }
 
@@ -263,6 +263,12 @@ fn create_private_dir(dir: &Path) -> Result<(), String> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("ring directory '{}': {e}", dir.display()))
+}
+
+/// Writes a new file `dir/name` (mode 0600) durably; false if it
+/// already existed (left as it was).
+pub(super) fn write_new_private(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<bool> {
+    write_durably(dir, name, bytes, Place::Link)
 }
 
 /// How [`write_durably`] puts the new file in place.

@@ -95,6 +95,10 @@ pub struct LayoutVersion {
     /// For each partition, its preference list: min(n, members) distinct
     /// nodes.
     pub owners: Vec<Vec<NodeId>>,
+    /// An operator key's signature of the fields above (`operator`):
+    /// with `ring.operator_keys` set, only a signed version is taken from
+    /// the network.
+    pub signature: Option<super::operator::LayoutSignature>,
 }
 
 /// Changes staged by the operator, not yet applied.
@@ -140,6 +144,7 @@ impl LayoutVersion {
             nodes: BTreeMap::new(),
             joined: BTreeMap::new(),
             owners: vec![Vec::new(); PARTITIONS as usize],
+            signature: None,
         }
     }
 
@@ -233,6 +238,7 @@ impl LayoutVersion {
             nodes,
             joined,
             owners,
+            signature: None,
         }
     }
 

@@ -48,6 +48,7 @@ fn upgrade(v: VersionV1, configured: Quorum) -> LayoutVersion {
         joined: v.nodes.keys().map(|n| (n.clone(), 0)).collect(),
         nodes: v.nodes,
         owners: v.owners,
+        signature: None,
     }
 }
 
@@ -128,13 +129,43 @@ mod tests {
     }
 }
 
+/// A layout version as stores wrote it before versions carried an
+/// operator's signature (`layout.v2` and `layout.v3`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionV3 {
+    pub version: u64,
+    pub n: u8,
+    pub r: u8,
+    pub w: u8,
+    pub nodes: BTreeMap<NodeId, String>,
+    pub joined: BTreeMap<NodeId, u64>,
+    pub owners: Vec<Vec<NodeId>>,
+}
+
+impl From<VersionV3> for LayoutVersion {
+    /// Unsigned: a node takes its own stored layout as it is; only a
+    /// version from the network must be signed (`operator`).
+    fn from(v: VersionV3) -> LayoutVersion {
+        LayoutVersion {
+            version: v.version,
+            n: v.n,
+            r: v.r,
+            w: v.w,
+            nodes: v.nodes,
+            joined: v.joined,
+            owners: v.owners,
+            signature: None,
+        }
+    }
+}
+
 /// A layout as stores wrote it before the per-node acknowledgements
 /// (`LayoutHistory::acked`) were part of it (`layout.v2` in `sys`; now
-/// `layout.v3`).
+/// `layout.v4`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryV2 {
-    pub current: LayoutVersion,
-    pub old: Option<LayoutVersion>,
+    pub current: VersionV3,
+    pub old: Option<VersionV3>,
     pub synced: BTreeMap<NodeId, u64>,
     pub staged: Staged,
 }
@@ -145,10 +176,70 @@ pub fn decode_v2(bytes: &[u8]) -> Result<LayoutHistory, String> {
     let old: HistoryV2 =
         postcard::from_bytes(bytes).map_err(|e| format!("malformed stored layout: {e}"))?;
     Ok(LayoutHistory {
-        current: old.current,
-        old: old.old,
+        current: old.current.into(),
+        old: old.old.map(Into::into),
         synced: old.synced,
         staged: old.staged,
         acked: BTreeMap::new(),
     })
+}
+
+/// A layout as stores wrote it before versions carried a signature
+/// (`layout.v3` in `sys`; now `layout.v4`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryV3 {
+    pub current: VersionV3,
+    pub old: Option<VersionV3>,
+    pub synced: BTreeMap<NodeId, u64>,
+    pub staged: Staged,
+    pub acked: BTreeMap<NodeId, u64>,
+}
+
+/// Decodes a `layout.v3`: its versions unsigned.
+pub fn decode_v3(bytes: &[u8]) -> Result<LayoutHistory, String> {
+    let old: HistoryV3 =
+        postcard::from_bytes(bytes).map_err(|e| format!("malformed stored layout: {e}"))?;
+    Ok(LayoutHistory {
+        current: old.current.into(),
+        old: old.old.map(Into::into),
+        synced: old.synced,
+        staged: old.staged,
+        acked: old.acked,
+    })
+}
+
+#[cfg(test)]
+mod v3_tests {
+    use super::*;
+
+    #[test]
+    fn a_layout_stored_before_signatures_decodes_unsigned() {
+        let mut l = LayoutHistory::empty(Quorum::default());
+        for n in ["a", "b", "c", "d"] {
+            l.stage_join(NodeId::new(n).unwrap(), format!("{n}:1"));
+        }
+        l.apply(Quorum::default()).unwrap();
+        l.stage_leave(NodeId::new("d").unwrap()).unwrap();
+        l.apply(Quorum::default()).unwrap();
+        l.ack(&NodeId::new("b").unwrap());
+        let v3 = |v: &LayoutVersion| VersionV3 {
+            version: v.version,
+            n: v.n,
+            r: v.r,
+            w: v.w,
+            nodes: v.nodes.clone(),
+            joined: v.joined.clone(),
+            owners: v.owners.clone(),
+        };
+        let old = HistoryV3 {
+            current: v3(&l.current),
+            old: l.old.as_ref().map(v3),
+            synced: l.synced.clone(),
+            staged: l.staged.clone(),
+            acked: l.acked.clone(),
+        };
+        let back = decode_v3(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!(back, l);
+        assert!(decode_v3(&[0xff; 9]).is_err());
+    }
 }

@@ -53,6 +53,9 @@ pub mod merkle;
 pub mod msg;
 pub mod node;
 pub mod noise;
+pub mod operator;
+#[cfg(test)]
+mod operator_tests;
 #[cfg(test)]
 pub mod power_loss;
 pub mod quorum;

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::commit::Ticket;
 use super::hash::{self, PARTITIONS, Partition};
-use super::layout::LayoutHistory;
+use super::layout::{LayoutHistory, LayoutVersion};
 use super::merkle::{self, FANOUT, Tree};
 use super::msg::{MAX_KEY, MAX_VALUE, Request, Response};
 use super::quorum::{OwnerSet, need, shortfall};
@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub inline_sync: bool,
     /// Where the node's random choices come from.
     pub dice: Dice,
+    /// The keys a layout version from the network must be signed by
+    /// (`ring.operator_keys`); none: any member's is taken.
+    pub operators: super::operator::Operators,
 }
 
 pub use super::Dice;
@@ -84,6 +87,7 @@ impl NodeConfig {
             clock: crate::clock::Clock::boot(),
             inline_sync: false,
             dice: Dice::os(),
+            operators: super::operator::Operators::default(),
         }
     }
 }
@@ -216,6 +220,8 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Read leases this node granted (section 7, "Read leases").
     grants: Mutex<super::lease::Grants>,
+    /// One log line per refused layout version per minute.
+    refused_layouts: Mutex<super::lograte::LogLimiter<u64>>,
     /// `layout.current.version`, readable without a lock (the read path
     /// asks whether a lease is needed).
     layout_version: AtomicU64,
@@ -288,6 +294,9 @@ impl Node {
                 stats: Stats::default(),
                 tasks: Mutex::new(Vec::new()),
                 grants: Mutex::new(super::lease::Grants::new(started, cfg_read_lease)),
+                refused_layouts: Mutex::new(super::lograte::LogLimiter::new(Duration::from_secs(
+                    60,
+                ))),
                 layout_version,
             }),
         })
@@ -1409,6 +1418,15 @@ impl Node {
             if !next.merge(other) {
                 return false;
             }
+            if let Err(e) = self.signed_by_operator(&l, &next) {
+                let v = next.current.version;
+                if let Some(n) = self.inner.refused_layouts.lock().note(&v, Instant::now()) {
+                    tracing::warn!(
+                        "ring: refused layout version {v} from the network: {e} ({n} more refusals of it not logged)"
+                    );
+                }
+                return false;
+            }
             acked = next.ack(&self.inner.cfg.id);
             if let Err(e) = self.settle_membership(&next) {
                 tracing::warn!(
@@ -1441,6 +1459,29 @@ impl Node {
             tokio::spawn(async move { n.push_layout().await });
         }
         changed
+    }
+
+    /// Checks that every layout version `next` would take in place of
+    /// `held`'s is signed by an operator key (`operator`): its current
+    /// version unless it is the one held, its old one unless it is one of
+    /// those held (a version this node took before keys were required
+    /// stays usable as the old side of a transition).
+    fn signed_by_operator(
+        &self,
+        held: &LayoutHistory,
+        next: &LayoutHistory,
+    ) -> std::result::Result<(), String> {
+        let ops = &self.inner.cfg.operators;
+        if next.current != held.current && next.current.version > 0 {
+            ops.verify(&next.current)?;
+        }
+        if let Some(old) = &next.old
+            && *old != held.current
+            && held.old.as_ref() != Some(old)
+        {
+            ops.verify(old)?;
+        }
+        Ok(())
     }
 
     /// Before this node takes `layout`: if it was out of the ring since it
@@ -1518,9 +1559,39 @@ impl Node {
         self.change_layout(|l| l.stage_quorum(q)).await
     }
 
-    pub async fn apply(&self) -> std::result::Result<LayoutHistory, String> {
+    /// The version `apply` would commit now, unsigned: what an operator
+    /// signs (`chironctl ring apply --key`).
+    pub fn plan(&self) -> std::result::Result<LayoutVersion, String> {
+        let mut l = self.layout();
+        l.apply(self.inner.cfg.quorum)?;
+        Ok(l.current)
+    }
+
+    /// Commits the staged changes as the next version, with `signature`
+    /// (an operator's, of what `plan` gave). With `ring.operator_keys`
+    /// set, refused unless the signature is by one of them and of this
+    /// very version (the staged changes may have moved since).
+    pub async fn apply(
+        &self,
+        signature: Option<super::operator::LayoutSignature>,
+    ) -> std::result::Result<LayoutHistory, String> {
         let first = self.inner.cfg.quorum;
-        self.change_layout(|l| l.apply(first).map(|_| ())).await
+        let ops = self.inner.cfg.operators.clone();
+        self.change_layout(|l| {
+            l.apply(first)?;
+            let signed = signature.is_some();
+            l.current.signature = signature;
+            ops.verify(&l.current).map_err(|e| {
+                if signed {
+                    format!(
+                        "{e}; if the staged changes moved since it was signed, run `chironctl ring apply --key FILE` again"
+                    )
+                } else {
+                    "this ring takes only layouts signed by an operator key (ring.operator_keys): run `chironctl ring apply --key FILE`".to_string()
+                }
+            })
+        })
+        .await
     }
 
     /// Ends the layout transition by force (`LayoutHistory::force_finish`,

@@ -56,9 +56,10 @@ pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 /// 2: layouts carry each version's R and W. 3: Noise links (this module).
 /// 4: read leases (`LeaseGrant`, `LeaseLeft`). 5: layouts carry the
 /// nodes' acknowledgements, and replica reads and writes the layout
-/// version they were coordinated on (`StaleLayout`).
+/// version they were coordinated on (`StaleLayout`). 6: layout versions
+/// carry an operator's signature (`operator`).
 /// Every node of a ring must be upgraded together.
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 /// Length of the length prefix of handshake messages.
 pub const HEADER_LEN: usize = 4;
 /// Largest handshake message body (the largest is the server's, with a

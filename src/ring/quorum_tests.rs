@@ -109,7 +109,7 @@ async fn every_node_counts_the_quorum_of_the_layout_not_its_own() {
         .stage_quorum(Quorum { n: 3, r: 1, w: 3 })
         .await
         .unwrap();
-    c.node("b").apply().await.unwrap();
+    c.node("b").apply(None).await.unwrap();
     c.wait("everyone has layout 2, synced", || {
         c.nodes.iter().all(|n| {
             let l = n.layout();

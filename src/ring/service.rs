@@ -184,6 +184,14 @@ impl RingService {
         ncfg.seeds = seeds.keys().cloned().collect();
         ncfg.anti_entropy_interval = Some(secs(cfg.anti_entropy_interval));
         ncfg.read_lease = secs(cfg.read_lease);
+        // Checked by `validate` already; an error here is one still.
+        ncfg.operators = crate::ring::operator::Operators::parse(&cfg.operator_keys)
+            .map_err(|e| format!("ring.operator_keys: {e}"))?;
+        if !ncfg.operators.enforced() {
+            tracing::warn!(
+                "ring: no ring.operator_keys: any member of the ring can change its layout (chironctl ring keygen, see chironfs.toml(5))"
+            );
+        }
         let live: Arc<dyn Liveness> = gossip.clone();
         let node = Node::open(ncfg, dir, net, live).map_err(|e| format!("ring: {e}"))?;
         let _ = node_slot.set(node.clone());

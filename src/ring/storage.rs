@@ -5,7 +5,7 @@
 //! |-----------|---------------------------------------|-----------------|
 //! | `kv`      | ring partition (u16 BE) ++ key        | Dvv (postcard)  |
 //! | `hints`   | len(owner) (u8) ++ owner ++ key       | Dvv (postcard)  |
-//! | `sys`     | `layout.v2` (`layout`: `layout_v1`)   | postcard        |
+//! | `sys`     | `layout.v4` (older: `layout_v1`)      | postcard        |
 //! | `sys`     | `actor`, `shutdown`, `retired`        | see `epoch`     |
 //! | `sys`     | `member_since`                        | u64 BE, see `membership` |
 //! | `purged`  | as `kv`                               | the counters of a collected tombstone |
@@ -39,9 +39,11 @@ use crate::meta::lock::StateLock;
 
 const STRIPES: usize = 64;
 
-/// The layout, with N, R and W in each version and the nodes'
-/// acknowledgements.
-const LAYOUT: &str = "layout.v3";
+/// The layout, with N, R and W and an operator's signature in each
+/// version, and the nodes' acknowledgements.
+const LAYOUT: &str = "layout.v4";
+/// A layout stored before versions carried a signature.
+const LAYOUT_V3: &str = "layout.v3";
 /// A layout stored before the acknowledgements were part of it.
 const LAYOUT_V2: &str = "layout.v2";
 /// A layout stored before N, R and W were (read once, replaced at the
@@ -546,6 +548,9 @@ impl Storage {
                 .map(Some)
                 .map_err(|e| bad(format!("malformed stored layout: {e}")));
         }
+        if let Some(b) = self.sys.get(LAYOUT_V3).map_err(err("read layout"))? {
+            return super::layout_v1::decode_v3(&b).map(Some).map_err(bad);
+        }
         if let Some(b) = self.sys.get(LAYOUT_V2).map_err(err("read layout"))? {
             return super::layout_v1::decode_v2(&b).map(Some).map_err(bad);
         }
@@ -567,8 +572,9 @@ impl Storage {
             self.sys
                 .insert(LAYOUT, bytes)
                 .map_err(err("write layout"))?;
-            self.sys.remove(LAYOUT_V2).map_err(err("write layout"))?;
-            self.sys.remove(LAYOUT_V1).map_err(err("write layout"))?;
+            for old in [LAYOUT_V3, LAYOUT_V2, LAYOUT_V1] {
+                self.sys.remove(old).map_err(err("write layout"))?;
+            }
         }
         self.sync()
     }
@@ -627,8 +633,9 @@ impl Storage {
         self.sys
             .insert(LAYOUT_V1, bytes)
             .map_err(err("write layout"))?;
-        self.sys.remove(LAYOUT).map_err(err("write layout"))?;
-        self.sys.remove(LAYOUT_V2).map_err(err("write layout"))?;
+        for newer in [LAYOUT, LAYOUT_V3, LAYOUT_V2] {
+            self.sys.remove(newer).map_err(err("write layout"))?;
+        }
         self.sync()
     }
 

@@ -21,7 +21,7 @@ pub(super) fn id(s: &str) -> NodeId {
 pub(super) struct Cluster {
     pub(super) world: Arc<World>,
     pub(super) nodes: Vec<Node>,
-    _dirs: Vec<TempDir>,
+    pub(super) _dirs: Vec<TempDir>,
 }
 
 #[derive(Clone, Copy)]
@@ -63,7 +63,7 @@ impl Cluster {
                 .await
                 .unwrap();
         }
-        first.apply().await.unwrap();
+        first.apply(None).await.unwrap();
         c.wait("everyone has layout 1", || {
             c.nodes.iter().all(|n| n.layout().current.version == 1)
         })
@@ -455,7 +455,7 @@ async fn a_layout_change_moves_data_without_losing_any() {
         .stage_join(id("e"), "sim:e".into())
         .await
         .unwrap();
-    let l = c.node("b").apply().await.unwrap();
+    let l = c.node("b").apply(None).await.unwrap();
     assert_eq!(l.current.version, 2);
     assert!(l.old.is_some(), "a transition while d and e sync");
     // Writes during the transition reach both the old and new owners.
@@ -479,7 +479,7 @@ async fn a_layout_change_moves_data_without_losing_any() {
     }
     // a leaves; once synced, a can disappear without losing anything.
     c.node("d").stage_leave(id("a")).await.unwrap();
-    c.node("d").apply().await.unwrap();
+    c.node("d").apply(None).await.unwrap();
     c.wait("a's departure synced", || {
         c.nodes.iter().all(|n| {
             let l = n.layout();
@@ -609,7 +609,7 @@ async fn a_request_coordinated_on_an_older_layout_is_refused_and_its_sender_catc
         .stage_quorum(Quorum { n: 3, r: 2, w: 2 })
         .await
         .unwrap();
-    assert_eq!(c.node("a").apply().await.unwrap().current.version, 2);
+    assert_eq!(c.node("a").apply(None).await.unwrap().current.version, 2);
     c.wait("a, b and c have version 2", || {
         ["a", "b", "c"]
             .iter()

@@ -105,7 +105,7 @@ async fn a_node_added_back_does_not_bring_back_what_was_deleted_while_it_was_awa
     assert!(held_by_d > 0);
     // d leaves the layout (and keeps its store).
     c.node("a").stage_leave(id("d")).await.unwrap();
-    c.node("a").apply().await.unwrap();
+    c.node("a").apply(None).await.unwrap();
     c.wait("d's departure synced", || {
         ["a", "b", "c"].iter().all(|n| {
             let l = c.node(n).layout();
@@ -132,7 +132,7 @@ async fn a_node_added_back_does_not_bring_back_what_was_deleted_while_it_was_awa
         .stage_join(id("d"), "sim:d".into())
         .await
         .unwrap();
-    c.node("c").apply().await.unwrap();
+    c.node("c").apply(None).await.unwrap();
     c.wait("d's return synced", || {
         c.nodes.iter().all(|n| {
             let l = n.layout();

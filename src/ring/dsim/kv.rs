@@ -385,7 +385,7 @@ impl Run {
             return;
         };
         let applied = match what.1 {
-            Ok(()) => node.apply().await.map(|l| l.current.version),
+            Ok(()) => super::signed_apply(&node).await.map(|l| l.current.version),
             Err(e) => Err(e),
         };
         match applied {
@@ -483,7 +483,7 @@ pub async fn run(world: &Arc<World>) -> Vec<String> {
             return vec![format!("stage_join {n}: {e}")];
         }
     }
-    if let Err(e) = first.apply().await {
+    if let Err(e) = super::signed_apply(&first).await {
         return vec![format!("apply: {e}")];
     }
     for _ in 0..100 {

@@ -27,7 +27,9 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::NodeId;
+use super::layout::LayoutHistory;
 use super::node::{Dice, Node, NodeConfig, Quorum};
+use super::operator::{OperatorKey, Operators};
 use net::{SimNet, World};
 
 /// The read lease term of the simulated hosts.
@@ -68,6 +70,20 @@ fn store_dir() -> TempDir {
     b.expect("a temporary directory for a simulated store")
 }
 
+/// The operator key every simulated node requires layouts to be signed
+/// by (a fixed one: signatures are deterministic, so runs replay).
+fn operator() -> &'static OperatorKey {
+    static KEY: std::sync::OnceLock<OperatorKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| OperatorKey::from_seed([7; 32]))
+}
+
+/// Commits what `node` has staged, signed as `chironctl ring apply --key`
+/// does; fails if the layout moved between the plan and the commit.
+async fn signed_apply(node: &Node) -> Result<LayoutHistory, String> {
+    let plan = node.plan()?;
+    node.apply(Some(operator().sign(&plan))).await
+}
+
 /// Opens and starts a node on `dir`, registered in the world.
 fn open(world: &Arc<World>, name: &NodeId, dir: TempDir, seeds: &[NodeId]) -> Result<Proc, String> {
     let mut c = NodeConfig::new(name.clone());
@@ -81,6 +97,7 @@ fn open(world: &Arc<World>, name: &NodeId, dir: TempDir, seeds: &[NodeId]) -> Re
     c.inline_sync = true;
     let w = world.clone();
     c.dice = Dice::from_fn(move || w.rng().next());
+    c.operators = Operators::new(vec![operator().public()]);
     let net = world.net(name);
     let node = Node::open(c, dir.path(), net.clone(), net.clone())?;
     world.register(name, Arc::new(node.clone()));

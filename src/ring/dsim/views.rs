@@ -521,7 +521,7 @@ pub async fn run(world: &Arc<World>, bug: Bug) -> Vec<String> {
             return vec![format!("stage_join {n}: {e}")];
         }
     }
-    if let Err(e) = first.apply().await {
+    if let Err(e) = super::signed_apply(&first).await {
         return vec![format!("apply: {e}")];
     }
     world.event(format!("3 hosts, writer {}", names[writer]));
