@@ -654,9 +654,6 @@ fn a_node_added_and_a_node_removed_under_a_write_load_lose_no_acknowledged_write
     }
 }
 
-/// Runs `chironfs ring-node --config FILE`; expects exit 1 and one line
-/// on stderr containing every needle.
-#[track_caller]
 #[test]
 fn only_a_layout_signed_by_an_operator_key_is_taken() {
     let mut ring = Ring::new(&["n1", "n2", "n3"]);
@@ -737,6 +734,9 @@ fn only_a_layout_signed_by_an_operator_key_is_taken() {
     assert_eq!(ok(&ctl(ring.sock("n2"), &["ring", "get", "k"])), "after\n");
 }
 
+/// Runs `chironfs ring-node --config FILE`; expects exit 1 and one line
+/// on stderr containing every needle.
+#[track_caller]
 fn assert_fails(config: &Path, needles: &[&str]) {
     let mut cmd = Command::new(CHIRONFS);
     cmd.arg("ring-node").arg("--config").arg(config);

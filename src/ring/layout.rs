@@ -372,14 +372,15 @@ impl LayoutHistory {
         sets
     }
 
-    /// Every node this layout knows an address for.
+    /// Every node this layout knows an address for. A committed address
+    /// wins over a staged one: staged changes are not signed
+    /// (`operator`), so they must not redirect links to a member.
     pub fn addresses(&self) -> BTreeMap<NodeId, String> {
-        let mut all = BTreeMap::new();
+        let mut all = self.staged.join.clone();
         if let Some(old) = &self.old {
             all.extend(old.nodes.clone());
         }
         all.extend(self.current.nodes.clone());
-        all.extend(self.staged.join.clone());
         all
     }
 
@@ -535,9 +536,24 @@ impl LayoutHistory {
         }
         if let Some(old) = &self.old {
             old.check()?;
-            if old.version >= self.current.version {
-                return Err("old layout is not older than the current one".into());
+            // `apply` makes a transition from the version just before;
+            // any other `old` is forged (it would sync from the wrong
+            // owners).
+            if old.version.checked_add(1) != Some(self.current.version) {
+                return Err(format!(
+                    "a transition from version {} to {}: not consecutive",
+                    old.version, self.current.version
+                ));
             }
+        }
+        if self.staged.counter >= u64::MAX / 2 {
+            return Err(format!(
+                "staged counter {} out of range",
+                self.staged.counter
+            ));
+        }
+        if let Some(q) = self.staged.quorum {
+            q.check()?;
         }
         Ok(())
     }
@@ -764,6 +780,34 @@ mod tests {
         l.current.r = 3;
         let e = l.check().unwrap_err();
         assert!(e.contains("W = 1 must exceed"), "{e}");
+    }
+
+    /// What an unsigned part of a layout could do is refused or ignored:
+    /// a transition from a version other than the one just before, a
+    /// staged address for a member, a counter that would overflow.
+    #[test]
+    fn unsigned_parts_of_a_network_layout_cannot_redirect_or_rewind() {
+        let mut l = ring(&["a", "b", "c"], 3);
+        let first = l.current.clone();
+        l.stage_join(id("d"), "d:1".into());
+        l.apply(Quorum::default()).unwrap();
+        l.check().unwrap();
+        l.stage_join(id("e"), "e:1".into());
+        let mut forged = l.clone();
+        forged.current.version = 3;
+        forged.old = Some(first);
+        let e = forged.check().unwrap_err();
+        assert!(e.contains("not consecutive"), "{e}");
+        let mut forged = l.clone();
+        forged.staged.join.insert(id("a"), "evil:1".into());
+        assert_eq!(forged.addresses()[&id("a")], "127.0.0.1:7000");
+        assert_eq!(forged.addresses()[&id("e")], "e:1");
+        let mut forged = l.clone();
+        forged.staged.counter = u64::MAX;
+        assert!(forged.check().unwrap_err().contains("out of range"));
+        let mut forged = l;
+        forged.staged.quorum = Some(Quorum { n: 3, r: 1, w: 1 });
+        assert!(forged.check().is_err());
     }
 
     #[test]

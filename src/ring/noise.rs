@@ -832,12 +832,15 @@ mod tests {
         let (_, hello) = ClientHandshake::start(&c).unwrap();
         let body = &hello[HEADER_LEN..];
         // A node of the previous version, or no ring node at all.
-        let mut v4 = body.to_vec();
-        v4[MAGIC.len()] = 4;
-        let e = ServerHandshake::accept(&srv, &v4).err().unwrap();
-        assert!(matches!(e, WireError::Version(4)));
+        let prev = PROTOCOL_VERSION - 1;
+        let mut older = body.to_vec();
+        older[MAGIC.len()] = prev;
+        let e = ServerHandshake::accept(&srv, &older).err().unwrap();
+        assert!(matches!(e, WireError::Version(v) if v == prev));
         assert!(
-            e.to_string().contains("version 4, this node speaks 5"),
+            e.to_string().contains(&format!(
+                "version {prev}, this node speaks {PROTOCOL_VERSION}"
+            )),
             "{e}"
         );
         let mut magic = body.to_vec();
