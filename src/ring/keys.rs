@@ -115,14 +115,7 @@ impl PublicKey {
     }
 
     fn from_hex(s: &str) -> Option<PublicKey> {
-        if s.len() != 2 * KEY_LEN {
-            return None;
-        }
-        let mut out = [0u8; KEY_LEN];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(PublicKey(out))
+        key_from_hex(s).map(PublicKey)
     }
 }
 
@@ -138,8 +131,20 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A 32-byte key from exactly 64 hex digits (no sign, no spaces).
+pub(super) fn key_from_hex(s: &str) -> Option<[u8; KEY_LEN]> {
+    if s.len() != 2 * KEY_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; KEY_LEN];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// This node's static X25519 key pair. Never printed.

@@ -24,10 +24,12 @@ use std::path::Path;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use super::keys::{hex, key_from_hex as from_hex};
 use super::layout::LayoutVersion;
 
-/// Length of an Ed25519 key, private seed or public.
-pub const KEY_LEN: usize = 32;
+/// Length of an Ed25519 key, private seed or public (that of the ring's
+/// X25519 keys too, whose hex helpers these share).
+pub const KEY_LEN: usize = super::keys::KEY_LEN;
 const SIGNATURE_LEN: usize = 64;
 /// What a signature is over: this label, then the version as postcard.
 const LABEL: &[u8] = b"chironfs ring layout v1\0";
@@ -212,21 +214,6 @@ impl Operators {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(s: &str) -> Option<[u8; KEY_LEN]> {
-    if s.len() != 2 * KEY_LEN || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; KEY_LEN];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,7 +304,13 @@ mod tests {
         std::fs::write(&junk, [0xff, 0xfe, b'\n']).unwrap();
         assert!(OperatorKey::load(&junk).unwrap_err().contains("not text"));
         assert!(OperatorKey::load(&dir.path().join("none")).is_err());
-        for bad in ["", "00", &"g".repeat(64), &"é".repeat(32)] {
+        for bad in [
+            "",
+            "00",
+            &"g".repeat(64),
+            &"é".repeat(32),
+            &format!("+f{}", "0".repeat(62)),
+        ] {
             assert!(OperatorPublic::parse(bad).is_err(), "{bad}");
         }
         let e = Operators::parse(&["nope".to_string()]).unwrap_err();
