@@ -803,6 +803,11 @@ fn partition_conflict(policy: &str, copied: &[&str]) {
             "{listed}"
         );
     }
+    // B was cut off from the ring: it reads again once it renews its
+    // read lease, which need not be by the time its replicas are in sync.
+    wait_until("B to hold its read lease again", SETTLE, || {
+        read_lease_of(&sb).starts_with("held")
+    });
     assert_eq!(fs::read(mb.path("doc")).unwrap(), kept);
     drop(mb);
     drop(ma);
